@@ -1,0 +1,3 @@
+from mailqueue.cli import main
+
+main()

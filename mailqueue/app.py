@@ -1,0 +1,141 @@
+"""Composition root: build the parts from config, run them together, stop them in order.
+
+Long-lived tasks share one TaskGroup: if one dies, the service stops (and the CLI exits
+non-zero) rather than running half-alive. Stopping has two phases: new connections are
+answered ``421`` and the worker claims nothing new while in-flight sessions and batches
+get ``shutdown_grace`` seconds; then what is left is closed and the background tasks are
+cancelled (the commit and settle writes are shielded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from mailqueue.clock import Clock, SystemClock
+from mailqueue.config import Config
+from mailqueue.control import ControlPlane, seed_windows
+from mailqueue.delivery.retry import RetryPolicy
+from mailqueue.delivery.worker import DeliveryWorker
+from mailqueue.errors import QueueError
+from mailqueue.mailbox.base import MailboxStore
+from mailqueue.mailbox.maildir import MaildirStore
+from mailqueue.mailbox.router import Router
+from mailqueue.queue.committer import GroupCommitter
+from mailqueue.queue.models import NewMessage, QueueStore
+from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.smtp import Capacity, Gate, MailqueueHandler, start_server
+
+log = structlog.get_logger("mailqueue.app")
+
+CAPACITY_REFRESH = 5.0
+
+
+class MailqueueApp:
+    """One mailqueue process: SMTP front end, group committer, control plane, worker."""
+
+    def __init__(self, config: Config, clock: Clock | None = None,
+                 queue: QueueStore | None = None,
+                 mailboxes: dict[str, MailboxStore] | None = None,
+                 run_smtp: bool = True, run_worker: bool = True) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.queue = queue or SqlQueueStore(config.queue.url)
+        self.mailboxes: dict[str, MailboxStore] = mailboxes or {
+            s.name: MaildirStore(s.name, s.path, config.smtp.hostname) for s in config.stores}
+        self.run_smtp = run_smtp
+        self.run_worker = run_worker
+        self.control = ControlPlane(self.queue, self.clock, [s.name for s in config.stores])
+        self.committer = GroupCommitter(self.queue, config.queue.commit_batch)
+        self.capacity = Capacity(config.queue.max_messages, config.queue.max_bytes)
+        self.gate = Gate(config.smtp.max_connections, config.smtp.max_connections_per_ip)
+        self.worker = DeliveryWorker(self.queue, self.mailboxes, self.clock, config.delivery,
+                                     RetryPolicy(config.queue), self.control.current)
+        self.control.listen(self.worker.wake)
+        self.clock.subscribe(self.worker.wake)
+        self.ready = asyncio.Event()
+        self.port: int | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Begin a graceful stop (safe to call from a signal handler)."""
+        self._stop.set()
+
+    def _accepted(self, message: NewMessage) -> None:
+        blocked = self.control.blocked()
+        if any(store not in blocked for _, store in message.recipients):
+            self.worker.wake()
+
+    async def run(self) -> None:
+        await self.queue.open()
+        try:
+            await seed_windows(self.queue, self.config.windows)
+            await self.control.refresh()
+            await self._refresh_capacity()
+            await self._run_tasks()
+        finally:
+            await self.queue.close()
+
+    async def _run_tasks(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            background = [group.create_task(self.committer.run(), name="committer"),
+                          group.create_task(self.control.run(), name="control"),
+                          group.create_task(self._capacity_loop(), name="capacity")]
+            worker = group.create_task(self.worker.run(), name="worker") \
+                if self.run_worker else None
+            server = await self._start_smtp() if self.run_smtp else None
+            self.ready.set()
+            log.info("server_started", port=self.port, queue=self.queue_url,
+                     stores=",".join(self.mailboxes), worker=self.run_worker)
+            await self._stop.wait()
+            await self._drain(server, worker)
+            for task in background:
+                task.cancel()
+        log.info("server_stopped")
+
+    @property
+    def queue_url(self) -> str:
+        return getattr(self.queue, "safe_url", "")
+
+    async def _start_smtp(self) -> asyncio.Server:
+        handler = MailqueueHandler(self.config.smtp, Router(self.config.stores),
+                                   self.control.current, self.committer, self.capacity,
+                                   self.clock, on_accepted=self._accepted)
+        server = await start_server(handler, self.gate, self.config.smtp)
+        self.port = int(server.sockets[0].getsockname()[1])
+        return server
+
+    async def _drain(self, server: asyncio.Server | None,
+                     worker: asyncio.Task[None] | None) -> None:
+        grace = self.config.smtp.shutdown_grace
+        log.info("server_stopping", open_connections=self.gate.open_connections,
+                 grace=grace)
+        self.gate.draining = True
+        self.worker.stop()
+        deadline = time.monotonic() + grace
+        while self.gate.open_connections and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if server is not None:
+            server.close()
+            self.gate.close_all()
+        if worker is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(worker),
+                                       max(0.1, deadline - time.monotonic()))
+            worker.cancel()
+        # Sessions closed mid-commit still have their commit finish before the writer stops.
+        await asyncio.sleep(0)
+
+    async def _refresh_capacity(self) -> None:
+        try:
+            self.capacity.refreshed(*await self.queue.capacity())
+        except QueueError as exc:
+            log.warning("capacity_refresh_failed", error=str(exc))
+
+    async def _capacity_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CAPACITY_REFRESH)
+            await self._refresh_capacity()

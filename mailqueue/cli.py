@@ -1,0 +1,288 @@
+"""The ``mailqueue`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from mailqueue import __version__
+from mailqueue.clock import SystemClock
+from mailqueue.config import Config, load_config
+from mailqueue.errors import MailqueueError, WindowError
+from mailqueue.logs import configure_logging
+from mailqueue.queue.models import QueueStore
+from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.timeparse import format_duration, format_time, parse_duration, parse_time
+from mailqueue.windows import Inbound, Window
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "-c", "--config", "config_path", metavar="FILE", envvar="MAILQUEUE_CONFIG",
+        help="Config file (TOML). Default: $MAILQUEUE_CONFIG.")(func)
+
+
+def _load(config_path: str | None) -> Config:
+    return load_config(config_path)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def _with_queue(config: Config, action: Callable[[QueueStore], Awaitable[T]]) -> T:
+    from mailqueue.control import seed_windows
+
+    store = SqlQueueStore(config.queue.url)
+    await store.open()
+    try:
+        await seed_windows(store, config.windows)
+        return await action(store)
+    finally:
+        await store.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mailqueue")
+def cli() -> None:
+    """Accept mail during a maintenance window, queue it durably, deliver it after."""
+
+
+# --- serve --------------------------------------------------------------------------------
+
+@cli.command()
+@config_option
+@click.option("--role", type=click.Choice(["all", "smtp", "worker"]), default="all",
+              show_default=True, help="Run the SMTP front end, the delivery worker, or both.")
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Override [smtp] port.")
+def serve(config_path: str | None, role: str, log_json: bool, port: int | None) -> None:
+    """Run the SMTP front end and the delivery worker until SIGTERM or Ctrl-C."""
+    from mailqueue.app import MailqueueApp
+
+    config = _load(config_path)
+    if port is not None:
+        config = config.model_copy(update={"smtp": config.smtp.model_copy(
+            update={"port": port})})
+    configure_logging("json" if log_json else config.logging.format, config.logging.level)
+
+    async def main() -> None:
+        app = MailqueueApp(config, run_smtp=role in ("all", "smtp"),
+                           run_worker=role in ("all", "worker"))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, app.stop)
+        await app.run()
+
+    _run(main())
+
+
+# --- windows ------------------------------------------------------------------------------
+
+@cli.group()
+def window() -> None:
+    """Maintenance windows: list, start, end, extend, cancel."""
+
+
+def _find(windows: list[Window], name: str) -> Window | None:
+    return next((w for w in windows if w.name == name), None)
+
+
+def _require(windows: list[Window], name: str) -> Window:
+    found = _find(windows, name)
+    if found is None:
+        known = ", ".join(w.name for w in windows) or "none"
+        raise WindowError(f"no window named {name!r} (known: {known})")
+    return found
+
+
+@window.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per window.")
+def window_list(config_path: str | None, as_json: bool) -> None:
+    """Show every window and its state."""
+    config = _load(config_path)
+    now = SystemClock().now()
+    windows = _run(_with_queue(config, lambda q: q.windows()))
+    if not windows:
+        click.echo("no windows")
+    for w in windows:
+        if as_json:
+            click.echo(json.dumps({
+                "name": w.name, "state": w.effective_state(now).value,
+                "stores": list(w.stores), "inbound": w.inbound.value,
+                "start": format_time(w.start, w.timezone), "end": format_time(w.end, w.timezone),
+                "started_at": w.started_at and format_time(w.started_at),
+                "ended_at": w.ended_at and format_time(w.ended_at)}))
+        else:
+            click.echo(w.describe(now))
+
+
+def _until(until: str | None, duration: str | None, now: float, zone: str | None,
+           what: str = "--for") -> float | None:
+    if until and duration:
+        raise click.UsageError(f"give --until or {what}, not both")
+    if until:
+        return parse_time(until, zone, now=now)
+    if duration:
+        return now + parse_duration(duration)
+    return None
+
+
+@window.command("start")
+@config_option
+@click.argument("name")
+@click.option("--until", metavar="TIME", help="New end: RFC 3339, 'now+...' as +2h, or local "
+              "time with --timezone.")
+@click.option("--for", "duration", metavar="DURATION", help="End after this long (48h, 2d).")
+@click.option("--stores", metavar="A,B", help="Stores a new window covers (default: all).")
+@click.option("--inbound", type=click.Choice([i.value for i in Inbound]),
+              help="Policy for new mail (new window; default queue).")
+@click.option("--timezone", metavar="ZONE", help="IANA zone for local times (America/Chicago).")
+def window_start(config_path: str | None, name: str, until: str | None, duration: str | None,
+                 stores: str | None, inbound: str | None, timezone: str | None) -> None:
+    """Start window NAME now (creating it when --until or --for is given)."""
+    config = _load(config_path)
+    now = SystemClock().now()
+    end = _until(until, duration, now, timezone)
+    known = [s.name for s in config.stores]
+    chosen = tuple(s.strip() for s in stores.split(",") if s.strip()) if stores else ()
+    for store in chosen:
+        if store not in known:
+            raise click.UsageError(f"--stores: unknown store {store!r} (known: "
+                                   f"{', '.join(known)})")
+
+    async def action(queue: QueueStore) -> Window:
+        current = _find(await queue.windows(), name)
+        if current is None:
+            if end is None:
+                raise WindowError(f"no window named {name!r}: to create it, give --for "
+                                  "DURATION or --until TIME")
+            fresh = Window(name=name, stores=chosen, start=now, end=end,
+                           inbound=Inbound(inbound or "queue"), timezone=timezone)
+            started = fresh.started_now(now, end)
+            await queue.save_window(started)
+            return started
+        if stores or inbound:
+            raise click.UsageError("--stores and --inbound only apply to a new window")
+        started = current.started_now(now, end)
+        await queue.save_window(started)
+        return started
+
+    click.echo(f"started {_run(_with_queue(config, action)).describe(now)}")
+
+
+@window.command("end")
+@config_option
+@click.argument("name")
+def window_end(config_path: str | None, name: str) -> None:
+    """End window NAME now; its stores' queued mail is delivered."""
+    config = _load(config_path)
+    now = SystemClock().now()
+
+    async def action(queue: QueueStore) -> Window:
+        ended = _require(await queue.windows(), name).ended_now(now)
+        await queue.save_window(ended)
+        return ended
+
+    ended = _run(_with_queue(config, action))
+    lasted = format_duration(now - (ended.started_at or ended.start))
+    click.echo(f"ended {ended.name} after {lasted}; delivery of its queued mail begins")
+
+
+@window.command("extend")
+@config_option
+@click.argument("name")
+@click.option("--until", metavar="TIME", help="New planned end.")
+@click.option("--by", "duration", metavar="DURATION", help="Push the planned end by this long.")
+@click.option("--timezone", metavar="ZONE", help="IANA zone for a local --until time.")
+def window_extend(config_path: str | None, name: str, until: str | None, duration: str | None,
+                  timezone: str | None) -> None:
+    """Move the planned end of window NAME."""
+    config = _load(config_path)
+    now = SystemClock().now()
+    if not until and not duration:
+        raise click.UsageError("give --until TIME or --by DURATION")
+
+    async def action(queue: QueueStore) -> Window:
+        current = _require(await queue.windows(), name)
+        zone = timezone or current.timezone
+        if until and duration:
+            raise click.UsageError("give --until or --by, not both")
+        end = parse_time(until, zone, now=now) if until else \
+            current.end + parse_duration(duration or "0")
+        extended = current.extended(now, end)
+        await queue.save_window(extended)
+        return extended
+
+    extended = _run(_with_queue(config, action))
+    click.echo(f"extended {extended.describe(now)}")
+
+
+@window.command("cancel")
+@config_option
+@click.argument("name")
+def window_cancel(config_path: str | None, name: str) -> None:
+    """Cancel window NAME (an active one releases its stores at once)."""
+    config = _load(config_path)
+    now = SystemClock().now()
+
+    async def action(queue: QueueStore) -> Window:
+        cancelled = _require(await queue.windows(), name).cancelled(now)
+        await queue.save_window(cancelled)
+        return cancelled
+
+    click.echo(f"cancelled {_run(_with_queue(config, action)).name}")
+
+
+# --- stats --------------------------------------------------------------------------------
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stats(config_path: str | None, as_json: bool) -> None:
+    """Counts of recipients by state, messages and bytes still queued."""
+    config = _load(config_path)
+    result = _run(_with_queue(config, lambda q: q.stats()))
+    now = SystemClock().now()
+    oldest = None if result.oldest_pending is None else now - result.oldest_pending
+    if as_json:
+        click.echo(json.dumps({"recipients": result.recipients,
+                               "messages_pending": result.messages_pending,
+                               "bytes_pending": result.bytes_pending,
+                               "oldest_pending_seconds": oldest,
+                               "messages_total": result.messages_total}))
+        return
+    states = " ".join(f"{k}={v}" for k, v in result.recipients.items())
+    click.echo(f"recipients: {states}")
+    click.echo(f"messages pending: {result.messages_pending} "
+               f"({result.bytes_pending} bytes); accepted in all: {result.messages_total}")
+    if oldest is not None:
+        click.echo(f"oldest pending: {format_duration(oldest)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage and domain errors become one line on stderr, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="mailqueue", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"mailqueue: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except MailqueueError as exc:
+        click.echo(f"mailqueue: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

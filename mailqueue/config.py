@@ -1,0 +1,292 @@
+"""Typed configuration, validated at load.
+
+A TOML file (``-c FILE`` or ``MAILQUEUE_CONFIG``) is read, ``MAILQUEUE_<SECTION>_<KEY>``
+environment variables override single keys (``MAILQUEUE_SMTP_PORT=2526``,
+``MAILQUEUE_QUEUE_URL=...``), and the result is validated into frozen models. An error
+names the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mailqueue.errors import ConfigError, TimeParseError
+from mailqueue.timeparse import get_zone, parse_duration, parse_size, parse_time
+
+ENV_PREFIX = "MAILQUEUE_"
+DEFAULT_URL = "sqlite+aiosqlite:///var/queue.db"
+
+
+def _duration(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, str | int | float) else value
+
+
+def _size(value: Any) -> Any:
+    return parse_size(value) if isinstance(value, str | int) else value
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                        r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SmtpConfig(_Model):
+    """The SMTP front end."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(2525, ge=0, le=65535)
+    hostname: str = "mailqueue.localdomain"
+    max_message_size: Size = 10 * 1024 * 1024
+    max_recipients: int = Field(100, ge=1)
+    max_connections: int = Field(500, ge=1)
+    max_connections_per_ip: int = Field(100, ge=1)
+    timeout: Duration = 300.0
+    shutdown_grace: Duration = 10.0
+
+
+class RetryConfig(_Model):
+    """Backoff for temporary delivery failures."""
+
+    initial_delay: Duration = 60.0
+    multiplier: float = Field(2.0, ge=1.0)
+    max_delay: Duration = 3600.0
+    jitter: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class QueueConfig(_Model):
+    """The durable queue."""
+
+    url: str = DEFAULT_URL
+    max_messages: int = Field(1_000_000, ge=1)
+    max_bytes: Size = 10 * 1024**3
+    max_lifetime: Duration = 5 * 86400.0
+    window_time_counts: bool = False
+    retry: RetryConfig = RetryConfig()
+    commit_batch: int = Field(256, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://",
+                               "postgresql+psycopg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://HOST/DB")
+        return url
+
+
+class DeliveryConfig(_Model):
+    """The delivery worker."""
+
+    batch_size: int = Field(100, ge=1)
+    concurrency: int = Field(4, ge=1, le=64)
+    lease: Duration = 300.0
+    poll_interval: Duration = 1.0
+    reclaim_interval: Duration = 30.0
+    ramp: Duration = 0.0
+
+
+class LoggingConfig(_Model):
+    """Structured logs on stderr."""
+
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StoreConfig(_Model):
+    """A mailbox store: Maildirs at ``{path}/{domain}/{local_part}/``."""
+
+    name: str
+    kind: Literal["maildir"] = "maildir"
+    path: Path
+    domains: list[str] = Field(min_length=1)
+    mailboxes: list[str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _DOMAIN_RE.match(value):
+                raise ValueError(f"{value!r} is not a domain name")
+        return [v.lower() for v in values]
+
+    @field_validator("mailboxes")
+    @classmethod
+    def _mailboxes(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        for value in values:
+            if not value or "/" in value or value.startswith(".") or "@" in value:
+                raise ValueError(f"{value!r} is not a local part")
+        return [v.lower() for v in values]
+
+
+class WindowConfig(_Model):
+    """A planned maintenance window."""
+
+    name: str
+    stores: list[str] | None = None
+    start: str
+    end: str
+    timezone: str | None = None
+    inbound: Literal["queue", "tempfail", "reject"] = "queue"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            get_zone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _times(self) -> WindowConfig:
+        if self.start_ts >= self.end_ts:
+            raise ValueError(f"window {self.name!r}: end must be after start")
+        return self
+
+    @property
+    def start_ts(self) -> float:
+        return parse_time(self.start, self.timezone)
+
+    @property
+    def end_ts(self) -> float:
+        return parse_time(self.end, self.timezone)
+
+
+class Config(_Model):
+    """The whole configuration."""
+
+    smtp: SmtpConfig = SmtpConfig()
+    queue: QueueConfig = QueueConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    logging: LoggingConfig = LoggingConfig()
+    stores: list[StoreConfig] = Field(min_length=1)
+    windows: list[WindowConfig] = []
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        names = [s.name for s in self.stores]
+        _no_duplicates("store name", names)
+        _no_duplicates("domain", [d for s in self.stores for d in s.domains])
+        _no_duplicates("window name", [w.name for w in self.windows])
+        for window in self.windows:
+            for store in window.stores or []:
+                if store not in names:
+                    raise ValueError(f"window {window.name!r} names unknown store {store!r} "
+                                     f"(known: {', '.join(names)})")
+        return self
+
+    def store(self, name: str) -> StoreConfig:
+        for store in self.stores:
+            if store.name == name:
+                return store
+        raise KeyError(name)
+
+
+def _no_duplicates(what: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}")
+        seen.add(value)
+
+
+def load_config(path: str | Path | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """Read, override and validate; raise :class:`ConfigError` naming what to fix."""
+    env = dict(os.environ if environ is None else environ)
+    if path is None:
+        path = env.get(ENV_PREFIX + "CONFIG")
+    if path is None:
+        raise ConfigError("no config file: pass -c FILE or set MAILQUEUE_CONFIG")
+    source = Path(path)
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    _apply_env(data, env, source)
+    return config_from_dict(data, str(source))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a parsed mapping (the tests and the pytest plugin build configs this way)."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    except TimeParseError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:3]:
+        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{key}: {message}")
+    more = len(exc.errors()) - 3
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> None:
+    sections = set(Config.model_fields) - {"stores", "windows"}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if section not in sections or not key:
+            raise ConfigError(f"{name}: unknown override (use MAILQUEUE_<SECTION>_<KEY> with "
+                              f"a section of {', '.join(sorted(sections))})")
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        target[key] = _env_value(raw)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw

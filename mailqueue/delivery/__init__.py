@@ -1,0 +1,1 @@
+"""Draining the queue into mailbox stores."""

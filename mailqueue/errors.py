@@ -1,0 +1,58 @@
+"""The exceptions mailqueue raises.
+
+Every error that is meant to reach a user derives from :class:`MailqueueError` and
+carries a message that says what to fix::
+
+    MailqueueError
+    ├── ConfigError          a config file, key or environment override is invalid
+    ├── TimeParseError       a time, duration or size could not be read
+    ├── WindowError          a window operation is not possible (unknown name, bad state)
+    ├── QueueError           the durable queue failed (wraps database errors)
+    │   └── QueueFullError   the queue is at its configured capacity
+    ├── UnknownQueueIdError  a queue id does not exist
+    └── DeliveryError        a mailbox store could not take a message
+        ├── TemporaryDeliveryError   retry later (disk full, node down, ...)
+        └── PermanentDeliveryError   give up and bounce
+"""
+
+from __future__ import annotations
+
+
+class MailqueueError(Exception):
+    """Base class of every error mailqueue reports to a user."""
+
+
+class ConfigError(MailqueueError):
+    """A configuration file, key or override is invalid."""
+
+
+class TimeParseError(MailqueueError, ValueError):
+    """A time, duration or size string could not be parsed."""
+
+
+class WindowError(MailqueueError):
+    """A maintenance-window operation is not possible."""
+
+
+class QueueError(MailqueueError):
+    """The durable queue failed; library errors are wrapped in it."""
+
+
+class QueueFullError(QueueError):
+    """The queue holds its configured maximum of messages or bytes."""
+
+
+class UnknownQueueIdError(MailqueueError):
+    """A queue id named by the user does not exist."""
+
+
+class DeliveryError(MailqueueError):
+    """A mailbox store could not take a message."""
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """The delivery should be retried later."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The delivery can never succeed; the recipient is bounced."""

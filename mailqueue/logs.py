@@ -1,0 +1,36 @@
+"""Structured logging: configured once, by the CLI (or a test), never at import."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def configure_logging(fmt: str = "console", level: str = "info",
+                      stream: TextIO | None = None) -> None:
+    """Console lines by default, one JSON object per line with ``fmt="json"``."""
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # aiosmtpd logs every connection at INFO through stdlib logging; keep it for debugging.
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if level == "debug" else
+                                           logging.WARNING)

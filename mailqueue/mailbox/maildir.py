@@ -1,0 +1,133 @@
+"""Maildir delivery, following the maildir protocol so that a repeat is harmless.
+
+A message for ``local@domain`` lands in ``{root}/{domain}/{local}/new/`` (the layout of
+Postfix virtual delivery and Dovecot). The file name is derived from the queue id and the
+recipient, so a delivery repeated after a crash finds the file and writes no second copy:
+write ``tmp/NAME``, fsync it, ``link`` it to ``new/NAME`` (fails if present), unlink the tmp
+file, and fsync each ``new/`` directory once per batch before reporting success.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Sequence
+from email.utils import formatdate
+from pathlib import Path
+
+from mailqueue.errors import PermanentDeliveryError, TemporaryDeliveryError
+from mailqueue.mailbox.base import DeliveryOutcome
+from mailqueue.queue.models import Claim
+
+_PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL}
+
+
+def maildir_name(claim: Claim, hostname: str) -> str:
+    """The stable file name of ``claim``'s copy: ``time.Qqueueid_R<hash>.host``."""
+    rcpt = hashlib.sha256(claim.address.lower().encode("utf-8", "surrogateescape"))
+    return f"{int(claim.received_at)}.Q{claim.queue_id}_R{rcpt.hexdigest()[:12]}.{hostname}"
+
+
+def mailbox_path(root: Path, address: str) -> Path:
+    local, _, domain = address.rpartition("@")
+    return root / domain.lower() / local.lower()
+
+
+def render(claim: Claim, hostname: str) -> bytes:
+    """The delivered file: trace headers a delivery agent adds, then the message (LF ends)."""
+    stamp = formatdate(claim.received_at, localtime=False)
+    peer = claim.peer or "unknown"
+    trace = (
+        f"Return-Path: <{claim.mail_from}>\n"
+        f"Delivered-To: {claim.address}\n"
+        f"Received: from {claim.helo or 'unknown'} ({peer})\n"
+        f"\tby {hostname} (mailqueue) with ESMTP id {claim.queue_id}\n"
+        f"\tfor <{claim.address}>; {stamp}\n"
+        f"X-Mailqueue-Id: {claim.queue_id}\n"
+    ).encode("utf-8", "surrogateescape")
+    return trace + claim.body.replace(b"\r\n", b"\n")
+
+
+def ensure_maildir(path: Path) -> None:
+    for sub in ("tmp", "new", "cur"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+
+
+class MaildirStore:
+    """Maildirs under ``root``."""
+
+    def __init__(self, name: str, root: Path, hostname: str) -> None:
+        self.name = name
+        self.root = root
+        self.hostname = hostname.replace("/", "_").replace(":", "_")
+
+    def deliver(self, claims: Sequence[Claim]) -> list[DeliveryOutcome]:
+        outcomes: list[DeliveryOutcome] = []
+        written: dict[Path, list[int]] = {}
+        for index, claim in enumerate(claims):
+            try:
+                new_dir = self._deliver_one(claim)
+            except OSError as exc:
+                outcomes.append(_os_error(exc))
+                continue
+            outcomes.append(None)
+            if new_dir is not None:
+                written.setdefault(new_dir, []).append(index)
+        for new_dir, indexes in written.items():
+            try:
+                _fsync_dir(new_dir)
+            except OSError as exc:
+                for index in indexes:
+                    outcomes[index] = _os_error(exc)
+        return outcomes
+
+    def _deliver_one(self, claim: Claim) -> Path | None:
+        """Write one copy; the ``new/`` dir to fsync, or None if it was already there."""
+        box = mailbox_path(self.root, claim.address)
+        name = maildir_name(claim, self.hostname)
+        if claim.attempts > 1 and _already_delivered(box, name):
+            return None
+        ensure_maildir(box)
+        tmp = box / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            data = render(claim, self.hostname)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, box / "new" / name)
+        except FileExistsError:
+            pass  # delivered before a crash; the file in new/ is the one copy
+        finally:
+            tmp.unlink(missing_ok=True)
+        return box / "new"
+
+
+def _already_delivered(box: Path, name: str) -> bool:
+    """A copy in new/, or in cur/ with any flags after a reader moved it."""
+    if (box / "new" / name).exists():
+        return True
+    try:
+        return any(entry.split(":", 1)[0] == name for entry in os.listdir(box / "cur"))
+    except FileNotFoundError:
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _os_error(exc: OSError) -> DeliveryOutcome:
+    reason = f"maildir: {exc.strerror or exc}"
+    if exc.errno in _PERMANENT_ERRNOS:
+        return PermanentDeliveryError(reason)
+    return TemporaryDeliveryError(reason)

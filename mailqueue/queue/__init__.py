@@ -1,0 +1,21 @@
+"""The durable queue: the :class:`QueueStore` seam and its SQLAlchemy implementation."""
+
+from mailqueue.queue.models import (
+    Claim,
+    NewMessage,
+    QueueStats,
+    QueueStore,
+    RecipientState,
+    Settlement,
+    new_queue_id,
+)
+from mailqueue.queue.sqlstore import SqlQueueStore
+
+
+def open_store(url: str) -> QueueStore:
+    """The store for a SQLAlchemy URL (not yet opened)."""
+    return SqlQueueStore(url)
+
+
+__all__ = ["Claim", "NewMessage", "QueueStats", "QueueStore", "RecipientState",
+           "Settlement", "SqlQueueStore", "new_queue_id", "open_store"]

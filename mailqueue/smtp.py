@@ -1,0 +1,275 @@
+"""The SMTP front end: aiosmtpd with recipient, window and capacity policy.
+
+Replies are the error model at the edge: temporary trouble answers 4xx, permanent 5xx,
+and no exception text ever reaches a client. The reply to DATA is 250 only after the
+message is committed (see :mod:`mailqueue.queue.committer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, AnyStr
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailqueue.clock import Clock
+from mailqueue.config import SmtpConfig
+from mailqueue.errors import QueueError
+from mailqueue.mailbox.router import Route, RouteError, Router
+from mailqueue.queue.committer import GroupCommitter
+from mailqueue.queue.models import NewMessage, new_queue_id
+from mailqueue.windows import Inbound, WindowSet
+
+log = structlog.get_logger("mailqueue.smtp")
+
+IDENT = "ESMTP mailqueue"
+_MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
+_BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f<>()\[\],;:\\\" ]")
+
+# aiosmtpd's own replies, given enhanced status codes (RFC 3463) and no library detail.
+_REPLY_REWRITES: dict[str, str] = {
+    "552 Error: message size exceeds fixed maximum message size":
+        "552 5.3.4 Message size exceeds fixed maximum message size",
+    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds fixed maximum message size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
+    "500 Command line too long": "500 5.5.2 Command line too long",
+    "500 Error: bad syntax": "500 5.5.2 Syntax error",
+    "500 Error: strict ASCII mode": "500 5.6.7 Non-ASCII data without SMTPUTF8",
+    "501 Error: SMTPUTF8 disabled": "555 5.5.4 SMTPUTF8 not supported",
+    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command",
+    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command",
+    "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
+    "503 Error: send HELO first": "503 5.5.1 Send HELO/EHLO first",
+    "555 MAIL FROM parameters not recognized or not implemented":
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
+    "555 RCPT TO parameters not recognized or not implemented":
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented",
+}
+
+
+class Capacity:
+    """The queue's fill level as the front end sees it: refreshed from the store, plus local
+    acceptances since the refresh, so no count query runs per message."""
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.messages = 0
+        self.bytes = 0
+
+    def refreshed(self, messages: int, size: int) -> None:
+        self.messages, self.bytes = messages, size
+
+    def added(self, size: int) -> None:
+        self.messages += 1
+        self.bytes += size
+
+    def full(self, incoming: int = 0) -> bool:
+        return (self.messages >= self.max_messages or
+                self.bytes + incoming > self.max_bytes)
+
+
+class Gate:
+    """Connection admission: global and per-address limits, and draining at shutdown."""
+
+    def __init__(self, max_connections: int, per_ip: int) -> None:
+        self.max_connections = max_connections
+        self.per_ip = per_ip
+        self.by_ip: Counter[str] = Counter()
+        self.transports: set[asyncio.BaseTransport] = set()
+        self.draining = False
+
+    @property
+    def open_connections(self) -> int:
+        return sum(self.by_ip.values())
+
+    def admit(self, ip: str, transport: asyncio.BaseTransport) -> str | None:
+        """None to admit, or the 421 reply to close with."""
+        if self.draining:
+            return "421 4.3.2 Service shutting down, try again later"
+        if self.open_connections >= self.max_connections:
+            return "421 4.7.0 Too many connections, try again later"
+        if self.by_ip[ip] >= self.per_ip:
+            return "421 4.7.0 Too many connections from your address, try again later"
+        self.by_ip[ip] += 1
+        self.transports.add(transport)
+        return None
+
+    def release(self, ip: str, transport: asyncio.BaseTransport | None) -> None:
+        if transport is not None:
+            self.transports.discard(transport)
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]
+
+    def close_all(self) -> None:
+        """The hard deadline of a stop: close the sessions that are still open."""
+        for transport in list(self.transports):
+            if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+                transport.write(b"421 4.3.2 Service shutting down\r\n")
+            transport.close()
+
+
+class MailqueueSMTP(SMTP):
+    """aiosmtpd's protocol with admission control, enhanced codes and polite timeouts."""
+
+    def __init__(self, handler: MailqueueHandler, gate: Gate, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._gate = gate
+        self._admitted_ip: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._admitted_ip is None and self.transport is None:
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if peer else "?"
+            refusal = self._gate.admit(ip, transport)
+            if refusal is not None:
+                log.info("connection_refused", peer=ip, reply=refusal[:3])
+                transport.write(refusal.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._admitted_ip = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted_ip is not None:
+            self._gate.release(self._admitted_ip, self.transport)
+            self._admitted_ip = None
+        if self.session is not None:
+            super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            status = _REPLY_REWRITES.get(status, status)
+        await super().push(status)
+
+    def _timeout_cb(self) -> None:
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.4.2 Idle timeout, closing connection\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+
+class MailqueueHandler:
+    """aiosmtpd hooks: who may send to whom, and when a message counts as accepted."""
+
+    def __init__(self, config: SmtpConfig, router: Router, windows: Callable[[], WindowSet],
+                 committer: GroupCommitter, capacity: Capacity, clock: Clock,
+                 on_accepted: Callable[[NewMessage], None] | None = None) -> None:
+        self.config = config
+        self.router = router
+        self.windows = windows
+        self.committer = committer
+        self.capacity = capacity
+        self.clock = clock
+        self.on_accepted = on_accepted
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if address and not _plausible_address(address):
+            return "553 5.1.7 Malformed sender address"
+        if self.capacity.full(_declared_size(mail_options)):
+            log.warning("queue_full", messages=self.capacity.messages, bytes=self.capacity.bytes)
+            return "452 4.3.1 Queue full, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if rcpt_options:
+            return "555 5.5.4 RCPT TO parameters not recognized or not implemented"
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if not _plausible_address(address):
+            return "553 5.1.3 Malformed recipient address"
+        route = self.router.route(address)
+        if route is RouteError.UNKNOWN_DOMAIN:
+            return "550 5.7.1 Relay access denied"
+        if route is RouteError.UNKNOWN_MAILBOX:
+            return "550 5.1.1 Recipient address rejected: user unknown"
+        if not isinstance(route, Route):
+            return "553 5.1.3 Malformed recipient address"
+        window = self.windows().blocking(route.store)
+        if window is not None and window.inbound is Inbound.TEMPFAIL:
+            return f"451 4.3.2 Mailbox maintenance ({window.name}), try again later"
+        if window is not None and window.inbound is Inbound.REJECT:
+            return f"554 5.3.2 Mailbox maintenance ({window.name}), not accepting mail"
+        if self.capacity.full():
+            return "452 4.3.1 Queue full, try again later"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        body = envelope.original_content or b""
+        routes = [self.router.route(a) for a in envelope.rcpt_tos]
+        now = self.clock.now()
+        message = NewMessage(
+            queue_id=new_queue_id(now),
+            mail_from=envelope.mail_from or "",
+            recipients=tuple((r.address, r.store) for r in routes if isinstance(r, Route)),
+            body=body,
+            received_at=now,
+            helo=(session.host_name or "")[:255],
+            peer=str(session.peer[0]) if session.peer else "",
+            message_id=_message_id(body),
+            digest=hashlib.sha256(body).hexdigest(),
+        )
+        try:
+            await self.committer.submit(message)
+        except QueueError as exc:
+            log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
+            return "451 4.3.0 Temporary queue failure, try again later"
+        self.capacity.added(len(body))
+        log.info("message_queued", queue_id=message.queue_id, size=len(body),
+                 recipients=len(message.recipients))
+        if self.on_accepted is not None:
+            self.on_accepted(message)
+        return f"250 2.0.0 Ok: queued as {message.queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("smtp_session_error", error_type=type(error).__name__)
+        return "451 4.3.0 Internal error, try again later"
+
+
+def _plausible_address(address: str) -> bool:
+    return (0 < len(address) <= 254 and address.count("@") >= 1 and
+            not _BAD_ADDRESS_CHARS.search(address.rpartition("@")[2]) and
+            "\x00" not in address and "\r" not in address and "\n" not in address)
+
+
+def _declared_size(mail_options: list[str]) -> int:
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _message_id(body: bytes) -> str | None:
+    header_end = body.find(b"\r\n\r\n")
+    match = _MESSAGE_ID_RE.search(body[: header_end if header_end >= 0 else 65536])
+    if match is None:
+        return None
+    return match.group(1).decode("ascii", "replace").strip()[:998] or None
+
+
+async def start_server(handler: MailqueueHandler, gate: Gate, config: SmtpConfig,
+                       ) -> asyncio.Server:
+    """Listen on ``config.host:config.port`` (port 0 picks a free one)."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> MailqueueSMTP:
+        return MailqueueSMTP(handler, gate, data_size_limit=config.max_message_size,
+                             enable_SMTPUTF8=False, decode_data=False,
+                             hostname=config.hostname, ident=IDENT,
+                             timeout=config.timeout, loop=loop)
+
+    return await loop.create_server(factory, host=config.host, port=config.port,
+                                    reuse_address=True)
