@@ -50,6 +50,11 @@ class ControlPlane:
         self._blocked: frozenset[str] = frozenset()
         self._listeners: list[Callable[[], None]] = []
         self._poke = asyncio.Event()
+        # Serialised, so that a refresh that started before a change cannot finish after
+        # a refresh that saw it and put the stale view back.
+        self._lock = asyncio.Lock()
+        self._seen: dict[str, WindowState] | None = None
+        self._ends: dict[str, float] = {}
         clock.subscribe(self._poke.set)
 
     def listen(self, callback: Callable[[], None]) -> None:
@@ -70,22 +75,41 @@ class ControlPlane:
         self._poke.set()
 
     async def refresh(self) -> None:
+        async with self._lock:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         now = self._clock.now()
         windows = []
         for window in await self._store.windows():
             advanced = window.advance(now)
             if advanced is not window:
-                changed = await self._store.save_window(advanced, expect_state=window.state)
-                if changed:
-                    log.info(_EVENTS.get(advanced.state, "window_changed"), window=window.name,
-                             stores=",".join(window.stores) or "*")
+                # Conditional: when several processes see the same moment pass, one saves.
+                await self._store.save_window(advanced, expect_state=window.state)
             windows.append(advanced)
+        self._log_changes(windows)
         self._current = WindowSet(windows, now)
         blocked = self.blocked()
         if blocked != self._blocked:
             self._blocked = blocked
             for callback in list(self._listeners):
                 callback()
+
+    def _log_changes(self, windows: list[Window]) -> None:
+        """Log each state change this process sees, whoever made it (time, CLI, a test)."""
+        first = self._seen is None
+        seen = self._seen or {}
+        for window in windows:
+            before = seen.get(window.name)
+            if before is None and first and window.state is not WindowState.ACTIVE:
+                continue
+            if before is not window.state or before is None:
+                log.info(_EVENTS.get(window.state, "window_scheduled"), window=window.name,
+                         stores=",".join(window.stores) or "*", inbound=window.inbound.value)
+            elif window.end != self._ends.get(window.name):
+                log.info("window_extended", window=window.name, end=window.end)
+        self._seen = {w.name: w.state for w in windows}
+        self._ends = {w.name: w.end for w in windows}
 
     async def run(self) -> None:
         while True:

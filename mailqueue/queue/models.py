@@ -105,7 +105,8 @@ class QueueStore(Protocol):
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
                     lease_until: float) -> list[Claim]:
-        """Lease up to ``limit`` due recipients of ``stores``; counts an attempt for each."""
+        """Lease up to ``limit`` due recipients of ``stores`` that no active window holds;
+        counts an attempt for each."""
         ...
 
     async def settle(self, settlement: Settlement, owner: str, now: float) -> None:

@@ -28,7 +28,7 @@ from mailqueue.queue.models import (
     Settlement,
 )
 from mailqueue.queue.schema import messages, metadata, recipients, windows
-from mailqueue.windows import Inbound, Window, WindowState
+from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
 
@@ -129,6 +129,13 @@ class SqlQueueStore:
             return []
         claimed: list[int] = []
         async with self._tx(write=True) as conn:
+            # Windows are read in the claiming transaction, so a window saved before it
+            # began is honoured even if the caller's view of the windows is a moment old.
+            current = WindowSet([_window_from_row(row._mapping)
+                                 for row in await conn.execute(select(windows))], now)
+            stores = [s for s in stores if current.blocking(s) is None]
+            if not stores:
+                return []
             per_store = max(1, limit // len(stores))
             for store in stores:
                 due = (select(recipients.c.id)

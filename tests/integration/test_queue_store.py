@@ -1,0 +1,96 @@
+"""The QueueStore contract, run against every backend (a real SQLite file here)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mailqueue.queue.models import NewMessage, QueueStore, Settlement, new_queue_id
+from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.windows import Window
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueStore]:
+    queue = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    await queue.open()
+    try:
+        yield queue
+    finally:
+        await queue.close()
+
+
+def new_message(*rcpts: tuple[str, str], now: float = T0, body: bytes = b"x") -> NewMessage:
+    return NewMessage(queue_id=new_queue_id(now), mail_from="a@src.test", recipients=rcpts,
+                      body=body, received_at=now, digest=hashlib.sha256(body).hexdigest())
+
+
+async def test_enqueue_claim_settle(store: QueueStore) -> None:
+    msg = new_message(("a@b.example", "basic"), ("c@x.example", "hx"), body=b"hello")
+    await store.enqueue([msg])
+    assert await store.capacity() == (1, 5)
+    claims = await store.claim(["basic", "hx"], 10, "w1", T0, T0 + 60)
+    assert {c.address for c in claims} == {"a@b.example", "c@x.example"}
+    assert all(c.body == b"hello" and c.attempts == 1 for c in claims)
+    assert await store.claim(["basic", "hx"], 10, "w2", T0, T0 + 60) == []  # leased
+    await store.settle(Settlement(delivered=[claims[0].recipient_id]), "w1", T0 + 1)
+    assert (await store.stats()).messages_pending == 1
+    await store.settle(Settlement(bounced=[(claims[1].recipient_id, "no")]), "w1", T0 + 1)
+    stats = await store.stats()
+    assert stats.messages_pending == 0 and stats.recipients["delivered"] == 1
+    assert stats.recipients["bounced"] == 1 and await store.capacity() == (0, 0)
+
+
+async def test_claim_skips_future_and_windowed(store: QueueStore) -> None:
+    await store.enqueue([new_message(("a@b.example", "basic")),
+                         new_message(("c@x.example", "hx"))])
+    await store.save_window(Window(name="w", stores=("hx",), start=T0 - 10, end=T0 + 100))
+    claims = await store.claim(["basic", "hx"], 10, "w1", T0, T0 + 60)
+    assert [c.store for c in claims] == ["basic"]
+    # Deferred into the future: not due now, due later.
+    await store.settle(Settlement(deferred=[(claims[0].recipient_id, T0 + 50, "down")]),
+                       "w1", T0)
+    assert await store.claim(["basic"], 10, "w1", T0 + 10, T0 + 70) == []
+    again = await store.claim(["basic"], 10, "w1", T0 + 50, T0 + 110)
+    assert len(again) == 1 and again[0].attempts == 2
+    # After the window's end the held store is claimable.
+    assert [c.store for c in await store.claim(["hx"], 10, "w1", T0 + 100, T0 + 160)] == ["hx"]
+
+
+async def test_expired_lease_returns_to_queue(store: QueueStore) -> None:
+    await store.enqueue([new_message(("a@b.example", "basic"))])
+    [claim] = await store.claim(["basic"], 10, "crashed", T0, T0 + 60)
+    assert await store.reclaim_expired(T0 + 30) == 0
+    assert await store.reclaim_expired(T0 + 61) == 1
+    [again] = await store.claim(["basic"], 10, "w2", T0 + 61, T0 + 121)
+    assert again.recipient_id == claim.recipient_id
+    # The crashed worker's late deferral does not overwrite the new owner's lease.
+    await store.settle(Settlement(deferred=[(claim.recipient_id, T0 + 999, "late")]),
+                       "crashed", T0 + 62)
+    await store.settle(Settlement(delivered=[again.recipient_id]), "w2", T0 + 63)
+    assert (await store.stats()).recipients["delivered"] == 1
+
+
+async def test_concurrent_claimers_never_share(store: QueueStore) -> None:
+    await store.enqueue([new_message((f"u{i}@b.example", "basic")) for i in range(300)])
+    results = await asyncio.gather(*(store.claim(["basic"], 40, f"w{i}", T0, T0 + 60)
+                                     for i in range(10)))
+    ids = [c.recipient_id for claims in results for c in claims]
+    assert len(ids) == len(set(ids)) == 300
+
+
+async def test_windows_round_trip(store: QueueStore) -> None:
+    window = Window(name="w", stores=("a", "b"), start=T0, end=T0 + 10, timezone="UTC")
+    assert await store.add_window_if_absent(window)
+    assert not await store.add_window_if_absent(window)
+    assert await store.windows() == [window]
+    ended = window.advance(T0 + 20)
+    assert not await store.save_window(ended, expect_state="active")
+    assert await store.save_window(ended, expect_state="scheduled")
+    assert (await store.windows())[0].state == "ended"
