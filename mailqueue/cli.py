@@ -19,6 +19,7 @@ from mailqueue.logs import configure_logging
 from mailqueue.queue.models import QueueStore
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.timeparse import format_duration, format_time, parse_duration, parse_time
+from mailqueue.verify.command import verify
 from mailqueue.windows import Inbound, Window
 
 T = TypeVar("T")
@@ -268,6 +269,9 @@ def stats(config_path: str | None, as_json: bool) -> None:
                f"({result.bytes_pending} bytes); accepted in all: {result.messages_total}")
     if oldest is not None:
         click.echo(f"oldest pending: {format_duration(oldest)}")
+
+
+cli.add_command(verify)
 
 
 def main(argv: list[str] | None = None) -> None:

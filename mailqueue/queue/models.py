@@ -90,6 +90,29 @@ class QueueStats:
     messages_total: int
 
 
+@dataclasses.dataclass(frozen=True)
+class LedgerRecipient:
+    """One recipient of an accepted message and where it stands."""
+
+    address: str
+    store: str
+    state: RecipientState
+    last_error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerEntry:
+    """What the queue remembers of an accepted message, kept after delivery."""
+
+    queue_id: str
+    message_id: str | None
+    digest: str  # SHA-256 of the message as received (CRLF line ends)
+    received_at: float
+    size: int
+    rcpt_count: int  # recipients accepted, as counted when the message was committed
+    recipients: tuple[LedgerRecipient, ...]
+
+
 class QueueStore(Protocol):
     """The durable queue. No caller sees SQL; every method is one short transaction."""
 
@@ -130,3 +153,7 @@ class QueueStore(Protocol):
         ...
 
     async def add_window_if_absent(self, window: Window) -> bool: ...
+
+    async def ledger(self) -> list[LedgerEntry]:
+        """Every accepted message with its recipients' states, oldest first."""
+        ...

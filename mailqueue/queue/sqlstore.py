@@ -22,6 +22,8 @@ from mailqueue.errors import QueueError
 from mailqueue.queue.models import (
     FINAL_STATES,
     Claim,
+    LedgerEntry,
+    LedgerRecipient,
     NewMessage,
     QueueStats,
     RecipientState,
@@ -246,6 +248,23 @@ class SqlQueueStore:
             return QueueStats(recipients=by_state, messages_pending=int(pending[0]),
                               bytes_pending=int(pending[1]), oldest_pending=pending[2],
                               messages_total=int(total or 0))
+
+    async def ledger(self) -> list[LedgerEntry]:
+        async with self._tx() as conn:
+            by_message: dict[str, list[LedgerRecipient]] = {}
+            for r in await conn.execute(
+                    select(recipients.c.queue_id, recipients.c.address, recipients.c.store,
+                           recipients.c.state, recipients.c.last_error)
+                    .order_by(recipients.c.id)):
+                by_message.setdefault(r.queue_id, []).append(LedgerRecipient(
+                    r.address, r.store, RecipientState(r.state), r.last_error))
+            rows = await conn.execute(
+                select(messages.c.queue_id, messages.c.message_id, messages.c.digest,
+                       messages.c.received_at, messages.c.size, messages.c.rcpt_count)
+                .order_by(messages.c.received_at, messages.c.queue_id))
+            return [LedgerEntry(m.queue_id, m.message_id, m.digest, m.received_at, m.size,
+                                m.rcpt_count, tuple(by_message.get(m.queue_id, ())))
+                    for m in rows]
 
     # --- windows (the control plane) -------------------------------------------------
 

@@ -1,0 +1,229 @@
+"""A complete mailqueue inside the test's event loop, driven by a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+from mailqueue.app import MailqueueApp
+from mailqueue.clock import ManualClock
+from mailqueue.config import Config
+from mailqueue.mailbox.router import Route, Router
+from mailqueue.queue.models import QueueStats, RecipientState
+from mailqueue.testing.ledger import Ledger
+from mailqueue.verify.scan import DeliveredCopy, scan_root
+from mailqueue.windows import Inbound, Window, WindowState
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 15.0
+_PENDING = (RecipientState.QUEUED.value, RecipientState.ACTIVE.value,
+            RecipientState.HELD.value)
+
+
+class NotDrainedError(AssertionError):
+    """The queue still held mail when ``drained()`` gave up."""
+
+
+def _seconds(span: timedelta | float) -> float:
+    return span.total_seconds() if isinstance(span, timedelta) else float(span)
+
+
+def read_mailbox(config: Config, address: str) -> list[EmailMessage]:
+    """The messages delivered to ``address``, oldest first (blocking file reads)."""
+    route = Router(config.stores).route(address)
+    if not isinstance(route, Route):
+        raise ValueError(f"{address!r}: no mailbox for it ({route})")
+    root = config.store(route.store).path
+    copies = [c for c in scan_root(route.store, root)
+              if (c.recipient or "").lower() == route.address]
+    copies.sort(key=lambda c: (c.path.name.split(".", 1)[0], c.path.name))
+    out = []
+    for copy in copies:
+        message = email.message_from_bytes(copy.path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        out.append(message)
+    return out
+
+
+def scan_mailboxes(config: Config) -> list[DeliveredCopy]:
+    """Every file in every store's Maildirs (blocking)."""
+    return [c for s in config.stores for c in scan_root(s.name, s.path)]
+
+
+class AsyncMailbox:
+    """One address's Maildir, read back from disk."""
+
+    def __init__(self, config: Config, address: str) -> None:
+        self._config = config
+        self.address = address
+
+    async def messages(self) -> list[EmailMessage]:
+        """Parsed messages (with the trace headers delivery added), oldest first."""
+        return await asyncio.to_thread(read_mailbox, self._config, self.address)
+
+
+class AsyncMailqueue:
+    """SMTP front end, queue (SQLite in a temp dir), worker and Maildirs, in this loop.
+
+    Time is a :class:`~mailqueue.clock.ManualClock`: windows, retries and lifetimes move
+    only when the test calls :meth:`advance`. Every method that touches the queue or the
+    disk is awaited; :meth:`advance` and the attributes are plain.
+    """
+
+    def __init__(self, config: Config, *, inbound: str = "queue") -> None:
+        self.config = config
+        self.clock = ManualClock()
+        self.default_inbound = Inbound(inbound)
+        self.app = MailqueueApp(config, clock=self.clock)
+        self.host = config.smtp.host
+        self.port = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Run the app and wait until it listens."""
+        self._task = asyncio.create_task(self.app.run(), name="mailqueue")
+        ready = asyncio.create_task(self.app.ready.wait())
+        await asyncio.wait([self._task, ready], timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            if self._task.done():
+                self._task.result()  # raises what went wrong
+            await self.stop()
+            raise TimeoutError(f"mailqueue did not start within {timeout}s")
+        self.port = self.app.port or 0
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop gracefully; cancel what is left after ``timeout`` seconds."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self.app.stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise TimeoutError(f"mailqueue did not stop within {timeout}s") from None
+
+    async def __aenter__(self) -> AsyncMailqueue:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- windows -------------------------------------------------------------------------
+
+    async def start_window(self, stores: str | list[str] | tuple[str, ...] | None = None,
+                           *, inbound: str | None = None, name: str = "maintenance",
+                           duration: timedelta | float = timedelta(hours=48)) -> Window:
+        """Open window ``name`` now for ``stores`` (all when None) for ``duration``."""
+        chosen = (stores,) if isinstance(stores, str) else tuple(stores or ())
+        known = [s.name for s in self.config.stores]
+        unknown = [s for s in chosen if s not in known]
+        if unknown:
+            raise ValueError(f"unknown store(s) {unknown} (known: {known})")
+        now = self.clock.now()
+        end = now + _seconds(duration)
+        current = self._window(await self.app.queue.windows(), name)
+        if current is None:
+            current = Window(name=name, stores=chosen, start=now, end=end,
+                             inbound=Inbound(inbound or self.default_inbound))
+        return await self._save(current.started_now(now, end))
+
+    async def end_window(self, name: str | None = None) -> list[Window]:
+        """End window ``name`` (every active window when None); the queue drains."""
+        now = self.clock.now()
+        ended = []
+        for window in await self.app.queue.windows():
+            if (name is None or window.name == name) and \
+                    window.effective_state(now) is WindowState.ACTIVE:
+                ended.append(await self._save(window.ended_now(now)))
+        if name is not None and not ended:
+            raise ValueError(f"no active window named {name!r}")
+        return ended
+
+    async def extend_window(self, by: timedelta | float | None = None, *,
+                            until: datetime | None = None,
+                            name: str = "maintenance") -> Window:
+        """Push the planned end of ``name`` by ``by``, or to ``until`` (an aware datetime)."""
+        if (by is None) == (until is None):
+            raise ValueError("give by= or until=, not both")
+        window = self._window(await self.app.queue.windows(), name)
+        if window is None:
+            raise ValueError(f"no window named {name!r}")
+        end = window.end + _seconds(by) if by is not None else until.timestamp()  # type: ignore[union-attr]
+        return await self._save(window.extended(self.clock.now(), end))
+
+    @staticmethod
+    def _window(windows: list[Window], name: str) -> Window | None:
+        return next((w for w in windows if w.name == name), None)
+
+    async def _save(self, window: Window) -> Window:
+        await self.app.queue.save_window(window)
+        await self.app.control.refresh()
+        return window
+
+    # --- time and draining ---------------------------------------------------------------
+
+    def advance(self, span: timedelta | float) -> None:
+        """Move mail time forward (windows end, retries fall due, lifetimes run out)."""
+        self.clock.advance(_seconds(span))
+
+    async def stats(self) -> QueueStats:
+        return await self.app.queue.stats()
+
+    async def drained(self, timeout: float = 10.0) -> None:
+        """Wait until no recipient is queued or in delivery; fail after ``timeout`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            stats = await self.app.queue.stats()
+            if not sum(stats.recipients[s] for s in _PENDING):
+                return
+            if self._task is not None and self._task.done():
+                self._task.result()
+                raise NotDrainedError("mailqueue stopped before the queue drained")
+            if loop.time() > deadline:
+                raise NotDrainedError(await self._why_not_drained(timeout))
+            await asyncio.sleep(0.02)
+
+    async def _why_not_drained(self, timeout: float) -> str:
+        blocked = self.app.control.current()
+        lines = [f"mailqueue: queue not drained after {timeout}s"]
+        for entry in await self.app.queue.ledger():
+            for rcpt in entry.recipients:
+                if rcpt.state.value not in _PENDING:
+                    continue
+                window = blocked.blocking(rcpt.store)
+                why = f"held by active window {window.name!r} (end_window())" if window else \
+                    f"waiting to retry: {rcpt.last_error} (advance() the clock)" \
+                    if rcpt.last_error else f"{rcpt.state.value}"
+                lines.append(f"  {entry.queue_id} {entry.message_id or ''} -> "
+                             f"{rcpt.address}: {why}")
+        return "\n".join(lines[:51])
+
+    # --- what arrived --------------------------------------------------------------------
+
+    def mailbox(self, address: str) -> AsyncMailbox:
+        """The Maildir of ``address`` (``await mailbox(a).messages()``)."""
+        return AsyncMailbox(self.config, address)
+
+    async def ledger(self) -> Ledger:
+        """What was accepted, compared with the Maildir files as they are now."""
+        entries = await self.app.queue.ledger()
+        copies = await asyncio.to_thread(scan_mailboxes, self.config)
+        return Ledger(entries, copies)
+
+    def maildir_root(self, store: str | None = None) -> Path:
+        """Where a store's (by default the first store's) Maildirs are."""
+        return self.config.store(store or self.config.stores[0].name).path

@@ -1,0 +1,66 @@
+"""The ledger a test asserts on: what mailqueue accepted, against what the Maildirs hold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mailqueue.queue.models import LedgerEntry
+from mailqueue.verify.audit import Audit, Finding, audit
+from mailqueue.verify.scan import DeliveredCopy
+
+
+class MailLossError(AssertionError):
+    """Mail that was accepted is not in its mailbox, intact, exactly once."""
+
+
+class Ledger:
+    """Every message mailqueue accepted (queue id, Message-ID, recipients, body digest),
+    compared with the files actually found in the Maildirs when it was taken."""
+
+    def __init__(self, entries: Sequence[LedgerEntry], copies: Sequence[DeliveredCopy]) -> None:
+        self.entries: tuple[LedgerEntry, ...] = tuple(entries)
+        self.audit: Audit = audit(entries, copies)
+
+    def __len__(self) -> int:
+        """How many messages were accepted."""
+        return len(self.entries)
+
+    @property
+    def message_ids(self) -> list[str | None]:
+        return [e.message_id for e in self.entries]
+
+    @property
+    def recipients(self) -> int:
+        """How many recipients were accepted, over all messages."""
+        return self.audit.accepted
+
+    def assert_no_loss(self, *, allow_bounced: bool = False) -> None:
+        """Every accepted recipient has its message in its mailbox, intact.
+
+        Fails naming each message that is missing, corrupted, still queued (end the window
+        and ``drained()`` first) or bounced (unless ``allow_bounced``).
+        """
+        pending = [("not delivered (still in the queue: end the window, advance the clock "
+                    "or await drained() first)", self.audit.pending)]
+        bounced: list[tuple[str, Sequence[Finding]]] = [] if allow_bounced else \
+            [("bounced", self.audit.bounces)]
+        failing = self.audit.of_kind("missing") or self.audit.of_kind("corrupted") or \
+            self.audit.unaccounted or self.audit.pending or (bounced and self.audit.bounces)
+        if failing:
+            raise MailLossError("mailqueue: accepted mail is not in the mailboxes\n" +
+                                self.audit.report(("missing", "corrupted"), pending + bounced))
+
+    def assert_no_duplicates(self) -> None:
+        """No message is in a mailbox twice, and no mailbox holds mail nobody sent it."""
+        if self.audit.of_kind("duplicated") or self.audit.of_kind("unexpected"):
+            raise MailLossError("mailqueue: mail delivered more than once or unexpectedly\n" +
+                                self.audit.report(("duplicated", "unexpected")))
+
+    def assert_ok(self, *, allow_bounced: bool = False) -> None:
+        """Both: nothing lost and nothing twice."""
+        self.assert_no_loss(allow_bounced=allow_bounced)
+        self.assert_no_duplicates()
+
+    def report(self) -> str:
+        """The conservation equation and every exception, as ``mailqueue verify`` prints."""
+        return self.audit.report()

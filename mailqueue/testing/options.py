@@ -1,0 +1,88 @@
+"""What a test can choose about its mailqueue, turned into a :class:`~mailqueue.config.Config`.
+
+Everything has a default that suits a test: one store ``mail`` serving ``example.com``,
+any local part accepted, SMTP on a free port of 127.0.0.1, the queue in a SQLite file and
+the Maildirs under the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mailqueue.config import Config, config_from_dict
+
+DEFAULT_DOMAINS = ("example.com",)
+DEFAULT_STORE = "mail"
+
+
+@dataclasses.dataclass(frozen=True)
+class MailqueueOptions:
+    """Settings for one test's mailqueue (the ``mailqueue`` marker takes the same names).
+
+    - ``stores``: store name → its domains, e.g. ``{"basic": ["basic.example"],
+      "exchange": ["exchange.example"]}``; when absent, one store ``mail`` serving
+      ``domains``.
+    - ``domains``: the domains of the single default store.
+    - ``mailboxes``: store name → the local parts that exist (others get 550 5.1.1).
+    - ``inbound``: the policy of windows opened by ``start_window()`` without one:
+      ``"queue"`` (accept and hold), ``"tempfail"`` (451) or ``"reject"`` (554).
+    - ``max_message_size``, ``max_recipients``, ``max_messages``: front-end limits
+      (sizes take ``"512KiB"`` or a number of bytes).
+    - ``config``: any further settings, as the TOML sections would hold them, e.g.
+      ``{"queue": {"max_lifetime": "2d"}, "delivery": {"concurrency": 1}}``.
+    """
+
+    stores: Mapping[str, Sequence[str]] | None = None
+    domains: Sequence[str] = DEFAULT_DOMAINS
+    mailboxes: Mapping[str, Sequence[str]] | None = None
+    inbound: str = "queue"
+    max_message_size: int | str = "10MiB"
+    max_recipients: int = 100
+    max_messages: int = 1_000_000
+    hostname: str = "mailqueue.test"
+    config: Mapping[str, Any] | None = None
+
+    @classmethod
+    def merged(cls, layers: Sequence[Mapping[str, Any]]) -> MailqueueOptions:
+        """Options from keyword layers, later ones winning; unknown names are a TypeError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for layer in layers:
+            unknown = sorted(set(layer) - known)
+            if unknown:
+                raise TypeError(f"unknown mailqueue option(s) {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(known))})")
+            values.update(layer)
+        return cls(**values)
+
+    def store_domains(self) -> dict[str, list[str]]:
+        if self.stores is None:
+            return {DEFAULT_STORE: list(self.domains)}
+        return {name: list(domains) for name, domains in self.stores.items()}
+
+    def build(self, root: Path) -> Config:
+        """A complete config with its queue file and Maildirs under ``root``."""
+        mailboxes = dict(self.mailboxes or {})
+        stores = [{"name": name, "path": str(root / "mail" / name), "domains": domains,
+                   **({"mailboxes": list(mailboxes[name])} if name in mailboxes else {})}
+                  for name, domains in self.store_domains().items()]
+        data: dict[str, Any] = {
+            "smtp": {"host": "127.0.0.1", "port": 0, "hostname": self.hostname,
+                     "max_message_size": self.max_message_size,
+                     "max_recipients": self.max_recipients, "shutdown_grace": 2,
+                     "timeout": 60},
+            "queue": {"url": f"sqlite+aiosqlite:///{root / 'queue.db'}",
+                      "max_messages": self.max_messages,
+                      "retry": {"initial_delay": 60, "jitter": 0}},
+            "delivery": {"poll_interval": 0.1, "concurrency": 2},
+            "stores": stores,
+        }
+        for section, values in (self.config or {}).items():
+            if isinstance(values, Mapping) and isinstance(data.get(section), dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+        return config_from_dict(data, "mailqueue test options")

@@ -1,0 +1,164 @@
+"""The pytest plugin (entry point ``pytest11``: installing mailqueue is enough).
+
+Fixtures:
+
+- ``mailqueue`` — an :class:`~mailqueue.testing.AsyncMailqueue` running in the test's
+  event loop (needs pytest-asyncio; in its strict mode mark the test ``@pytest.mark.asyncio``);
+- ``mailqueue_sync`` — a :class:`~mailqueue.testing.Mailqueue` for plain tests (the app runs
+  on its own loop in a thread; no pytest-asyncio needed);
+- ``mailqueue_factory`` / ``mailqueue_sync_factory`` — build several, each with options;
+- ``mailqueue_options`` — the :class:`~mailqueue.testing.MailqueueOptions` from the
+  ``@pytest.mark.mailqueue(...)`` markers (module, class and function; closest wins);
+  override it to configure a whole directory.
+
+Every instance is stopped at teardown under a timeout, whether the test passed or not.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailqueue.testing.harness import AsyncMailqueue
+from mailqueue.testing.options import MailqueueOptions
+from mailqueue.testing.threaded import Mailqueue
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - exercised only where pytest-asyncio is absent
+    pytest_asyncio = None  # type: ignore[assignment]
+
+MARKER = ("mailqueue(stores=None, domains=('example.com',), mailboxes=None, inbound='queue', "
+          "max_message_size='10MiB', max_recipients=100, max_messages=1000000, config=None): "
+          "configure the mailqueue fixtures of this test")
+
+AsyncFactory = Callable[..., Awaitable[AsyncMailqueue]]
+SyncFactory = Callable[..., Mailqueue]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
+
+
+@pytest.fixture
+def mailqueue_options(request: pytest.FixtureRequest) -> MailqueueOptions:
+    """Options from the ``mailqueue`` markers, closest last (so it wins)."""
+    layers = [m.kwargs for m in reversed(list(request.node.iter_markers("mailqueue")))]
+    for marker in request.node.iter_markers("mailqueue"):
+        if marker.args:
+            raise pytest.UsageError("@pytest.mark.mailqueue takes keyword arguments only, "
+                                    "e.g. @pytest.mark.mailqueue(domains=['example.com'])")
+    try:
+        return MailqueueOptions.merged(layers)
+    except TypeError as exc:
+        raise pytest.UsageError(f"@pytest.mark.mailqueue: {exc}") from None
+
+
+class _Dirs:
+    """A fresh directory per instance under the test's tmp_path."""
+
+    def __init__(self, base: Path) -> None:
+        self._base = base
+        self._count = itertools.count(1)
+
+    def next(self) -> Path:
+        n = next(self._count)
+        path = self._base / ("mailqueue" if n == 1 else f"mailqueue-{n}")
+        path.mkdir()
+        return path
+
+
+def _options(base: MailqueueOptions, overrides: dict[str, Any]) -> MailqueueOptions:
+    layer = {k: getattr(base, k) for k in base.__dataclass_fields__}
+    return MailqueueOptions.merged([layer, overrides])
+
+
+@pytest.fixture
+def mailqueue_sync_factory(mailqueue_options: MailqueueOptions,
+                           tmp_path: Path) -> Iterator[SyncFactory]:
+    """``mailqueue_sync_factory(**options)`` starts another threaded mailqueue."""
+    dirs = _Dirs(tmp_path)
+    started: list[Mailqueue] = []
+
+    def make(**overrides: Any) -> Mailqueue:
+        options = _options(mailqueue_options, overrides)
+        instance = Mailqueue(options.build(dirs.next()), inbound=options.inbound)
+        instance.start()
+        started.append(instance)
+        return instance
+
+    try:
+        yield make
+    finally:
+        _stop_all_sync(started)
+
+
+def _stop_all_sync(started: list[Mailqueue]) -> None:
+    errors = []
+    for instance in reversed(started):
+        try:
+            instance.stop()
+        except Exception as exc:  # stop the others, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def mailqueue_sync(mailqueue_sync_factory: SyncFactory) -> Mailqueue:
+    """A complete mailqueue for a synchronous test (runs in a background thread)."""
+    return mailqueue_sync_factory()
+
+
+async def _async_factory(options: MailqueueOptions,
+                         tmp_path: Path) -> AsyncIterator[AsyncFactory]:
+    dirs = _Dirs(tmp_path)
+    started: list[AsyncMailqueue] = []
+
+    async def make(**overrides: Any) -> AsyncMailqueue:
+        chosen = _options(options, overrides)
+        instance = AsyncMailqueue(chosen.build(dirs.next()), inbound=chosen.inbound)
+        await instance.start()
+        started.append(instance)
+        return instance
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for instance in reversed(started):
+            try:
+                await instance.stop()
+            except Exception as exc:  # stop the others, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+if pytest_asyncio is not None:
+    @pytest_asyncio.fixture
+    async def mailqueue_factory(mailqueue_options: MailqueueOptions,
+                                tmp_path: Path) -> AsyncIterator[AsyncFactory]:
+        """``await mailqueue_factory(**options)`` starts another mailqueue in this loop."""
+        async for factory in _async_factory(mailqueue_options, tmp_path):
+            yield factory
+
+    @pytest_asyncio.fixture
+    async def mailqueue(mailqueue_factory: AsyncFactory) -> AsyncMailqueue:
+        """A complete mailqueue in the test's event loop, with a manual clock."""
+        return await mailqueue_factory()
+else:  # pragma: no cover
+    _NEEDS = ("the async `{}` fixture needs pytest-asyncio (pip install pytest-asyncio); "
+              "for a synchronous test use `mailqueue_sync`")
+
+    @pytest.fixture
+    def mailqueue_factory() -> None:
+        pytest.fail(_NEEDS.format("mailqueue_factory"), pytrace=False)
+
+    @pytest.fixture
+    def mailqueue() -> None:
+        pytest.fail(_NEEDS.format("mailqueue"), pytrace=False)

@@ -1,0 +1,154 @@
+"""The synchronous twin: the same mailqueue on its own event loop in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailqueue.config import Config
+from mailqueue.queue.models import QueueStats
+from mailqueue.testing.harness import STOP_TIMEOUT, AsyncMailqueue, read_mailbox
+from mailqueue.testing.ledger import Ledger
+from mailqueue.windows import Window
+
+T = TypeVar("T")
+_CALL_MARGIN = 5.0
+
+
+class Mailbox:
+    """One address's Maildir, read back from disk."""
+
+    def __init__(self, config: Config, address: str) -> None:
+        self._config = config
+        self.address = address
+
+    def messages(self) -> list[EmailMessage]:
+        """Parsed messages (with the trace headers delivery added), oldest first."""
+        return read_mailbox(self._config, self.address)
+
+
+class Mailqueue:
+    """:class:`~mailqueue.testing.harness.AsyncMailqueue` for synchronous tests.
+
+    The app runs on a private event loop in a daemon thread; every method blocks until the
+    loop has done the work, so a sync test (``smtplib``, ``requests``, a Django or Flask
+    client) drives it without ``await``.
+    """
+
+    def __init__(self, config: Config, *, inbound: str = "queue") -> None:
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="mailqueue-loop", daemon=True)
+        self._inner: AsyncMailqueue | None = None
+        self._inbound = inbound
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"mailqueue did not answer within {timeout}s") from None
+
+    @property
+    def inner(self) -> AsyncMailqueue:
+        if self._inner is None:
+            raise RuntimeError("mailqueue is not running: call start() first")
+        return self._inner
+
+    @property
+    def host(self) -> str:
+        return self.config.smtp.host
+
+    @property
+    def port(self) -> int:
+        return self.inner.port
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread and the app in it; return once it listens."""
+        self._thread.start()
+
+        async def build() -> AsyncMailqueue:
+            inner = AsyncMailqueue(self.config, inbound=self._inbound)
+            await inner.start()
+            return inner
+
+        try:
+            self._inner = self._call(build())
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the app (under ``timeout``), then the loop and its thread."""
+        try:
+            if self._inner is not None:
+                self._call(self._inner.stop(timeout), timeout + _CALL_MARGIN)
+        finally:
+            self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(_CALL_MARGIN)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()
+
+    def __enter__(self) -> Mailqueue:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the same verbs, blocking --------------------------------------------------------
+
+    def start_window(self, stores: str | list[str] | tuple[str, ...] | None = None, *,
+                     inbound: str | None = None, name: str = "maintenance",
+                     duration: timedelta | float = timedelta(hours=48)) -> Window:
+        """Open window ``name`` now for ``stores`` (all when None) for ``duration``."""
+        return self._call(self.inner.start_window(stores, inbound=inbound, name=name,
+                                                  duration=duration))
+
+    def end_window(self, name: str | None = None) -> list[Window]:
+        """End window ``name`` (every active window when None); the queue drains."""
+        return self._call(self.inner.end_window(name))
+
+    def extend_window(self, by: timedelta | float | None = None, *,
+                      until: datetime | None = None, name: str = "maintenance") -> Window:
+        """Push the planned end of ``name`` by ``by``, or to ``until``."""
+        return self._call(self.inner.extend_window(by, until=until, name=name))
+
+    def advance(self, span: timedelta | float) -> None:
+        """Move mail time forward (on the loop's thread: the clock wakes its waiters)."""
+        async def move() -> None:
+            self.inner.advance(span)
+
+        self._call(move())
+
+    def drained(self, timeout: float = 10.0) -> None:
+        """Block until no recipient is queued or in delivery; fail after ``timeout`` s."""
+        self._call(self.inner.drained(timeout), timeout + _CALL_MARGIN)
+
+    def stats(self) -> QueueStats:
+        return self._call(self.inner.stats())
+
+    def mailbox(self, address: str) -> Mailbox:
+        """The Maildir of ``address`` (``mailbox(a).messages()``)."""
+        return Mailbox(self.config, address)
+
+    def ledger(self) -> Ledger:
+        """What was accepted, compared with the Maildir files as they are now."""
+        return self._call(self.inner.ledger())
+
+    def maildir_root(self, store: str | None = None) -> Path:
+        return self.inner.maildir_root(store)

@@ -1,0 +1,17 @@
+"""Proving that nothing was lost or delivered twice.
+
+The queue's ledger (every accepted message with its Message-ID, recipients and body digest)
+is compared with what the Maildirs actually hold, found by scanning the files:
+
+- :mod:`mailqueue.verify.scan` reads delivered files back into (queue id, recipient, digest);
+- :mod:`mailqueue.verify.audit` compares them with the ledger and states the conservation
+  equation (accepted = delivered + bounced + still queued, per recipient);
+- :mod:`mailqueue.verify.snapshot` records existing mailbox content and reports changes.
+"""
+
+from mailqueue.verify.audit import Audit, audit
+from mailqueue.verify.scan import DeliveredCopy, restore_message, scan_root
+from mailqueue.verify.snapshot import Manifest, SnapshotDiff, compare_snapshot, take_snapshot
+
+__all__ = ["Audit", "DeliveredCopy", "Manifest", "SnapshotDiff", "audit", "compare_snapshot",
+           "restore_message", "scan_root", "take_snapshot"]

@@ -1,0 +1,207 @@
+"""Compare the queue's ledger with the mailbox files and state the conservation equation.
+
+Per recipient, ``accepted = delivered + bounced + still queued``: *accepted* counts what
+each message had when the front end said 250, the other terms count the recipient rows by
+state, so a row lost from the queue shows as a gap. Each recipient the queue marks
+delivered must then be in its mailbox exactly once, intact (digest equal). Exceptions:
+
+- **missing** — marked delivered, no file holds it (or the queue lost the recipient);
+- **duplicated** — more than one file for one queue id and recipient, or the same
+  Message-ID delivered to one recipient under several queue ids;
+- **corrupted** — a file whose message no longer has the digest recorded at acceptance;
+- **unexpected** — a file the ledger cannot account for (unknown queue id, a recipient the
+  message did not have, or one that bounced).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mailqueue.queue.models import LedgerEntry, LedgerRecipient, RecipientState
+from mailqueue.verify.scan import DeliveredCopy
+
+_PENDING = (RecipientState.QUEUED, RecipientState.ACTIVE, RecipientState.HELD)
+KINDS = ("missing", "duplicated", "corrupted", "unexpected")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One exception: a message (and recipient) that is not where it should be, once."""
+
+    kind: str
+    queue_id: str | None
+    recipient: str | None
+    message_id: str | None
+    detail: str
+    paths: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        who = f"{self.queue_id or '?'} {self.message_id or '(no Message-ID)'}"
+        to = f" -> {self.recipient}" if self.recipient else ""
+        files = "".join(f"\n      {p}" for p in self.paths)
+        return f"{who}{to}: {self.detail}{files}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"paths": list(self.paths)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Audit:
+    """The outcome of comparing a ledger with the mailboxes."""
+
+    accepted: int
+    delivered: int
+    bounced: int
+    queued: int
+    intact: int
+    findings: tuple[Finding, ...]
+    bounces: tuple[Finding, ...]  # recipients given up on, with the reason
+    pending: tuple[Finding, ...]  # recipients not delivered yet
+    foreign_files: tuple[str, ...]  # files without a mailqueue trace (existing content)
+
+    def of_kind(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+    @property
+    def unaccounted(self) -> int:
+        return self.accepted - self.delivered - self.bounced - self.queued
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing twice, nothing damaged, nothing unexplained."""
+        return not self.findings and self.unaccounted == 0
+
+    def equation(self) -> str:
+        sign = "=" if self.unaccounted == 0 else "!="
+        text = (f"accepted {self.accepted} {sign} delivered {self.delivered} + bounced "
+                f"{self.bounced} + still queued {self.queued}  (recipients)")
+        if self.unaccounted:
+            text += f"; {self.unaccounted} unaccounted for"
+        return text
+
+    def report(self, kinds: Sequence[str] = KINDS, extra: Sequence[tuple[str,
+               Sequence[Finding]]] = ()) -> str:
+        """A readable account: the equation, then each non-empty list of exceptions."""
+        lines = [self.equation(),
+                 f"mailboxes: {self.delivered} delivered copies expected, {self.intact} "
+                 f"found intact"]
+        sections = [(kind, self.of_kind(kind)) for kind in kinds] + list(extra)
+        for title, found in sections:
+            if found:
+                lines.append(f"{title.upper()} ({len(found)}):")
+                lines.extend(f"  {f.describe()}" for f in found)
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "accepted": self.accepted, "delivered": self.delivered,
+                "bounced": self.bounced, "queued": self.queued,
+                "unaccounted": self.unaccounted, "intact": self.intact,
+                **{kind: [f.as_dict() for f in self.of_kind(kind)] for kind in KINDS},
+                "bounces": [f.as_dict() for f in self.bounces],
+                "foreign_files": list(self.foreign_files)}
+
+
+def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy]) -> Audit:
+    """Compare ``ledger`` with the ``copies`` found in the mailboxes."""
+    entries = {e.queue_id: e for e in ledger}
+    by_key: dict[tuple[str, str], list[DeliveredCopy]] = defaultdict(list)
+    foreign: list[str] = []
+    for copy in copies:
+        if copy.key is None:
+            foreign.append(str(copy.path))
+        else:
+            by_key[copy.key].append(copy)
+    findings: list[Finding] = []
+    findings += _unaccounted(ledger)
+    intact = _check_expected(ledger, by_key, findings)
+    findings += _unexpected(entries, by_key)
+    findings += _same_message_id(entries, by_key)
+    rows = [(e, r) for e in ledger for r in e.recipients]
+    return Audit(
+        accepted=sum(e.rcpt_count for e in ledger),
+        delivered=sum(1 for _, r in rows if r.state is RecipientState.DELIVERED),
+        bounced=sum(1 for _, r in rows if r.state is RecipientState.BOUNCED),
+        queued=sum(1 for _, r in rows if r.state in _PENDING),
+        intact=intact, findings=tuple(findings),
+        bounces=tuple(_finding("bounced", e, r, r.last_error or "bounced")
+                      for e, r in rows if r.state is RecipientState.BOUNCED),
+        pending=tuple(_finding("pending", e, r, f"still {r.state.value} in the queue")
+                      for e, r in rows if r.state in _PENDING),
+        foreign_files=tuple(foreign))
+
+
+def _finding(kind: str, entry: LedgerEntry, rcpt: LedgerRecipient | None, detail: str,
+             copies: Sequence[DeliveredCopy] = ()) -> Finding:
+    return Finding(kind, entry.queue_id, rcpt.address if rcpt else None, entry.message_id,
+                   detail, tuple(str(c.path) for c in copies))
+
+
+def _unaccounted(ledger: Sequence[LedgerEntry]) -> list[Finding]:
+    return [_finding("missing", e, None, f"accepted for {e.rcpt_count} recipients, the queue "
+                     f"holds {len(e.recipients)}")
+            for e in ledger if e.rcpt_count != len(e.recipients)]
+
+
+def _check_expected(ledger: Sequence[LedgerEntry],
+                    by_key: dict[tuple[str, str], list[DeliveredCopy]],
+                    findings: list[Finding]) -> int:
+    """Each delivered recipient: one intact copy. Returns how many were intact."""
+    intact = 0
+    for entry in ledger:
+        for rcpt in entry.recipients:
+            found = by_key.get((entry.queue_id, rcpt.address.lower()), [])
+            if rcpt.state is not RecipientState.DELIVERED and not found:
+                continue
+            if rcpt.state is RecipientState.DELIVERED and not found:
+                findings.append(_finding("missing", entry, rcpt, "marked delivered; no file "
+                                         "in the mailbox holds it"))
+                continue
+            good = [c for c in found if c.digest == entry.digest]
+            for bad in (c for c in found if c.digest != entry.digest):
+                findings.append(_finding("corrupted", entry, rcpt, "content differs from "
+                                         "what was accepted (digest mismatch)", [bad]))
+            if len(found) > 1:
+                findings.append(_finding("duplicated", entry, rcpt,
+                                         f"{len(found)} copies in the mailbox", found))
+            if rcpt.state is RecipientState.BOUNCED:
+                findings.append(_finding("unexpected", entry, rcpt, "bounced, yet a copy is "
+                                         "in the mailbox", found))
+            elif rcpt.state is RecipientState.DELIVERED and good:
+                intact += 1
+    return intact
+
+
+def _unexpected(entries: dict[str, LedgerEntry],
+                by_key: dict[tuple[str, str], list[DeliveredCopy]]) -> list[Finding]:
+    out = []
+    for (queue_id, recipient), found in sorted(by_key.items()):
+        entry = entries.get(queue_id)
+        paths = tuple(str(c.path) for c in found)
+        if entry is None:
+            out.append(Finding("unexpected", queue_id, recipient, None,
+                               "no such message was accepted", paths))
+        elif recipient not in {r.address.lower() for r in entry.recipients}:
+            out.append(Finding("unexpected", queue_id, recipient, entry.message_id,
+                               "not a recipient of this message", paths))
+    return out
+
+
+def _same_message_id(entries: dict[str, LedgerEntry],
+                     by_key: dict[tuple[str, str], list[DeliveredCopy]]) -> list[Finding]:
+    """The same Message-ID delivered to one mailbox under several queue ids."""
+    groups: dict[tuple[str, str], list[DeliveredCopy]] = defaultdict(list)
+    for (queue_id, recipient), found in by_key.items():
+        entry = entries.get(queue_id)
+        if entry is not None and entry.message_id:
+            groups[(entry.message_id, recipient)].extend(found[:1])
+    out = []
+    for (message_id, recipient), found in sorted(groups.items()):
+        if len(found) > 1:
+            ids = ", ".join(sorted(c.queue_id or "?" for c in found))
+            out.append(Finding("duplicated", None, recipient, message_id,
+                               f"delivered {len(found)} times (accepted as {ids})",
+                               tuple(str(c.path) for c in found)))
+    return out
