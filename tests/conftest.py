@@ -8,3 +8,6 @@ from mailqueue.logs import configure_logging
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> None:
     configure_logging("console", "warning")
+
+
+pytest_plugins = ["pytester"]

@@ -184,6 +184,7 @@ class AsyncMailqueue:
 
     async def drained(self, timeout: float = 10.0) -> None:
         """Wait until no recipient is queued or in delivery; fail after ``timeout`` s."""
+        __tracebackhide__ = True  # pytest: show the message, not this frame
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:

@@ -40,24 +40,29 @@ class Ledger:
         Fails naming each message that is missing, corrupted, still queued (end the window
         and ``drained()`` first) or bounced (unless ``allow_bounced``).
         """
-        pending = [("not delivered (still in the queue: end the window, advance the clock "
-                    "or await drained() first)", self.audit.pending)]
+        __tracebackhide__ = True  # pytest: show the message, not this frame
+        pending = [("not delivered", self.audit.pending)]
         bounced: list[tuple[str, Sequence[Finding]]] = [] if allow_bounced else \
             [("bounced", self.audit.bounces)]
         failing = self.audit.of_kind("missing") or self.audit.of_kind("corrupted") or \
             self.audit.unaccounted or self.audit.pending or (bounced and self.audit.bounces)
         if failing:
+            hint = "\n  (end the window, advance() the clock or await drained() first)" \
+                if self.audit.pending else ""
             raise MailLossError("mailqueue: accepted mail is not in the mailboxes\n" +
-                                self.audit.report(("missing", "corrupted"), pending + bounced))
+                                self.audit.report(("missing", "corrupted"), pending + bounced) +
+                                hint)
 
     def assert_no_duplicates(self) -> None:
         """No message is in a mailbox twice, and no mailbox holds mail nobody sent it."""
+        __tracebackhide__ = True  # pytest: show the message, not this frame
         if self.audit.of_kind("duplicated") or self.audit.of_kind("unexpected"):
             raise MailLossError("mailqueue: mail delivered more than once or unexpectedly\n" +
                                 self.audit.report(("duplicated", "unexpected")))
 
     def assert_ok(self, *, allow_bounced: bool = False) -> None:
         """Both: nothing lost and nothing twice."""
+        __tracebackhide__ = True  # pytest: show the message, not this frame
         self.assert_no_loss(allow_bounced=allow_bounced)
         self.assert_no_duplicates()
 

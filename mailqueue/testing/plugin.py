@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from mailqueue.config import Config
+from mailqueue.errors import ConfigError
 from mailqueue.testing.harness import AsyncMailqueue
 from mailqueue.testing.options import MailqueueOptions
 from mailqueue.testing.threaded import Mailqueue
@@ -50,12 +52,12 @@ def mailqueue_options(request: pytest.FixtureRequest) -> MailqueueOptions:
     layers = [m.kwargs for m in reversed(list(request.node.iter_markers("mailqueue")))]
     for marker in request.node.iter_markers("mailqueue"):
         if marker.args:
-            raise pytest.UsageError("@pytest.mark.mailqueue takes keyword arguments only, "
-                                    "e.g. @pytest.mark.mailqueue(domains=['example.com'])")
+            pytest.fail("@pytest.mark.mailqueue takes keyword arguments only, e.g. "
+                        "@pytest.mark.mailqueue(domains=['example.com'])", pytrace=False)
     try:
         return MailqueueOptions.merged(layers)
     except TypeError as exc:
-        raise pytest.UsageError(f"@pytest.mark.mailqueue: {exc}") from None
+        pytest.fail(f"@pytest.mark.mailqueue: {exc}", pytrace=False)
 
 
 class _Dirs:
@@ -74,7 +76,17 @@ class _Dirs:
 
 def _options(base: MailqueueOptions, overrides: dict[str, Any]) -> MailqueueOptions:
     layer = {k: getattr(base, k) for k in base.__dataclass_fields__}
-    return MailqueueOptions.merged([layer, overrides])
+    try:
+        return MailqueueOptions.merged([layer, overrides])
+    except TypeError as exc:
+        pytest.fail(f"mailqueue options: {exc}", pytrace=False)
+
+
+def _config(options: MailqueueOptions, root: Path) -> Config:
+    try:
+        return options.build(root)
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture
@@ -86,7 +98,7 @@ def mailqueue_sync_factory(mailqueue_options: MailqueueOptions,
 
     def make(**overrides: Any) -> Mailqueue:
         options = _options(mailqueue_options, overrides)
-        instance = Mailqueue(options.build(dirs.next()), inbound=options.inbound)
+        instance = Mailqueue(_config(options, dirs.next()), inbound=options.inbound)
         instance.start()
         started.append(instance)
         return instance
@@ -121,7 +133,7 @@ async def _async_factory(options: MailqueueOptions,
 
     async def make(**overrides: Any) -> AsyncMailqueue:
         chosen = _options(options, overrides)
-        instance = AsyncMailqueue(chosen.build(dirs.next()), inbound=chosen.inbound)
+        instance = AsyncMailqueue(_config(chosen, dirs.next()), inbound=chosen.inbound)
         await instance.start()
         started.append(instance)
         return instance

@@ -50,6 +50,7 @@ class Mailqueue:
         self._inbound = inbound
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        __tracebackhide__ = True  # pytest: show the message, not this frame
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout)
@@ -137,6 +138,7 @@ class Mailqueue:
 
     def drained(self, timeout: float = 10.0) -> None:
         """Block until no recipient is queued or in delivery; fail after ``timeout`` s."""
+        __tracebackhide__ = True
         self._call(self.inner.drained(timeout), timeout + _CALL_MARGIN)
 
     def stats(self) -> QueueStats:

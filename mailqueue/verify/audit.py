@@ -128,7 +128,7 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy]) -> Aud
         intact=intact, findings=tuple(findings),
         bounces=tuple(_finding("bounced", e, r, r.last_error or "bounced")
                       for e, r in rows if r.state is RecipientState.BOUNCED),
-        pending=tuple(_finding("pending", e, r, f"still {r.state.value} in the queue")
+        pending=tuple(_finding("pending", e, r, f"still {r.state.value}")
                       for e, r in rows if r.state in _PENDING),
         foreign_files=tuple(foreign))
 

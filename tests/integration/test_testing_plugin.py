@@ -1,0 +1,261 @@
+"""The pytest plugin, used from the outside as a user would: real pytest runs via pytester.
+
+Each run is a subprocess with mailqueue installed and nothing in its conftest, so the
+fixtures come from the ``pytest11`` entry point alone.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+INI = """[pytest]
+filterwarnings = error
+addopts = --strict-markers -p no:cacheprovider
+asyncio_default_fixture_loop_scope = function
+{extra}
+"""
+
+
+def readme_example() -> str:
+    """The example test file of the README's "Testing your own system" section."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split(
+        "## Testing your own system", 1)[1]
+    match = re.search(r"```python\n(# test_mail_upgrade\.py\n.*?)```", section, re.S)
+    assert match, "README: the example test file is gone from 'Testing your own system'"
+    return match.group(1)
+
+
+def run(pytester: pytest.Pytester, extra: str = "", *args: str,
+        subprocess: bool = False) -> pytest.RunResult:
+    """Run pytest on the files made; in a subprocess, exactly as a user's run would be."""
+    if subprocess:
+        pytester.makeini(INI.format(extra=extra))
+        return pytester.runpytest_subprocess(*args, timeout=120)
+    # In this process mailqueue is imported already, so pytest cannot rewrite its asserts.
+    pytester.makeini(INI.format(extra=extra).replace("filterwarnings = error", (
+        "filterwarnings =\n    error\n    ignore:Module already imported:"
+        "pytest.PytestAssertRewriteWarning")))
+    return pytester.runpytest_inprocess(*args)
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_readme_example_passes(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(test_mail_upgrade=readme_example())
+    result = run(pytester, f"asyncio_mode = {mode}", subprocess=mode == "strict")
+    result.assert_outcomes(passed=2)
+
+
+FAILING = '''
+import shutil
+import smtplib
+
+import aiosmtplib
+import pytest
+
+
+def send(mq, to, n, mid=None):
+    body = f"Subject: m{n}\\r\\nMessage-ID: {mid or f'<m{n}@test>'}\\r\\n\\r\\nbody {n}\\r\\n"
+    with smtplib.SMTP(mq.host, mq.port) as smtp:
+        smtp.sendmail("a@src.test", [to], body)
+
+
+def through_window(mq, count=3):
+    mq.start_window()
+    for n in range(count):
+        send(mq, "bob@example.com", n)
+    mq.end_window()
+    mq.drained()
+    return sorted((mq.maildir_root() / "example.com" / "bob" / "new").iterdir())
+
+
+def test_deleted_file_is_missing(mailqueue_sync):
+    files = through_window(mailqueue_sync)
+    mailqueue_sync.ledger().assert_no_loss()
+    victim = next(f for f in files if b"<m1@test>" in f.read_bytes())
+    victim.unlink()
+    mailqueue_sync.ledger().assert_no_loss()
+
+
+def test_copied_file_is_a_duplicate(mailqueue_sync):
+    files = through_window(mailqueue_sync)
+    shutil.copy(files[0], files[0].with_name("copy-of-" + files[0].name))
+    mailqueue_sync.ledger().assert_no_loss()
+    mailqueue_sync.ledger().assert_no_duplicates()
+
+
+def test_edited_file_is_corrupted(mailqueue_sync):
+    files = through_window(mailqueue_sync)
+    files[2].write_bytes(files[2].read_bytes() + b"tampered\\n")
+    mailqueue_sync.ledger().assert_no_loss()
+
+
+def test_same_message_sent_twice(mailqueue_sync):
+    send(mailqueue_sync, "bob@example.com", 7, "<once@test>")
+    send(mailqueue_sync, "bob@example.com", 7, "<once@test>")
+    mailqueue_sync.drained()
+    mailqueue_sync.ledger().assert_no_loss()
+    mailqueue_sync.ledger().assert_no_duplicates()
+
+
+def test_window_never_ended(mailqueue_sync):
+    mailqueue_sync.start_window()
+    send(mailqueue_sync, "bob@example.com", 9)
+    mailqueue_sync.ledger().assert_no_loss()
+
+
+@pytest.mark.asyncio
+async def test_async_not_drained(mailqueue):
+    await mailqueue.start_window(name="upgrade")
+    await aiosmtplib.send("Subject: x\\r\\nMessage-ID: <held@test>\\r\\n\\r\\nx\\r\\n",
+                          sender="a@src.test", recipients=["bob@example.com"],
+                          hostname=mailqueue.host, port=mailqueue.port)
+    await mailqueue.drained(timeout=0.3)
+'''
+
+
+def test_failures_name_the_messages(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_failing=FAILING)
+    result = run(pytester, "asyncio_mode = strict")
+    result.assert_outcomes(failed=6)
+    out = result.stdout.str()
+    qid = r"[0-9A-Z]{14}"
+    assert re.search(rf"MISSING \(1\):\n[E ]+{qid} <m1@test> -> bob@example.com: marked "
+                     r"delivered; no file in the mailbox holds it", out), out
+    assert re.search(rf"DUPLICATED \(1\):\n[E ]+{qid} <m\d@test> -> bob@example.com: 2 copies "
+                     r"in the mailbox\n[E ]+\S+/new/\S+\n[E ]+\S+/new/copy-of-", out), out
+    assert re.search(rf"CORRUPTED \(1\):\n[E ]+{qid} <m\d@test> -> bob@example.com: content "
+                     r"differs from what was accepted", out), out
+    assert re.search(r"DUPLICATED \(1\):\n[E ]+\? <once@test> -> bob@example.com: delivered 2 "
+                     rf"times \(accepted as {qid}, {qid}\)", out), out
+    assert re.search(rf"NOT DELIVERED \(1\):\n[E ]+{qid} <m9@test> -> bob@example.com: still "
+                     r"queued\n[E ]+\(end the window, advance\(\) the clock or await drained\(\) "
+                     r"first\)", out), out
+    assert re.search(rf"queue not drained after 0.3s\n.*{qid} <held@test> -> bob@example.com: "
+                     r"held by active window 'upgrade'", out), out
+    # A first assert_no_loss in the same tests passed: the ledger was clean before tampering.
+    assert out.count("accepted 3 = delivered 3 + bounced 0 + still queued 0") >= 3
+
+
+OPTIONS = '''
+import smtplib
+from datetime import timedelta
+
+import aiosmtplib
+import pytest
+
+pytestmark = pytest.mark.mailqueue(domains=["corp.example"], max_recipients=3)
+
+
+def refused(mq, to, body="Subject: x\\r\\n\\r\\nx\\r\\n"):
+    with smtplib.SMTP(mq.host, mq.port) as smtp:
+        try:
+            smtp.sendmail("a@src.test", [to], body)
+        except smtplib.SMTPRecipientsRefused as exc:
+            return exc.recipients[to][0]
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code
+        except smtplib.SMTPSenderRefused as exc:
+            return exc.smtp_code
+    return 250
+
+
+def test_module_marker(mailqueue_sync):
+    assert refused(mailqueue_sync, "ann@corp.example") == 250
+    assert refused(mailqueue_sync, "ann@example.com") == 550
+    assert mailqueue_sync.config.smtp.max_recipients == 3
+
+
+@pytest.mark.mailqueue(stores={"a": ["a.example"], "b": ["b.example"]},
+                       mailboxes={"b": ["bob"]}, inbound="tempfail")
+def test_closest_marker_wins(mailqueue_sync):
+    assert refused(mailqueue_sync, "eve@b.example") == 550
+    mailqueue_sync.start_window(stores="a")
+    assert refused(mailqueue_sync, "ann@a.example") == 451
+    assert refused(mailqueue_sync, "bob@b.example") == 250
+    assert mailqueue_sync.config.smtp.max_recipients == 3
+
+
+@pytest.mark.mailqueue(max_message_size="1KiB")
+def test_size_limit(mailqueue_sync):
+    assert refused(mailqueue_sync, "ann@corp.example", "x" * 4096 + "\\r\\n") == 552
+
+
+def test_factory_instances_are_separate(mailqueue_sync_factory):
+    one = mailqueue_sync_factory()
+    two = mailqueue_sync_factory(domains=["two.example"], inbound="reject")
+    assert one.port != two.port
+    two.start_window()
+    assert refused(two, "x@two.example") == 554
+    assert refused(one, "x@corp.example") == 250
+    one.drained()
+    assert len(one.ledger()) == 1 and len(two.ledger()) == 0
+
+
+@pytest.mark.mailqueue(config={"queue": {"max_lifetime": "1h"}})
+def test_advance_and_bounce(mailqueue_sync):
+    mq = mailqueue_sync
+    mq.start_window(duration=timedelta(hours=2))
+    mq.extend_window(timedelta(hours=1))
+    assert refused(mq, "ann@corp.example") == 250
+    mq.advance(timedelta(hours=3, minutes=30))
+    mq.drained()  # the window time does not age the mail
+    mq.ledger().assert_no_loss()
+    assert mq.mailbox("ann@corp.example").messages()[0]["Delivered-To"] == "ann@corp.example"
+
+
+@pytest.mark.asyncio
+async def test_async_factory(mailqueue_factory):
+    mq = await mailqueue_factory(stores={"x": ["x.example"]})
+    await aiosmtplib.send("Subject: a\\r\\n\\r\\nb\\r\\n", sender="a@src.test",
+                          recipients=["y@x.example"], hostname=mq.host, port=mq.port)
+    await mq.drained()
+    assert [m["Subject"] for m in await mq.mailbox("y@x.example").messages()] == ["a"]
+    (await mq.ledger()).assert_no_loss()
+
+
+@pytest.mark.mailqueue(colour="blue")
+def test_unknown_option(mailqueue_sync):
+    pass
+'''
+
+
+def test_options_markers_and_factories(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_options=OPTIONS)
+    result = run(pytester, "asyncio_mode = strict")
+    result.assert_outcomes(passed=6, errors=1)
+    result.stdout.fnmatch_lines(["*unknown mailqueue option(s) colour (known: *"])
+
+
+WITHOUT_ASYNCIO = '''
+import smtplib
+
+
+def test_sync_needs_nothing(mailqueue_sync):
+    with smtplib.SMTP(mailqueue_sync.host, mailqueue_sync.port) as smtp:
+        smtp.sendmail("a@src.test", ["x@example.com"], "Subject: s\\r\\n\\r\\nb\\r\\n")
+    mailqueue_sync.drained()
+    mailqueue_sync.ledger().assert_no_loss()
+
+
+def test_async_fixture_explains(mailqueue):
+    pass
+'''
+
+
+def test_plugin_loads_without_pytest_asyncio(pytester: pytest.Pytester) -> None:
+    """pytest-asyncio missing: sync use works, the async fixture says what to install."""
+    shadow = pytester.mkdir("shadow")
+    (shadow / "pytest_asyncio.py").write_text("raise ImportError('not installed')\n")
+    pytester.makepyfile(test_plain=WITHOUT_ASYNCIO)
+    pytester.makeini(INI.format(extra="").replace(
+        "asyncio_default_fixture_loop_scope = function", ""))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", str(shadow))
+        result = pytester.runpytest_subprocess("-p", "no:asyncio", timeout=120)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*the async `mailqueue` fixture needs pytest-asyncio*"])
