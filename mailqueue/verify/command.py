@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -68,7 +69,6 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
         raise click.UsageError("give --snapshot or --against, not both")
     config = load_config(config_path)
     stores = {s.name: s.path for s in config.stores}
-    ctx = click.get_current_context()
     if snapshot is not None:
         manifest = take_snapshot(stores)
         manifest.dump(snapshot)
@@ -82,7 +82,8 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
         before = Manifest.load(against)
         diff = compare_snapshot(before, take_snapshot(stores))
         _echo_json(diff.as_dict()) if as_json else click.echo(diff.report(before.created_at))
-        ctx.exit(0 if diff.ok else 1)
+        _exit(diff.ok)
+        return
     result = audit_instance(config)
     if as_json:
         _echo_json(result.as_dict())
@@ -90,4 +91,11 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
         click.echo(result.report())
         click.echo("OK: nothing lost, nothing delivered twice" if result.ok else
                    "FAILED: see the exceptions above")
-    ctx.exit(0 if result.ok else 1)
+    _exit(result.ok)
+
+
+def _exit(ok: bool) -> None:
+    # SystemExit, not click's Exit: the CLI runs click with standalone_mode=False, where a
+    # click Exit becomes a return value and the status would be lost.
+    if not ok:
+        sys.exit(1)
