@@ -5,12 +5,31 @@ through the ``pytest11`` entry point) provides the fixtures ``mailqueue`` (async
 needs pytest-asyncio), ``mailqueue_sync`` (plain tests; the app runs in a thread) and the
 factories ``mailqueue_factory`` / ``mailqueue_sync_factory``. Outside pytest, use
 :class:`AsyncMailqueue` or :class:`Mailqueue` as context managers.
+
+The names below are imported on first use, so that pytest loading the plugin in a project
+that does not use it costs next to nothing.
 """
 
-from mailqueue.testing.harness import AsyncMailbox, AsyncMailqueue, NotDrainedError
-from mailqueue.testing.ledger import Ledger, MailLossError
-from mailqueue.testing.options import MailqueueOptions
-from mailqueue.testing.threaded import Mailbox, Mailqueue
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mailqueue.testing.harness import AsyncMailbox, AsyncMailqueue, NotDrainedError
+    from mailqueue.testing.ledger import Ledger, MailLossError
+    from mailqueue.testing.options import MailqueueOptions
+    from mailqueue.testing.threaded import Mailbox, Mailqueue
+
+_WHERE = {"AsyncMailbox": "harness", "AsyncMailqueue": "harness", "NotDrainedError": "harness",
+          "Ledger": "ledger", "MailLossError": "ledger", "MailqueueOptions": "options",
+          "Mailbox": "threaded", "Mailqueue": "threaded"}
 
 __all__ = ["AsyncMailbox", "AsyncMailqueue", "Ledger", "MailLossError", "Mailbox",
            "Mailqueue", "MailqueueOptions", "NotDrainedError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'mailqueue.testing' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mailqueue.testing.{_WHERE[name]}"), name)

@@ -161,7 +161,7 @@ class AsyncMailqueue:
         window = self._window(await self.app.queue.windows(), name)
         if window is None:
             raise ValueError(f"no window named {name!r}")
-        end = window.end + _seconds(by) if by is not None else until.timestamp()  # type: ignore[union-attr]
+        end = until.timestamp() if until is not None else window.end + _seconds(by or 0)
         return await self._save(window.extended(self.clock.now(), end))
 
     @staticmethod

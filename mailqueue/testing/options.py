@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mailqueue.config import Config, config_from_dict
+if TYPE_CHECKING:
+    from mailqueue.config import Config
 
 DEFAULT_DOMAINS = ("example.com",)
 DEFAULT_STORE = "mail"
@@ -65,6 +66,8 @@ class MailqueueOptions:
 
     def build(self, root: Path) -> Config:
         """A complete config with its queue file and Maildirs under ``root``."""
+        from mailqueue.config import config_from_dict
+
         mailboxes = dict(self.mailboxes or {})
         stores = [{"name": name, "path": str(root / "mail" / name), "domains": domains,
                    **({"mailboxes": list(mailboxes[name])} if name in mailboxes else {})}

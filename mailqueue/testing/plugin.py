@@ -19,15 +19,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mailqueue.config import Config
 from mailqueue.errors import ConfigError
-from mailqueue.testing.harness import AsyncMailqueue
 from mailqueue.testing.options import MailqueueOptions
-from mailqueue.testing.threaded import Mailqueue
+
+if TYPE_CHECKING:
+    # Imported when a fixture is used, not when pytest loads the plugin: projects that
+    # have mailqueue installed but do not use it in a run pay nothing for the server code.
+    from mailqueue.config import Config
+    from mailqueue.testing.harness import AsyncMailqueue
+    from mailqueue.testing.threaded import Mailqueue
 
 try:
     import pytest_asyncio
@@ -38,8 +42,8 @@ MARKER = ("mailqueue(stores=None, domains=('example.com',), mailboxes=None, inbo
           "max_message_size='10MiB', max_recipients=100, max_messages=1000000, config=None): "
           "configure the mailqueue fixtures of this test")
 
-AsyncFactory = Callable[..., Awaitable[AsyncMailqueue]]
-SyncFactory = Callable[..., Mailqueue]
+AsyncFactory = Callable[..., Awaitable["AsyncMailqueue"]]
+SyncFactory = Callable[..., "Mailqueue"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,6 +101,8 @@ def mailqueue_sync_factory(mailqueue_options: MailqueueOptions,
     started: list[Mailqueue] = []
 
     def make(**overrides: Any) -> Mailqueue:
+        from mailqueue.testing.threaded import Mailqueue
+
         options = _options(mailqueue_options, overrides)
         instance = Mailqueue(_config(options, dirs.next()), inbound=options.inbound)
         instance.start()
@@ -132,6 +138,8 @@ async def _async_factory(options: MailqueueOptions,
     started: list[AsyncMailqueue] = []
 
     async def make(**overrides: Any) -> AsyncMailqueue:
+        from mailqueue.testing.harness import AsyncMailqueue
+
         chosen = _options(options, overrides)
         instance = AsyncMailqueue(_config(chosen, dirs.next()), inbound=chosen.inbound)
         await instance.start()

@@ -94,3 +94,20 @@ async def test_windows_round_trip(store: QueueStore) -> None:
     assert not await store.save_window(ended, expect_state="active")
     assert await store.save_window(ended, expect_state="scheduled")
     assert (await store.windows())[0].state == "ended"
+
+
+async def test_ledger_outlives_delivery(store: QueueStore) -> None:
+    first = new_message(("a@b.example", "basic"), ("c@x.example", "hx"), body=b"one")
+    second = new_message(("d@b.example", "basic"), now=T0 + 1, body=b"two")
+    await store.enqueue([first, second])
+    claims = await store.claim(["basic", "hx"], 10, "w1", T0 + 2, T0 + 60)
+    by_address = {c.address: c.recipient_id for c in claims}
+    await store.settle(Settlement(delivered=[by_address["a@b.example"]],
+                                  bounced=[(by_address["c@x.example"], "gone")]), "w1", T0 + 3)
+    ledger = await store.ledger()
+    assert [e.queue_id for e in ledger] == [first.queue_id, second.queue_id]
+    done = ledger[0]
+    assert done.digest == hashlib.sha256(b"one").hexdigest() and done.rcpt_count == 2
+    assert [(r.address, r.state.value, r.last_error) for r in done.recipients] == [
+        ("a@b.example", "delivered", None), ("c@x.example", "bounced", "gone")]
+    assert [r.state.value for r in ledger[1].recipients] == ["active"]
