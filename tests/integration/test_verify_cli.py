@@ -15,7 +15,6 @@ from pathlib import Path
 import aiosmtplib
 
 from mailqueue.cli import main
-
 from tests.helpers import all_files, message, wait_for
 from tests.integration.test_durability import free_port, start, wait_listening
 
@@ -108,7 +107,7 @@ def test_verify_a_served_instance(tmp_path: Path) -> None:
     assert mq_here(config, "window", "start", "upgrade", "--for", "1h",
                    "--stores", "hosted-exchange").returncode == 0
     asyncio.run(serve_and_send(tmp_path, config, port))
-    clean = mq(config, "verify")
+    clean = mq_here(config, "verify")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "accepted 7 = delivered 4 + bounced 0 + still queued 3  (recipients)" in clean.stdout
     assert "OK: nothing lost, nothing delivered twice" in clean.stdout
