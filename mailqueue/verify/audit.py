@@ -61,6 +61,7 @@ class Audit:
     bounces: tuple[Finding, ...]  # recipients given up on, with the reason
     pending: tuple[Finding, ...]  # recipients not delivered yet
     foreign_files: tuple[str, ...]  # files without a mailqueue trace (existing content)
+    by_store: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]
@@ -85,9 +86,11 @@ class Audit:
     def report(self, kinds: Sequence[str] = KINDS, extra: Sequence[tuple[str,
                Sequence[Finding]]] = ()) -> str:
         """A readable account: the equation, then each non-empty list of exceptions."""
-        lines = [self.equation(),
-                 f"mailboxes: {self.delivered} delivered copies expected, {self.intact} "
-                 f"found intact"]
+        lines = [self.equation()]
+        lines += [f"  {store}: delivered {n['delivered']} + bounced {n['bounced']} + still "
+                  f"queued {n['queued']}" for store, n in sorted(self.by_store.items())]
+        lines.append(f"mailboxes: {self.delivered} delivered copies expected, {self.intact} "
+                     f"found intact")
         sections = [(kind, self.of_kind(kind)) for kind in kinds] + list(extra)
         for title, found in sections:
             if found:
@@ -99,6 +102,7 @@ class Audit:
         return {"ok": self.ok, "accepted": self.accepted, "delivered": self.delivered,
                 "bounced": self.bounced, "queued": self.queued,
                 "unaccounted": self.unaccounted, "intact": self.intact,
+                "by_store": self.by_store,
                 **{kind: [f.as_dict() for f in self.of_kind(kind)] for kind in KINDS},
                 "bounces": [f.as_dict() for f in self.bounces],
                 "foreign_files": list(self.foreign_files)}
@@ -130,7 +134,16 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy]) -> Aud
                       for e, r in rows if r.state is RecipientState.BOUNCED),
         pending=tuple(_finding("pending", e, r, f"still {r.state.value}")
                       for e, r in rows if r.state in _PENDING),
-        foreign_files=tuple(foreign))
+        foreign_files=tuple(foreign), by_store=_by_store(rows))
+
+
+def _by_store(rows: Sequence[tuple[LedgerEntry, LedgerRecipient]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for _, rcpt in rows:
+        counts = out.setdefault(rcpt.store, {"delivered": 0, "bounced": 0, "queued": 0})
+        key = "queued" if rcpt.state in _PENDING else rcpt.state.value
+        counts[key] += 1
+    return out
 
 
 def _finding(kind: str, entry: LedgerEntry, rcpt: LedgerRecipient | None, detail: str,
