@@ -160,14 +160,17 @@ async def _async_factory(options: MailqueueOptions,
 
 
 if pytest_asyncio is not None:
-    @pytest_asyncio.fixture
+    # loop_scope="function", whatever asyncio_default_fixture_loop_scope says: the app
+    # must run in the loop the test runs in (function-scoped by default), or it would sit
+    # idle on another loop while the test talks to it.
+    @pytest_asyncio.fixture(loop_scope="function")
     async def mailqueue_factory(mailqueue_options: MailqueueOptions,
                                 tmp_path: Path) -> AsyncIterator[AsyncFactory]:
         """``await mailqueue_factory(**options)`` starts another mailqueue in this loop."""
         async for factory in _async_factory(mailqueue_options, tmp_path):
             yield factory
 
-    @pytest_asyncio.fixture
+    @pytest_asyncio.fixture(loop_scope="function")
     async def mailqueue(mailqueue_factory: AsyncFactory) -> AsyncMailqueue:
         """A complete mailqueue in the test's event loop, with a manual clock."""
         return await mailqueue_factory()

@@ -7,6 +7,7 @@ fixtures come from the ``pytest11`` entry point alone.
 from __future__ import annotations
 
 import re
+import smtplib
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,24 @@ def readme_example() -> str:
     match = re.search(r"```python\n(# test_mail_upgrade\.py\n.*?)```", section, re.S)
     assert match, "README: the example test file is gone from 'Testing your own system'"
     return match.group(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_imports(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Import what a running mailqueue imports lazily, before any in-process run.
+
+    pytester restores ``sys.modules`` after an in-process run, dropping modules first
+    imported inside it; a second run would then import a second copy next to objects that
+    still use the first (SQLAlchemy fails on that). Importing them here keeps one copy.
+    """
+    from mailqueue.testing import Mailqueue, MailqueueOptions
+
+    with Mailqueue(MailqueueOptions().build(tmp_path_factory.mktemp("warm"))) as mq:
+        with smtplib.SMTP(mq.host, mq.port) as smtp:
+            smtp.sendmail("a@src.test", ["x@example.com"], "Subject: w\r\n\r\nw\r\n")
+        mq.drained()
+        mq.ledger().assert_no_loss()
+        mq.mailbox("x@example.com").messages()
 
 
 def run(pytester: pytest.Pytester, extra: str = "", *args: str,
@@ -259,3 +278,26 @@ def test_plugin_loads_without_pytest_asyncio(pytester: pytest.Pytester) -> None:
         result = pytester.runpytest_subprocess("-p", "no:asyncio", timeout=120)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*the async `mailqueue` fixture needs pytest-asyncio*"])
+
+
+WIDE_FIXTURE_LOOP = '''
+import aiosmtplib
+import pytest
+
+
+@pytest.mark.asyncio
+async def test_serves_in_the_test_loop(mailqueue):
+    await aiosmtplib.send("Subject: s\\r\\n\\r\\nb\\r\\n", sender="a@src.test",
+                          recipients=["x@example.com"], hostname=mailqueue.host,
+                          port=mailqueue.port, timeout=10)
+    await mailqueue.drained()
+    (await mailqueue.ledger()).assert_no_loss()
+'''
+
+
+def test_wider_default_fixture_loop_scope(pytester: pytest.Pytester) -> None:
+    """A project whose own async fixtures share a session loop still gets a working app."""
+    pytester.makepyfile(test_wide=WIDE_FIXTURE_LOOP)
+    result = run(pytester, "asyncio_mode = strict", "-o",
+                 "asyncio_default_fixture_loop_scope=session")
+    result.assert_outcomes(passed=1)
