@@ -146,6 +146,9 @@ class MailqueueSMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
             status = _REPLY_REWRITES.get(status, status)
+            hook = getattr(self.event_handler, "on_reply", None)
+            if hook is not None:
+                hook(status)
         await super().push(status)
 
     def _timeout_cb(self) -> None:
@@ -168,6 +171,7 @@ class MailqueueHandler:
         self.capacity = capacity
         self.clock = clock
         self.on_accepted = on_accepted
+        self.on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:

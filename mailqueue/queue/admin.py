@@ -166,7 +166,8 @@ class QueueReport:
 class DrainProgress:
     """How far the recipients of some stores have drained since a moment."""
 
-    remaining: int
+    remaining: int  # queued or being delivered
+    held: int  # held by an operator: not waited for
     delivered: int
     bounced: int
     last_settled: float | None

@@ -183,9 +183,10 @@ class SqlAdminMixin:
         """Recipients of ``stores`` still to go, and those settled since ``since``."""
         in_stores = recipients.c.store.in_(stores) if stores else literal(True)
         async with self._tx() as conn:
-            remaining = (await conn.execute(
-                select(func.count()).select_from(recipients)
-                .where(in_stores, recipients.c.state.not_in(_FINAL)))).scalar()
+            open_counts = {state: int(count) for state, count in await conn.execute(
+                select(recipients.c.state, func.count())
+                .where(in_stores, recipients.c.state.not_in(_FINAL))
+                .group_by(recipients.c.state))}
             settled = {state: (int(count), last) for state, count, last in await conn.execute(
                 select(recipients.c.state, func.count(), func.max(recipients.c.settled_at))
                 .where(in_stores, recipients.c.state.in_(_FINAL),
@@ -193,7 +194,8 @@ class SqlAdminMixin:
                 .group_by(recipients.c.state))}
         lasts = [last for _, last in settled.values() if last is not None]
         return DrainProgress(
-            remaining=int(remaining or 0),
+            remaining=open_counts.get(_QUEUED, 0) + open_counts.get(_ACTIVE, 0),
+            held=open_counts.get(_HELD, 0),
             delivered=settled.get(RecipientState.DELIVERED.value, (0, None))[0],
             bounced=settled.get(RecipientState.BOUNCED.value, (0, None))[0],
             last_settled=max(lasts) if lasts else None)
