@@ -93,7 +93,7 @@ class ExpirySweeper:
     async def _warn(self, now: float) -> int:
         candidates = await self._queue.pending_before(now - self._delay_warning, self._batch,
                                                       unwarned=True)
-        due = [item for item in candidates if item.state == RecipientState.QUEUED.value
+        due = [item for item in candidates if item.state != RecipientState.HELD.value
                and self._age(item, now) >= self._delay_warning]
         if not due:
             return 0

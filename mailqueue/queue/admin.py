@@ -126,7 +126,7 @@ Notify = Callable[[Sequence[BouncedRecipient], float], list[NewMessage]]
 
 @dataclasses.dataclass(frozen=True)
 class PendingRecipient:
-    """A recipient not yet final, as the expiry and delay-warning sweeps see it."""
+    """A recipient not yet final (queued, active or held), as the sweeps see it."""
 
     id: int
     queue_id: str

@@ -178,7 +178,7 @@ class QueueStore(Protocol):
 
     async def pending_before(self, received_before: float, limit: int,
                              unwarned: bool = False) -> list[PendingRecipient]:
-        """Queued or held recipients of messages received before a moment."""
+        """Recipients not yet final of messages received before a moment."""
         ...
 
     async def record_delay_warnings(self, warned: Sequence[PendingRecipient],

@@ -309,11 +309,11 @@ class SqlAdminMixin:
 
     async def pending_before(self, received_before: float, limit: int,
                              unwarned: bool = False) -> list[PendingRecipient]:
-        """Queued or held recipients of messages received before ``received_before``;
+        """Recipients not yet final of messages received before ``received_before``;
         with ``unwarned``, only those without a delay warning yet."""
         conditions: list[ColumnElement[bool]] = [
             messages.c.received_at < received_before,
-            recipients.c.state.in_([_QUEUED, _HELD])]
+            recipients.c.state.not_in(_FINAL)]
         if unwarned:
             conditions.append(~exists().where(
                 recipient_events.c.recipient_id == recipients.c.id,
