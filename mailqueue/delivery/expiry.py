@@ -49,11 +49,12 @@ class ExpirySweeper:
 
     async def run(self) -> None:
         while True:
+            # Cleared before the sweep, so a clock jump during it triggers another one.
+            self._wake.clear()
             try:
                 await self.sweep_once()
             except QueueError as exc:
                 log.warning("expiry_sweep_failed", error=str(exc))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
 

@@ -88,8 +88,9 @@ class Settlement:
     delivered: list[int] = dataclasses.field(default_factory=list)
     deferred: list[tuple[int, float, str]] = dataclasses.field(default_factory=list)
     bounced: list[tuple[int, str]] = dataclasses.field(default_factory=list)
-    # Delivery status notifications for the bounces, enqueued in the same transaction.
-    notices: list[NewMessage] = dataclasses.field(default_factory=list)
+    # Delivery status notifications for the bounces, enqueued in the same transaction
+    # (None: this worker sends none, and none is recorded as missing).
+    notices: list[NewMessage] | None = None
 
     def __len__(self) -> int:
         return len(self.delivered) + len(self.deferred) + len(self.bounced)

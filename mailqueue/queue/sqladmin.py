@@ -293,17 +293,8 @@ class SqlAdminMixin:
             return
         notices = notify(bounced, now)
         await insert_messages(conn, notices)
-        sent = {m.recipients[0][0].lower() for m in notices if m.recipients}
-        rows = []
-        for b in bounced:
-            if b.mail_from and b.mail_from.lower() in sent:
-                rows.append((b.queue_id, b.recipient_id, f"to <{b.mail_from}>"))
-        await _add_events(conn, rows, now, EventKind.NOTICE_QUEUED)
-        missing = [(b.queue_id, b.recipient_id,
-                    "null sender: never bounce a bounce" if not b.mail_from
-                    else f"sender <{b.mail_from}> is not local")
-                   for b in bounced if not b.mail_from or b.mail_from.lower() not in sent]
-        await _add_events(conn, missing, now, EventKind.NOTICE_NOT_SENT)
+        await _note_notices(conn, [(b.queue_id, b.recipient_id, b.mail_from) for b in bounced],
+                            notices, now)
 
     # --- sweeps (expiry, delay warnings) ---------------------------------------------
 
@@ -356,7 +347,30 @@ class SqlAdminMixin:
             await conn.execute(insert(recipient_events), [
                 {"queue_id": queue_of[i], "recipient_id": i, "at": now, "kind": k.value,
                  "detail": d} for i, d, k in rows if i in queue_of])
-        await insert_messages(conn, settlement.notices)
+        if settlement.bounced and settlement.notices is not None:
+            await insert_messages(conn, settlement.notices)
+            bounced_ids = [i for i, _ in settlement.bounced]
+            senders = await conn.execute(
+                select(recipients.c.queue_id, recipients.c.id, messages.c.mail_from)
+                .join(messages, messages.c.queue_id == recipients.c.queue_id)
+                .where(recipients.c.id.in_(bounced_ids)))
+            await _note_notices(conn, [tuple(r) for r in senders], settlement.notices, now)
+
+
+async def _note_notices(conn: AsyncConnection, bounced: Sequence[tuple[Any, ...]],
+                        notices: Sequence[NewMessage], now: float) -> None:
+    """History rows saying whether each bounced (queue_id, recipient_id, sender) got a
+    notice, and if not, why."""
+    sent = {m.recipients[0][0].lower() for m in notices if m.recipients}
+    done, missing = [], []
+    for queue_id, rid, sender in bounced:
+        if sender and sender.lower() in sent:
+            done.append((queue_id, rid, f"to <{sender}>"))
+        else:
+            missing.append((queue_id, rid, "null sender: never bounce a bounce" if not sender
+                            else f"sender <{sender}> is not local"))
+    await _add_events(conn, done, now, EventKind.NOTICE_QUEUED)
+    await _add_events(conn, missing, now, EventKind.NOTICE_NOT_SENT)
 
 
 # --- helpers ------------------------------------------------------------------------------
