@@ -31,11 +31,19 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     except QueueError as exc:
         pytest.skip(f"no PostgreSQL here: {exc}")
     try:
+        if request.param == "postgresql":  # a shared database: start from an empty queue
+            await empty(queue)
         yield queue
     finally:
         if request.param == "postgresql":
-            await queue.delete(None)
+            await empty(queue)
         await queue.close()
+
+
+async def empty(queue: QueueStore) -> None:
+    every = await queue.list_messages(QueueFilter(include_done=True))
+    if every:
+        await queue.delete([m.queue_id for m in every])
 
 
 def new_message(*rcpts: tuple[str, str], now: float = T0, sender: str = "a@src.test",
