@@ -267,7 +267,7 @@ def window_cancel(config_path: str | None, name: str) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(config_path: str | None, as_json: bool) -> None:
-    """Recipients by state, bytes queued, oldest message, totals and the drain rate."""
+    """Queue counts by state, bytes, oldest age, totals and drain rate."""
     from mailqueue.stats_view import render_stats
 
     config = _load(config_path)

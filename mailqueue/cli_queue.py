@@ -37,8 +37,12 @@ from mailqueue.timeparse import format_duration, format_time, parse_duration
 
 @click.group("queue")
 def queue() -> None:
-    """Inspect and steer queued mail: list, show, hold, release, retry, delete, bounce,
-    shape."""
+    """See and steer queued mail (like mailq, postsuper, qshape).
+
+    Commands work on the queue database, so they act on a running server's queue.
+    IDs come as arguments, as '-' (read from stdin), or --all. An unknown ID is an error
+    and changes nothing.
+    """
 
 
 def _size(n: int) -> str:
@@ -77,7 +81,7 @@ def _due(ts: float, now: float) -> str:
 def queue_list(config_path: str | None, states: tuple[str, ...], store: str | None,
                sender: str | None, recipient: str | None, older_than: str | None,
                include_done: bool, limit: int | None, as_json: bool, ids_only: bool) -> None:
-    """List queued messages with each recipient's state, attempts and next attempt.
+    """List queued messages: recipients, states, attempts, next attempt, errors.
 
     \b
     Example:
@@ -150,7 +154,7 @@ def format_table(found: Sequence[MessageView], now: float) -> str:
 @click.option("--raw", is_flag=True, help="Print the message itself, as received.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def queue_show(config_path: str | None, queue_id: str, raw: bool, as_json: bool) -> None:
-    """Show one message: envelope, headers and each recipient's history of attempts."""
+    """Show one message: envelope, headers, each recipient's history."""
     config: Config = load(config_path)
     now = SystemClock().now()
     detail: MessageDetail | None = in_queue(config, lambda q: q.message(queue_id))
@@ -253,14 +257,15 @@ def _action_command(action: Action, verb: str, what: str, doc: str) -> click.Com
 
 
 _action_command(Action.HOLD, "held", "queued",
-                "Hold messages: their queued recipients are not delivered until released\n\n"
-                "(postsuper -h). Recipients being delivered right now are not held.")
+                "Hold messages: not delivered until released (postsuper -h).\n\n"
+                "Queued recipients become held. Recipients being delivered right now are\n"
+                "left alone. Held recipients neither expire nor get delay warnings.")
 _action_command(Action.RELEASE, "released", "held",
-                "Release held messages: their recipients are due at once (postsuper -H).")
+                "Release held messages; they are due at once (postsuper -H).")
 _action_command(Action.RETRY, "retried", "queued",
-                "Deliver now: queued recipients become due at once, backoff or not\n\n"
-                "(postqueue -i, postsuper -r). Held recipients stay held; a store inside a\n"
-                "window stays closed.")
+                "Deliver now, skipping the backoff (postqueue -i, postsuper -r).\n\n"
+                "Queued recipients become due at once. Held recipients stay held, and a\n"
+                "store inside an active window stays closed.")
 
 
 @queue.command("delete")
@@ -268,7 +273,11 @@ _action_command(Action.RETRY, "retried", "queued",
 @click.argument("ids", nargs=-1, metavar="[ID]... | -")
 @click.option("--all", "every", is_flag=True, help="Every message not yet done.")
 def queue_delete(config_path: str | None, ids: tuple[str, ...], every: bool) -> None:
-    """Delete messages from the queue, with no notice to anyone (postsuper -d)."""
+    """Delete messages, with no notice to anyone (postsuper -d).
+
+    The messages, their recipients and their history are removed; a recipient being
+    delivered at that moment may still arrive.
+    """
     config: Config = load(config_path)
     wanted = _ids(ids, every)
     changes: list[Change] = in_queue(config, lambda q: q.delete(wanted))
@@ -286,8 +295,11 @@ def queue_delete(config_path: str | None, ids: tuple[str, ...], every: bool) -> 
               help="The diagnostic the sender's notice gives.")
 def queue_bounce(config_path: str | None, ids: tuple[str, ...], every: bool,
                  reason: str) -> None:
-    """Give up on messages now (exim -Mg): queued and held recipients bounce, and a local
-    sender gets a delivery status notification."""
+    """Give up on messages now, telling the sender (exim -Mg).
+
+    Queued and held recipients bounce; a local sender gets a delivery status
+    notification (RFC 3464) in the same commit. Null-sender mail is never bounced back.
+    """
     config: Config = load(config_path)
     wanted = _ids(ids, every)
     now = SystemClock().now()

@@ -46,7 +46,7 @@ def test_report_structure() -> None:
                         original=original_headers(BODY))
     msg = parse(data)
     assert msg.get_content_type() == "multipart/report"
-    text, status, headers = msg.get_payload()  # type: ignore[misc]
+    _text, status, headers = msg.get_payload()  # type: ignore[misc]
     per_message, per_recipient = status.get_payload()
     assert per_message["Reporting-MTA"] == "dns; mx.test"
     assert per_recipient["Action"] == "failed" and per_recipient["Status"] == "5.0.0"
