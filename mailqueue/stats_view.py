@@ -33,7 +33,7 @@ def render_stats(report: QueueReport, now: float, as_json: bool = False) -> str:
              f"oldest pending: {format_duration(oldest) if oldest is not None else '-'}",
              f"totals: accepted={report.accepted} delivered={report.delivered} "
              f"bounced={report.bounced}",
-             f"drain rate: {report.drain_rate:.1f} recipients/s "
+             f"drain rate: {report.drain_rate:.2f} recipients/s "
              f"(delivered in the last {format_duration(report.recent_seconds)}: "
              f"{report.delivered_recent})"]
     return "\n".join(lines)
