@@ -176,7 +176,7 @@ async def test_bounce_sends_dsn_to_local_sender(tmp_path: Path) -> None:
         bounced = await run_cli(path, "queue", "bounce", queue_id, "--reason", "mailbox retired")
         assert f"bounced {queue_id} alice@basic.example (pending -> bounced)" in bounced.stdout
         box = tmp_path / "mail" / "hosted-exchange"
-        await wait_for(lambda: len(all_files(box)) == 1)
+        await wait_for(lambda: app.worker.delivered == 1)
         notice = parse(all_files(box)[0])
         assert notice.get_content_type() == "multipart/report"
         assert "mailbox retired" in notice.as_string()
