@@ -334,8 +334,14 @@ class SqlAdminMixin:
     async def record_settlement(self, conn: AsyncConnection, settlement: Settlement,
                                 now: float) -> None:
         """History rows for one settled batch, and the notices it carries."""
+        for chunk in _chunks(settlement.delivered):
+            # The hot path: one INSERT ... SELECT, no round trip for the queue ids.
+            await conn.execute(insert(recipient_events).from_select(
+                ["queue_id", "recipient_id", "at", "kind"],
+                select(recipients.c.queue_id, recipients.c.id, literal(now),
+                       literal(EventKind.DELIVERED.value))
+                .where(recipients.c.id.in_(chunk))))
         rows: list[tuple[int, str | None, EventKind]] = []
-        rows += [(i, None, EventKind.DELIVERED) for i in settlement.delivered]
         rows += [(i, err, EventKind.DEFERRED) for i, _, err in settlement.deferred]
         rows += [(i, err, EventKind.BOUNCED) for i, err in settlement.bounced]
         queue_of: dict[int, str] = {}
