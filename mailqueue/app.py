@@ -66,7 +66,8 @@ class MailqueueApp:
         self.expiry = ExpirySweeper(self.queue, self.clock, RetryPolicy(config.queue),
                                     self.control.current, self.notifier,
                                     delay_warning=config.queue.delay_warning,
-                                    interval=config.delivery.reclaim_interval)
+                                    interval=config.delivery.reclaim_interval,
+                                    on_expired=self.metrics.observe_expired)
         self.admin = AdminServer(config.admin, self.queue, self.metrics, self.clock,
                                  self.control.current, list(config.stores),
                                  self._smtp_listening) \

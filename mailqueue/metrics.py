@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import Enum as StateSet
 
-from mailqueue.queue.admin import QueueReport
+from mailqueue.queue.admin import BouncedRecipient, QueueReport
 from mailqueue.queue.models import Claim, Settlement
 from mailqueue.windows import WindowSet, WindowState
 
@@ -62,6 +62,11 @@ class Metrics:
             self.deferred.labels(by_id[rid].store).inc()
         for rid, _ in settlement.bounced:
             self.bounced.labels(by_id[rid].store).inc()
+
+    def observe_expired(self, bounced: Sequence[BouncedRecipient]) -> None:
+        """The expiry sweep's observer: recipients it gave up on count as bounced."""
+        for item in bounced:
+            self.bounced.labels(item.store).inc()
 
     def observe_reply(self, reply: str) -> None:
         """The SMTP front end's reply hook: count refusals by code."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -22,7 +22,7 @@ from mailqueue.clock import Clock
 from mailqueue.delivery.retry import RetryPolicy
 from mailqueue.dsn import Notifier
 from mailqueue.errors import QueueError
-from mailqueue.queue.admin import PendingRecipient
+from mailqueue.queue.admin import BouncedRecipient, PendingRecipient
 from mailqueue.queue.models import QueueStore, RecipientState
 from mailqueue.timeparse import format_duration
 from mailqueue.windows import WindowSet
@@ -35,7 +35,9 @@ class ExpirySweeper:
 
     def __init__(self, queue: QueueStore, clock: Clock, retry: RetryPolicy,
                  windows: Callable[[], WindowSet], notifier: Notifier,
-                 delay_warning: float = 0.0, interval: float = 30.0, batch: int = 500) -> None:
+                 delay_warning: float = 0.0, interval: float = 30.0, batch: int = 500,
+                 on_expired: Callable[[Sequence[BouncedRecipient]], None] | None = None,
+                 ) -> None:
         self._queue = queue
         self._clock = clock
         self._retry = retry
@@ -44,6 +46,7 @@ class ExpirySweeper:
         self._delay_warning = delay_warning
         self._interval = interval
         self._batch = batch
+        self._on_expired = on_expired  # metrics
         self._wake = asyncio.Event()
         clock.subscribe(self._wake.set)
 
@@ -86,6 +89,8 @@ class ExpirySweeper:
         if not reasons:
             return 0
         bounced = await self._queue.expire(reasons, now, self._notifier)
+        if self._on_expired is not None:
+            self._on_expired(bounced)
         for gone in bounced:
             log.warning("recipient_expired", queue_id=gone.queue_id, recipient=gone.address,
                         store=gone.store, attempt=gone.attempts, reason=gone.reason)

@@ -81,6 +81,8 @@ async def test_expired_in_window_when_window_time_counts(tmp_path: Path) -> None
         assert "Subject: stuck" in original
         report = await app.queue.report(clock.now())
         assert report.by_state["bounced"] == 1
+        assert app.metrics.registry.get_sample_value("mailqueue_recipients_bounced_total",
+                                                     {"store": "basic"}) == 1
         detail = await app.queue.message(queue_id)
         assert detail is not None
         assert [e.kind for e in detail.events] == ["expired", "notice_queued"]
