@@ -15,15 +15,19 @@ import time
 
 import structlog
 
+from mailqueue.admin_http import AdminServer
 from mailqueue.clock import Clock, SystemClock
 from mailqueue.config import Config
 from mailqueue.control import ControlPlane, seed_windows
+from mailqueue.delivery.expiry import ExpirySweeper
 from mailqueue.delivery.retry import RetryPolicy
 from mailqueue.delivery.worker import DeliveryWorker
+from mailqueue.dsn import Notifier
 from mailqueue.errors import QueueError
 from mailqueue.mailbox.base import MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.mailbox.router import Router
+from mailqueue.metrics import Metrics
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, QueueStore
 from mailqueue.queue.sqlstore import SqlQueueStore
@@ -52,8 +56,23 @@ class MailqueueApp:
         self.committer = GroupCommitter(self.queue, config.queue.commit_batch)
         self.capacity = Capacity(config.queue.max_messages, config.queue.max_bytes)
         self.gate = Gate(config.smtp.max_connections, config.smtp.max_connections_per_ip)
+        self.metrics = Metrics()
+        self.notifier = Notifier(Router(config.stores), config.smtp.hostname,
+                                 config.queue.max_lifetime)
         self.worker = DeliveryWorker(self.queue, self.mailboxes, self.clock, config.delivery,
-                                     RetryPolicy(config.queue), self.control.current)
+                                     RetryPolicy(config.queue), self.control.current,
+                                     notify=self.notifier,
+                                     observer=self.metrics.observe_settlement)
+        self.expiry = ExpirySweeper(self.queue, self.clock, RetryPolicy(config.queue),
+                                    self.control.current, self.notifier,
+                                    delay_warning=config.queue.delay_warning,
+                                    interval=config.delivery.reclaim_interval,
+                                    on_expired=self.metrics.observe_expired)
+        self.admin = AdminServer(config.admin, self.queue, self.metrics, self.clock,
+                                 self.control.current, list(config.stores),
+                                 self._smtp_listening) \
+            if config.admin is not None and config.admin.enabled else None
+        self.smtp_server: asyncio.Server | None = None
         self.control.listen(self.worker.wake)
         self.clock.subscribe(self.worker.wake)
         self.ready = asyncio.Event()
@@ -64,7 +83,13 @@ class MailqueueApp:
         """Begin a graceful stop (safe to call from a signal handler)."""
         self._stop.set()
 
+    def _smtp_listening(self) -> bool | None:
+        if not self.run_smtp:
+            return None
+        return self.smtp_server is not None and self.smtp_server.is_serving()
+
     def _accepted(self, message: NewMessage) -> None:
+        self.metrics.accepted.inc()
         blocked = self.control.blocked()
         if any(store not in blocked for _, store in message.recipients):
             self.worker.wake()
@@ -86,6 +111,11 @@ class MailqueueApp:
                           group.create_task(self._capacity_loop(), name="capacity")]
             worker = group.create_task(self.worker.run(), name="worker") \
                 if self.run_worker else None
+            if self.run_worker:
+                background.append(group.create_task(self.expiry.run(), name="expiry"))
+            if self.admin is not None:
+                background.append(group.create_task(self.admin.run(), name="admin"))
+                await self.admin.started.wait()
             server = await self._start_smtp() if self.run_smtp else None
             self.ready.set()
             log.info("server_started", port=self.port, queue=self.queue_url,
@@ -104,7 +134,9 @@ class MailqueueApp:
         handler = MailqueueHandler(self.config.smtp, Router(self.config.stores),
                                    self.control.current, self.committer, self.capacity,
                                    self.clock, on_accepted=self._accepted)
+        handler.on_reply = self.metrics.observe_reply
         server = await start_server(handler, self.gate, self.config.smtp)
+        self.smtp_server = server
         self.port = int(server.sockets[0].getsockname()[1])
         return server
 

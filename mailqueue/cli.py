@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from mailqueue import __version__
+from mailqueue.cli_queue import queue as queue_group
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config, load_config
 from mailqueue.errors import MailqueueError, WindowError
@@ -185,10 +186,17 @@ def window_start(config_path: str | None, name: str, until: str | None, duration
 @window.command("end")
 @config_option
 @click.argument("name")
-def window_end(config_path: str | None, name: str) -> None:
+@click.option("--wait", is_flag=True, help="Show the drain's progress (remaining, rate, ETA) "
+              "until the window's mail is delivered, then a summary.")
+@click.option("--timeout", "wait_limit", metavar="DURATION", help="With --wait: stop waiting "
+              "after this long (exit 3 if mail is still queued).")
+def window_end(config_path: str | None, name: str, wait: bool, wait_limit: str | None) -> None:
     """End window NAME now; its stores' queued mail is delivered."""
     config = _load(config_path)
     now = SystemClock().now()
+    limit = parse_duration(wait_limit) if wait_limit else None
+    if limit is not None and not wait:
+        raise click.UsageError("--timeout only applies with --wait")
 
     async def action(queue: QueueStore) -> Window:
         ended = _require(await queue.windows(), name).ended_now(now)
@@ -198,6 +206,15 @@ def window_end(config_path: str | None, name: str) -> None:
     ended = _run(_with_queue(config, action))
     lasted = format_duration(now - (ended.started_at or ended.start))
     click.echo(f"ended {ended.name} after {lasted}; delivery of its queued mail begins")
+    if wait:
+        from mailqueue.drain import watch_drain
+
+        stores = list(ended.stores) or [s.name for s in config.stores]
+        summary = _run(_with_queue(config, lambda q: watch_drain(q, stores, now,
+                                                                 limit=limit)))
+        click.echo(summary.describe(ended.name))
+        if summary.timed_out:
+            sys.exit(3)
 
 
 @window.command("extend")
@@ -251,24 +268,16 @@ def window_cancel(config_path: str | None, name: str) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(config_path: str | None, as_json: bool) -> None:
-    """Counts of recipients by state, messages and bytes still queued."""
+    """Queue counts by state, bytes, oldest age, totals and drain rate."""
+    from mailqueue.stats_view import render_stats
+
     config = _load(config_path)
-    result = _run(_with_queue(config, lambda q: q.stats()))
     now = SystemClock().now()
-    oldest = None if result.oldest_pending is None else now - result.oldest_pending
-    if as_json:
-        click.echo(json.dumps({"recipients": result.recipients,
-                               "messages_pending": result.messages_pending,
-                               "bytes_pending": result.bytes_pending,
-                               "oldest_pending_seconds": oldest,
-                               "messages_total": result.messages_total}))
-        return
-    states = " ".join(f"{k}={v}" for k, v in result.recipients.items())
-    click.echo(f"recipients: {states}")
-    click.echo(f"messages pending: {result.messages_pending} "
-               f"({result.bytes_pending} bytes); accepted in all: {result.messages_total}")
-    if oldest is not None:
-        click.echo(f"oldest pending: {format_duration(oldest)}")
+    report = _run(_with_queue(config, lambda q: q.report(now)))
+    click.echo(render_stats(report, now, as_json))
+
+
+cli.add_command(queue_group)
 
 
 cli.add_command(verify)

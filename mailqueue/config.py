@@ -8,6 +8,7 @@ names the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -81,6 +82,7 @@ class QueueConfig(_Model):
     max_bytes: Size = 10 * 1024**3
     max_lifetime: Duration = 5 * 86400.0
     window_time_counts: bool = False
+    delay_warning: Duration = 0.0  # 0: off; else warn a local sender once after this long
     retry: RetryConfig = RetryConfig()
     commit_batch: int = Field(256, ge=1)
 
@@ -102,6 +104,31 @@ class DeliveryConfig(_Model):
     poll_interval: Duration = 1.0
     reclaim_interval: Duration = 30.0
     ramp: Duration = 0.0
+
+
+class AdminConfig(_Model):
+    """The admin HTTP endpoint: metrics, health, mailbox access (off unless configured)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8025, ge=0, le=65535)
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> AdminConfig:
+        if not _is_loopback(self.host) and not self.token:
+            raise ValueError(f"host {self.host!r} is not a loopback address: set admin.token "
+                             "(clients send 'Authorization: Bearer TOKEN')")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class LoggingConfig(_Model):
@@ -192,6 +219,7 @@ class Config(_Model):
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     logging: LoggingConfig = LoggingConfig()
+    admin: AdminConfig | None = None
     stores: list[StoreConfig] = Field(min_length=1)
     windows: list[WindowConfig] = []
 

@@ -146,6 +146,9 @@ class MailqueueSMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
             status = _REPLY_REWRITES.get(status, status)
+            hook = getattr(self.event_handler, "on_reply", None)
+            if hook is not None:
+                hook(status)
         await super().push(status)
 
     def _timeout_cb(self) -> None:
@@ -168,10 +171,13 @@ class MailqueueHandler:
         self.capacity = capacity
         self.clock = clock
         self.on_accepted = on_accepted
+        self.on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        if address and not _plausible_address(address):
+        # "<>" is the null reverse-path of bounces; aiosmtpd passes it through as is (and
+        # needs a non-empty mail_from for RCPT), so it is kept until DATA.
+        if address and address != "<>" and not _plausible_address(address):
             return "553 5.1.7 Malformed sender address"
         if self.capacity.full(_declared_size(mail_options)):
             log.warning("queue_full", messages=self.capacity.messages, bytes=self.capacity.bytes)
@@ -212,7 +218,7 @@ class MailqueueHandler:
         now = self.clock.now()
         message = NewMessage(
             queue_id=new_queue_id(now),
-            mail_from=envelope.mail_from or "",
+            mail_from="" if envelope.mail_from == "<>" else envelope.mail_from or "",
             recipients=tuple((r.address, r.store) for r in routes if isinstance(r, Route)),
             body=body,
             received_at=now,

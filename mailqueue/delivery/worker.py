@@ -23,6 +23,7 @@ from mailqueue.config import DeliveryConfig
 from mailqueue.delivery.retry import Bounce, RetryPolicy
 from mailqueue.errors import PermanentDeliveryError, QueueError, TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
+from mailqueue.queue.admin import BouncedRecipient, Notify
 from mailqueue.queue.models import Claim, QueueStore, Settlement
 from mailqueue.windows import WindowSet
 
@@ -34,13 +35,18 @@ class DeliveryWorker:
 
     def __init__(self, queue: QueueStore, mailboxes: Mapping[str, MailboxStore], clock: Clock,
                  config: DeliveryConfig, retry: RetryPolicy,
-                 windows: Callable[[], WindowSet], owner: str | None = None) -> None:
+                 windows: Callable[[], WindowSet], owner: str | None = None,
+                 notify: Notify | None = None,
+                 observer: Callable[[Settlement, Sequence[Claim], float], None] | None = None,
+                 ) -> None:
         self._queue = queue
         self._mailboxes = dict(mailboxes)
         self._clock = clock
         self._config = config
         self._retry = retry
         self._windows = windows
+        self._notify = notify  # builds bounce notices, enqueued with the settle
+        self._observer = observer  # metrics: called after each settled batch
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._stopping = False
@@ -90,8 +96,13 @@ class DeliveryWorker:
         if not claims:
             return False
         settlement = await self._deliver(claims)
+        if settlement.bounced and self._notify is not None:
+            settlement.notices = self._notify(bounced_recipients(claims, settlement),
+                                              self._clock.now())
         # Shielded: a stop must not lose the record of files already in the mailboxes.
         await asyncio.shield(self._queue.settle(settlement, self.owner, self._clock.now()))
+        if self._observer is not None:
+            self._observer(settlement, claims, self._clock.now())
         self.delivered += len(settlement.delivered)
         self.deferred += len(settlement.deferred)
         self.bounced += len(settlement.bounced)
@@ -153,3 +164,14 @@ class DeliveryWorker:
         if count:
             log.warning("leases_reclaimed", recipients=count)
             self.wake()
+
+
+def bounced_recipients(claims: Sequence[Claim],
+                       settlement: Settlement) -> list[BouncedRecipient]:
+    """The bounced claims of ``settlement``, as the notifier takes them."""
+    reasons = dict(settlement.bounced)
+    return [BouncedRecipient(recipient_id=c.recipient_id, queue_id=c.queue_id,
+                             address=c.address, store=c.store, attempts=c.attempts,
+                             mail_from=c.mail_from, received_at=c.received_at,
+                             reason=reasons[c.recipient_id], body=c.body)
+            for c in claims if c.recipient_id in reasons]

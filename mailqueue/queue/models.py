@@ -5,11 +5,25 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mailqueue.windows import Window
+
+if TYPE_CHECKING:
+    from mailqueue.queue.admin import (
+        Action,
+        BouncedRecipient,
+        Change,
+        DrainProgress,
+        MessageDetail,
+        MessageView,
+        Notify,
+        PendingRecipient,
+        QueueFilter,
+        QueueReport,
+    )
 
 _B32 = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
 
@@ -74,6 +88,9 @@ class Settlement:
     delivered: list[int] = dataclasses.field(default_factory=list)
     deferred: list[tuple[int, float, str]] = dataclasses.field(default_factory=list)
     bounced: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    # Delivery status notifications for the bounces, enqueued in the same transaction
+    # (None: this worker sends none, and none is recorded as missing).
+    notices: list[NewMessage] | None = None
 
     def __len__(self) -> int:
         return len(self.delivered) + len(self.deferred) + len(self.bounced)
@@ -156,4 +173,56 @@ class QueueStore(Protocol):
 
     async def ledger(self) -> list[LedgerEntry]:
         """Every accepted message with its recipients' states, oldest first."""
+        ...
+
+    # --- operator verbs (see mailqueue.queue.admin) -----------------------------------
+
+    async def list_messages(self, query: QueueFilter) -> list[MessageView]:
+        """Messages matching ``query``, oldest first, with all their recipients."""
+        ...
+
+    async def message(self, queue_id: str) -> MessageDetail | None:
+        """One message with its per-recipient history and (until done) its content."""
+        ...
+
+    async def change(self, action: Action, queue_ids: Sequence[str] | None,
+                     now: float) -> list[Change]:
+        """Hold, release or retry (None: every pending message); unknown id: nothing done."""
+        ...
+
+    async def delete(self, queue_ids: Sequence[str] | None) -> list[Change]:
+        """Remove messages, their recipients and their history."""
+        ...
+
+    async def bounce(self, queue_ids: Sequence[str] | None, reason: str, now: float,
+                     notify: Notify | None = None) -> list[Change]:
+        """Give up on queued and held recipients now; notices enqueued in the same commit."""
+        ...
+
+    async def expire(self, reasons: Mapping[int, str], now: float,
+                     notify: Notify | None = None) -> list[BouncedRecipient]:
+        """Bounce the recipients ``reasons`` names (queued or held ones only)."""
+        ...
+
+    async def pending_before(self, received_before: float, limit: int,
+                             unwarned: bool = False) -> list[PendingRecipient]:
+        """Recipients not yet final of messages received before a moment."""
+        ...
+
+    async def record_delay_warnings(self, warned: Sequence[PendingRecipient],
+                                    notices: Sequence[NewMessage], now: float) -> None:
+        """Record delay warnings and enqueue their notices in one transaction."""
+        ...
+
+    async def shape(self, now: float, edges_minutes: Sequence[int] = ...,
+                    ) -> dict[str, list[int]]:
+        """Undelivered messages per store in age buckets (qshape)."""
+        ...
+
+    async def report(self, now: float, recent_seconds: float = 60.0) -> QueueReport:
+        """Counts by state and store, bytes, totals and the recent delivery rate."""
+        ...
+
+    async def drain_progress(self, stores: Sequence[str], since: float) -> DrainProgress:
+        """Recipients of ``stores`` still to go and those settled since ``since``."""
         ...

@@ -73,3 +73,19 @@ windows = Table(
     Column("started_at", Double),
     Column("ended_at", Double),
 )
+
+# Per-recipient history for `queue show`: attempts and their outcomes, operator actions,
+# delay warnings and notices. Written in the same transaction as the change it records.
+recipient_events = Table(
+    "recipient_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("queue_id", String(32), ForeignKey("messages.queue_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("recipient_id", Integer, ForeignKey("recipients.id", ondelete="CASCADE")),
+    Column("at", Double, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text),
+)
+Index("ix_recipient_events_message", recipient_events.c.queue_id, recipient_events.c.at)
+Index("ix_recipient_events_recipient", recipient_events.c.recipient_id, recipient_events.c.kind)

@@ -30,12 +30,13 @@ from mailqueue.queue.models import (
     Settlement,
 )
 from mailqueue.queue.schema import messages, metadata, recipients, windows
+from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
 
 
-class SqlQueueStore:
+class SqlQueueStore(SqlAdminMixin):
     """A durable queue in SQLite or PostgreSQL."""
 
     def __init__(self, url: str, *, busy_timeout: float = 30.0) -> None:
@@ -111,19 +112,8 @@ class SqlQueueStore:
     async def enqueue(self, batch: Sequence[NewMessage]) -> None:
         if not batch:
             return
-        message_rows = [{
-            "queue_id": m.queue_id, "mail_from": m.mail_from, "received_at": m.received_at,
-            "size": len(m.body), "message_id": m.message_id, "digest": m.digest,
-            "helo": m.helo, "peer": m.peer, "rcpt_count": len(m.recipients), "body": m.body,
-        } for m in batch]
-        recipient_rows = [{
-            "queue_id": m.queue_id, "address": address, "store": store,
-            "state": RecipientState.QUEUED.value, "attempts": 0,
-            "next_attempt_at": m.received_at,
-        } for m in batch for address, store in m.recipients]
         async with self._tx(write=True) as conn:
-            await conn.execute(insert(messages), message_rows)
-            await conn.execute(insert(recipients), recipient_rows)
+            await insert_messages(conn, batch)
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
                     lease_until: float) -> list[Claim]:
@@ -201,6 +191,7 @@ class SqlQueueStore:
                         state=RecipientState.BOUNCED.value, settled_at=now,
                         last_error=bindparam("err"), **released),
                     [{"rid": i, "err": err} for i, err in settlement.bounced])
+            await self.record_settlement(conn, settlement, now)
             await self._finish_messages(conn, ids, now)
 
     async def _finish_messages(self, conn: AsyncConnection, recipient_ids: list[int],

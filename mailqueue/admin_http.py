@@ -1,0 +1,175 @@
+"""The admin HTTP endpoint (aiohttp): metrics, health, and mailbox access.
+
+``/metrics`` (Prometheus text), ``/healthz`` (the process runs), ``/readyz`` (the queue
+answers and SMTP is listening), and ``GET /mailboxes/{address}/messages``: the delivered
+messages of one mailbox as JSON, or ``503`` with ``Retry-After`` (the window's planned end)
+while the mailbox's store is inside an active maintenance window — access to mailboxes
+follows the window, as the upgrade notice promised. Off unless ``[admin]`` is configured;
+loopback by default; with ``token`` set, every path but the health checks needs
+``Authorization: Bearer TOKEN``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from mailqueue.clock import Clock
+from mailqueue.config import AdminConfig, StoreConfig
+from mailqueue.errors import QueueError
+from mailqueue.mailbox.maildir import mailbox_path
+from mailqueue.mailbox.router import Route, Router
+from mailqueue.metrics import Metrics
+from mailqueue.queue.models import QueueStore
+from mailqueue.timeparse import format_time
+from mailqueue.windows import WindowSet
+
+log = structlog.get_logger("mailqueue.admin")
+
+_OPEN_PATHS = ("/healthz", "/readyz")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminServer:
+    """Serves the admin endpoint until cancelled."""
+
+    def __init__(self, config: AdminConfig, queue: QueueStore, metrics: Metrics, clock: Clock,
+                 windows: Callable[[], WindowSet], stores: list[StoreConfig],
+                 smtp_listening: Callable[[], bool | None]) -> None:
+        self.config = config
+        self._queue = queue
+        self._metrics = metrics
+        self._clock = clock
+        self._windows = windows
+        self._stores = {s.name: s for s in stores}
+        self._router = Router(stores)
+        self._smtp_listening = smtp_listening  # None: this process runs no SMTP
+        self.port: int | None = None
+        self.started = asyncio.Event()
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/mailboxes/{address}/messages", self.mailbox_messages)
+        return app
+
+    async def run(self) -> None:
+        runner = web.AppRunner(self.make_app(), access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.config.host, self.config.port)
+            await site.start()
+            server = site._server  # aiohttp exposes the bound port only here
+            sockets = getattr(server, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1]) if sockets else self.config.port
+            log.info("admin_started", host=self.config.host, port=self.port,
+                     token=bool(self.config.token))
+            self.started.set()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = self.config.token
+        if token and request.path not in _OPEN_PATHS:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _json({"error": "missing or wrong token"}, 401,
+                             {"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        now = self._clock.now()
+        try:
+            report = await self._queue.report(now)
+        except QueueError as exc:
+            log.warning("metrics_queue_unavailable", error=str(exc))
+            report = None
+        self._metrics.refresh(report, self._windows(), now)
+        return web.Response(body=self._metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; "
+                                                     "charset=utf-8"})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        try:
+            await self._queue.capacity()
+            checks["queue"] = "ok"
+        except QueueError as exc:
+            checks["queue"] = f"unavailable: {exc}"
+        listening = self._smtp_listening()
+        checks["smtp"] = "disabled" if listening is None else \
+            "ok" if listening else "not listening"
+        ready = checks["queue"] == "ok" and checks["smtp"] in ("ok", "disabled")
+        return _json({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    async def mailbox_messages(self, request: web.Request) -> web.Response:
+        address = request.match_info["address"]
+        route = self._router.route(address)
+        if not isinstance(route, Route):
+            return _json({"error": f"no such mailbox: {address} ({route})"}, 404)
+        window = self._windows().blocking(route.store)
+        if window is not None:
+            return _json({"error": "mailbox maintenance", "window": window.name,
+                          "store": route.store, "until": format_time(window.end)}, 503,
+                         {"Retry-After": formatdate(window.end, usegmt=True)})
+        box = mailbox_path(self._stores[route.store].path, route.address)
+        listed = await asyncio.to_thread(list_maildir, box)
+        if listed is None and self._stores[route.store].mailboxes is None:
+            return _json({"error": f"no such mailbox: {route.address}"}, 404)
+        return _json(listed or [])
+
+
+def list_maildir(box: Path) -> list[dict[str, Any]] | None:
+    """Summaries of the messages in ``box`` (new/ and cur/); None if it does not exist."""
+    if not box.is_dir():
+        return None
+    parser = email.parser.BytesHeaderParser(policy=email.policy.default)
+    found = []
+    for folder in ("new", "cur"):
+        try:
+            names = sorted(os.listdir(box / folder))
+        except FileNotFoundError:
+            continue
+        for name in names:
+            path = box / folder / name
+            try:
+                with path.open("rb") as fp:
+                    headers = parser.parse(fp)
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue  # moved by a reader meanwhile
+            found.append({"id": name, "folder": folder, "size": size,
+                          "queue_id": headers.get("X-Mailqueue-Id"),
+                          "from": _header(headers, "From"), "to": _header(headers, "To"),
+                          "subject": _header(headers, "Subject"),
+                          "date": _header(headers, "Date"),
+                          "message_id": _header(headers, "Message-ID")})
+    return found
+
+
+def _header(headers: Any, name: str) -> str | None:
+    value = headers.get(name)
+    return None if value is None else str(value)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=json.dumps(data), status=status, headers=headers,
+                        content_type="application/json")

@@ -1,0 +1,473 @@
+"""The operator verbs of :class:`~mailqueue.queue.sqlstore.SqlQueueStore`.
+
+A mixin, so that the core claim/settle path stays short to read. Everything here is plain
+SQLAlchemy Core that runs the same on SQLite and PostgreSQL: no dialect-only functions,
+``RETURNING`` (SQLite ≥ 3.35), ``CASE`` for the age buckets, and explicit deletes instead of
+relying on ``ON DELETE CASCADE`` being switched on.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mailqueue.errors import UnknownQueueIdError
+from mailqueue.queue.admin import (
+    SHAPE_EDGES_MINUTES,
+    Action,
+    BouncedRecipient,
+    Change,
+    DrainProgress,
+    EventKind,
+    MessageDetail,
+    MessageView,
+    Notify,
+    PendingRecipient,
+    QueueFilter,
+    QueueReport,
+    RecipientEvent,
+    RecipientView,
+)
+from mailqueue.queue.models import FINAL_STATES, NewMessage, RecipientState, Settlement
+from mailqueue.queue.schema import messages, recipient_events, recipients
+
+_FINAL = [s.value for s in FINAL_STATES]
+_QUEUED, _HELD, _ACTIVE = (RecipientState.QUEUED.value, RecipientState.HELD.value,
+                           RecipientState.ACTIVE.value)
+_CHUNK = 500  # ids per IN (...) list: well under SQLite's and PostgreSQL's limits
+
+# Which recipients each action touches, and the state it leaves them in.
+_TRANSITIONS: dict[Action, tuple[tuple[str, ...], str]] = {
+    Action.HOLD: ((_QUEUED,), _HELD),
+    Action.RELEASE: ((_HELD,), _QUEUED),
+    Action.RETRY: ((_QUEUED,), _QUEUED),
+}
+_EVENT_OF = {Action.HOLD: EventKind.HELD, Action.RELEASE: EventKind.RELEASED,
+             Action.RETRY: EventKind.RETRY}
+
+
+def message_rows(batch: Sequence[NewMessage]) -> list[dict[str, Any]]:
+    return [{
+        "queue_id": m.queue_id, "mail_from": m.mail_from, "received_at": m.received_at,
+        "size": len(m.body), "message_id": m.message_id, "digest": m.digest,
+        "helo": m.helo, "peer": m.peer, "rcpt_count": len(m.recipients), "body": m.body,
+    } for m in batch]
+
+
+def recipient_rows(batch: Sequence[NewMessage]) -> list[dict[str, Any]]:
+    return [{
+        "queue_id": m.queue_id, "address": address, "store": store,
+        "state": _QUEUED, "attempts": 0, "next_attempt_at": m.received_at,
+    } for m in batch for address, store in m.recipients]
+
+
+async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) -> None:
+    """Insert ``batch`` and its recipients in the caller's transaction."""
+    if batch:
+        await conn.execute(insert(messages), message_rows(batch))
+        await conn.execute(insert(recipients), recipient_rows(batch))
+
+
+def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
+    return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+class SqlAdminMixin:
+    """Operator verbs: list, show, hold/release/retry/delete/bounce, shape, report, sweeps."""
+
+    def _tx(self, write: bool = False) -> AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError
+
+    async def _finish_messages(self, conn: AsyncConnection, recipient_ids: list[int],
+                               now: float) -> None:
+        raise NotImplementedError
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def list_messages(self, query: QueueFilter) -> list[MessageView]:
+        """Messages matching ``query``, oldest first, with all their recipients."""
+        async with self._tx() as conn:
+            stmt = (select(*_MESSAGE_COLUMNS).where(*_message_conditions(query))
+                    .order_by(messages.c.received_at, messages.c.queue_id))
+            if query.limit:
+                stmt = stmt.limit(query.limit)
+            rows = list(await conn.execute(stmt))
+            by_message = await _recipients_of(conn, [r.queue_id for r in rows])
+            return [_message_view(r, by_message.get(r.queue_id, ())) for r in rows]
+
+    async def message(self, queue_id: str) -> MessageDetail | None:
+        """One message with its history and (while it is not done) its content."""
+        async with self._tx() as conn:
+            row = (await conn.execute(select(*_MESSAGE_COLUMNS, messages.c.body)
+                                      .where(messages.c.queue_id == queue_id))).first()
+            if row is None:
+                return None
+            rcpts = (await _recipients_of(conn, [queue_id])).get(queue_id, ())
+            events = await conn.execute(
+                select(recipient_events.c.at, recipient_events.c.kind,
+                       recipient_events.c.detail, recipients.c.address)
+                .select_from(recipient_events.outerjoin(
+                    recipients, recipients.c.id == recipient_events.c.recipient_id))
+                .where(recipient_events.c.queue_id == queue_id)
+                .order_by(recipient_events.c.at, recipient_events.c.id))
+            history = tuple(RecipientEvent(at=e.at, kind=e.kind, address=e.address,
+                                           detail=e.detail) for e in events)
+            return MessageDetail(message=_message_view(row, rcpts), events=history,
+                                 body=row.body)
+
+    async def shape(self, now: float, edges_minutes: Sequence[int] = SHAPE_EDGES_MINUTES,
+                    ) -> dict[str, list[int]]:
+        """Messages not yet delivered, per store, counted in age buckets (qshape)."""
+        age = literal(now) - messages.c.received_at
+        bucket = case(*[(age < edge * 60.0, index) for index, edge in enumerate(edges_minutes)],
+                      else_=len(edges_minutes))
+        stmt = (select(recipients.c.store, bucket.label("bucket"),
+                       func.count(func.distinct(recipients.c.queue_id)))
+                .join(messages, messages.c.queue_id == recipients.c.queue_id)
+                .where(recipients.c.state.not_in(_FINAL))
+                .group_by(recipients.c.store, bucket))
+        shape: dict[str, list[int]] = {}
+        async with self._tx() as conn:
+            for store, index, count in await conn.execute(stmt):
+                shape.setdefault(store, [0] * (len(edges_minutes) + 1))[int(index)] += int(count)
+        return shape
+
+    async def report(self, now: float, recent_seconds: float = 60.0) -> QueueReport:
+        """Counts by state and store, bytes, totals and the recent delivery rate."""
+        async with self._tx() as conn:
+            depth: dict[tuple[str, str], int] = {}
+            size: dict[tuple[str, str], int] = {}
+            for store, state, count, total in await conn.execute(
+                    select(recipients.c.store, recipients.c.state, func.count(),
+                           func.coalesce(func.sum(messages.c.size), 0))
+                    .join(messages, messages.c.queue_id == recipients.c.queue_id)
+                    .group_by(recipients.c.store, recipients.c.state)):
+                depth[(store, state)] = int(count)
+                size[(store, state)] = int(total)
+            pending = (await conn.execute(
+                select(func.count(), func.coalesce(func.sum(messages.c.size), 0),
+                       func.min(messages.c.received_at))
+                .where(messages.c.done_at.is_(None)))).one()
+            accepted = (await conn.execute(select(func.count()).select_from(messages))).scalar()
+            recent = (await conn.execute(
+                select(func.count()).select_from(recipients)
+                .where(recipients.c.state == RecipientState.DELIVERED.value,
+                       recipients.c.settled_at >= now - recent_seconds))).scalar()
+        by_state = {s.value: 0 for s in RecipientState}
+        for (_, state), count in depth.items():
+            by_state[state] = by_state.get(state, 0) + count
+        return QueueReport(
+            by_state=by_state, depth=depth, bytes=size, messages_pending=int(pending[0]),
+            bytes_pending=int(pending[1]), oldest_pending=pending[2], accepted=int(accepted or 0),
+            delivered=by_state[RecipientState.DELIVERED.value],
+            bounced=by_state[RecipientState.BOUNCED.value],
+            delivered_recent=int(recent or 0), recent_seconds=recent_seconds)
+
+    async def drain_progress(self, stores: Sequence[str], since: float) -> DrainProgress:
+        """Recipients of ``stores`` still to go, and those settled since ``since``."""
+        in_stores = recipients.c.store.in_(stores) if stores else literal(True)
+        async with self._tx() as conn:
+            open_counts = {state: int(count) for state, count in await conn.execute(
+                select(recipients.c.state, func.count())
+                .where(in_stores, recipients.c.state.not_in(_FINAL))
+                .group_by(recipients.c.state))}
+            settled = {state: (int(count), last) for state, count, last in await conn.execute(
+                select(recipients.c.state, func.count(), func.max(recipients.c.settled_at))
+                .where(in_stores, recipients.c.state.in_(_FINAL),
+                       recipients.c.settled_at >= since)
+                .group_by(recipients.c.state))}
+        lasts = [last for _, last in settled.values() if last is not None]
+        return DrainProgress(
+            remaining=open_counts.get(_QUEUED, 0) + open_counts.get(_ACTIVE, 0),
+            held=open_counts.get(_HELD, 0),
+            delivered=settled.get(RecipientState.DELIVERED.value, (0, None))[0],
+            bounced=settled.get(RecipientState.BOUNCED.value, (0, None))[0],
+            last_settled=max(lasts) if lasts else None)
+
+    # --- operator actions ------------------------------------------------------------
+
+    async def change(self, action: Action, queue_ids: Sequence[str] | None,
+                     now: float) -> list[Change]:
+        """Hold, release or retry the recipients of ``queue_ids`` (None: every message).
+
+        Raises :class:`UnknownQueueIdError` (and changes nothing) if an id does not exist.
+        Recipients being delivered right now (``active``) and final ones are left alone.
+        """
+        sources, target = _TRANSITIONS[action]
+        async with self._tx(write=True) as conn:
+            ids = await _resolve(conn, queue_ids)
+            changes: list[Change] = []
+            for chunk in _chunks(ids):
+                result = await conn.execute(
+                    update(recipients)
+                    .where(recipients.c.queue_id.in_(chunk), recipients.c.state.in_(sources))
+                    .values(state=target, next_attempt_at=now)
+                    .returning(recipients.c.id, recipients.c.queue_id, recipients.c.address))
+                rows = list(result)
+                changes += [Change(r.queue_id, r.address, sources[0], target) for r in rows]
+                await _add_events(conn, [(r.queue_id, r.id) for r in rows], now,
+                                  _EVENT_OF[action], "by operator")
+            return sorted(changes, key=lambda c: (c.queue_id, c.address))
+
+    async def delete(self, queue_ids: Sequence[str] | None) -> list[Change]:
+        """Remove messages and their recipients and history (as ``postsuper -d``)."""
+        async with self._tx(write=True) as conn:
+            ids = await _resolve(conn, queue_ids)
+            changes: list[Change] = []
+            for chunk in _chunks(ids):
+                rows = await conn.execute(
+                    select(recipients.c.queue_id, recipients.c.address, recipients.c.state)
+                    .where(recipients.c.queue_id.in_(chunk)))
+                changes += [Change(r.queue_id, r.address, r.state, "deleted") for r in rows]
+                await conn.execute(delete(recipient_events)
+                                   .where(recipient_events.c.queue_id.in_(chunk)))
+                await conn.execute(delete(recipients).where(recipients.c.queue_id.in_(chunk)))
+                await conn.execute(delete(messages).where(messages.c.queue_id.in_(chunk)))
+            return sorted(changes, key=lambda c: (c.queue_id, c.address))
+
+    async def bounce(self, queue_ids: Sequence[str] | None, reason: str, now: float,
+                     notify: Notify | None = None) -> list[Change]:
+        """Give up on the queued and held recipients of ``queue_ids`` now (``exim -Mg``)."""
+        async with self._tx(write=True) as conn:
+            ids = await _resolve(conn, queue_ids)
+            candidates: list[int] = []
+            for chunk in _chunks(ids):
+                candidates += (await conn.execute(
+                    select(recipients.c.id).where(recipients.c.queue_id.in_(chunk),
+                                                  recipients.c.state.in_([_QUEUED, _HELD]))
+                )).scalars()
+            bounced = await self._bounce_in(conn, dict.fromkeys(candidates, reason), now,
+                                            EventKind.BOUNCED, notify)
+            return sorted((Change(b.queue_id, b.address, "", RecipientState.BOUNCED.value)
+                           for b in bounced), key=lambda c: (c.queue_id, c.address))
+
+    async def expire(self, reasons: Mapping[int, str], now: float,
+                     notify: Notify | None = None) -> list[BouncedRecipient]:
+        """Bounce recipients past their lifetime (by id, each with its reason)."""
+        async with self._tx(write=True) as conn:
+            return await self._bounce_in(conn, reasons, now, EventKind.EXPIRED, notify)
+
+    async def _bounce_in(self, conn: AsyncConnection, reasons: Mapping[int, str], now: float,
+                         kind: EventKind, notify: Notify | None) -> list[BouncedRecipient]:
+        bounced: list[BouncedRecipient] = []
+        for chunk in _chunks(list(reasons)):
+            # Only recipients nobody is delivering: an active one settles on its own.
+            taken = list((await conn.execute(
+                update(recipients)
+                .where(recipients.c.id.in_(chunk), recipients.c.state.in_([_QUEUED, _HELD]))
+                .values(state=RecipientState.BOUNCED.value, settled_at=now)
+                .returning(recipients.c.id))).scalars())
+            if not taken:
+                continue
+            await conn.execute(
+                update(recipients).where(recipients.c.id == bindparam("rid"))
+                .values(last_error=bindparam("err")),
+                [{"rid": rid, "err": reasons[rid]} for rid in taken])
+            bounced += await _bounced_details(conn, taken, reasons)
+        await _add_events(conn, [(b.queue_id, b.recipient_id, b.reason) for b in bounced],
+                          now, kind)
+        await self._notify(conn, bounced, now, notify)
+        await self._finish_messages(conn, [b.recipient_id for b in bounced], now)
+        return bounced
+
+    async def _notify(self, conn: AsyncConnection, bounced: Sequence[BouncedRecipient],
+                      now: float, notify: Notify | None) -> None:
+        """Enqueue the notices for ``bounced`` in this transaction and note them."""
+        if not bounced or notify is None:
+            return
+        notices = notify(bounced, now)
+        await insert_messages(conn, notices)
+        await _note_notices(conn, [(b.queue_id, b.recipient_id, b.mail_from) for b in bounced],
+                            notices, now)
+
+    # --- sweeps (expiry, delay warnings) ---------------------------------------------
+
+    async def pending_before(self, received_before: float, limit: int,
+                             unwarned: bool = False) -> list[PendingRecipient]:
+        """Recipients not yet final of messages received before ``received_before``;
+        with ``unwarned``, only those without a delay warning yet."""
+        conditions: list[ColumnElement[bool]] = [
+            messages.c.received_at < received_before,
+            recipients.c.state.not_in(_FINAL)]
+        if unwarned:
+            conditions.append(~exists().where(
+                recipient_events.c.recipient_id == recipients.c.id,
+                recipient_events.c.kind == EventKind.DELAY_WARNING.value))
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(recipients.c.id, recipients.c.queue_id, recipients.c.address,
+                       recipients.c.store, recipients.c.state, recipients.c.attempts,
+                       recipients.c.last_error, messages.c.mail_from, messages.c.received_at,
+                       messages.c.body)
+                .join(messages, messages.c.queue_id == recipients.c.queue_id)
+                .where(*conditions).order_by(messages.c.received_at).limit(limit))
+            return [PendingRecipient(id=r.id, queue_id=r.queue_id, address=r.address,
+                                     store=r.store, state=r.state, attempts=r.attempts,
+                                     mail_from=r.mail_from, received_at=r.received_at,
+                                     last_error=r.last_error, body=r.body or b"")
+                    for r in rows]
+
+    async def record_delay_warnings(self, warned: Sequence[PendingRecipient],
+                                    notices: Sequence[NewMessage], now: float) -> None:
+        """Note that ``warned`` were warned about, and enqueue the warnings, together."""
+        async with self._tx(write=True) as conn:
+            await insert_messages(conn, notices)
+            await _add_events(conn, [(p.queue_id, p.id, f"sender <{p.mail_from}>")
+                                     for p in warned], now, EventKind.DELAY_WARNING)
+
+    async def record_settlement(self, conn: AsyncConnection, settlement: Settlement,
+                                now: float) -> None:
+        """History rows for one settled batch, and the notices it carries."""
+        for chunk in _chunks(settlement.delivered):
+            # The hot path: one INSERT ... SELECT, no round trip for the queue ids.
+            await conn.execute(insert(recipient_events).from_select(
+                ["queue_id", "recipient_id", "at", "kind"],
+                select(recipients.c.queue_id, recipients.c.id, literal(now),
+                       literal(EventKind.DELIVERED.value))
+                .where(recipients.c.id.in_(chunk))))
+        rows: list[tuple[int, str | None, EventKind]] = []
+        rows += [(i, err, EventKind.DEFERRED) for i, _, err in settlement.deferred]
+        rows += [(i, err, EventKind.BOUNCED) for i, err in settlement.bounced]
+        queue_of: dict[int, str] = {}
+        for chunk in _chunks([i for i, _, _ in rows]):
+            queue_of.update((r.id, r.queue_id) for r in await conn.execute(
+                select(recipients.c.id, recipients.c.queue_id)
+                .where(recipients.c.id.in_(chunk))))
+        if queue_of:
+            await conn.execute(insert(recipient_events), [
+                {"queue_id": queue_of[i], "recipient_id": i, "at": now, "kind": k.value,
+                 "detail": d} for i, d, k in rows if i in queue_of])
+        if settlement.bounced and settlement.notices is not None:
+            await insert_messages(conn, settlement.notices)
+            bounced_ids = [i for i, _ in settlement.bounced]
+            senders = await conn.execute(
+                select(recipients.c.queue_id, recipients.c.id, messages.c.mail_from)
+                .join(messages, messages.c.queue_id == recipients.c.queue_id)
+                .where(recipients.c.id.in_(bounced_ids)))
+            await _note_notices(conn, [tuple(r) for r in senders], settlement.notices, now)
+
+
+async def _note_notices(conn: AsyncConnection, bounced: Sequence[tuple[Any, ...]],
+                        notices: Sequence[NewMessage], now: float) -> None:
+    """History rows saying whether each bounced (queue_id, recipient_id, sender) got a
+    notice, and if not, why."""
+    sent = {m.recipients[0][0].lower() for m in notices if m.recipients}
+    done, missing = [], []
+    for queue_id, rid, sender in bounced:
+        if sender and sender.lower() in sent:
+            done.append((queue_id, rid, f"to <{sender}>"))
+        else:
+            missing.append((queue_id, rid, "null sender: never bounce a bounce" if not sender
+                            else f"sender <{sender}> is not local"))
+    await _add_events(conn, done, now, EventKind.NOTICE_QUEUED)
+    await _add_events(conn, missing, now, EventKind.NOTICE_NOT_SENT)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+_MESSAGE_COLUMNS = (messages.c.queue_id, messages.c.mail_from, messages.c.received_at,
+                    messages.c.size, messages.c.message_id, messages.c.helo, messages.c.peer,
+                    messages.c.done_at)
+
+
+def _message_conditions(query: QueueFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    wants_final = any(s in _FINAL for s in query.states)
+    if not (query.include_done or wants_final):
+        conditions.append(messages.c.done_at.is_(None))
+    if query.sender:
+        conditions.append(func.lower(messages.c.mail_from).contains(query.sender.lower(),
+                                                                    autoescape=True))
+    if query.received_before is not None:
+        conditions.append(messages.c.received_at < query.received_before)
+    rcpt: list[ColumnElement[bool]] = []
+    if query.states:
+        rcpt.append(recipients.c.state.in_(query.states))
+    if query.store:
+        rcpt.append(recipients.c.store == query.store)
+    if query.recipient:
+        rcpt.append(func.lower(recipients.c.address).contains(query.recipient.lower(),
+                                                              autoescape=True))
+    if rcpt:
+        conditions.append(exists().where(recipients.c.queue_id == messages.c.queue_id, *rcpt))
+    return conditions
+
+
+async def _recipients_of(conn: AsyncConnection, queue_ids: Sequence[str],
+                         ) -> dict[str, tuple[RecipientView, ...]]:
+    found: dict[str, list[RecipientView]] = defaultdict(list)
+    for chunk in _chunks(list(queue_ids)):
+        rows = await conn.execute(select(recipients).where(recipients.c.queue_id.in_(chunk))
+                                  .order_by(recipients.c.id))
+        for r in rows:
+            found[r.queue_id].append(RecipientView(
+                id=r.id, address=r.address, store=r.store, state=r.state, attempts=r.attempts,
+                next_attempt_at=r.next_attempt_at, last_error=r.last_error,
+                settled_at=r.settled_at))
+    return {k: tuple(v) for k, v in found.items()}
+
+
+def _message_view(row: Any, rcpts: Sequence[RecipientView]) -> MessageView:
+    return MessageView(queue_id=row.queue_id, mail_from=row.mail_from,
+                       received_at=row.received_at, size=row.size, message_id=row.message_id,
+                       helo=row.helo, peer=row.peer, done_at=row.done_at,
+                       recipients=tuple(rcpts))
+
+
+async def _resolve(conn: AsyncConnection, queue_ids: Sequence[str] | None) -> list[str]:
+    """The ids to act on: all pending messages for None, else ``queue_ids`` once each,
+    after checking that every one exists."""
+    if queue_ids is None:
+        return list((await conn.execute(select(messages.c.queue_id)
+                                        .where(messages.c.done_at.is_(None))
+                                        .order_by(messages.c.received_at))).scalars())
+    wanted = list(dict.fromkeys(queue_ids))
+    known: set[str] = set()
+    for chunk in _chunks(wanted):
+        known.update((await conn.execute(select(messages.c.queue_id)
+                                         .where(messages.c.queue_id.in_(chunk)))).scalars())
+    unknown = [q for q in wanted if q not in known]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5
+                                          else "")
+        raise UnknownQueueIdError(f"no such queue id: {shown}; nothing was changed")
+    return wanted
+
+
+async def _bounced_details(conn: AsyncConnection, ids: Sequence[int],
+                           reasons: Mapping[int, str]) -> list[BouncedRecipient]:
+    rows = await conn.execute(
+        select(recipients.c.id, recipients.c.queue_id, recipients.c.address,
+               recipients.c.store, recipients.c.attempts, messages.c.mail_from,
+               messages.c.received_at, messages.c.body)
+        .join(messages, messages.c.queue_id == recipients.c.queue_id)
+        .where(recipients.c.id.in_(ids)).order_by(recipients.c.id))
+    return [BouncedRecipient(recipient_id=r.id, queue_id=r.queue_id, address=r.address,
+                             store=r.store, attempts=r.attempts, mail_from=r.mail_from,
+                             received_at=r.received_at, reason=reasons[r.id],
+                             body=r.body or b"") for r in rows]
+
+
+async def _add_events(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], now: float,
+                      kind: EventKind, detail: str | None = None) -> None:
+    """Insert history rows from (queue_id, recipient_id[, detail]) tuples."""
+    if rows:
+        await conn.execute(insert(recipient_events), [
+            {"queue_id": r[0], "recipient_id": r[1], "at": now, "kind": kind.value,
+             "detail": r[2] if len(r) > 2 else detail} for r in rows])

@@ -1,0 +1,39 @@
+"""The text and JSON forms of ``mailqueue stats``."""
+
+from __future__ import annotations
+
+import json
+
+from mailqueue.queue.admin import QueueReport
+from mailqueue.timeparse import format_duration
+
+
+def render_stats(report: QueueReport, now: float, as_json: bool = False) -> str:
+    """Counts per state, bytes queued, oldest age, totals and the current drain rate."""
+    oldest = None if report.oldest_pending is None else max(0.0, now - report.oldest_pending)
+    if as_json:
+        return json.dumps({
+            "recipients": report.by_state,
+            "messages_pending": report.messages_pending,
+            "bytes_pending": report.bytes_pending,
+            "oldest_pending_seconds": oldest,
+            "messages_total": report.accepted,
+            "accepted": report.accepted,
+            "delivered": report.delivered,
+            "bounced": report.bounced,
+            "drain_rate_per_second": round(report.drain_rate, 3),
+            "drain_rate_window_seconds": report.recent_seconds,
+            "by_store": {f"{store}/{state}": count
+                         for (store, state), count in sorted(report.depth.items())},
+        })
+    states = " ".join(f"{k}={v}" for k, v in report.by_state.items())
+    lines = [f"recipients: {states}",
+             f"messages pending: {report.messages_pending} ({report.bytes_pending} bytes); "
+             f"accepted in all: {report.accepted}",
+             f"oldest pending: {format_duration(oldest) if oldest is not None else '-'}",
+             f"totals: accepted={report.accepted} delivered={report.delivered} "
+             f"bounced={report.bounced}",
+             f"drain rate: {report.drain_rate:.2f} recipients/s "
+             f"(delivered in the last {format_duration(report.recent_seconds)}: "
+             f"{report.delivered_recent})"]
+    return "\n".join(lines)
