@@ -18,6 +18,7 @@ import structlog
 from mailqueue.clock import Clock, SystemClock
 from mailqueue.config import Config
 from mailqueue.control import ControlPlane, seed_windows
+from mailqueue.delivery.ramp import DrainRamp
 from mailqueue.delivery.retry import RetryPolicy
 from mailqueue.delivery.worker import DeliveryWorker
 from mailqueue.errors import QueueError
@@ -32,6 +33,15 @@ from mailqueue.smtp import Capacity, Gate, MailqueueHandler, start_server
 log = structlog.get_logger("mailqueue.app")
 
 CAPACITY_REFRESH = 5.0
+
+
+def _ramp(config: Config, clock: Clock) -> DrainRamp | None:
+    """The drain ramp ``[delivery]`` asks for (``ramp`` and/or ``max_rate``), if any."""
+    delivery = config.delivery
+    if delivery.ramp <= 0 and delivery.max_rate <= 0:
+        return None
+    return DrainRamp(clock, delivery.ramp, delivery.ramp_from, delivery.max_rate,
+                     delivery.concurrency)
 
 
 class MailqueueApp:
@@ -53,7 +63,8 @@ class MailqueueApp:
         self.capacity = Capacity(config.queue.max_messages, config.queue.max_bytes)
         self.gate = Gate(config.smtp.max_connections, config.smtp.max_connections_per_ip)
         self.worker = DeliveryWorker(self.queue, self.mailboxes, self.clock, config.delivery,
-                                     RetryPolicy(config.queue), self.control.current)
+                                     RetryPolicy(config.queue), self.control.current,
+                                     ramp=_ramp(config, self.clock))
         self.control.listen(self.worker.wake)
         self.clock.subscribe(self.worker.wake)
         self.ready = asyncio.Event()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
 
+from mailqueue.nodes import NodeState
 from mailqueue.windows import Window
 
 _B32 = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
@@ -90,6 +91,20 @@ class QueueStats:
     messages_total: int
 
 
+@dataclasses.dataclass(frozen=True)
+class RecipientOutcome:
+    """One recipient as a report sees it."""
+
+    queue_id: str
+    address: str
+    store: str
+    state: RecipientState
+    received_at: float
+    settled_at: float | None
+    attempts: int
+    last_error: str | None
+
+
 class QueueStore(Protocol):
     """The durable queue. No caller sees SQL; every method is one short transaction."""
 
@@ -130,3 +145,15 @@ class QueueStore(Protocol):
         ...
 
     async def add_window_if_absent(self, window: Window) -> bool: ...
+
+    async def nodes(self) -> list[NodeState]:
+        """Every mailbox node whose state was ever set (absent nodes are up)."""
+        ...
+
+    async def save_node(self, node: NodeState) -> None:
+        """Insert or update ``node``."""
+        ...
+
+    async def outcomes(self) -> list[RecipientOutcome]:
+        """Every recipient with its state and times (reports and audits)."""
+        ...

@@ -73,3 +73,17 @@ windows = Table(
     Column("started_at", Double),
     Column("ended_at", Double),
 )
+
+# Mailbox node states (rehearsals and fault drills): the control plane rereads them.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", String(160), primary_key=True),
+    Column("store", String(128), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("latency", Double, nullable=False, server_default="0"),
+    Column("failure_rate", Double, nullable=False, server_default="0"),
+    Column("fail_next", Integer, nullable=False, server_default="0"),
+    Column("version", Integer, nullable=False, server_default="0"),
+    Column("updated_at", Double),
+)

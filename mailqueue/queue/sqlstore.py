@@ -24,10 +24,12 @@ from mailqueue.queue.models import (
     Claim,
     NewMessage,
     QueueStats,
+    RecipientOutcome,
     RecipientState,
     Settlement,
 )
-from mailqueue.queue.schema import messages, metadata, recipients, windows
+from mailqueue.queue.schema import messages, metadata, nodes, recipients, windows
+from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
@@ -276,6 +278,40 @@ class SqlQueueStore:
                 return False
             await conn.execute(insert(windows).values(_window_to_row(window)))
             return True
+
+    # --- mailbox nodes (the control plane) -------------------------------------------
+
+    async def nodes(self) -> list[NodeState]:
+        async with self._tx() as conn:
+            rows = await conn.execute(select(nodes).order_by(nodes.c.name))
+            return [NodeState(name=r.name, store=r.store, mode=NodeMode(r.mode),
+                              latency=r.latency, failure_rate=r.failure_rate,
+                              fail_next=r.fail_next, version=r.version,
+                              updated_at=r.updated_at) for r in rows]
+
+    async def save_node(self, node: NodeState) -> None:
+        values = {"name": node.name, "store": node.store, "mode": node.mode.value,
+                  "latency": node.latency, "failure_rate": node.failure_rate,
+                  "fail_next": node.fail_next, "version": node.version,
+                  "updated_at": node.updated_at}
+        async with self._tx(write=True) as conn:
+            result = await conn.execute(
+                update(nodes).where(nodes.c.name == node.name).values(values))
+            if not result.rowcount:
+                await conn.execute(insert(nodes).values(values))
+
+    async def outcomes(self) -> list[RecipientOutcome]:
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(recipients.c.queue_id, recipients.c.address, recipients.c.store,
+                       recipients.c.state, messages.c.received_at, recipients.c.settled_at,
+                       recipients.c.attempts, recipients.c.last_error)
+                .join(messages, messages.c.queue_id == recipients.c.queue_id)
+                .order_by(recipients.c.id))
+            return [RecipientOutcome(queue_id=r.queue_id, address=r.address, store=r.store,
+                                     state=RecipientState(r.state), received_at=r.received_at,
+                                     settled_at=r.settled_at, attempts=r.attempts,
+                                     last_error=r.last_error) for r in rows]
 
 
 def _window_to_row(window: Window) -> dict[str, Any]:
