@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailqueue.errors import QueueError
+from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue.models import (
     FINAL_STATES,
     Claim,
@@ -29,7 +30,6 @@ from mailqueue.queue.models import (
     Settlement,
 )
 from mailqueue.queue.schema import messages, metadata, nodes, recipients, windows
-from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
