@@ -37,8 +37,8 @@ def draw_chart(obs: Observations, rows: list[dict[str, Any]], path: Path) -> Non
     top.set_ylabel("messages queued")
     bottom.set_ylabel(f"delivered / {int(obs.scenario.info.sample // 60)} min")
     top.set_title(f"{obs.scenario.info.name}: queue depth and deliveries "
-                  f"({obs.scenario.timezone})")
-    top.legend(loc="upper left")
+                  f"({obs.scenario.timezone})", pad=22)
+    top.legend(loc="upper left", fontsize=9)
     bottom.xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
         "%a %d %b\n%H:%M", tz=zone))
     fig.tight_layout()
@@ -54,20 +54,26 @@ def _windows(obs: Observations, axis: Any, zone: Any) -> None:
         axis.axvspan(datetime.fromtimestamp(window.started_at, zone),
                      datetime.fromtimestamp(end, zone), color="#c44e52", alpha=0.12,
                      label=f"window {window.name}" if index == 0 else None)
-        planned = datetime.fromtimestamp(window.end, zone)
-        if window.ended_at and abs(window.end - window.ended_at) > 60:
-            axis.axvline(planned, color="#c44e52", linestyle=":", linewidth=1)
+    for config in obs.scenario.file.windows:
+        ended = next((w.ended_at for w in obs.windows if w.name == config.name), None)
+        if ended is not None and abs(config.end_ts - ended) > 60:
+            axis.axvline(datetime.fromtimestamp(config.end_ts, zone), color="#c44e52",
+                         linestyle=":", linewidth=1.5, label="planned end")
 
 
 def _events(obs: Observations, top: Any, bottom: Any, zone: Any) -> None:
     """A numbered dashed line per timeline event (the numbers match the timeline)."""
     events = [e for e in obs.timeline if e.kind in ("event", "problem")]
-    ymax = top.get_ylim()[1]
+    above = top.get_xaxis_transform()  # x in data, y in axes fractions
+    groups: dict[float, list[int]] = {}
     for number, entry in enumerate(events, start=1):
-        at = datetime.fromtimestamp(entry.at, zone)
+        groups.setdefault(entry.at, []).append(number)
+    for at_ts, numbers in groups.items():
+        at = datetime.fromtimestamp(at_ts, zone)
         for axis in (top, bottom):
             axis.axvline(at, color="#555555", linestyle="--", linewidth=0.6, alpha=0.6)
         x = mdates.date2num(at)  # type: ignore[no-untyped-call]
-        top.annotate(str(number), (x, ymax), xytext=(0, -2),
-                     textcoords="offset points", ha="center", va="top", fontsize=8,
-                     bbox={"boxstyle": "circle,pad=0.2", "fc": "white", "ec": "#555555"})
+        top.annotate(",".join(map(str, numbers)), (x, 1.0), xycoords=above, xytext=(0, 3),
+                     textcoords="offset points", ha="center", va="bottom", fontsize=8,
+                     annotation_clip=False,
+                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#555555"})

@@ -153,6 +153,7 @@ class Rehearsal:
             await self._main(app, sender, drain_limit)
             self.obs.outcomes = await app.queue.outcomes()
             self.obs.windows = await app.queue.windows()
+            self._milestones()
         finally:
             app.stop()
             await asyncio.wait_for(server, 30)
@@ -191,7 +192,6 @@ class Rehearsal:
             await sampler
             ticker.cancel()
         self.obs.finished_at = self._now()
-        self._milestones()
 
     # --- the timeline -----------------------------------------------------------------
 
@@ -330,6 +330,11 @@ class Rehearsal:
                                      depth=self._depth_at(window.ended_at),
                                      text=f"Window {window.name} ends: {stores} back, "
                                           "delivery of the queue begins"))
+        peak = max(self.obs.samples, key=lambda s: s.depth, default=None)
+        if peak is not None and peak.depth:
+            entries.append(Entry(at=peak.at, kind="milestone", depth=peak.depth,
+                                 text=f"Queue at its peak: {peak.depth} messages, "
+                                      f"{peak.bytes / 1e6:.1f} MB"))
         drained = drain_complete(self.obs)
         if drained is not None:
             end, at = drained
