@@ -290,6 +290,15 @@ def rehearse(scenario: str, speed: float | None, seed: int | None, out: str | No
     sys.exit(run(scenario, speed, seed, out, workdir, keep))
 
 
+def _register() -> None:
+    from mailqueue.nodes_cli import node
+
+    cli.add_command(node)
+
+
+_register()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage and domain errors become one line on stderr, never a traceback."""
     try:
