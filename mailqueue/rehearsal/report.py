@@ -150,8 +150,9 @@ def timeline_text(obs: Observations) -> str:
             number += 1
             mark = f"({number}) "  # the number on the chart
         text = entry.text.rstrip(".")
+        unit = "message" if entry.depth == 1 else "messages"
         lines.append(f"- **{local(obs, entry.at)}** — {mark}{text}. "
-                     f"_Queue: {entry.depth} messages._")
+                     f"_Queue: {entry.depth} {unit}._")
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +219,6 @@ def write_report(obs: Observations, out: Path) -> dict[str, Any]:
     draw_chart(obs, rows, out / "queue.png")
     document = {"figures": figures, "timeline": [
         {"time": obs.scenario.time(e.at), "event": e.text, "queue_depth": e.depth,
-         "kind": e.kind} for e in obs.timeline]}
+         "kind": e.kind, "applied_late_seconds": round(e.late)} for e in obs.timeline]}
     (out / "report.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return figures

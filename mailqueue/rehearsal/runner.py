@@ -27,7 +27,7 @@ from mailqueue.nodes import FaultModel, NodeMode, NodeState
 from mailqueue.queue.models import RecipientOutcome
 from mailqueue.rehearsal.scenario import Event, Scenario, ScenarioError
 from mailqueue.rehearsal.traffic import TrafficSender, plan_traffic
-from mailqueue.timeparse import format_duration
+from mailqueue.timeparse import format_duration, parse_time
 from mailqueue.windows import Inbound, Window, WindowState
 
 HOSTNAME = "mx.rehearsal.test"
@@ -58,6 +58,7 @@ class Entry:
     text: str
     depth: int
     kind: str = "event"  # event, window, milestone, problem
+    late: float = 0.0  # simulated seconds the event was applied after its time
 
 
 @dataclasses.dataclass
@@ -215,8 +216,9 @@ class Rehearsal:
                 kind, text = "problem", f"{event.label()} — could not apply: {exc}"
             else:
                 text = event.label()
-            depth = (await app.queue.capacity())[0]
-            self.obs.timeline.append(Entry(at=event.at, text=text, depth=depth, kind=kind))
+            late = max(0.0, self._now() - event.at)
+            self.obs.timeline.append(Entry(at=event.at, text=text, depth=0, kind=kind,
+                                           late=late))
 
     async def _apply(self, app: MailqueueApp, event: Event) -> None:
         now = self._now()
@@ -233,8 +235,6 @@ class Rehearsal:
         app.worker.wake()
 
     async def _apply_window(self, app: MailqueueApp, event: Event, now: float) -> None:
-        from mailqueue.timeparse import parse_time
-
         spec = event.spec
         name = spec.window or ""
         until = parse_time(spec.until, self.scenario.timezone) if spec.until else None
@@ -318,6 +318,8 @@ class Rehearsal:
     def _milestones(self) -> None:
         """Window starts/ends and the drain, as the incident page would post them."""
         entries = self.obs.timeline
+        # Depths as the series shows them at each event's time (the chart agrees).
+        entries[:] = [dataclasses.replace(e, depth=self._depth_at(e.at)) for e in entries]
         for window in self.obs.windows:
             stores = ", ".join(window.stores) or "every store"
             if window.started_at is not None:
