@@ -67,7 +67,7 @@ def node_set(config_path: str | None, name: str, mode: str, latency: str,
         changed = current.changed(NodeMode(mode), SystemClock().now(),
                                   latency=parse_duration(latency),
                                   failure_rate=failure_rate, fail_next=fail_next)
-        await queue.save_node(changed)
+        await queue.save_nodes([changed])
         return changed
 
     click.echo(f"set {_run(_with_queue(config, action)).describe()}")

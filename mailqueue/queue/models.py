@@ -150,8 +150,8 @@ class QueueStore(Protocol):
         """Every mailbox node whose state was ever set (absent nodes are up)."""
         ...
 
-    async def save_node(self, node: NodeState) -> None:
-        """Insert or update ``node``."""
+    async def save_nodes(self, nodes: Sequence[NodeState]) -> None:
+        """Insert or update ``nodes``, in one transaction."""
         ...
 
     async def outcomes(self) -> list[RecipientOutcome]:

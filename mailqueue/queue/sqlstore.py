@@ -8,6 +8,8 @@ writers queue on the busy timeout instead of failing. PostgreSQL keeps its defau
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,6 +45,7 @@ class SqlQueueStore:
         self._sqlite = url.startswith("sqlite")
         self._busy_timeout = busy_timeout
         self._engine: AsyncEngine | None = None
+        self._write_turn = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -97,8 +100,11 @@ class SqlQueueStore:
     async def _tx(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
         if self._engine is None:
             raise QueueError("queue is not open")
+        # SQLite has one writer at a time: this process's writers queue in FIFO order here
+        # instead of polling the busy handler, whose sleeps starve some writers under load.
+        turn = self._write_turn if write and self._sqlite else contextlib.nullcontext()
         try:
-            async with self._engine.connect() as conn:
+            async with turn, self._engine.connect() as conn:
                 if write and self._sqlite:
                     await conn.execution_options(**{_IMMEDIATE: True})
                 async with conn.begin():
@@ -289,16 +295,17 @@ class SqlQueueStore:
                               fail_next=r.fail_next, version=r.version,
                               updated_at=r.updated_at) for r in rows]
 
-    async def save_node(self, node: NodeState) -> None:
-        values = {"name": node.name, "store": node.store, "mode": node.mode.value,
-                  "latency": node.latency, "failure_rate": node.failure_rate,
-                  "fail_next": node.fail_next, "version": node.version,
-                  "updated_at": node.updated_at}
+    async def save_nodes(self, states: Sequence[NodeState]) -> None:
         async with self._tx(write=True) as conn:
-            result = await conn.execute(
-                update(nodes).where(nodes.c.name == node.name).values(values))
-            if not result.rowcount:
-                await conn.execute(insert(nodes).values(values))
+            for node in states:
+                values = {"name": node.name, "store": node.store, "mode": node.mode.value,
+                          "latency": node.latency, "failure_rate": node.failure_rate,
+                          "fail_next": node.fail_next, "version": node.version,
+                          "updated_at": node.updated_at}
+                result = await conn.execute(
+                    update(nodes).where(nodes.c.name == node.name).values(values))
+                if not result.rowcount:
+                    await conn.execute(insert(nodes).values(values))
 
     async def outcomes(self) -> list[RecipientOutcome]:
         async with self._tx() as conn:

@@ -22,6 +22,7 @@ from mailqueue.rehearsal.runner import Observations, drain_complete, last_window
 from mailqueue.timeparse import format_duration, get_zone
 
 HEADERS_MAX = 8192
+LATE_WARNING = 1.0  # real seconds an event may run behind before the report warns
 
 
 def scan_maildirs(root: Path) -> Counter[tuple[int, str]]:
@@ -129,6 +130,11 @@ def _warnings(obs: Observations, drain: tuple[float, float] | None) -> list[str]
     for entry in obs.timeline:
         if entry.kind == "problem":
             warnings.append(entry.text)
+    late = max(obs.timeline, key=lambda e: e.late, default=None)
+    if late is not None and late.late > LATE_WARNING * obs.speed:
+        warnings.append(f"events ran up to {format_duration(late.late)} behind their time "
+                        f"({late.text.rstrip('.')}): this machine is busy for this speed; "
+                        "try a lower --speed")
     return warnings
 
 

@@ -172,9 +172,8 @@ class Rehearsal:
             raise MailqueueError("the server did not start within 30 s")
 
     async def _seed_nodes(self, app: MailqueueApp) -> None:
-        for name in self.scenario.node_names():
-            store = name.rsplit("-", 1)[0]
-            await app.queue.save_node(NodeState(name=name, store=store))
+        await app.queue.save_nodes([NodeState(name=name, store=name.rsplit("-", 1)[0])
+                                    for name in self.scenario.node_names()])
         await app.control.refresh()
 
     async def _main(self, app: MailqueueApp, sender: TrafficSender, drain_limit: float) -> None:
@@ -225,12 +224,15 @@ class Rehearsal:
         spec = event.spec
         if spec.window is not None:
             await self._apply_window(app, event, now)
+        changed = []
         for name in event.nodes:
             current = app.control.nodes().get(name) or \
                 NodeState(name=name, store=name.rsplit("-", 1)[0])
-            await app.queue.save_node(current.changed(
+            changed.append(current.changed(
                 _NODE_MODES[spec.action], now, latency=spec.latency,
                 failure_rate=spec.failure_rate, fail_next=spec.fail_next))
+        if changed:
+            await app.queue.save_nodes(changed)
         await app.control.refresh()
         app.worker.wake()
 

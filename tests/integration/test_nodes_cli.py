@@ -42,7 +42,7 @@ async def test_node_set_from_the_cli_reaches_the_control_plane(tmp_path: Path) -
         await control.refresh()
         node = control.nodes()["basic-2"]
         assert node.mode is NodeMode.FLAKY and node.failure_rate == 0.25 and node.version == 1
-        await store.save_node(node.changed(NodeMode.UP, 1.0))
+        await store.save_nodes([node.changed(NodeMode.UP, 1.0)])
         await control.refresh()
         assert control.nodes()["basic-2"].mode is NodeMode.UP
     finally:
