@@ -176,7 +176,8 @@ def figures_text(figures: dict[str, Any]) -> str:
         ("lost", f"{figures['lost']}   duplicated {figures['duplicated']}"),
         ("peak queue", f"{figures['peak_depth']} messages, {figures['peak_bytes']} bytes "
                        f"({figures['peak_depth_at']})"),
-        ("window end", f"{figures['window_end']}; queue empty {dur('drain_seconds')} later"),
+        ("window end", f"{figures['window_end']}; queue empty {dur('drain_seconds')} later"
+         if figures["window_end"] else "no window ended"),
         ("delivery delay", f"p50 {dur('delay_p50_seconds')}  p95 {dur('delay_p95_seconds')}  "
                            f"max {dur('delay_max_seconds')}"),
         ("run", f"{figures['wall_seconds']} s wall at {figures['speed']:g}x, "
