@@ -20,6 +20,7 @@ from mailqueue.clock import Clock, SystemClock
 from mailqueue.config import Config
 from mailqueue.control import ControlPlane, seed_windows
 from mailqueue.delivery.expiry import ExpirySweeper
+from mailqueue.delivery.ramp import DrainRamp
 from mailqueue.delivery.retry import RetryPolicy
 from mailqueue.delivery.worker import DeliveryWorker
 from mailqueue.dsn import Notifier
@@ -36,6 +37,15 @@ from mailqueue.smtp import Capacity, Gate, MailqueueHandler, start_server
 log = structlog.get_logger("mailqueue.app")
 
 CAPACITY_REFRESH = 5.0
+
+
+def _ramp(config: Config, clock: Clock) -> DrainRamp | None:
+    """The drain ramp ``[delivery]`` asks for (``ramp`` and/or ``max_rate``), if any."""
+    delivery = config.delivery
+    if delivery.ramp <= 0 and delivery.max_rate <= 0:
+        return None
+    return DrainRamp(clock, delivery.ramp, delivery.ramp_from, delivery.max_rate,
+                     delivery.concurrency)
 
 
 class MailqueueApp:
@@ -62,7 +72,8 @@ class MailqueueApp:
         self.worker = DeliveryWorker(self.queue, self.mailboxes, self.clock, config.delivery,
                                      RetryPolicy(config.queue), self.control.current,
                                      notify=self.notifier,
-                                     observer=self.metrics.observe_settlement)
+                                     observer=self.metrics.observe_settlement,
+                                     ramp=_ramp(config, self.clock))
         self.expiry = ExpirySweeper(self.queue, self.clock, RetryPolicy(config.queue),
                                     self.control.current, self.notifier,
                                     delay_warning=config.queue.delay_warning,

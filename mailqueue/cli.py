@@ -283,6 +283,35 @@ cli.add_command(queue_group)
 cli.add_command(verify)
 
 
+# --- rehearse -----------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("scenario", metavar="SCENARIO")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True),
+              help="Simulated seconds per real second (default: the scenario's).")
+@click.option("--seed", type=int, help="Seed for traffic and node faults (default: the "
+              "scenario's).")
+@click.option("--out", metavar="DIR", help="Report directory (default var/rehearsal/NAME).")
+@click.option("--workdir", metavar="DIR", help="Keep the queue and Maildirs here (default: a "
+              "temporary directory, removed after).")
+@click.option("--keep", is_flag=True, help="Keep the temporary work directory.")
+def rehearse(scenario: str, speed: float | None, seed: int | None, out: str | None,
+             workdir: str | None, keep: bool) -> None:
+    """Replay SCENARIO (a TOML file) over real SMTP on a scaled clock; write a report."""
+    from mailqueue.rehearsal.command import rehearse as run
+
+    sys.exit(run(scenario, speed, seed, out, workdir, keep))
+
+
+def _register() -> None:
+    from mailqueue.nodes_cli import node
+
+    cli.add_command(node)
+
+
+_register()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage and domain errors become one line on stderr, never a traceback."""
     try:

@@ -103,7 +103,9 @@ class DeliveryConfig(_Model):
     lease: Duration = 300.0
     poll_interval: Duration = 1.0
     reclaim_interval: Duration = 30.0
-    ramp: Duration = 0.0
+    ramp: Duration = 0.0  # after a window ends, delivery rises to full over this long
+    ramp_from: float = Field(0.1, gt=0.0, le=1.0)  # the share of full speed it starts at
+    max_rate: float = Field(0.0, ge=0.0)  # recipients per clock hour at full speed; 0: no cap
 
 
 class AdminConfig(_Model):

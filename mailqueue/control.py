@@ -17,6 +17,7 @@ import structlog
 from mailqueue.clock import Clock
 from mailqueue.config import WindowConfig
 from mailqueue.errors import QueueError
+from mailqueue.nodes import NodeState
 from mailqueue.queue.models import QueueStore
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
@@ -55,6 +56,7 @@ class ControlPlane:
         self._lock = asyncio.Lock()
         self._seen: dict[str, WindowState] | None = None
         self._ends: dict[str, float] = {}
+        self._nodes: dict[str, NodeState] = {}
         clock.subscribe(self._poke.set)
 
     def listen(self, callback: Callable[[], None]) -> None:
@@ -66,6 +68,10 @@ class ControlPlane:
         if now != self._current.now:
             self._current = WindowSet(self._current.windows, now)
         return self._current
+
+    def nodes(self) -> dict[str, NodeState]:
+        """Mailbox node states by name, as last read (a node not listed is up)."""
+        return self._nodes
 
     def blocked(self) -> frozenset[str]:
         return frozenset(self.current().blocked_stores(self._stores))
@@ -88,6 +94,7 @@ class ControlPlane:
                 await self._store.save_window(advanced, expect_state=window.state)
             windows.append(advanced)
         self._log_changes(windows)
+        self._nodes = {node.name: node for node in await self._store.nodes()}
         self._current = WindowSet(windows, now)
         blocked = self.blocked()
         if blocked != self._blocked:

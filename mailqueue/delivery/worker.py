@@ -20,6 +20,7 @@ import structlog
 
 from mailqueue.clock import Clock
 from mailqueue.config import DeliveryConfig
+from mailqueue.delivery.ramp import DrainRamp
 from mailqueue.delivery.retry import Bounce, RetryPolicy
 from mailqueue.errors import PermanentDeliveryError, QueueError, TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
@@ -38,7 +39,7 @@ class DeliveryWorker:
                  windows: Callable[[], WindowSet], owner: str | None = None,
                  notify: Notify | None = None,
                  observer: Callable[[Settlement, Sequence[Claim], float], None] | None = None,
-                 ) -> None:
+                 ramp: DrainRamp | None = None) -> None:
         self._queue = queue
         self._mailboxes = dict(mailboxes)
         self._clock = clock
@@ -47,6 +48,7 @@ class DeliveryWorker:
         self._windows = windows
         self._notify = notify  # builds bounce notices, enqueued with the settle
         self._observer = observer  # metrics: called after each settled batch
+        self._ramp = ramp
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._stopping = False
@@ -75,7 +77,9 @@ class DeliveryWorker:
     async def _lane(self, lane: int) -> None:
         while not self._stopping:
             try:
-                worked = await self.run_once()
+                # A drain ramp may hold some lanes back while the stores warm up.
+                ramped = self._ramp is not None and lane >= self._ramp.lanes(self._windows())
+                worked = False if ramped else await self.run_once()
             except QueueError as exc:
                 log.warning("claim_failed", error=str(exc), lane=lane)
                 worked = False
@@ -90,9 +94,16 @@ class DeliveryWorker:
         open_stores = [s for s in self._mailboxes if self._windows().blocking(s) is None]
         if not open_stores:
             return False
+        limit = self._config.batch_size
+        if self._ramp is not None:
+            limit = self._ramp.grant(limit, self._windows())
+            if not limit:
+                return False
         now = self._clock.now()
-        claims = await self._queue.claim(open_stores, self._config.batch_size, self.owner,
+        claims = await self._queue.claim(open_stores, limit, self.owner,
                                          now, now + self._config.lease)
+        if self._ramp is not None:
+            self._ramp.refund(limit - len(claims))
         if not claims:
             return False
         settlement = await self._deliver(claims)

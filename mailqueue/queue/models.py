@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from mailqueue.nodes import NodeState
 from mailqueue.windows import Window
 
 if TYPE_CHECKING:
@@ -130,6 +131,20 @@ class LedgerEntry:
     recipients: tuple[LedgerRecipient, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class RecipientOutcome:
+    """One recipient as a report sees it."""
+
+    queue_id: str
+    address: str
+    store: str
+    state: RecipientState
+    received_at: float
+    settled_at: float | None
+    attempts: int
+    last_error: str | None
+
+
 class QueueStore(Protocol):
     """The durable queue. No caller sees SQL; every method is one short transaction."""
 
@@ -225,4 +240,16 @@ class QueueStore(Protocol):
 
     async def drain_progress(self, stores: Sequence[str], since: float) -> DrainProgress:
         """Recipients of ``stores`` still to go and those settled since ``since``."""
+        ...
+
+    async def nodes(self) -> list[NodeState]:
+        """Every mailbox node whose state was ever set (absent nodes are up)."""
+        ...
+
+    async def save_nodes(self, nodes: Sequence[NodeState]) -> None:
+        """Insert or update ``nodes``, in one transaction."""
+        ...
+
+    async def outcomes(self) -> list[RecipientOutcome]:
+        """Every recipient with its state and times (reports and audits)."""
         ...

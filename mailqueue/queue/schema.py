@@ -89,3 +89,17 @@ recipient_events = Table(
 )
 Index("ix_recipient_events_message", recipient_events.c.queue_id, recipient_events.c.at)
 Index("ix_recipient_events_recipient", recipient_events.c.recipient_id, recipient_events.c.kind)
+
+# Mailbox node states (rehearsals and fault drills): the control plane rereads them.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", String(160), primary_key=True),
+    Column("store", String(128), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("latency", Double, nullable=False, server_default="0"),
+    Column("failure_rate", Double, nullable=False, server_default="0"),
+    Column("fail_next", Integer, nullable=False, server_default="0"),
+    Column("version", Integer, nullable=False, server_default="0"),
+    Column("updated_at", Double),
+)

@@ -8,6 +8,8 @@ writers queue on the busy timeout instead of failing. PostgreSQL keeps its defau
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailqueue.errors import QueueError
+from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue.models import (
     FINAL_STATES,
     Claim,
@@ -26,10 +29,11 @@ from mailqueue.queue.models import (
     LedgerRecipient,
     NewMessage,
     QueueStats,
+    RecipientOutcome,
     RecipientState,
     Settlement,
 )
-from mailqueue.queue.schema import messages, metadata, recipients, windows
+from mailqueue.queue.schema import messages, metadata, nodes, recipients, windows
 from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
@@ -44,6 +48,7 @@ class SqlQueueStore(SqlAdminMixin):
         self._sqlite = url.startswith("sqlite")
         self._busy_timeout = busy_timeout
         self._engine: AsyncEngine | None = None
+        self._write_turn = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -98,8 +103,11 @@ class SqlQueueStore(SqlAdminMixin):
     async def _tx(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
         if self._engine is None:
             raise QueueError("queue is not open")
+        # SQLite has one writer at a time: this process's writers queue in FIFO order here
+        # instead of polling the busy handler, whose sleeps starve some writers under load.
+        turn = self._write_turn if write and self._sqlite else contextlib.nullcontext()
         try:
-            async with self._engine.connect() as conn:
+            async with turn, self._engine.connect() as conn:
                 if write and self._sqlite:
                     await conn.execution_options(**{_IMMEDIATE: True})
                 async with conn.begin():
@@ -286,6 +294,41 @@ class SqlQueueStore(SqlAdminMixin):
                 return False
             await conn.execute(insert(windows).values(_window_to_row(window)))
             return True
+
+    # --- mailbox nodes (the control plane) -------------------------------------------
+
+    async def nodes(self) -> list[NodeState]:
+        async with self._tx() as conn:
+            rows = await conn.execute(select(nodes).order_by(nodes.c.name))
+            return [NodeState(name=r.name, store=r.store, mode=NodeMode(r.mode),
+                              latency=r.latency, failure_rate=r.failure_rate,
+                              fail_next=r.fail_next, version=r.version,
+                              updated_at=r.updated_at) for r in rows]
+
+    async def save_nodes(self, states: Sequence[NodeState]) -> None:
+        async with self._tx(write=True) as conn:
+            for node in states:
+                values = {"name": node.name, "store": node.store, "mode": node.mode.value,
+                          "latency": node.latency, "failure_rate": node.failure_rate,
+                          "fail_next": node.fail_next, "version": node.version,
+                          "updated_at": node.updated_at}
+                result = await conn.execute(
+                    update(nodes).where(nodes.c.name == node.name).values(values))
+                if not result.rowcount:
+                    await conn.execute(insert(nodes).values(values))
+
+    async def outcomes(self) -> list[RecipientOutcome]:
+        async with self._tx() as conn:
+            rows = await conn.execute(
+                select(recipients.c.queue_id, recipients.c.address, recipients.c.store,
+                       recipients.c.state, messages.c.received_at, recipients.c.settled_at,
+                       recipients.c.attempts, recipients.c.last_error)
+                .join(messages, messages.c.queue_id == recipients.c.queue_id)
+                .order_by(recipients.c.id))
+            return [RecipientOutcome(queue_id=r.queue_id, address=r.address, store=r.store,
+                                     state=RecipientState(r.state), received_at=r.received_at,
+                                     settled_at=r.settled_at, attempts=r.attempts,
+                                     last_error=r.last_error) for r in rows]
 
 
 def _window_to_row(window: Window) -> dict[str, Any]:

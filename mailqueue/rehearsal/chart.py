@@ -1,0 +1,79 @@
+"""The queue curve as a PNG: depth and deliveries over simulated time, windows shaded."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+
+from mailqueue.rehearsal.runner import Observations
+from mailqueue.timeparse import get_zone
+
+
+def draw_chart(obs: Observations, rows: list[dict[str, Any]], path: Path) -> None:
+    """Queue depth (top) and recipients delivered per interval (bottom), events numbered."""
+    zone = get_zone(obs.scenario.timezone)
+    when = [datetime.fromtimestamp(r["epoch"], zone) for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6.5), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    top.fill_between(when, [r["queue_depth"] for r in rows], step="post", color="#4c72b0",
+                     alpha=0.35, linewidth=0)
+    top.step(when, [r["queue_depth"] for r in rows], where="post", color="#4c72b0",
+             label="queue depth (messages)")
+    width = (obs.scenario.info.sample / 86400) * 0.9
+    bottom.bar(when, [r["delivered_in_interval"] for r in rows], width=width, align="edge",
+               color="#55a868", label="delivered per interval (recipients)")
+    for axis in (top, bottom):
+        _windows(obs, axis, zone)
+        axis.grid(True, alpha=0.3)
+    _events(obs, top, bottom, zone)
+    top.set_ylabel("messages queued")
+    bottom.set_ylabel(f"delivered / {int(obs.scenario.info.sample // 60)} min")
+    top.set_title(f"{obs.scenario.info.name}: queue depth and deliveries "
+                  f"({obs.scenario.timezone})", pad=22)
+    top.legend(loc="upper left", fontsize=9)
+    bottom.xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
+        "%a %d %b\n%H:%M", tz=zone))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _windows(obs: Observations, axis: Any, zone: Any) -> None:
+    for index, window in enumerate(obs.windows):
+        if window.started_at is None:
+            continue
+        end = window.ended_at or obs.finished_at
+        axis.axvspan(datetime.fromtimestamp(window.started_at, zone),
+                     datetime.fromtimestamp(end, zone), color="#c44e52", alpha=0.12,
+                     label=f"window {window.name}" if index == 0 else None)
+    for config in obs.scenario.file.windows:
+        ended = next((w.ended_at for w in obs.windows if w.name == config.name), None)
+        if ended is not None and abs(config.end_ts - ended) > 60:
+            axis.axvline(datetime.fromtimestamp(config.end_ts, zone), color="#c44e52",
+                         linestyle=":", linewidth=1.5, label="planned end")
+
+
+def _events(obs: Observations, top: Any, bottom: Any, zone: Any) -> None:
+    """A numbered dashed line per timeline event (the numbers match the timeline)."""
+    events = [e for e in obs.timeline if e.kind in ("event", "problem")]
+    above = top.get_xaxis_transform()  # x in data, y in axes fractions
+    groups: dict[float, list[int]] = {}
+    for number, entry in enumerate(events, start=1):
+        groups.setdefault(entry.at, []).append(number)
+    for at_ts, numbers in groups.items():
+        at = datetime.fromtimestamp(at_ts, zone)
+        for axis in (top, bottom):
+            axis.axvline(at, color="#555555", linestyle="--", linewidth=0.6, alpha=0.6)
+        x = mdates.date2num(at)  # type: ignore[no-untyped-call]
+        top.annotate(",".join(map(str, numbers)), (x, 1.0), xycoords=above, xytext=(0, 3),
+                     textcoords="offset points", ha="center", va="bottom", fontsize=8,
+                     annotation_clip=False,
+                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#555555"})

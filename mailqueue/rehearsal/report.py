@@ -1,0 +1,231 @@
+"""The rehearsal report: figures, a status timeline, the queue curve as CSV and PNG, JSON.
+
+Lost and duplicated mail is counted from the Maildirs themselves, not from the queue's
+own bookkeeping: every file is read for its ``X-Rehearsal-Id`` and ``Delivered-To``, and
+each recipient the server acknowledged with 250 must be there exactly once (or bounced).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mailqueue.queue.models import RecipientState
+from mailqueue.rehearsal.runner import Observations, drain_complete, last_window_end
+from mailqueue.timeparse import format_duration, get_zone
+
+HEADERS_MAX = 8192
+LATE_WARNING = 1.0  # real seconds an event may run behind before the report warns
+
+
+def scan_maildirs(root: Path) -> Counter[tuple[int, str]]:
+    """How many files each (rehearsal id, recipient) has in the Maildirs under ``root``."""
+    found: Counter[tuple[int, str]] = Counter()
+    for dirpath, _dirs, files in os.walk(root):
+        if os.path.basename(dirpath) not in ("new", "cur"):
+            continue
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                head = handle.read(HEADERS_MAX).split(b"\n\n", 1)[0]
+            found[_identify(head)] += 1
+    return found
+
+
+def _identify(head: bytes) -> tuple[int, str]:
+    seq, rcpt = -1, ""
+    for line in head.decode("utf-8", "replace").splitlines():
+        name, _, value = line.partition(":")
+        if name.lower() == "x-rehearsal-id":
+            seq = int(value.strip() or -1)
+        elif name.lower() == "delivered-to":
+            rcpt = value.strip().lower()
+    return seq, rcpt
+
+
+def percentile(values: Sequence[float], share: float) -> float | None:
+    """The nearest-rank percentile of ``values`` (None when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[str, Any]:
+    """Every figure of the report, as plain JSON-ready values."""
+    sender = obs.sender
+    accepted = sender.accepted if sender else []
+    expected = {(a.seq, r.lower()) for a in accepted for r in a.recipients}
+    by_queue_id = {a.queue_id: a.seq for a in accepted}
+    bounced = {(by_queue_id.get(o.queue_id, -1), o.address.lower()): o for o in obs.outcomes
+               if o.state is RecipientState.BOUNCED}
+    pending = {(by_queue_id.get(o.queue_id, -1), o.address.lower()) for o in obs.outcomes
+               if o.state not in (RecipientState.DELIVERED, RecipientState.BOUNCED)}
+    in_mailbox = {key for key in files if key in expected}
+    lost = expected - in_mailbox - set(bounced) - pending
+    delays = [o.settled_at - o.received_at for o in obs.outcomes
+              if o.state is RecipientState.DELIVERED and o.settled_at is not None]
+    peak = max(obs.samples, key=lambda s: s.depth, default=None)
+    peak_bytes = max((s.bytes for s in obs.samples), default=0)
+    drain = drain_complete(obs)
+    return {
+        "scenario": obs.scenario.info.name, "speed": obs.speed, "seed": obs.seed,
+        "wall_seconds": round(obs.wall_seconds, 1),
+        "simulated_seconds": round(obs.finished_at - obs.scenario.start),
+        "planned_messages": obs.planned,
+        "accepted_messages": len(accepted),
+        "accepted_recipients": len(expected),
+        "refused_messages": len(sender.refused) if sender else 0,
+        "tempfail_replies": sender.tempfailed if sender else 0,
+        "delivered": len(in_mailbox),
+        "bounced": len(bounced),
+        "expired": sum(1 for o in bounced.values() if "expired" in (o.last_error or "")),
+        "pending": len(pending),
+        "lost": len(lost),
+        "duplicated": sum(n - 1 for key, n in files.items() if n > 1),
+        "unexpected_files": sum(n for key, n in files.items() if key not in expected),
+        "peak_depth": peak.depth if peak else 0,
+        "peak_depth_at": obs.scenario.time(peak.at) if peak else None,
+        "peak_bytes": peak_bytes,
+        "window_end": _time(obs, last_window_end(obs)),
+        "drain_seconds": round(drain[1] - drain[0]) if drain else None,
+        "drained": obs.drained,
+        "delay_p50_seconds": _round(percentile(delays, 0.50)),
+        "delay_p95_seconds": _round(percentile(delays, 0.95)),
+        "delay_max_seconds": _round(max(delays) if delays else None),
+        "warnings": _warnings(obs, drain),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _time(obs: Observations, ts: float | None) -> str | None:
+    return None if ts is None else obs.scenario.time(ts)
+
+
+def _warnings(obs: Observations, drain: tuple[float, float] | None) -> list[str]:
+    warnings = []
+    lifetime = obs.config.queue.max_lifetime
+    share = obs.scenario.file.report.get("lifetime_warning", 0.5)
+    spans = [(w.ended_at or obs.finished_at) - (w.started_at or w.start)
+             for w in obs.windows if w.started_at is not None]
+    window = max(spans, default=0.0)
+    drain_time = (drain[1] - drain[0]) if drain else 0.0
+    if window and window + drain_time >= share * lifetime:
+        counts = "counts" if obs.config.queue.window_time_counts else "does not count"
+        warnings.append(
+            f"window + drain lasted {format_duration(window + drain_time)}, "
+            f"{(window + drain_time) / lifetime:.0%} of the queue lifetime "
+            f"({format_duration(lifetime)}; window time {counts} against it)")
+    if not obs.drained:
+        warnings.append("the queue did not drain before the rehearsal stopped waiting")
+    for entry in obs.timeline:
+        if entry.kind == "problem":
+            warnings.append(entry.text)
+    late = max(obs.timeline, key=lambda e: e.late, default=None)
+    if late is not None and late.late > LATE_WARNING * obs.speed:
+        warnings.append(f"events ran up to {format_duration(late.late)} behind their time "
+                        f"({late.text.rstrip('.')}): this machine is busy for this speed; "
+                        "try a lower --speed")
+    return warnings
+
+
+def local(obs: Observations, ts: float) -> str:
+    """An incident-page time: ``Wed 26 Jun 2019 5:00 PM CDT``."""
+    moment = datetime.fromtimestamp(ts, get_zone(obs.scenario.timezone))
+    return moment.strftime("%a %d %b %Y %I:%M %p %Z").replace(" 0", " ")
+
+
+def timeline_text(obs: Observations) -> str:
+    """The status timeline, newest last, in the voice of an incident page (Markdown)."""
+    lines = [f"# {obs.scenario.info.name} — status timeline", ""]
+    if obs.scenario.info.description:
+        lines += [obs.scenario.info.description.strip(), ""]
+    number = 0
+    for entry in obs.timeline:
+        mark = ""
+        if entry.kind in ("event", "problem"):
+            number += 1
+            mark = f"({number}) "  # the number on the chart
+        text = entry.text.rstrip(".")
+        unit = "message" if entry.depth == 1 else "messages"
+        lines.append(f"- **{local(obs, entry.at)}** — {mark}{text}. "
+                     f"_Queue: {entry.depth} {unit}._")
+    return "\n".join(lines) + "\n"
+
+
+def figures_text(figures: dict[str, Any]) -> str:
+    """The figures as a few aligned lines (printed at the end of a run)."""
+    def dur(key: str) -> str:
+        value = figures[key]
+        return "-" if value is None else format_duration(value)
+
+    rows = [
+        ("accepted", f"{figures['accepted_messages']} messages, "
+                     f"{figures['accepted_recipients']} recipients"),
+        ("delivered", f"{figures['delivered']}   bounced {figures['bounced']}   "
+                      f"expired {figures['expired']}   pending {figures['pending']}"),
+        ("lost", f"{figures['lost']}   duplicated {figures['duplicated']}"),
+        ("peak queue", f"{figures['peak_depth']} messages, {figures['peak_bytes']} bytes "
+                       f"({figures['peak_depth_at']})"),
+        ("window end", f"{figures['window_end']}; queue empty {dur('drain_seconds')} later"
+         if figures["window_end"] else "no window ended"),
+        ("delivery delay", f"p50 {dur('delay_p50_seconds')}  p95 {dur('delay_p95_seconds')}  "
+                           f"max {dur('delay_max_seconds')}"),
+        ("run", f"{figures['wall_seconds']} s wall at {figures['speed']:g}x, "
+                f"seed {figures['seed']}"),
+    ]
+    text = "\n".join(f"{name:>15}: {value}" for name, value in rows)
+    for warning in figures["warnings"]:
+        text += f"\n        warning: {warning}"
+    return text + "\n"
+
+
+def series_rows(obs: Observations) -> list[dict[str, Any]]:
+    """The queue curve: one row per sample, delivered counted per interval."""
+    rows, previous = [], 0
+    for sample in obs.samples:
+        rows.append({"time": obs.scenario.time(sample.at), "epoch": round(sample.at, 1),
+                     "queue_depth": sample.depth, "queue_bytes": sample.bytes,
+                     "recipients_waiting": sample.queued,
+                     "delivered_in_interval": sample.delivered - previous,
+                     "delivered_total": sample.delivered, "accepted_total": sample.accepted,
+                     "window_active": int(sample.held)})
+        previous = sample.delivered
+    return rows
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        if not rows:
+            return
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_report(obs: Observations, out: Path) -> dict[str, Any]:
+    """Scan the Maildirs, write every part of the report into ``out``; the figures."""
+    from mailqueue.rehearsal.chart import draw_chart
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures = compute_figures(obs, scan_maildirs(obs.workdir / "mail"))
+    rows = series_rows(obs)
+    write_csv(out / "series.csv", rows)
+    (out / "timeline.md").write_text(timeline_text(obs), encoding="utf-8")
+    (out / "figures.txt").write_text(figures_text(figures), encoding="utf-8")
+    draw_chart(obs, rows, out / "queue.png")
+    document = {"figures": figures, "timeline": [
+        {"time": obs.scenario.time(e.at), "event": e.text, "queue_depth": e.depth,
+         "kind": e.kind, "applied_late_seconds": round(e.late)} for e in obs.timeline]}
+    (out / "report.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return figures

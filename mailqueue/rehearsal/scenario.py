@@ -1,0 +1,320 @@
+"""Rehearsal scenarios: TOML files that describe an upgrade window to replay.
+
+A scenario has a clock (simulated start, end and speed), mailbox stores sharded over nodes,
+windows as in the core config, a timeline of events at simulated times, and traffic. It is
+validated at load: an error names the file, the key and what to fix, e.g.
+``june.toml: events[4]: window 'upgrade' has already ended at 2019-06-28T17:00:00-05:00``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mailqueue.config import _NAME_RE, Duration, Size, WindowConfig, _describe
+from mailqueue.errors import ConfigError, TimeParseError
+from mailqueue.nodes import node_name
+from mailqueue.timeparse import format_time, get_zone, parse_time
+
+WINDOW_ACTIONS = ("window.start", "window.extend", "window.end", "window.cancel")
+NODE_ACTIONS = ("node.up", "node.down", "node.slow", "node.flaky")
+Action = Literal["note", "window.start", "window.extend", "window.end", "window.cancel",
+                 "node.up", "node.down", "node.slow", "node.flaky", "traffic"]
+
+
+class ScenarioError(ConfigError):
+    """A scenario file is invalid."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScenarioInfo(_Model):
+    """``[scenario]``: the simulated clock."""
+
+    name: str
+    description: str = ""
+    timezone: str = "UTC"
+    start: str
+    end: str
+    speed: float = Field(3600.0, gt=0)  # simulated seconds per real second
+    seed: int = 1
+    sample: Duration = 600.0  # simulated seconds between two points of the series
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        get_zone(value)
+        return value
+
+
+class StoreSpec(_Model):
+    """``[[stores]]``: a Maildir store sharded over ``nodes``, with ``users`` mailboxes."""
+
+    name: str
+    domains: list[str] = Field(min_length=1)
+    nodes: int = Field(1, ge=1, le=1000)
+    users: int = Field(100, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("use letters, digits, '.', '_' or '-'")
+        return value
+
+
+class TrafficSpec(_Model):
+    """``[traffic]``: inbound mail, sent over real SMTP."""
+
+    rate: float = Field(60.0, ge=0)  # messages per simulated hour (mean over a day)
+    profile: list[float] | None = None  # 24 weights by local hour; scaled to mean 1
+    connections: int = Field(4, ge=1, le=200)
+    size_median: Size = 8 * 1024
+    size_sigma: float = Field(1.0, ge=0)  # lognormal spread
+    size_max: Size = 512 * 1024
+    recipients: list[float] = [1.0]  # weights of 1, 2, 3, ... recipients
+    stores: dict[str, float] | None = None  # store -> weight; even when absent
+    senders: dict[str, float] = {"example.net": 1.0}  # sender domain -> weight
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 24 or min(value) < 0 or not sum(value)):
+            raise ValueError("give 24 non-negative weights (one per local hour), not all 0")
+        return value
+
+    @field_validator("recipients")
+    @classmethod
+    def _weights(cls, value: list[float]) -> list[float]:
+        if not value or min(value) < 0 or not sum(value):
+            raise ValueError("give weights for 1, 2, 3, ... recipients, not all 0")
+        return value
+
+    @field_validator("senders")
+    @classmethod
+    def _senders(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value or min(value.values()) < 0 or not sum(value.values()):
+            raise ValueError("give at least one sender domain with a positive weight")
+        return value
+
+
+class EventSpec(_Model):
+    """``[[events]]``: something that happens at a simulated time."""
+
+    at: str
+    action: Action = "note"
+    note: str = ""
+    window: str | None = None
+    until: str | None = None  # window.extend / window.start
+    store: str | None = None  # node.*: every node of this store
+    nodes: list[str] | None = None  # node.*: these nodes
+    latency: Duration = 0.0  # node.slow / node.flaky (simulated seconds per delivery)
+    failure_rate: float = Field(0.0, ge=0.0, le=1.0)  # node.flaky
+    fail_next: int = Field(0, ge=0)  # node.flaky
+    rate: float | None = Field(None, ge=0)  # traffic: new mean rate
+    factor: float | None = Field(None, ge=0)  # traffic: multiply the configured rate
+
+
+class ScenarioFile(_Model):
+    """The whole file."""
+
+    scenario: ScenarioInfo
+    server: dict[str, Any] = {}  # [server.smtp] / [server.queue] / [server.delivery]
+    stores: list[StoreSpec] = Field(min_length=1)
+    windows: list[WindowConfig] = []
+    traffic: TrafficSpec = TrafficSpec()
+    events: list[EventSpec] = []
+    report: dict[str, float] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A validated event with its time resolved."""
+
+    at: float
+    spec: EventSpec
+    nodes: tuple[str, ...] = ()
+
+    @property
+    def action(self) -> str:
+        return self.spec.action
+
+    def label(self) -> str:
+        """What the status timeline says about it."""
+        if self.spec.note:
+            return self.spec.note
+        target = self.spec.window or ", ".join(self.nodes) or ""
+        return f"{self.action} {target}".strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A loaded, validated scenario."""
+
+    source: str
+    file: ScenarioFile
+    start: float
+    end: float
+    events: tuple[Event, ...]
+
+    @property
+    def info(self) -> ScenarioInfo:
+        return self.file.scenario
+
+    @property
+    def timezone(self) -> str:
+        return self.info.timezone
+
+    def time(self, ts: float) -> str:
+        return format_time(ts, self.timezone)
+
+    def node_names(self) -> list[str]:
+        return [node_name(s.name, i) for s in self.file.stores for i in range(s.nodes)]
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; raise :class:`ScenarioError` naming what to fix."""
+    source = Path(path)
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScenarioError(f"{source}: no such scenario file") from None
+    except OSError as exc:
+        raise ScenarioError(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: invalid TOML: {exc}") from None
+    return scenario_from_dict(data, str(source))
+
+
+def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    """Validate a parsed mapping (tests build scenarios this way)."""
+    zone = (data.get("scenario") or {}).get("timezone", "UTC") \
+        if isinstance(data.get("scenario"), dict) else "UTC"
+    for window in data.get("windows") or []:
+        if isinstance(window, dict):
+            window.setdefault("timezone", zone)
+    try:
+        parsed = ScenarioFile.model_validate(data)
+        return _check(parsed, source)
+    except ValidationError as exc:
+        raise ScenarioError(f"{source}: {_describe(exc)}") from None
+    except TimeParseError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
+    except ValueError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
+
+
+def _check(parsed: ScenarioFile, source: str) -> Scenario:
+    info = parsed.scenario
+    start = parse_time(info.start, info.timezone)
+    end = parse_time(info.end, info.timezone)
+    if end <= start:
+        raise ValueError("scenario.end: must be after scenario.start")
+    stores = [s.name for s in parsed.stores]
+    _unique("store", stores)
+    _unique("window", [w.name for w in parsed.windows])
+    for i, window in enumerate(parsed.windows):
+        for store in window.stores or []:
+            _known(f"windows[{i}].stores", "store", store, stores)
+    for store in (parsed.traffic.stores or {}):
+        _known("traffic.stores", "store", store, stores)
+    events = _events(parsed, start, end)
+    return Scenario(source=source, file=parsed, start=start, end=end, events=events)
+
+
+def _unique(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {what} name {name!r}")
+        seen.add(name)
+
+
+def _known(key: str, what: str, name: str, known: list[str]) -> None:
+    if name not in known:
+        raise ValueError(f"{key}: unknown {what} {name!r} (known: {', '.join(known) or 'none'})")
+
+
+def _events(parsed: ScenarioFile, start: float, end: float) -> tuple[Event, ...]:
+    zone = parsed.scenario.timezone
+    ends = {w.name: w.end_ts for w in parsed.windows}
+    states = {w.name: "planned" for w in parsed.windows}
+    out: list[Event] = []
+    previous = start
+    for i, spec in enumerate(parsed.events):
+        key = f"events[{i}]"
+        at = parse_time(spec.at, zone)
+        if at < start or at > end:
+            raise ValueError(f"{key}.at: {format_time(at, zone)} is outside the scenario "
+                             f"({format_time(start, zone)} to {format_time(end, zone)})")
+        if at < previous:
+            raise ValueError(f"{key}.at: events must be in time order ({format_time(at, zone)} "
+                             f"comes before the previous event)")
+        previous = at
+        nodes = _event_nodes(parsed, spec, key)
+        if spec.action in WINDOW_ACTIONS:
+            _window_event(spec, key, at, zone, ends, states)
+        if spec.action == "traffic" and spec.rate is None and spec.factor is None:
+            raise ValueError(f"{key}: a traffic event needs rate or factor")
+        out.append(Event(at=at, spec=spec, nodes=nodes))
+    return tuple(out)
+
+
+def _event_nodes(parsed: ScenarioFile, spec: EventSpec, key: str) -> tuple[str, ...]:
+    if spec.action not in NODE_ACTIONS:
+        if spec.store or spec.nodes:
+            raise ValueError(f"{key}: store/nodes only apply to node.* actions")
+        return ()
+    stores = {s.name: s for s in parsed.stores}
+    names: list[str] = []
+    if spec.store is not None:
+        _known(f"{key}.store", "store", spec.store, list(stores))
+        names += [node_name(spec.store, n) for n in range(stores[spec.store].nodes)]
+    known = [node_name(s.name, n) for s in parsed.stores for n in range(s.nodes)]
+    for name in spec.nodes or []:
+        _known(f"{key}.nodes", "node", name, known)
+        names.append(name)
+    if not names:
+        raise ValueError(f"{key}: {spec.action} needs store = NAME or nodes = [...]")
+    if spec.action == "node.slow" and spec.latency <= 0:
+        raise ValueError(f"{key}: node.slow needs latency (e.g. \"30s\")")
+    if spec.action == "node.flaky" and not (spec.failure_rate or spec.fail_next):
+        raise ValueError(f"{key}: node.flaky needs failure_rate or fail_next")
+    return tuple(dict.fromkeys(names))
+
+
+def _window_event(spec: EventSpec, key: str, at: float, zone: str,
+                  ends: dict[str, float], states: dict[str, str]) -> None:
+    """Check a window event against the window's state at that time, as planned so far."""
+    if spec.window is None:
+        raise ValueError(f"{key}: {spec.action} needs window = NAME")
+    name = spec.window
+    if name not in ends:
+        if spec.action == "window.start" and spec.until:
+            ends[name] = parse_time(spec.until, zone)
+            states[name] = "active"
+            if ends[name] <= at:
+                raise ValueError(f"{key}.until: must be after the event")
+            return
+        _known(f"{key}.window", "window", name, list(ends))
+    if states[name] in ("ended", "cancelled") or at >= ends[name]:
+        raise ValueError(f"{key}: window {name!r} has already ended at "
+                         f"{format_time(ends[name], zone)}; act on it before its end")
+    if spec.action in ("window.extend", "window.start") and spec.until:
+        until = parse_time(spec.until, zone)
+        if until <= at:
+            raise ValueError(f"{key}.until: {format_time(until, zone)} is not after the event")
+        ends[name] = until
+    elif spec.action == "window.extend":
+        raise ValueError(f"{key}: window.extend needs until = TIME")
+    if spec.action in ("window.end", "window.cancel"):
+        states[name] = "ended" if spec.action == "window.end" else "cancelled"
+        ends[name] = at

@@ -1,0 +1,128 @@
+"""Scenario files: the shipped ones load, bad ones get one clear error naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailqueue.rehearsal.scenario import ScenarioError, load_scenario, scenario_from_dict
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "config" / "scenarios"
+
+BASE: dict[str, Any] = {
+    "scenario": {"name": "t", "timezone": "America/Chicago", "start": "2019-06-26 12:00",
+                 "end": "2019-06-27 12:00", "speed": 3600},
+    "stores": [{"name": "basic", "domains": ["basic.example"], "nodes": 3},
+               {"name": "hosted-exchange", "domains": ["exchange.example"]}],
+    "windows": [{"name": "upgrade", "stores": ["basic"], "start": "2019-06-26 17:00",
+                 "end": "2019-06-26 23:00"}],
+    "events": [],
+}
+
+
+def scenario(*events: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(BASE)
+    data["events"] = list(events)
+    data.update(changes)
+    return data
+
+
+def error(data: dict[str, Any]) -> str:
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_dict(data, "s.toml")
+    return str(info.value)
+
+
+@pytest.mark.parametrize("name", ["quickstart.toml", "june-2019-upgrade.toml"])
+def test_shipped_scenarios_load(name: str) -> None:
+    loaded = load_scenario(SCENARIOS / name)
+    assert loaded.end > loaded.start
+    assert loaded.events and loaded.file.windows
+
+
+def test_june_scenario_tells_the_story() -> None:
+    june = load_scenario(SCENARIOS / "june-2019-upgrade.toml")
+    window = june.file.windows[0]
+    assert window.start_ts == 1561586400  # Wed 26 June 2019 5:00 PM CDT
+    assert window.end_ts == 1561759200  # Fri 28 June 2019 5:00 PM CDT
+    assert sorted(window.stores or []) == ["basic", "hosted-exchange"]
+    extends = [e for e in june.events if e.action == "window.extend"]
+    assert extends[-1].spec.until == "2019-06-30 00:30"
+    assert june.info.name and "basic-1" in june.node_names()
+
+
+def test_local_times_take_the_scenario_zone() -> None:
+    loaded = scenario_from_dict(scenario(), "s.toml")
+    assert loaded.start == 1561568400  # 12:00 CDT
+    assert loaded.file.windows[0].timezone == "America/Chicago"
+
+
+def test_node_event_expands_a_store_to_its_nodes() -> None:
+    loaded = scenario_from_dict(scenario(
+        {"at": "2019-06-26 18:00", "action": "node.down", "store": "basic"}), "s.toml")
+    assert loaded.events[0].nodes == ("basic-1", "basic-2", "basic-3")
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    ([{"at": "2019-06-26 18:00", "action": "node.down", "store": "mystery"}],
+     "events[0].store: unknown store 'mystery' (known: basic, hosted-exchange)"),
+    ([{"at": "2019-06-26 18:00", "action": "node.down", "nodes": ["basic-9"]}],
+     "unknown node 'basic-9'"),
+    ([{"at": "2019-06-26 19:00", "note": "b"}, {"at": "2019-06-26 18:00", "note": "a"}],
+     "events[1].at: events must be in time order"),
+    ([{"at": "2019-06-28 18:00", "note": "late"}], "events[0].at: 2019-06-28T18:00:00-05:00 "
+     "is outside the scenario"),
+    ([{"at": "2019-06-26 23:30", "action": "window.extend", "window": "upgrade",
+       "until": "2019-06-27 02:00"}], "window 'upgrade' has already ended"),
+    ([{"at": "2019-06-26 20:00", "action": "window.end", "window": "nope"}],
+     "unknown window 'nope'"),
+    ([{"at": "2019-06-26 20:00", "action": "window.extend", "window": "upgrade"}],
+     "window.extend needs until"),
+    ([{"at": "2019-06-26 20:00", "action": "node.slow", "store": "basic"}],
+     "node.slow needs latency"),
+    ([{"at": "2019-06-26 20:00", "action": "traffic"}], "needs rate or factor"),
+    ([{"at": "2019-06-26 20:00", "action": "explode"}], "events.0.action"),
+    ([{"at": "yesterday"}], "not a time: 'yesterday'"),
+])
+def test_bad_events_name_what_to_fix(events: list[dict[str, Any]], expected: str) -> None:
+    message = error(scenario(*events))
+    assert message.startswith("s.toml: ")
+    assert expected in message
+
+
+def test_extending_then_acting_inside_the_new_end_is_fine() -> None:
+    loaded = scenario_from_dict(scenario(
+        {"at": "2019-06-26 22:00", "action": "window.extend", "window": "upgrade",
+         "until": "2019-06-27 02:00"},
+        {"at": "2019-06-27 01:00", "action": "window.end", "window": "upgrade"}), "s.toml")
+    assert [e.action for e in loaded.events] == ["window.extend", "window.end"]
+
+
+def test_other_mistakes() -> None:
+    data = scenario()
+    data["scenario"]["end"] = "2019-06-26 11:00"
+    assert "scenario.end: must be after scenario.start" in error(data)
+    data = scenario()
+    data["windows"][0]["stores"] = ["basic", "ghost"]
+    assert "windows[0].stores: unknown store 'ghost'" in error(data)
+    data = scenario()
+    data["traffic"] = {"rate": 10, "stores": {"ghost": 1.0}}
+    assert "traffic.stores: unknown store 'ghost'" in error(data)
+    data = scenario()
+    data["traffic"] = {"profile": [1.0] * 23}
+    assert "traffic.profile" in error(data)
+    data = scenario()
+    data["scenario"]["speeed"] = 2
+    assert "scenario.speeed: unknown key" in error(data)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="no such scenario file"):
+        load_scenario(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scenario\n")
+    with pytest.raises(ScenarioError, match="invalid TOML"):
+        load_scenario(bad)
