@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from mailqueue import __version__
+from mailqueue.cli_db import db
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config, load_config
 from mailqueue.errors import MailqueueError, WindowError
@@ -268,6 +269,9 @@ def stats(config_path: str | None, as_json: bool) -> None:
                f"({result.bytes_pending} bytes); accepted in all: {result.messages_total}")
     if oldest is not None:
         click.echo(f"oldest pending: {format_duration(oldest)}")
+
+
+cli.add_command(db)
 
 
 def main(argv: list[str] | None = None) -> None:
