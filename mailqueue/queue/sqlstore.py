@@ -16,7 +16,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, event, exists, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -180,11 +192,9 @@ class SqlQueueStore:
                               recipients.c.next_attempt_at <= now)
                        .order_by(recipients.c.next_attempt_at)
                        .limit(min(per_store, limit - len(claimed))))
-                if not self._sqlite:
-                    due = due.with_for_update(skip_locked=True)
                 result = await conn.execute(
                     update(recipients)
-                    .where(recipients.c.id.in_(due.scalar_subquery()))
+                    .where(self._claimable(due))
                     .values(state=RecipientState.ACTIVE.value, lease_owner=owner,
                             lease_until=lease_until, attempts=recipients.c.attempts + 1)
                     .returning(recipients.c.id))
@@ -205,6 +215,19 @@ class SqlQueueStore:
                           store=r.store, attempts=r.attempts, mail_from=r.mail_from,
                           received_at=r.received_at, helo=r.helo, peer=r.peer,
                           body=r.body or b"") for r in rows]
+
+    def _claimable(self, due: Select[tuple[int]]) -> ColumnElement[bool]:
+        """The claim's WHERE: the due rows, locked and skipped past other claimers'.
+
+        On PostgreSQL the due ids are gathered into an array once and matched on the
+        primary key (``id = ANY(ARRAY(...))``): ``IN (subquery)`` or a join plans as a
+        hash join over the whole table once the queue is deep — O(queue), not O(batch).
+        Rows another transaction has locked are skipped, never waited for.
+        """
+        if self._sqlite:
+            return recipients.c.id.in_(due.scalar_subquery())
+        locked = due.with_for_update(skip_locked=True).scalar_subquery()
+        return recipients.c.id == any_(func.array(locked))
 
     async def settle(self, settlement: Settlement, owner: str, now: float) -> None:
         if not len(settlement):
