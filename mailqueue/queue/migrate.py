@@ -25,14 +25,12 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config as AlembicConfig
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, inspect, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 from mailqueue.errors import SchemaError
 from mailqueue.queue.schema import metadata
@@ -48,27 +46,50 @@ UPGRADE_HINT = "run: mailqueue db upgrade -c CONFIG"
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
     """An Alembic config for the packaged migrations, bound to ``connection``."""
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     return config
 
 
+_REVISION = re.compile(r"^revision\s*=\s*['\"](\w+)['\"]", re.M)
+_DOWN = re.compile(r"^down_revision\s*=\s*(.+)$", re.M)
+
+
+def _scripts() -> dict[str, set[str]]:
+    """Each packaged revision and the revisions it follows (read without importing
+    Alembic: checking a queue at start-up stays cheap)."""
+    graph: dict[str, set[str]] = {}
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        found, down = _REVISION.search(source), _DOWN.search(source)
+        if found:
+            graph[found.group(1)] = set(re.findall(r"['\"](\w+)['\"]",
+                                                   down.group(1) if down else ""))
+    return graph
+
+
 def head() -> str:
     """The newest revision this version of mailqueue knows."""
-    revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if revision is None:  # pragma: no cover - the package always ships migrations
-        raise SchemaError("no schema migrations found in the package")
-    return revision
+    graph = _scripts()
+    heads = set(graph) - {parent for parents in graph.values() for parent in parents}
+    if len(heads) != 1:
+        raise SchemaError(f"the packaged migrations have {len(heads)} heads "
+                          f"({', '.join(sorted(heads))}); merge them into one")
+    return heads.pop()
 
 
 def known_revisions() -> set[str]:
-    return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    return set(_scripts())
 
 
 def current(conn: Connection) -> str | None:
     """The database's revision, or None when it has no version table."""
-    return MigrationContext.configure(conn).get_current_revision()
+    if "alembic_version" not in inspect(conn).get_table_names():
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _has_queue_tables(conn: Connection) -> bool:
@@ -87,9 +108,10 @@ def prepare(conn: Connection) -> None:
     if revision == newest:
         return
     if revision is None and not _has_queue_tables(conn):
+        from alembic import command
+
         metadata.create_all(conn)
-        MigrationContext.configure(conn).stamp(ScriptDirectory.from_config(alembic_config()),
-                                               newest)
+        command.stamp(alembic_config(conn), newest)
         return
     if revision is None:
         raise SchemaError(f"queue schema has no version (made before migrations); "
@@ -103,6 +125,8 @@ def prepare(conn: Connection) -> None:
 
 def upgrade(conn: Connection, revision: str = "head") -> tuple[str | None, str | None]:
     """Migrate to ``revision``; (revision before, revision after)."""
+    from alembic import command
+
     _lock(conn)
     before = current(conn)
     config = alembic_config(conn)
@@ -115,12 +139,17 @@ def upgrade(conn: Connection, revision: str = "head") -> tuple[str | None, str |
 
 def differences(conn: Connection) -> list[Any]:
     """What differs between the database and ``schema.py`` (empty when they agree)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
     context = MigrationContext.configure(conn, opts={"compare_type": True})
     return list(compare_metadata(context, metadata))
 
 
 def new_revision(message: str) -> Path:
     """Autogenerate the next migration from the difference to ``schema.py``."""
+    from alembic import command
+
     numbers = [int(m.group(1)) for p in (MIGRATIONS / "versions").glob("*.py")
                if (m := re.match(r"(\d{4})_", p.name))]
     rev_id = f"{max(numbers, default=0) + 1:04d}"

@@ -122,3 +122,11 @@ def test_migrations_ship_in_the_package() -> None:
     assert scripts and scripts[0] == "0001_initial.py"
     assert (migrate.MIGRATIONS / "env.py").is_file()
     assert (migrate.MIGRATIONS / "script.py.mako").is_file()
+
+
+def test_start_up_reads_the_same_revisions_as_alembic() -> None:
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    assert migrate.head() == scripts.get_current_head()
+    assert migrate.known_revisions() == {s.revision for s in scripts.walk_revisions()}
