@@ -213,12 +213,11 @@ async def test_front_ends_and_workers_follow_cli_windows(fleet: Fleet, tmp_path:
     cli("window", "start", "upgrade", "--for", "1h")
     await fleet.ready()
     mail = tmp_path / "mail"
-    for i in range(10):
-        for port in ports:
-            await aiosmtplib.send(message(f"{port}-{i}"), sender="a@src.test",
-                                  recipients=[f"user{i}@basic.example"], hostname="127.0.0.1",
-                                  port=port)
-    await asyncio.sleep(1.5)  # workers poll, are notified, and still deliver nothing
+    await asyncio.gather(*(
+        aiosmtplib.send(message(f"{port}-{i}"), sender="a@src.test",
+                        recipients=[f"user{i}@basic.example"], hostname="127.0.0.1", port=port)
+        for i in range(10) for port in ports))
+    await asyncio.sleep(1)  # workers poll, are notified, and still deliver nothing
     assert all_files(mail) == []
 
     cli("window", "end", "upgrade")
