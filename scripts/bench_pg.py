@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import secrets
 import signal
 import socket
@@ -98,6 +99,16 @@ async def wait_started(procs: list[subprocess.Popen[bytes]]) -> None:
         await asyncio.sleep(0.1)
 
 
+def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU the processes have used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in procs:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
@@ -120,7 +131,7 @@ async def wait_listening(port: int) -> None:
     raise SystemExit(f"front end on port {port} did not start")
 
 
-async def drain(admin: str, workers: int, messages: int) -> float:
+async def drain(admin: str, workers: int, messages: int) -> tuple[float, float]:
     """Recipients delivered per second by ``workers`` worker processes."""
     async with Database(admin) as url:
         store = SqlQueueStore(url)
@@ -139,18 +150,21 @@ async def drain(admin: str, workers: int, messages: int) -> float:
             try:
                 await wait_started(procs)
                 await asyncio.sleep(0.5)
+                cpu = cpu_seconds(procs)
                 began = time.perf_counter()
                 await store.save_window(hold.ended_now(time.time()))
                 while (await store.stats()).recipients["delivered"] < messages:
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - began
+                cpu = cpu_seconds(procs) - cpu
             finally:
                 stop(procs)
                 await store.close()
-    return messages / elapsed
+    return messages / elapsed, cpu * 1000 / messages
 
 
-async def accept(admin: str, front_ends: int, messages: int, clients: int) -> float:
+async def accept(admin: str, front_ends: int, messages: int,
+                 clients: int) -> tuple[float, float]:
     """Messages accepted (250 after commit) per second by ``front_ends`` processes."""
     async with Database(admin) as url:
         with tempfile.TemporaryDirectory() as tmp:
@@ -161,13 +175,15 @@ async def accept(admin: str, front_ends: int, messages: int, clients: int) -> fl
                 for port in ports:
                     await wait_listening(port)
                 per_client = messages // clients
+                cpu = cpu_seconds(procs)
                 began = time.perf_counter()
                 await asyncio.gather(*(session(ports[n % front_ends], n, per_client)
                                        for n in range(clients)))
                 elapsed = time.perf_counter() - began
+                cpu = cpu_seconds(procs) - cpu
             finally:
                 stop(procs)
-    return per_client * clients / elapsed
+    return per_client * clients / elapsed, cpu * 1000 / (per_client * clients)
 
 
 async def session(port: int, n: int, count: int) -> None:
@@ -188,20 +204,21 @@ async def main() -> None:
     parser.add_argument("--front-ends", default="1,2")
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
-    print("| measurement | processes | rate (/s) | ratio |")
-    print("| --- | --- | --- | --- |")
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    print("| measurement | processes | rate (/s) | ratio | mailqueue CPU s per 1000 |")
+    print("| --- | --- | --- | --- | --- |")
     base = None
     for count in (int(x) for x in args.workers.split(",") if x):
-        rate = await drain(args.admin_url, count, args.messages)
+        rate, cpu = await drain(args.admin_url, count, args.messages)
         base = base or rate
         print(f"| drain (recipients delivered) | {count} worker(s) | {rate:.0f} | "
-              f"{rate / base:.2f} |", flush=True)
+              f"{rate / base:.2f} | {cpu:.2f} |", flush=True)
     base = None
     for count in (int(x) for x in args.front_ends.split(",") if x):
-        rate = await accept(args.admin_url, count, args.messages, args.clients)
+        rate, cpu = await accept(args.admin_url, count, args.messages, args.clients)
         base = base or rate
         print(f"| accept (messages, 250 after commit) | {count} front end(s) | {rate:.0f} | "
-              f"{rate / base:.2f} |", flush=True)
+              f"{rate / base:.2f} | {cpu:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
