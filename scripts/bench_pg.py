@@ -99,14 +99,44 @@ async def wait_started(procs: list[subprocess.Popen[bytes]]) -> None:
         await asyncio.sleep(0.1)
 
 
+def pid_cpu(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
-    """User + system CPU the processes have used so far (Linux /proc)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for proc in procs:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+    return sum(pid_cpu(p.pid) for p in procs)
+
+
+class Cpu:
+    """CPU used between start() and stop(): mailqueue processes, PostgreSQL backends of
+    the benchmark database, and this process (the SMTP clients)."""
+
+    def __init__(self, admin: str, database: str) -> None:
+        self.admin, self.database = admin, database
+
+    async def _backends(self) -> dict[int, float]:
+        conn = await asyncpg.connect(self.admin)
+        try:
+            rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1",
+                                    self.database)
+        finally:
+            await conn.close()
+        return {r["pid"]: pid_cpu(r["pid"]) for r in rows}
+
+    async def start(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+        self.mq, self.me = cpu_seconds(procs), time.process_time()
+        self.pg = await self._backends()
+
+    async def stop(self) -> tuple[float, float, float]:
+        mq, me = cpu_seconds(self.procs) - self.mq, time.process_time() - self.me
+        pg = sum(cpu - self.pg.get(pid, 0.0) for pid, cpu in (await self._backends()).items())
+        return mq, pg, me
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -131,7 +161,7 @@ async def wait_listening(port: int) -> None:
     raise SystemExit(f"front end on port {port} did not start")
 
 
-async def drain(admin: str, workers: int, messages: int) -> tuple[float, float]:
+async def drain(admin: str, workers: int, messages: int) -> tuple[float, tuple[float, ...]]:
     """Recipients delivered per second by ``workers`` worker processes."""
     async with Database(admin) as url:
         store = SqlQueueStore(url)
@@ -150,21 +180,22 @@ async def drain(admin: str, workers: int, messages: int) -> tuple[float, float]:
             try:
                 await wait_started(procs)
                 await asyncio.sleep(0.5)
-                cpu = cpu_seconds(procs)
+                cpu = Cpu(admin, url.rsplit("/", 1)[1])
+                await cpu.start(procs)
                 began = time.perf_counter()
                 await store.save_window(hold.ended_now(time.time()))
                 while (await store.stats()).recipients["delivered"] < messages:
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - began
-                cpu = cpu_seconds(procs) - cpu
+                used = await cpu.stop()
             finally:
                 stop(procs)
                 await store.close()
-    return messages / elapsed, cpu * 1000 / messages
+    return messages / elapsed, tuple(c * 1000 / messages for c in used)
 
 
 async def accept(admin: str, front_ends: int, messages: int,
-                 clients: int) -> tuple[float, float]:
+                 clients: int) -> tuple[float, tuple[float, ...]]:
     """Messages accepted (250 after commit) per second by ``front_ends`` processes."""
     async with Database(admin) as url:
         with tempfile.TemporaryDirectory() as tmp:
@@ -175,15 +206,17 @@ async def accept(admin: str, front_ends: int, messages: int,
                 for port in ports:
                     await wait_listening(port)
                 per_client = messages // clients
-                cpu = cpu_seconds(procs)
+                cpu = Cpu(admin, url.rsplit("/", 1)[1])
+                await cpu.start(procs)
                 began = time.perf_counter()
                 await asyncio.gather(*(session(ports[n % front_ends], n, per_client)
                                        for n in range(clients)))
                 elapsed = time.perf_counter() - began
-                cpu = cpu_seconds(procs) - cpu
+                used = await cpu.stop()
             finally:
                 stop(procs)
-    return per_client * clients / elapsed, cpu * 1000 / (per_client * clients)
+    return per_client * clients / elapsed, tuple(c * 1000 / (per_client * clients)
+                                                 for c in used)
 
 
 async def session(port: int, n: int, count: int) -> None:
@@ -205,20 +238,21 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f}")
-    print("| measurement | processes | rate (/s) | ratio | mailqueue CPU s per 1000 |")
+    print("| measurement | processes | rate (/s) | ratio | CPU s per 1000: mailqueue / "
+          "PostgreSQL / benchmark client |")
     print("| --- | --- | --- | --- | --- |")
     base = None
     for count in (int(x) for x in args.workers.split(",") if x):
         rate, cpu = await drain(args.admin_url, count, args.messages)
         base = base or rate
         print(f"| drain (recipients delivered) | {count} worker(s) | {rate:.0f} | "
-              f"{rate / base:.2f} | {cpu:.2f} |", flush=True)
+              f"{rate / base:.2f} | {' / '.join(f'{c:.2f}' for c in cpu)} |", flush=True)
     base = None
     for count in (int(x) for x in args.front_ends.split(",") if x):
         rate, cpu = await accept(args.admin_url, count, args.messages, args.clients)
         base = base or rate
         print(f"| accept (messages, 250 after commit) | {count} front end(s) | {rate:.0f} | "
-              f"{rate / base:.2f} | {cpu:.2f} |", flush=True)
+              f"{rate / base:.2f} | {' / '.join(f'{c:.2f}' for c in cpu)} |", flush=True)
 
 
 if __name__ == "__main__":
