@@ -28,6 +28,7 @@ QUEUE_CHANNEL = "mailqueue_queue"
 CONTROL_CHANNEL = "mailqueue_control"
 RECLAIM_LOCK = 0x6D71_5243  # "mqRC"
 DURABLE_SETTINGS = {"synchronous_commit": "on"}
+LISTENER_NAME = "mailqueue-listen"  # application_name of the LISTEN connection
 
 
 def is_postgres(url: str) -> bool:
@@ -83,7 +84,9 @@ class Listener:
             await asyncio.sleep(self._retry)
 
     async def _listen_once(self) -> None:
-        engine = create_async_engine(self._url, poolclass=NullPool)
+        args = connect_args(self._url)
+        args["server_settings"]["application_name"] = LISTENER_NAME
+        engine = create_async_engine(self._url, poolclass=NullPool, connect_args=args)
         try:
             async with engine.connect() as conn:
                 raw: Any = (await conn.get_raw_connection()).driver_connection

@@ -140,3 +140,37 @@ async def test_group_commit_shares_transactions(store: SqlQueueStore) -> None:
             await writer
     assert committer.committed == 200 and committer.commits < 200
     assert (await store.stats()).messages_pending == 200
+
+
+async def test_listener_reconnects_after_losing_its_connection(store: SqlQueueStore,
+                                                                pg_url: str) -> None:
+    mail = asyncio.Event()
+    listener = postgres.Listener(pg_url, {postgres.QUEUE_CHANNEL: mail.set}, retry=0.1)
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        admin = await asyncpg.connect(dsn(pg_url))
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND datname = current_database()",
+                postgres.LISTENER_NAME)
+        finally:
+            await admin.close()
+        assert killed == 1
+        await wait_until(lambda: not listener.connected.is_set())
+        await asyncio.wait_for(listener.connected.wait(), 5)
+        mail.clear()
+        await store.enqueue([new_message("a@b.example")])
+        await asyncio.wait_for(mail.wait(), 2)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.02)
