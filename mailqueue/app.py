@@ -29,6 +29,7 @@ from mailqueue.mailbox.base import MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.mailbox.router import Router
 from mailqueue.metrics import Metrics
+from mailqueue.queue import postgres
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, QueueStore
 from mailqueue.queue.sqlstore import SqlQueueStore
@@ -120,6 +121,8 @@ class MailqueueApp:
             background = [group.create_task(self.committer.run(), name="committer"),
                           group.create_task(self.control.run(), name="control"),
                           group.create_task(self._capacity_loop(), name="capacity")]
+            if postgres.is_postgres(self.config.queue.url):
+                background.append(group.create_task(self._listener().run(), name="listen"))
             worker = group.create_task(self.worker.run(), name="worker") \
                 if self.run_worker else None
             if self.run_worker:
@@ -136,6 +139,13 @@ class MailqueueApp:
             for task in background:
                 task.cancel()
         log.info("server_stopped")
+
+    def _listener(self) -> postgres.Listener:
+        """Wake the worker on new mail and reread windows on a change (PostgreSQL)."""
+        callbacks = {postgres.CONTROL_CHANNEL: self.control.poke}
+        if self.run_worker:
+            callbacks[postgres.QUEUE_CHANNEL] = self.worker.wake
+        return postgres.Listener(self.config.queue.url, callbacks)
 
     @property
     def queue_url(self) -> str:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from mailqueue import __version__
+from mailqueue.cli_db import db
 from mailqueue.cli_queue import queue as queue_group
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config, load_config
@@ -310,6 +311,9 @@ def _register() -> None:
 
 
 _register()
+
+
+cli.add_command(db)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from mailqueue.logs import configure_logging
+from tests import pg
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -11,3 +14,34 @@ def _quiet_logs() -> None:
 
 
 pytest_plugins = ["pytester"]
+
+
+# --- PostgreSQL (see tests/pg.py) ---------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """This session's own database on the test server, dropped at the end."""
+    pg.require_server()
+    name = pg.create_database()
+    try:
+        yield name
+    finally:
+        pg.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """The session database's queue URL, with every table emptied for this test."""
+    pg.truncate_all(pg_database)
+    return pg.sqlalchemy_url(pg_database)
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A new empty database (no tables at all) for this test only."""
+    pg.require_server()
+    name = pg.create_database()
+    try:
+        yield pg.sqlalchemy_url(name)
+    finally:
+        pg.drop_database(name)

@@ -149,7 +149,8 @@ class QueueStore(Protocol):
     """The durable queue. No caller sees SQL; every method is one short transaction."""
 
     async def open(self) -> None:
-        """Connect and create the schema if it is missing."""
+        """Connect; create the schema in an empty database, refuse one at another schema
+        revision (SchemaError: run ``mailqueue db upgrade``)."""
         ...
 
     async def close(self) -> None: ...

@@ -3,7 +3,10 @@
 SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL``, so a commit is
 on disk when it returns; write transactions start with ``BEGIN IMMEDIATE`` so that two
 writers queue on the busy timeout instead of failing. PostgreSQL keeps its default
-``synchronous_commit=on`` and claims with ``FOR UPDATE SKIP LOCKED``.
+``synchronous_commit=on`` and claims with ``FOR UPDATE SKIP LOCKED``; see
+:mod:`mailqueue.queue.postgres` for its notifications and the reclaim lock. The schema is
+checked (or, for an empty database, created) on :meth:`SqlQueueStore.open`; see
+:mod:`mailqueue.queue.migrate`.
 """
 
 from __future__ import annotations
@@ -15,13 +18,26 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, event, exists, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from mailqueue.errors import QueueError
+from mailqueue.errors import QueueError, SchemaError
 from mailqueue.nodes import NodeMode, NodeState
+from mailqueue.queue import migrate, postgres
 from mailqueue.queue.models import (
     FINAL_STATES,
     Claim,
@@ -33,7 +49,7 @@ from mailqueue.queue.models import (
     RecipientState,
     Settlement,
 )
-from mailqueue.queue.schema import messages, metadata, nodes, recipients, windows
+from mailqueue.queue.schema import messages, nodes, recipients, windows
 from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
@@ -57,11 +73,39 @@ class SqlQueueStore(SqlAdminMixin):
             return
         self._engine = self._create_engine()
         try:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-        except SQLAlchemyError as exc:
+            # A write transaction: an empty database is created here, by one process.
+            async with self._tx(write=True) as conn:
+                await conn.run_sync(migrate.prepare)
+        except SchemaError:
             await self.close()
-            raise QueueError(f"cannot open queue {self.safe_url}: {_reason(exc)}") from exc
+            raise
+        except QueueError as exc:
+            await self.close()
+            reason = str(exc).removeprefix("queue database error: ")
+            raise QueueError(f"cannot open queue {self.safe_url}: {reason}") from exc
+
+    async def upgrade_schema(self) -> tuple[str | None, str | None]:
+        """Apply the packaged migrations (``mailqueue db upgrade``); (before, after)."""
+        await self.close()
+        self._engine = self._create_engine()
+        try:
+            async with self._tx(write=True) as conn:
+                return await conn.run_sync(migrate.upgrade)
+        except QueueError as exc:
+            reason = str(exc).removeprefix("queue database error: ")
+            raise QueueError(f"cannot upgrade queue {self.safe_url}: {reason}") from exc
+        finally:
+            await self.close()
+
+    async def schema_revision(self) -> str | None:
+        """The database's schema revision (None: empty, or made before migrations)."""
+        await self.close()
+        self._engine = self._create_engine()
+        try:
+            async with self._tx() as conn:
+                return await conn.run_sync(migrate.current)
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -74,7 +118,8 @@ class SqlQueueStore(SqlAdminMixin):
 
     def _create_engine(self) -> AsyncEngine:
         if not self._sqlite:
-            return create_async_engine(self.url, pool_pre_ping=True)
+            return create_async_engine(self.url, pool_pre_ping=True,
+                                       connect_args=postgres.connect_args(self.url))
         database = make_url(self.url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +157,8 @@ class SqlQueueStore(SqlAdminMixin):
                     await conn.execution_options(**{_IMMEDIATE: True})
                 async with conn.begin():
                     yield conn
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
+            # OSError: the server did not answer (asyncpg raises it unwrapped on connect).
             raise QueueError(f"queue database error: {_reason(exc)}") from exc
 
     # --- the write path --------------------------------------------------------------
@@ -122,6 +168,8 @@ class SqlQueueStore(SqlAdminMixin):
             return
         async with self._tx(write=True) as conn:
             await insert_messages(conn, batch)
+            if not self._sqlite:
+                await postgres.notify(conn, postgres.QUEUE_CHANNEL)
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
                     lease_until: float) -> list[Claim]:
@@ -144,11 +192,9 @@ class SqlQueueStore(SqlAdminMixin):
                               recipients.c.next_attempt_at <= now)
                        .order_by(recipients.c.next_attempt_at)
                        .limit(min(per_store, limit - len(claimed))))
-                if not self._sqlite:
-                    due = due.with_for_update(skip_locked=True)
                 result = await conn.execute(
                     update(recipients)
-                    .where(recipients.c.id.in_(due.scalar_subquery()))
+                    .where(self._claimable(due))
                     .values(state=RecipientState.ACTIVE.value, lease_owner=owner,
                             lease_until=lease_until, attempts=recipients.c.attempts + 1)
                     .returning(recipients.c.id))
@@ -169,6 +215,19 @@ class SqlQueueStore(SqlAdminMixin):
                           store=r.store, attempts=r.attempts, mail_from=r.mail_from,
                           received_at=r.received_at, helo=r.helo, peer=r.peer,
                           body=r.body or b"") for r in rows]
+
+    def _claimable(self, due: Select[tuple[int]]) -> ColumnElement[bool]:
+        """The claim's WHERE: the due rows, locked and skipped past other claimers'.
+
+        On PostgreSQL the due ids are gathered into an array once and matched on the
+        primary key (``id = ANY(ARRAY(...))``): ``IN (subquery)`` or a join plans as a
+        hash join over the whole table once the queue is deep — O(queue), not O(batch).
+        Rows another transaction has locked are skipped, never waited for.
+        """
+        if self._sqlite:
+            return recipients.c.id.in_(due.scalar_subquery())
+        locked = due.with_for_update(skip_locked=True).scalar_subquery()
+        return recipients.c.id == any_(func.array(locked))
 
     async def settle(self, settlement: Settlement, owner: str, now: float) -> None:
         if not len(settlement):
@@ -216,13 +275,19 @@ class SqlQueueStore(SqlAdminMixin):
 
     async def reclaim_expired(self, now: float) -> int:
         async with self._tx(write=True) as conn:
+            # One process at a time on PostgreSQL (SQLite's BEGIN IMMEDIATE serialises).
+            if not self._sqlite and not await postgres.try_reclaim_lock(conn):
+                return 0
             result = await conn.execute(
                 update(recipients)
                 .where(recipients.c.state == RecipientState.ACTIVE.value,
                        recipients.c.lease_until < now)
                 .values(state=RecipientState.QUEUED.value, lease_owner=None,
                         lease_until=None, last_error="lease expired; delivery interrupted"))
-            return int(result.rowcount or 0)
+            count = int(result.rowcount or 0)
+            if count and not self._sqlite:
+                await postgres.notify(conn, postgres.QUEUE_CHANNEL)
+            return count
 
     # --- reads -----------------------------------------------------------------------
 
@@ -279,11 +344,11 @@ class SqlQueueStore(SqlAdminMixin):
             if expect_state is not None:
                 query = query.where(windows.c.state == expect_state)
             result = await conn.execute(query.values(values))
-            if result.rowcount:
-                return True
-            if expect_state is not None:
-                return False
-            await conn.execute(insert(windows).values(values))
+            if not result.rowcount:
+                if expect_state is not None:
+                    return False
+                await conn.execute(insert(windows).values(values))
+            await self._notify_control(conn)
             return True
 
     async def add_window_if_absent(self, window: Window) -> bool:
@@ -293,6 +358,7 @@ class SqlQueueStore(SqlAdminMixin):
             if found:
                 return False
             await conn.execute(insert(windows).values(_window_to_row(window)))
+            await self._notify_control(conn)
             return True
 
     # --- mailbox nodes (the control plane) -------------------------------------------
@@ -316,6 +382,7 @@ class SqlQueueStore(SqlAdminMixin):
                     update(nodes).where(nodes.c.name == node.name).values(values))
                 if not result.rowcount:
                     await conn.execute(insert(nodes).values(values))
+            await self._notify_control(conn)
 
     async def outcomes(self) -> list[RecipientOutcome]:
         async with self._tx() as conn:
@@ -329,6 +396,10 @@ class SqlQueueStore(SqlAdminMixin):
                                      state=RecipientState(r.state), received_at=r.received_at,
                                      settled_at=r.settled_at, attempts=r.attempts,
                                      last_error=r.last_error) for r in rows]
+
+    async def _notify_control(self, conn: AsyncConnection) -> None:
+        if not self._sqlite:
+            await postgres.notify(conn, postgres.CONTROL_CHANNEL)
 
 
 def _window_to_row(window: Window) -> dict[str, Any]:
@@ -345,7 +416,7 @@ def _window_from_row(row: Any) -> Window:
                   started_at=row["started_at"], ended_at=row["ended_at"])
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def _reason(exc: SQLAlchemyError | OSError) -> str:
     """The driver's own message, without SQL text or parameters."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip().splitlines()

@@ -1,4 +1,5 @@
-"""The QueueStore contract, run against every backend (a real SQLite file here)."""
+"""The QueueStore contract, run against every backend: a real SQLite file and the real
+PostgreSQL (a database of this session's own; see tests/pg.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ from mailqueue.windows import Window
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueStore]:
-    queue = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def store(queue_url: str) -> AsyncIterator[QueueStore]:
+    queue = SqlQueueStore(queue_url)
     await queue.open()
     try:
         yield queue
