@@ -28,6 +28,7 @@ from mailqueue.queue.models import (
     Settlement,
 )
 from mailqueue.queue.schema import messages, metadata, recipients, windows
+from mailqueue.queue.sqlitewriter import SqliteWriter
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
@@ -36,11 +37,16 @@ _IMMEDIATE = "mailqueue_write"
 class SqlQueueStore:
     """A durable queue in SQLite or PostgreSQL."""
 
-    def __init__(self, url: str, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, busy_timeout: float = 30.0,
+                 threaded_writer: bool = True) -> None:
         self.url = url
         self._sqlite = url.startswith("sqlite")
         self._busy_timeout = busy_timeout
         self._engine: AsyncEngine | None = None
+        # SQLite files: enqueue commits on a dedicated thread (see sqlitewriter.py).
+        self._threaded_writer = threaded_writer and self._sqlite and \
+            make_url(url).database not in (None, "", ":memory:")
+        self._writer: SqliteWriter | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -54,8 +60,14 @@ class SqlQueueStore:
         except SQLAlchemyError as exc:
             await self.close()
             raise QueueError(f"cannot open queue {self.safe_url}: {_reason(exc)}") from exc
+        if self._threaded_writer:
+            self._writer = SqliteWriter(self.url, self._busy_timeout)
+            self._writer.open()
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -119,6 +131,9 @@ class SqlQueueStore:
             "state": RecipientState.QUEUED.value, "attempts": 0,
             "next_attempt_at": m.received_at,
         } for m in batch for address, store in m.recipients]
+        if self._writer is not None:
+            await self._writer.write(message_rows, recipient_rows)
+            return
         async with self._tx(write=True) as conn:
             await conn.execute(insert(messages), message_rows)
             await conn.execute(insert(recipients), recipient_rows)
