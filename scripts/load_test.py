@@ -135,9 +135,10 @@ class Server:
         raise SystemExit(f"load_test: server did not start: {self.log_tail()}")
 
     def _started_port(self) -> int | None:
+        """The SMTP port from the server_started event (0 for a worker-only server)."""
         for line in self.log_path.read_text(errors="replace").splitlines():
             if '"server_started"' in line:
-                return int(json.loads(line)["port"])
+                return int(json.loads(line)["port"] or 0)
         return None
 
     def log_tail(self) -> str:
