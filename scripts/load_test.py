@@ -157,6 +157,17 @@ class Server:
         return self.proc.returncode
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time the process has used so far."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int | None) -> float | None:
     """The process's peak resident set (VmHWM), in MiB."""
     if pid is None:
@@ -463,7 +474,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"checked   {report['delivered']}/{report['expected']} in the Maildirs; lost "
               f"{report['lost']}, duplicated {report['duplicated']}, "
               f"unexpected {report['unexpected']}")
-    print(f"server peak RSS {fmt(report['server_peak_rss_mb'], ' MiB')}")
+    print(f"server peak RSS {fmt(report['server_peak_rss_mb'], ' MiB')}, CPU "
+          f"{fmt(report.get('server_cpu_ms_per_msg'), ' ms')} per accepted message")
 
 
 class Progress:
@@ -531,7 +543,9 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
     if window:
         await set_window(target.queue_url, window, start=True)
         await asyncio.sleep(1.0)  # the server rereads windows every 0.5 s
+    cpu_before = cpu_seconds(target.pid)
     results = await Sender(plan, target.host, target.port, progress).run()
+    cpu_after = cpu_seconds(target.pid)
     drain: dict[str, Any] | None = None
     check: dict[str, int] | None = None
     if not args.null and results.sent_at:
@@ -549,7 +563,12 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
     if ticker is not None:
         ticker.cancel()
         sys.stderr.write(progress.line() + "\n" if progress else "")
-    return summarize(args, results, drain, check, peak_rss_mb(target.pid), loop)
+    report = summarize(args, results, drain, check, peak_rss_mb(target.pid), loop)
+    if cpu_before is not None and cpu_after is not None and results.sent_at:
+        # Per accepted message while sending: robust to other jobs on the machine.
+        report["server_cpu_ms_per_msg"] = round(
+            (cpu_after - cpu_before) / len(results.sent_at) * 1000, 3)
+    return report
 
 
 def drain_figures(results: Results, found: dict[tuple[str, str], list[float]],
