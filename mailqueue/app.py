@@ -133,6 +133,7 @@ class MailqueueApp:
             server = await self._start_smtp() if self.run_smtp else None
             self.ready.set()
             log.info("server_started", port=self.port, queue=self.queue_url,
+                     loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                      stores=",".join(self.mailboxes), worker=self.run_worker)
             await self._stop.wait()
             await self._drain(server, worker)

@@ -68,9 +68,21 @@ def cli() -> None:
               show_default=True, help="Run the SMTP front end, the delivery worker, or both.")
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Override [smtp] port.")
-def serve(config_path: str | None, role: str, log_json: bool, port: int | None) -> None:
+@click.option("--loop", "loop_choice", type=click.Choice(["auto", "asyncio", "uvloop"]),
+              default="auto", show_default=True,
+              help="Event loop; auto uses uvloop when installed (the 'fast' extra).")
+@click.option("--null", "null_queue", is_flag=True,
+              help="Benchmarks only: storage switched off; 250 without storing anything.")
+def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
+          loop_choice: str = "auto", null_queue: bool = False) -> None:
     """Run the SMTP front end and the delivery worker until SIGTERM or Ctrl-C."""
+    from mailqueue import loops
     from mailqueue.app import MailqueueApp
+    from mailqueue.queue.nullstore import NullQueueStore
+
+    if loop_choice == "uvloop" and not loops.uvloop_available():
+        raise click.UsageError("--loop uvloop: uvloop is not installed "
+                               "(pip install 'mailqueue[fast]')")
 
     config = _load(config_path)
     if port is not None:
@@ -80,13 +92,14 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None) 
 
     async def main() -> None:
         app = MailqueueApp(config, run_smtp=role in ("all", "smtp"),
-                           run_worker=role in ("all", "worker"))
+                           run_worker=role in ("all", "worker") and not null_queue,
+                           queue=NullQueueStore() if null_queue else None)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, app.stop)
         await app.run()
 
-    _run(main())
+    loops.run(main(), loop_choice)
 
 
 # --- windows ------------------------------------------------------------------------------

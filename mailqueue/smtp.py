@@ -30,6 +30,9 @@ log = structlog.get_logger("mailqueue.smtp")
 IDENT = "ESMTP mailqueue"
 _MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 _BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f<>()\[\],;:\\\" ]")
+# <dot-atom@domain>: the common form, whose parse by the email package is the same string.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 # aiosmtpd's own replies, given enhanced status codes (RFC 3463) and no library detail.
 _REPLY_REWRITES: dict[str, str] = {
@@ -142,6 +145,17 @@ class MailqueueSMTP(SMTP):
             self._admitted_ip = None
         if self.session is not None:
             super().connection_lost(error)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, with a fast path for the plain ``<local@domain>``
+        (the email package's parser costs tens of microseconds a call, twice a message)."""
+        match = _SIMPLE_PATH.match(arg)
+        if match is None:
+            return super()._getaddr(arg)
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, arg[match.end():].lstrip()
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):

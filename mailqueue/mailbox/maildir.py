@@ -5,6 +5,10 @@ Postfix virtual delivery and Dovecot). The file name is derived from the queue i
 recipient, so a delivery repeated after a crash finds the file and writes no second copy:
 write ``tmp/NAME``, fsync it, ``link`` it to ``new/NAME`` (fails if present), unlink the tmp
 file, and fsync each ``new/`` directory once per batch before reporting success.
+
+A batch is written by a small pool of threads (``writers``): each copy costs an fsync of its
+own, and fsyncs of different files proceed in parallel on the disk, so the pool, not the
+Python code, sets the drain rate.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 from mailqueue.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome
@@ -54,33 +61,60 @@ def ensure_maildir(path: Path) -> None:
         (path / sub).mkdir(parents=True, exist_ok=True)
 
 
-class MaildirStore:
-    """Maildirs under ``root``."""
+DEFAULT_WRITERS = 16
 
-    def __init__(self, name: str, root: Path, hostname: str) -> None:
+
+class MaildirStore:
+    """Maildirs under ``root``, written by up to ``writers`` threads at once."""
+
+    def __init__(self, name: str, root: Path, hostname: str,
+                 writers: int = DEFAULT_WRITERS) -> None:
         self.name = name
         self.root = root
         self.hostname = hostname.replace("/", "_").replace(":", "_")
+        self.writers = max(1, writers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._known: set[Path] = set()  # mailboxes whose tmp/new/cur exist
 
     def deliver(self, claims: Sequence[Claim]) -> list[DeliveryOutcome]:
-        outcomes: list[DeliveryOutcome] = []
+        tried = self._map(self._try_one, claims)
+        outcomes: list[DeliveryOutcome] = [outcome for outcome, _ in tried]
         written: dict[Path, list[int]] = {}
-        for index, claim in enumerate(claims):
-            try:
-                new_dir = self._deliver_one(claim)
-            except OSError as exc:
-                outcomes.append(_os_error(exc))
-                continue
-            outcomes.append(None)
+        for index, (_, new_dir) in enumerate(tried):
             if new_dir is not None:
                 written.setdefault(new_dir, []).append(index)
-        for new_dir, indexes in written.items():
-            try:
-                _fsync_dir(new_dir)
-            except OSError as exc:
+        # One fsync per new/ directory per batch, after every file in it is linked.
+        for (_, indexes), error in zip(written.items(), self._map(_try_fsync_dir, written),
+                                       strict=True):
+            if error is not None:
                 for index in indexes:
-                    outcomes[index] = _os_error(exc)
+                    outcomes[index] = error
         return outcomes
+
+    def close(self) -> None:
+        """Stop the writer threads (a later delivery starts them again)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _map(self, func: Any, items: Iterable[Any]) -> list[Any]:
+        items = list(items)
+        if len(items) <= 1 or self.writers == 1:
+            return [func(item) for item in items]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.writers,
+                                                thread_name_prefix=f"maildir-{self.name}")
+            pool = self._pool
+        return list(pool.map(func, items))
+
+    def _try_one(self, claim: Claim) -> tuple[DeliveryOutcome, Path | None]:
+        try:
+            return None, self._deliver_one(claim)
+        except OSError as exc:
+            return _os_error(exc), None
 
     def _deliver_one(self, claim: Claim) -> Path | None:
         """Write one copy; the ``new/`` dir to fsync, or None if it was already there."""
@@ -88,9 +122,15 @@ class MaildirStore:
         name = maildir_name(claim, self.hostname)
         if claim.attempts > 1 and _already_delivered(box, name):
             return None
-        ensure_maildir(box)
+        if box not in self._known:
+            ensure_maildir(box)
+            self._known.add(box)
         tmp = box / "tmp" / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except FileNotFoundError:
+            self._known.discard(box)  # removed behind our back: recreate it next time
+            raise
         try:
             data = render(claim, self.hostname)
             view = memoryview(data)
@@ -116,6 +156,14 @@ def _already_delivered(box: Path, name: str) -> bool:
         return any(entry.split(":", 1)[0] == name for entry in os.listdir(box / "cur"))
     except FileNotFoundError:
         return False
+
+
+def _try_fsync_dir(path: Path) -> DeliveryOutcome:
+    try:
+        _fsync_dir(path)
+    except OSError as exc:
+        return _os_error(exc)
+    return None
 
 
 def _fsync_dir(path: Path) -> None:

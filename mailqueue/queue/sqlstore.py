@@ -50,7 +50,8 @@ from mailqueue.queue.models import (
     Settlement,
 )
 from mailqueue.queue.schema import messages, nodes, recipients, windows
-from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages
+from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages, message_rows, recipient_rows
+from mailqueue.queue.sqlitewriter import SqliteWriter
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
@@ -59,12 +60,17 @@ _IMMEDIATE = "mailqueue_write"
 class SqlQueueStore(SqlAdminMixin):
     """A durable queue in SQLite or PostgreSQL."""
 
-    def __init__(self, url: str, *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, busy_timeout: float = 30.0,
+                 threaded_writer: bool = True) -> None:
         self.url = url
         self._sqlite = url.startswith("sqlite")
         self._busy_timeout = busy_timeout
         self._engine: AsyncEngine | None = None
         self._write_turn = asyncio.Lock()
+        # SQLite files: enqueue commits on a dedicated thread (see sqlitewriter.py).
+        self._threaded_writer = threaded_writer and self._sqlite and \
+            make_url(url).database not in (None, "", ":memory:")
+        self._writer: SqliteWriter | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -83,6 +89,9 @@ class SqlQueueStore(SqlAdminMixin):
             await self.close()
             reason = str(exc).removeprefix("queue database error: ")
             raise QueueError(f"cannot open queue {self.safe_url}: {reason}") from exc
+        if self._threaded_writer:
+            self._writer = SqliteWriter(self.url, self._busy_timeout)
+            self._writer.open()
 
     async def upgrade_schema(self) -> tuple[str | None, str | None]:
         """Apply the packaged migrations (``mailqueue db upgrade``); (before, after)."""
@@ -108,6 +117,9 @@ class SqlQueueStore(SqlAdminMixin):
             await self.close()
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -165,6 +177,9 @@ class SqlQueueStore(SqlAdminMixin):
 
     async def enqueue(self, batch: Sequence[NewMessage]) -> None:
         if not batch:
+            return
+        if self._writer is not None:
+            await self._writer.write(message_rows(batch), recipient_rows(batch))
             return
         async with self._tx(write=True) as conn:
             await insert_messages(conn, batch)

@@ -10,40 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from mailqueue.errors import QueueError, UnknownQueueIdError
+from mailqueue.errors import UnknownQueueIdError
 from mailqueue.queue.admin import Action, BouncedRecipient, QueueFilter
 from mailqueue.queue.models import NewMessage, QueueStore, Settlement, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
 
 T0 = 1_700_000_000.0
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueStore]:
+    """A real SQLite file, and this session's own PostgreSQL database (emptied per test)."""
     if request.param == "sqlite":
-        queue = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+        url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
     else:
-        pytest.importorskip("asyncpg")
-        queue = SqlQueueStore(PG_URL)
+        url = str(request.getfixturevalue("pg_url"))
+    queue = SqlQueueStore(url)
+    await queue.open()
     try:
-        await queue.open()
-    except QueueError as exc:
-        pytest.skip(f"no PostgreSQL here: {exc}")
-    try:
-        if request.param == "postgresql":  # a shared database: start from an empty queue
-            await empty(queue)
         yield queue
     finally:
-        if request.param == "postgresql":
-            await empty(queue)
         await queue.close()
-
-
-async def empty(queue: QueueStore) -> None:
-    every = await queue.list_messages(QueueFilter(include_done=True))
-    if every:
-        await queue.delete([m.queue_id for m in every])
 
 
 def new_message(*rcpts: tuple[str, str], now: float = T0, sender: str = "a@src.test",

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Regenerate the README's Performance table: mailqueue and Postfix side by side.
+
+Each round runs, interleaved on the same machine: the Postfix anchor
+(../shared/bench/postfix-anchor.sh, smtp-source into Postfix with defer_transports, then a
+flush into Maildir), then for each event loop: the ``--null`` ceiling and the durable server
+under the same smtp-source line (inside a window, then the drain), a load_test.py run for
+accept latency at 50 connections, and a light-load run for end-to-end delay. Medians over
+the rounds are written to benchmarks/results.json and as a Markdown table to
+benchmarks/RESULTS.md (``--readme`` also replaces the table in README.md).
+
+    python benchmarks/run.py --rounds 3              # about 5 minutes on 2 cores
+    python benchmarks/run.py --rounds 1 --no-postfix # mailqueue only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import load_test  # noqa: E402
+
+CONFIG = HERE / "bench.toml"
+ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR",
+                             ROOT.parent.parent / "shared/bench/postfix-anchor.sh"))
+_ANCHOR_RE = re.compile(r"postfix accept: (\d+) msg/s .* drain: (\d+) msg/s .*delivered=(\d+)")
+
+
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+    """Seconds smtp-source takes to hand ``messages`` to 127.0.0.1:port."""
+    start = time.perf_counter()
+    subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-m", str(messages), "-l",
+                    str(size), "-f", "sender@src.test", "-t", "u1@example.test",
+                    f"127.0.0.1:{port}"], check=True, timeout=600)
+    return time.perf_counter() - start
+
+
+def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """The anchor's smtp-source line against a spawned mailqueue; for a durable server,
+    inside a window that is then ended, timing the drain into Maildir."""
+    workdir = Path(tempfile.mkdtemp(prefix="mq-bench-"))
+    config = load_test.spawn_config(CONFIG, workdir)
+    server = load_test.Server(config, workdir, null, loop)
+    try:
+        port = server.start()
+        url = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
+        stores = [{"name": "vmail", "path": str(workdir / "mail" / "vmail")}]
+        if not null:
+            asyncio.run(load_test.set_window(url, "bench", start=True))
+            time.sleep(1.0)
+        seconds = smtp_source(port, args.messages, args.sessions, args.size)
+        result: dict[str, Any] = {"accept_rate": args.messages / seconds}
+        if not null:
+            released = asyncio.run(load_test.set_window(url, "bench", start=False))
+            count = asyncio.run(load_test.wait_drained(stores, args.messages, 30, None))
+            found = load_test.scan_maildirs(stores, want_mtime=True)
+            last = max(m for mtimes in found.values() for m in mtimes)
+            result.update(drain_rate=count / (last - released), delivered=count,
+                          duplicated=sum(len(v) - 1 for v in found.values()))
+        assert server.proc is not None
+        result["rss_mb"] = load_test.peak_rss_mb(server.proc.pid)
+        return result
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def load_script(*extra: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--spawn", "-c",
+                          str(CONFIG), "--json", "--no-progress", *extra],
+                         capture_output=True, text=True, timeout=900, check=False)
+    if not out.stdout.strip():
+        raise SystemExit(f"load_test.py failed: {out.stderr[-500:]}")
+    return dict(json.loads(out.stdout))
+
+
+def postfix(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.postfix:
+        return None
+    out = subprocess.run(["bash", str(ANCHOR), str(args.messages), str(args.sessions),
+                          str(args.size)], capture_output=True, text=True, timeout=900)
+    match = _ANCHOR_RE.search(out.stdout)
+    if match is None:
+        print(f"postfix anchor failed: {out.stdout[-300:]} {out.stderr[-300:]}",
+              file=sys.stderr)
+        return None
+    return {"accept_rate": float(match[1]), "drain_rate": float(match[2]),
+            "delivered": int(match[3])}
+
+
+def one_round(args: argparse.Namespace) -> dict[str, Any]:
+    row: dict[str, Any] = {"postfix": postfix(args)}
+    for loop in args.loops:
+        row[f"null/{loop}"] = mailqueue_smtp_source(loop, True, args)
+        row[f"durable/{loop}"] = mailqueue_smtp_source(loop, False, args)
+        row[f"latency/{loop}"] = load_script("--loop", loop, "-n", str(args.latency_messages),
+                                             "-C", "50", "--window")
+        row[f"light/{loop}"] = load_script("--loop", loop, "--rate", "20", "-n", "100",
+                                           "-C", "1")
+        print(f"{loop}: " + json.dumps({k: v for k, v in row.items() if loop in k}),
+              file=sys.stderr)
+    return row
+
+
+def median(rounds: list[dict[str, Any]], key: str, field: str) -> float | None:
+    values = [r[key][field] for r in rounds if r.get(key) and r[key].get(field) is not None]
+    return statistics.median(values) if values else None
+
+
+def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    def fmt(value: float | None, digits: int = 0) -> str:
+        return "n/a" if value is None else f"{value:,.{digits}f}"
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "n/a" if a is None or not b else f"{a / b:.2f}x"
+
+    pf_accept = median(rounds, "postfix", "accept_rate")
+    pf_drain = median(rounds, "postfix", "drain_rate")
+    lines = [
+        "| loop | accept vs Postfix | accept vs `--null` | drain vs Postfix | accept msg/s "
+        "(null / Postfix) | drain msg/s (Postfix) | accept p50 / p99 ms, 50 conns | "
+        "light-load end-to-end p50 / p99 ms | server peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for loop in args.loops:
+        acc = median(rounds, f"durable/{loop}", "accept_rate")
+        null = median(rounds, f"null/{loop}", "accept_rate")
+        drain = median(rounds, f"durable/{loop}", "drain_rate")
+        lat = f"latency/{loop}"
+        light = f"light/{loop}"
+        lines.append(
+            f"| {loop} | {ratio(acc, pf_accept)} | {ratio(acc, null)} | "
+            f"{ratio(drain, pf_drain)} | {fmt(acc)} ({fmt(null)} / {fmt(pf_accept)}) | "
+            f"{fmt(drain)} ({fmt(pf_drain)}) | "
+            f"{fmt(median(rounds, lat, 'accept_latency_p50_ms'), 1)} / "
+            f"{fmt(median(rounds, lat, 'accept_latency_p99_ms'), 1)} | "
+            f"{fmt(median(rounds, light, 'e2e_p50_ms'), 1)} / "
+            f"{fmt(median(rounds, light, 'e2e_p99_ms'), 1)} | "
+            f"{fmt(median(rounds, f'durable/{loop}', 'rss_mb'), 0)} |")
+    lines.append("")
+    lines.append(f"Medians of {len(rounds)} interleaved round(s); {args.messages:,} messages of "
+                 f"{args.size:,} bytes over {args.sessions} sessions (smtp-source -d), "
+                 f"{os.cpu_count()} cores.")
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    body = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in body:
+        raise SystemExit("README.md has no <!-- bench:start --> marker")
+    head, rest = body.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=10000)
+    parser.add_argument("--sessions", type=int, default=50)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--latency-messages", type=int, default=3000)
+    parser.add_argument("--loops", default="asyncio,uvloop")
+    parser.add_argument("--postfix", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--readme", action="store_true", help="replace README.md's table")
+    args = parser.parse_args()
+    args.loops = [loop for loop in args.loops.split(",") if loop]
+    if shutil.which("smtp-source") is None:
+        raise SystemExit("smtp-source is missing: run the Postfix anchor once "
+                         "(it installs Debian's postfix), or apt-get install postfix")
+    rounds = [one_round(args) for _ in range(args.rounds)]
+    (HERE / "results.json").write_text(json.dumps(rounds, indent=1) + "\n")
+    text = table(rounds, args)
+    (HERE / "RESULTS.md").write_text(text + "\n")
+    print(text)
+    if args.readme:
+        write_readme(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Claim and drain rate with a deep queue: 10,000 queued against 1,000,000 queued.
+
+For each depth the queue is filled directly through the store (small bodies, one recipient
+each over 1,000 mailboxes), then a worker-only server (``serve --role worker``) starts on it
+and the rate of its first ``--deliveries`` Maildir deliveries is taken from the files'
+modification times; its peak RSS is read when it stops. Writes benchmarks/scale.json.
+
+    python benchmarks/scale.py                               # 10k and 1M, about 5 minutes
+    python benchmarks/scale.py --depths 10000,100000 --deliveries 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "scripts"))
+
+import load_test  # noqa: E402
+
+from mailqueue.queue.models import NewMessage, new_queue_id  # noqa: E402
+from mailqueue.queue.sqlstore import SqlQueueStore  # noqa: E402
+
+BODY = b"Subject: scale\r\nMessage-ID: <x@scale.test>\r\n\r\n" + b"x" * 150 + b"\r\n"
+
+
+async def fill(url: str, depth: int, batch: int = 5000) -> float:
+    """Queue ``depth`` messages; the seconds it took."""
+    store = SqlQueueStore(url)
+    await store.open()
+    # One millisecond apart: ids minted in the same millisecond share all but 30 random bits.
+    start, now = time.perf_counter(), time.time() - depth / 1000 - 60
+    try:
+        for first in range(0, depth, batch):
+            await store.enqueue([
+                NewMessage(queue_id=new_queue_id(now + i / 1000), mail_from="s@src.test",
+                           recipients=((f"u{i % 1000}@example.test", "vmail"),), body=BODY,
+                           received_at=now + i / 1000)
+                for i in range(first, min(depth, first + batch))])
+    finally:
+        await store.close()
+    return time.perf_counter() - start
+
+
+def measure(depth: int, deliveries: int, loop: str) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="mq-scale-"))
+    try:
+        config = load_test.spawn_config(HERE / "bench.toml", workdir)
+        url = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
+        filled = asyncio.run(fill(url, depth))
+        stores = [{"name": "vmail", "path": str(workdir / "mail" / "vmail")}]
+        server = load_test.Server(config, workdir, False, loop)
+        server.args += ["--role", "worker"]
+        try:
+            server.start()
+            deadline = time.monotonic() + 600
+            while load_test.count_files(stores) < deliveries and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert server.proc is not None
+            rss = load_test.peak_rss_mb(server.proc.pid)
+        finally:
+            server.stop()
+        mtimes = sorted(m for ms in load_test.scan_maildirs(stores, True).values() for m in ms)
+        taken = mtimes[:deliveries]
+        rate = (len(taken) - 1) / max(1e-9, taken[-1] - taken[0])
+        return {"depth": depth, "fill_seconds": round(filled, 1), "delivered": len(mtimes),
+                "drain_rate": round(rate, 1), "server_peak_rss_mb": rss,
+                "db_mb": round((workdir / "queue.db").stat().st_size / 2**20, 1)}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depths", default="10000,1000000")
+    parser.add_argument("--deliveries", type=int, default=5000)
+    parser.add_argument("--loop", default="auto")
+    args = parser.parse_args()
+    results = []
+    for depth in (int(d) for d in args.depths.split(",")):
+        results.append(measure(depth, args.deliveries, args.loop))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    base = results[0]["drain_rate"]
+    for row in results:
+        row["ratio_to_first"] = round(row["drain_rate"] / base, 2)
+    (HERE / "scale.json").write_text(json.dumps(results, indent=1) + "\n")
+    for row in results:
+        print(f"{row['depth']:>9,} queued: {row['drain_rate']:8.1f} deliveries/s "
+              f"({row['ratio_to_first']:.2f}x of {results[0]['depth']:,}), peak RSS "
+              f"{row['server_peak_rss_mb']} MiB, queue file {row['db_mb']} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

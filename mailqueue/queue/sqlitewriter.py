@@ -1,0 +1,86 @@
+"""The SQLite enqueue path on one dedicated thread with the synchronous driver.
+
+Through aiosqlite every statement of a commit is a round trip between the event loop and
+aiosqlite's thread (BEGIN, each executemany, COMMIT, cursor closes), and each hop costs the
+event loop — the same loop that speaks SMTP — a wake-up. :class:`SqliteWriter` runs the
+whole group-commit transaction as one call on its own thread, with the stdlib ``sqlite3``
+module under SQLAlchemy Core and the same pragmas (WAL, ``synchronous=FULL``, ``BEGIN
+IMMEDIATE``), so a batch costs the loop one hop and still returns only after the commit is
+on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from mailqueue.errors import QueueError
+from mailqueue.queue.schema import messages, recipients
+
+
+class SqliteWriter:
+    """Commits ``(message rows, recipient rows)`` batches on a dedicated thread."""
+
+    def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
+        self._url = make_url(url).set(drivername="sqlite")
+        self._busy_timeout = busy_timeout
+        self._engine: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    def open(self) -> None:
+        """Create the engine and the thread (the schema must exist already)."""
+        if self._engine is not None:
+            return
+        self._engine = create_engine(self._url, connect_args={
+            "timeout": self._busy_timeout, "check_same_thread": False})
+        timeout_ms = int(self._busy_timeout * 1000)
+
+        @event.listens_for(self._engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(self._engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="queue-writer")
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, thread.shutdown)
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    async def write(self, message_rows: list[dict[str, Any]],
+                    recipient_rows: list[dict[str, Any]]) -> None:
+        """Insert the rows in one transaction; return once it is committed."""
+        if self._thread is None:
+            raise QueueError("queue writer is not open")
+        await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._write, message_rows, recipient_rows)
+
+    def _write(self, message_rows: list[dict[str, Any]],
+               recipient_rows: list[dict[str, Any]]) -> None:
+        assert self._engine is not None
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(messages), message_rows)
+                conn.execute(insert(recipients), recipient_rows)
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None)
+            reason = str(orig if orig is not None else exc).strip().splitlines()
+            raise QueueError("queue database error: "
+                             f"{reason[0] if reason else type(exc).__name__}") from exc
