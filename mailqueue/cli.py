@@ -67,8 +67,10 @@ def cli() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), help="Override [smtp] port.")
 def serve(config_path: str | None, role: str, log_json: bool, port: int | None) -> None:
     """Run the SMTP front end and the delivery worker until SIGTERM or Ctrl-C."""
+    from mailqueue import faults
     from mailqueue.app import MailqueueApp
 
+    faults.check()
     config = _load(config_path)
     if port is not None:
         config = config.model_copy(update={"smtp": config.smtp.model_copy(

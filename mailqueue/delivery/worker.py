@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
+from mailqueue import faults
 from mailqueue.clock import Clock
 from mailqueue.config import DeliveryConfig
 from mailqueue.delivery.retry import Bounce, RetryPolicy
@@ -90,6 +91,7 @@ class DeliveryWorker:
         if not claims:
             return False
         settlement = await self._deliver(claims)
+        faults.hit("deliver.before_settle")
         # Shielded: a stop must not lose the record of files already in the mailboxes.
         await asyncio.shield(self._queue.settle(settlement, self.owner, self._clock.now()))
         self.delivered += len(settlement.delivered)

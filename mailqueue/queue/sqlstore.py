@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from mailqueue import faults
 from mailqueue.errors import QueueError
 from mailqueue.queue.models import (
     FINAL_STATES,
@@ -121,6 +122,7 @@ class SqlQueueStore:
         } for m in batch for address, store in m.recipients]
         async with self._tx(write=True) as conn:
             await conn.execute(insert(messages), message_rows)
+            faults.hit("enqueue.mid_batch")
             await conn.execute(insert(recipients), recipient_rows)
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
