@@ -29,6 +29,9 @@ from mailqueue.windows import WindowSet
 
 log = structlog.get_logger("mailqueue.delivery")
 
+# While the queue database fails, a lane waits poll_interval, then twice that, ... up to this.
+ERROR_BACKOFF_MAX = 30.0
+
 
 class DeliveryWorker:
     """Drains the queue into the mailbox stores."""
@@ -68,17 +71,30 @@ class DeliveryWorker:
                 group.create_task(self._lane(lane))
 
     async def _lane(self, lane: int) -> None:
+        failures = 0
         while not self._stopping:
             try:
                 worked = await self.run_once()
+                failures = 0
             except QueueError as exc:
-                log.warning("claim_failed", error=str(exc), lane=lane)
+                failures += 1
+                log.warning("claim_failed", error=str(exc), lane=lane, failures=failures)
                 worked = False
-                await asyncio.sleep(self._config.poll_interval)
             if not worked and not self._stopping:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._config.poll_interval)
+                await self._idle(self._backoff(failures))
+
+    def _backoff(self, failures: int) -> float:
+        """Capped exponential wait after ``failures`` database errors in a row (0: none)."""
+        poll = self._config.poll_interval
+        if failures <= 0:
+            return poll
+        return min(poll * 2 ** min(failures - 1, 32), max(poll, ERROR_BACKOFF_MAX))
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep until woken (new mail, a window change) or ``seconds`` have passed."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def run_once(self) -> bool:
         """Claim and deliver one batch; False when nothing was due."""
