@@ -88,7 +88,7 @@ class DeliveryWorker:
         poll = self._config.poll_interval
         if failures <= 0:
             return poll
-        return min(poll * 2 ** min(failures - 1, 32), max(poll, ERROR_BACKOFF_MAX))
+        return float(min(poll * 2 ** min(failures - 1, 32), max(poll, ERROR_BACKOFF_MAX)))
 
     async def _idle(self, seconds: float) -> None:
         """Sleep until woken (new mail, a window change) or ``seconds`` have passed."""

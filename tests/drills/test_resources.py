@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sqlite3
 import subprocess
 from collections import Counter, defaultdict
@@ -265,7 +266,7 @@ async def _settled(db: Path, now: float) -> None:
 
 
 def _per_rcpt_gaps(attempts: dict[int, list[float]]) -> list[list[float]]:
-    return [[b - a for a, b in zip(times, times[1:], strict=False)]
+    return [[b - a for a, b in itertools.pairwise(times)]
             for times in attempts.values()]
 
 
