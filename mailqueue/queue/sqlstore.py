@@ -183,9 +183,12 @@ class SqlQueueStore:
         released = {"lease_owner": None, "lease_until": None}
         async with self._tx(write=True) as conn:
             if settlement.delivered:
-                # A delivered file exists: record it even if the lease was lost meanwhile.
+                # A delivered file exists: record it even if the lease was lost meanwhile,
+                # but never over a final state another worker recorded (never both).
                 await conn.execute(
-                    update(recipients).where(recipients.c.id.in_(settlement.delivered))
+                    update(recipients).where(
+                        recipients.c.id.in_(settlement.delivered),
+                        recipients.c.state.not_in([s.value for s in FINAL_STATES]))
                     .values(state=RecipientState.DELIVERED.value, settled_at=now,
                             last_error=None, **released))
             if settlement.deferred:
