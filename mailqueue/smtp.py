@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, AnyStr
@@ -19,7 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mailqueue.clock import Clock
 from mailqueue.config import SmtpConfig
-from mailqueue.errors import QueueError
+from mailqueue.errors import QueueError, QueueFullError
 from mailqueue.mailbox.router import Route, RouteError, Router
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, new_queue_id
@@ -55,6 +56,8 @@ _REPLY_REWRITES: dict[str, str] = {
 # Commands that move no mail. Like Postfix's smtpd_junk_command_limit: a session may send
 # this many of them between accepted messages, then it is closed with 421.
 JUNK_LIMIT = 100
+# After a commit failed for lack of disk space, new mail is refused at MAIL this long.
+STORAGE_FULL_HOLD_OFF = 2.0
 NULL_SENDER = "<>"
 _QUEUED = "250 2.0.0 Ok: queued as "
 # aiosmtpd's other "NNN [x.y.z] Error: text" replies: the "Error:" goes, a code is added.
@@ -86,6 +89,7 @@ class Capacity:
         self.max_bytes = max_bytes
         self.messages = 0
         self.bytes = 0
+        self.full_until = 0.0
 
     def refreshed(self, messages: int, size: int) -> None:
         self.messages, self.bytes = messages, size
@@ -94,9 +98,14 @@ class Capacity:
         self.messages += 1
         self.bytes += size
 
+    def storage_full(self, hold_off: float = STORAGE_FULL_HOLD_OFF) -> None:
+        """The disk under the queue is full: refuse new mail at MAIL for ``hold_off`` s."""
+        self.full_until = time.monotonic() + hold_off
+
     def full(self, incoming: int = 0) -> bool:
         return (self.messages >= self.max_messages or
-                self.bytes + incoming > self.max_bytes)
+                self.bytes + incoming > self.max_bytes or
+                time.monotonic() < self.full_until)
 
 
 class Gate:
@@ -288,6 +297,10 @@ class MailqueueHandler:
         )
         try:
             await self.committer.submit(message)
+        except QueueFullError as exc:
+            log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
+            self.capacity.storage_full()
+            return "452 4.3.1 Insufficient system storage, try again later"
         except QueueError as exc:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
             return "451 4.3.0 Temporary queue failure, try again later"

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailqueue import faults
-from mailqueue.errors import QueueError
+from mailqueue.errors import QueueError, QueueFullError
 from mailqueue.queue.models import (
     FINAL_STATES,
     Claim,
@@ -103,6 +103,8 @@ class SqlQueueStore:
                 async with conn.begin():
                     yield conn
         except SQLAlchemyError as exc:
+            if _storage_full(exc):
+                raise QueueFullError(f"queue storage full: {_reason(exc)}") from exc
             raise QueueError(f"queue database error: {_reason(exc)}") from exc
 
     # --- the write path --------------------------------------------------------------
@@ -295,6 +297,18 @@ def _window_from_row(row: Any) -> Window:
                   start=row["start"], end=row["end"], state=WindowState(row["state"]),
                   inbound=Inbound(row["inbound"]), timezone=row["timezone"],
                   started_at=row["started_at"], ended_at=row["ended_at"])
+
+
+# SQLite's SQLITE_FULL; PostgreSQL's disk_full (53100) and out-of-memory class 53.
+_FULL_MARKERS = ("database or disk is full", "No space left on device", "could not extend file")
+
+
+def _storage_full(exc: SQLAlchemyError) -> bool:
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code == "53100" or getattr(orig, "sqlite_errorcode", None) == 13:
+        return True
+    return any(marker in str(orig if orig is not None else exc) for marker in _FULL_MARKERS)
 
 
 def _reason(exc: SQLAlchemyError) -> str:
