@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mailqueue.queue.models import Claim, NewMessage, Settlement, new_queue_id
+from mailqueue.queue.models import Claim, NewMessage, Settlement
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.windows import Window
 
@@ -42,8 +43,8 @@ class Rcpt:
 class QueueMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.tmp = tempfile.TemporaryDirectory()
-        self.url = f"sqlite+aiosqlite:///{Path(self.tmp.name) / 'q.db'}"
+        self.tmp = tempfile.mkdtemp(prefix="mq-invariants-")
+        self.url = f"sqlite+aiosqlite:///{Path(self.tmp) / 'q.db'}"
         self.loop = asyncio.new_event_loop()
         self.store = SqlQueueStore(self.url)
         self.run(self.store.open())
@@ -63,7 +64,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(rcpts=st.lists(st.sampled_from(STORES), min_size=1, max_size=3))
     def enqueue(self, rcpts: list[str]) -> None:
         self.messages += 1
-        queue_id = new_queue_id(self.now) + f"{self.messages:04d}"
+        queue_id = f"Q{self.messages:08d}"  # deterministic: Hypothesis replays exactly
         recipients = tuple((f"u{i}@{store}.example", store) for i, store in enumerate(rcpts))
         self.run(self.store.enqueue([NewMessage(
             queue_id=queue_id, mail_from="a@src.test", recipients=recipients, body=b"x\r\n",
@@ -174,7 +175,7 @@ class QueueMachine(RuleBasedStateMachine):
         finally:
             self.run(self.store.close())
             self.loop.close()
-            self.tmp.cleanup()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     # --- helpers ---------------------------------------------------------------------------
 
