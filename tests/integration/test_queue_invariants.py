@@ -225,9 +225,9 @@ class LongQueueMachine(QueueMachine):
 
 
 LongQueueMachine.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=50, deadline=None,
+    max_examples=200, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
-TestQueueInvariantsLong = pytest.mark.drill(LongQueueMachine.TestCase)
+TestQueueInvariantsLong = pytest.mark.timeout(1200)(pytest.mark.drill(LongQueueMachine.TestCase))
 
 
 async def test_late_delivery_does_not_flip_a_bounce(tmp_path: Path) -> None:
