@@ -161,10 +161,13 @@ class Server:
             await asyncio.sleep(0.02)
         return False
 
-    def terminate(self, timeout: float = 30) -> int:
+    async def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait without blocking the loop (the clients keep talking)."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
+        if not await self.died_within(timeout):
+            raise AssertionError(f"no exit {timeout}s after SIGTERM:\n{self.log_tail()}")
+        return self.wait()
 
     def log_tail(self) -> str:
         path = self.config.parent / "server.log"
@@ -194,7 +197,17 @@ async def client(cid: int, port: int, ledger: Ledger, stop: asyncio.Event,
     while not stop.is_set():
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10)
         try:
-            await smtp.connect()
+            try:
+                await smtp.connect()
+            except aiosmtplib.SMTPResponseException as exc:
+                ledger.failures[f"connect: reply {exc.code}"] += 1
+                await asyncio.sleep(0.05)
+                continue
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                # Refused, or reset in the listen backlog as the listener closed: no session.
+                ledger.failures[f"connect: {type(exc).__name__}"] += 1
+                await asyncio.sleep(0.05)
+                continue
             for _ in range(rng.randint(1, 4)):
                 if stop.is_set():
                     break
@@ -209,8 +222,12 @@ async def client(cid: int, port: int, ledger: Ledger, stop: asyncio.Event,
         except aiosmtplib.SMTPResponseException as exc:
             ledger.failures[f"reply {exc.code}"] += 1
             await asyncio.sleep(0.05)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            for refused in exc.recipients:
+                ledger.failures[f"reply {refused.code}"] += 1
+            await asyncio.sleep(0.05)
         except (aiosmtplib.SMTPException, OSError) as exc:
-            ledger.failures[type(exc).__name__] += 1
+            ledger.failures[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
             await asyncio.sleep(0.05)
         finally:
             smtp.close()
@@ -238,7 +255,7 @@ async def drain(server: Server, timeout: float = 120) -> None:
         if loop.time() > deadline:
             raise AssertionError("queue did not drain")
         await asyncio.sleep(0.3)
-    rc = server.terminate()
+    rc = await server.terminate()
     assert rc == 0, f"clean stop exited {rc}:\n{server.log_tail()}"
 
 
@@ -343,7 +360,7 @@ async def worker_kill_drill(workdir: Path, kills: int, messages: int = 400,
         while len(ledger.acked) < messages and loop.time() < deadline:
             await asyncio.sleep(0.05)
         await _stop_load(stop, tasks)
-        assert front.terminate() == 0
+        assert await front.terminate() == 0
         for _ in range(kills):
             before = _file_count(workdir / "mail")
             worker.start(f"deliver.linked:kill@{rng.randint(1, 40)}")
@@ -379,7 +396,7 @@ async def sigterm_drill(workdir: Path, rounds: int, seed: int = 3) -> Report:
             await server.listening()
             stop, tasks = await _load(port, ledger, rng)
             await asyncio.sleep(rng.uniform(0.3, 1.5))
-            exits[server.terminate()] += 1
+            exits[await server.terminate()] += 1
             report.kills += 1
             await _stop_load(stop, tasks)
         await drain(server)
