@@ -4,7 +4,7 @@ A fault point is one call, ``faults.hit("commit.after")``, placed where a crash 
 would hurt most. Nothing happens unless the point is armed by ``MAILQUEUE_FAULTS``, read once
 when the module is imported (the drills set it for a server subprocess)::
 
-    MAILQUEUE_FAULTS="commit.after:kill@3,deliver.mid_batch:raise"
+    MAILQUEUE_FAULTS="commit.after:kill@3,commit.before:raise"
 
 Each entry is ``point:action[@n]``: the action fires on the ``n``-th hit of the point
 (default 1) and on no other. Actions:

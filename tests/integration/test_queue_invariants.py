@@ -225,7 +225,7 @@ class LongQueueMachine(QueueMachine):
 
 
 LongQueueMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=50, deadline=None,
+    max_examples=80, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestQueueInvariantsLong = pytest.mark.timeout(1200)(pytest.mark.drill(LongQueueMachine.TestCase))
 

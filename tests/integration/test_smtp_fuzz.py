@@ -121,7 +121,7 @@ def test_fuzzed_sessions(server: ServerThread, items: list[bytes]) -> None:
 
 
 @pytest.mark.drill
-@settings(max_examples=1000, deadline=None,
+@settings(max_examples=500, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(items=sessions)
 def test_fuzzed_sessions_long(server: ServerThread, items: list[bytes]) -> None:
