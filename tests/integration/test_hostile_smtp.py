@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from mailqueue import faults
-from tests.helpers import make_config, running
+from mailqueue.smtp import rewrite_reply
+from tests.helpers import all_files, make_config, running, wait_for
 from tests.smtpraw import LEAK, RawSmtp
 
 OK_MAIL = b"MAIL FROM:<a@src.test>\r\n"
@@ -224,3 +225,32 @@ async def test_connections_over_per_ip_limit_get_421(tmp_path: Path) -> None:
         finally:
             for client in held:
                 await client.close()
+
+
+async def test_null_sender_is_delivered_with_an_empty_return_path(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running(config) as app:
+        assert app.port
+        client = await RawSmtp.connect(app.port)
+        try:
+            await client.reply()
+            for line, code in [(b"EHLO c\r\n", "250"), (b"MAIL FROM:<>\r\n", "250"),
+                               (OK_RCPT, "250"), (b"DATA\r\n", "354"), (BODY, "250")]:
+                assert (await client.cmd(line)).startswith(code)
+        finally:
+            await client.close()
+        root = tmp_path / "mail" / "basic"
+        await wait_for(lambda: len(all_files(root)) == 1)
+    assert all_files(root)[0].read_bytes().startswith(b"Return-Path: <>\n")
+
+
+@pytest.mark.parametrize(("library", "ours"), [
+    ('500 Error: command "XYZZY" not recognized', "500 5.5.1 Command not recognized"),
+    ("553 5.1.3 Error: malformed address", "553 5.1.3 Malformed address"),
+    ("501 Error: BODY can only be one of 7BIT, 8BITMIME",
+     "501 5.5.4 BODY can only be one of 7BIT, 8BITMIME"),
+    ("503 Error: need MAIL command", "503 5.5.1 Need MAIL command"),
+    ("250 OK", "250 OK"),
+])
+def test_library_replies_are_rewritten(library: str, ours: str) -> None:
+    assert rewrite_reply(library) == ours
