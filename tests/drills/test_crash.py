@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.harness import crash_drill, sigterm_drill, worker_kill_drill
+from tests.drills.harness import (
+    Server,
+    crash_drill,
+    free_port,
+    sigterm_drill,
+    worker_kill_drill,
+    write_config,
+)
+from tests.smtpraw import RawSmtp
 
 pytestmark = [pytest.mark.drill, pytest.mark.timeout(600)]
 
@@ -44,3 +52,20 @@ async def test_sigterm_under_load(tmp_path: Path) -> None:
     in_session = {k for k in report.notes if k.startswith("client ")
                   and not k.startswith("client connect: ")}
     assert in_session <= {"client reply 421"}, report.notes
+
+
+async def test_sigterm_tells_a_session_still_open_at_the_deadline_421(tmp_path: Path) -> None:
+    port = free_port()
+    server = Server(write_config(tmp_path, port, grace=1.0), port)
+    try:
+        server.start()
+        await server.listening()
+        client = await RawSmtp.connect(port)
+        assert (await client.reply()).startswith("220")
+        assert (await client.cmd(b"EHLO slow.test\r\n")).startswith("250")
+        assert (await client.cmd(b"MAIL FROM:<a@src.test>\r\n")).startswith("250")
+        assert await server.terminate() == 0
+        assert (await client.reply()).startswith("421 4.3.2")
+        await client.close()
+    finally:
+        server.cleanup()
