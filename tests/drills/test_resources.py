@@ -242,8 +242,12 @@ async def test_mailbox_store_down_for_hours_then_everything_delivered(tmp_path: 
             "SELECT next_attempt_at FROM recipients")]
         outage.down = False
         clock.advance(3600 * 1.2)
-        await wait_for(lambda: len(all_files(root)) >= queued, timeout=60)
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: len(all_files(root)) >= queued, timeout=120)
+
+        async def all_settled() -> bool:  # files are linked before their settle commits
+            return (await app.queue.stats()).recipients["delivered"] == queued
+
+        await wait_for(all_settled, timeout=60)
         stats = await app.queue.stats()
     assert len(all_files(root)) == queued  # 100 %, once each
     assert stats.recipients["delivered"] == queued and stats.recipients["queued"] == 0
