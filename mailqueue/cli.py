@@ -76,7 +76,7 @@ def cli() -> None:
 def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
           loop_choice: str = "auto", null_queue: bool = False) -> None:
     """Run the SMTP front end and the delivery worker until SIGTERM or Ctrl-C."""
-    from mailqueue import loops
+    from mailqueue import faults, loops
     from mailqueue.app import MailqueueApp
     from mailqueue.queue.nullstore import NullQueueStore
 
@@ -84,6 +84,7 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
         raise click.UsageError("--loop uvloop: uvloop is not installed "
                                "(pip install 'mailqueue[fast]')")
 
+    faults.check()
     config = _load(config_path)
     if port is not None:
         config = config.model_copy(update={"smtp": config.smtp.model_copy(

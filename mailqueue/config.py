@@ -29,6 +29,8 @@ from mailqueue.errors import ConfigError, TimeParseError
 from mailqueue.timeparse import get_zone, parse_duration, parse_size, parse_time
 
 ENV_PREFIX = "MAILQUEUE_"
+# MAILQUEUE_* variables that are not key overrides (the config path; mailqueue.faults).
+_NOT_OVERRIDES = {ENV_PREFIX + "CONFIG", ENV_PREFIX + "FAULTS"}
 DEFAULT_URL = "sqlite+aiosqlite:///var/queue.db"
 
 
@@ -303,7 +305,7 @@ def _describe(exc: ValidationError) -> str:
 def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> None:
     sections = set(Config.model_fields) - {"stores", "windows"}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDES:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
         if section not in sections or not key:

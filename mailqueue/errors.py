@@ -8,7 +8,7 @@ carries a message that says what to fix::
     ├── TimeParseError       a time, duration or size could not be read
     ├── WindowError          a window operation is not possible (unknown name, bad state)
     ├── QueueError           the durable queue failed (wraps database errors)
-    │   ├── QueueFullError   the queue is at its configured capacity
+    │   ├── QueueFullError   the queue is at its configured capacity, or its disk is full
     │   └── SchemaError      the queue database's schema is not at this version's revision
     ├── UnknownQueueIdError  a queue id does not exist
     └── DeliveryError        a mailbox store could not take a message
@@ -40,7 +40,7 @@ class QueueError(MailqueueError):
 
 
 class QueueFullError(QueueError):
-    """The queue holds its configured maximum of messages or bytes."""
+    """The queue holds its configured maximum of messages or bytes, or has no disk space."""
 
 
 class SchemaError(QueueError):

@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, AnyStr
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from mailqueue.clock import Clock
 from mailqueue.config import SmtpConfig
-from mailqueue.errors import QueueError
+from mailqueue.errors import QueueError, QueueFullError
 from mailqueue.mailbox.router import Route, RouteError, Router
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, new_queue_id
@@ -55,6 +56,33 @@ _REPLY_REWRITES: dict[str, str] = {
 }
 
 
+# Commands that move no mail. Like Postfix's smtpd_junk_command_limit: a session may send
+# this many of them between accepted messages, then it is closed with 421.
+JUNK_LIMIT = 100
+# After a commit failed for lack of disk space, new mail is refused at MAIL this long.
+STORAGE_FULL_HOLD_OFF = 2.0
+NULL_SENDER = "<>"
+_QUEUED = "250 2.0.0 Ok: queued as "
+# aiosmtpd's other "NNN [x.y.z] Error: text" replies: the "Error:" goes, a code is added.
+_LIBRARY_ERROR = re.compile(r"^(\d)(\d\d) (?:(\d\.\d{1,3}\.\d{1,3}) )?Error: (.*)$")
+_UNKNOWN_COMMAND = re.compile(r'^500 Error: command ".*" not recognized$')
+
+
+def rewrite_reply(status: str) -> str:
+    """aiosmtpd's reply ``status`` as mailqueue answers it: enhanced code, no library text."""
+    if status in _REPLY_REWRITES:
+        return _REPLY_REWRITES[status]
+    if _UNKNOWN_COMMAND.match(status):
+        return "500 5.5.1 Command not recognized"
+    match = _LIBRARY_ERROR.match(status)
+    if match is None:
+        return status
+    klass, rest, enhanced, text = match.groups()
+    code = f"{klass}{rest}"
+    enhanced = enhanced or f"{klass}.5.{'4' if code in ('501', '555') else '1'}"
+    return f"{code} {enhanced} {text[:1].upper()}{text[1:]}"
+
+
 class Capacity:
     """The queue's fill level as the front end sees it: refreshed from the store, plus local
     acceptances since the refresh, so no count query runs per message."""
@@ -64,6 +92,7 @@ class Capacity:
         self.max_bytes = max_bytes
         self.messages = 0
         self.bytes = 0
+        self.full_until = 0.0
 
     def refreshed(self, messages: int, size: int) -> None:
         self.messages, self.bytes = messages, size
@@ -72,9 +101,14 @@ class Capacity:
         self.messages += 1
         self.bytes += size
 
+    def storage_full(self, hold_off: float = STORAGE_FULL_HOLD_OFF) -> None:
+        """The disk under the queue is full: refuse new mail at MAIL for ``hold_off`` s."""
+        self.full_until = time.monotonic() + hold_off
+
     def full(self, incoming: int = 0) -> bool:
         return (self.messages >= self.max_messages or
-                self.bytes + incoming > self.max_bytes)
+                self.bytes + incoming > self.max_bytes or
+                time.monotonic() < self.full_until)
 
 
 class Gate:
@@ -125,6 +159,7 @@ class MailqueueSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self._gate = gate
         self._admitted_ip: str | None = None
+        self._junk = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._admitted_ip is None and self.transport is None:
@@ -159,11 +194,48 @@ class MailqueueSMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
-            status = _REPLY_REWRITES.get(status, status)
+            status = rewrite_reply(status)
+            if status.startswith(_QUEUED):
+                self._junk = 0
             hook = getattr(self.event_handler, "on_reply", None)
             if hook is not None:
                 hook(status)
         await super().push(status)
+
+    async def _junk_refused(self) -> bool:
+        """Count a command that moves no mail; past JUNK_LIMIT, answer 421 and close."""
+        self._junk += 1
+        if self._junk <= JUNK_LIMIT:
+            return False
+        log.info("junk_limit", peer=self._admitted_ip)
+        await super().push("421 4.7.0 Too many commands without mail, closing connection")
+        if self.transport is not None:
+            self.transport.close()
+        return True
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk_refused():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk_refused():
+            await super().smtp_RSET(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk_refused():
+            await super().smtp_VRFY(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk_refused():
+            await super().smtp_HELP(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if not await self._junk_refused():
+            await super().smtp_EXPN(arg)
 
     def _timeout_cb(self) -> None:
         transport = self.transport
@@ -189,9 +261,9 @@ class MailqueueHandler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        # "<>" is the null reverse-path of bounces; aiosmtpd passes it through as is (and
-        # needs a non-empty mail_from for RCPT), so it is kept until DATA.
-        if address and address != "<>" and not _plausible_address(address):
+        # "<>" is the null reverse-path of bounces (RFC 5321 4.5.5); aiosmtpd needs a
+        # non-empty mail_from to allow RCPT, so it is kept as "<>" until DATA.
+        if address != NULL_SENDER and not _plausible_address(address):
             return "553 5.1.7 Malformed sender address"
         if self.capacity.full(_declared_size(mail_options)):
             log.warning("queue_full", messages=self.capacity.messages, bytes=self.capacity.bytes)
@@ -232,7 +304,7 @@ class MailqueueHandler:
         now = self.clock.now()
         message = NewMessage(
             queue_id=new_queue_id(now),
-            mail_from="" if envelope.mail_from == "<>" else envelope.mail_from or "",
+            mail_from="" if envelope.mail_from == NULL_SENDER else envelope.mail_from or "",
             recipients=tuple((r.address, r.store) for r in routes if isinstance(r, Route)),
             body=body,
             received_at=now,
@@ -243,6 +315,10 @@ class MailqueueHandler:
         )
         try:
             await self.committer.submit(message)
+        except QueueFullError as exc:
+            log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
+            self.capacity.storage_full()
+            return "452 4.3.1 Insufficient system storage, try again later"
         except QueueError as exc:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
             return "451 4.3.0 Temporary queue failure, try again later"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
+from mailqueue import faults
 from mailqueue.clock import Clock
 from mailqueue.config import DeliveryConfig
 from mailqueue.delivery.ramp import DrainRamp
@@ -29,6 +30,9 @@ from mailqueue.queue.models import Claim, QueueStore, Settlement
 from mailqueue.windows import WindowSet
 
 log = structlog.get_logger("mailqueue.delivery")
+
+# While the queue database fails, a lane waits poll_interval, then twice that, ... up to this.
+ERROR_BACKOFF_MAX = 30.0
 
 
 class DeliveryWorker:
@@ -75,19 +79,32 @@ class DeliveryWorker:
                 group.create_task(self._lane(lane))
 
     async def _lane(self, lane: int) -> None:
+        failures = 0
         while not self._stopping:
             try:
                 # A drain ramp may hold some lanes back while the stores warm up.
                 ramped = self._ramp is not None and lane >= self._ramp.lanes(self._windows())
                 worked = False if ramped else await self.run_once()
+                failures = 0
             except QueueError as exc:
-                log.warning("claim_failed", error=str(exc), lane=lane)
+                failures += 1
+                log.warning("claim_failed", error=str(exc), lane=lane, failures=failures)
                 worked = False
-                await asyncio.sleep(self._config.poll_interval)
             if not worked and not self._stopping:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._config.poll_interval)
+                await self._idle(self._backoff(failures))
+
+    def _backoff(self, failures: int) -> float:
+        """Capped exponential wait after ``failures`` database errors in a row (0: none)."""
+        poll = self._config.poll_interval
+        if failures <= 0:
+            return poll
+        return float(min(poll * 2 ** min(failures - 1, 32), max(poll, ERROR_BACKOFF_MAX)))
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep until woken (new mail, a window change) or ``seconds`` have passed."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def run_once(self) -> bool:
         """Claim and deliver one batch; False when nothing was due."""
@@ -110,6 +127,7 @@ class DeliveryWorker:
         if settlement.bounced and self._notify is not None:
             settlement.notices = self._notify(bounced_recipients(claims, settlement),
                                               self._clock.now())
+        faults.hit("deliver.before_settle")
         # Shielded: a stop must not lose the record of files already in the mailboxes.
         await asyncio.shield(self._queue.settle(settlement, self.owner, self._clock.now()))
         if self._observer is not None:

@@ -23,6 +23,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+from mailqueue import faults
 from mailqueue.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.queue.models import Claim
@@ -145,6 +146,7 @@ class MaildirStore:
             pass  # delivered before a crash; the file in new/ is the one copy
         finally:
             tmp.unlink(missing_ok=True)
+        faults.hit("deliver.linked")
         return box / "new"
 
 

@@ -13,6 +13,7 @@ import contextlib
 
 import structlog
 
+from mailqueue import faults
 from mailqueue.errors import QueueError
 from mailqueue.queue.models import NewMessage, QueueStore
 
@@ -52,7 +53,7 @@ class GroupCommitter:
             self._fail_pending()
 
     async def _commit(self, batch: list[tuple[NewMessage, asyncio.Future[None]]]) -> None:
-        write = asyncio.ensure_future(self._store.enqueue([m for m, _ in batch]))  # noqa: RUF006
+        write = asyncio.ensure_future(self._write([m for m, _ in batch]))  # noqa: RUF006
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:
@@ -67,6 +68,11 @@ class GroupCommitter:
             self.commits += 1
             self.committed += len(batch)
         self._resolve(batch, write)
+
+    async def _write(self, messages: list[NewMessage]) -> None:
+        faults.hit("commit.before")
+        await self._store.enqueue(messages)
+        faults.hit("commit.after")
 
     @staticmethod
     def _resolve(batch: list[tuple[NewMessage, asyncio.Future[None]]],

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mailqueue import faults
 from mailqueue.errors import UnknownQueueIdError
 from mailqueue.queue.admin import (
     SHAPE_EDGES_MINUTES,
@@ -81,6 +82,7 @@ async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) ->
     """Insert ``batch`` and its recipients in the caller's transaction."""
     if batch:
         await conn.execute(insert(messages), message_rows(batch))
+        faults.hit("enqueue.mid_batch")
         await conn.execute(insert(recipients), recipient_rows(batch))
 
 

@@ -19,7 +19,9 @@ from sqlalchemy import Engine, create_engine, event, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from mailqueue import faults
 from mailqueue.errors import QueueError
+from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.schema import messages, recipients
 
 
@@ -78,9 +80,7 @@ class SqliteWriter:
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(messages), message_rows)
+                faults.hit("enqueue.mid_batch")
                 conn.execute(insert(recipients), recipient_rows)
-        except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None)
-            reason = str(orig if orig is not None else exc).strip().splitlines()
-            raise QueueError("queue database error: "
-                             f"{reason[0] if reason else type(exc).__name__}") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise database_error(exc) from exc

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from mailqueue.errors import QueueError, SchemaError
 from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue import migrate, postgres
+from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.models import (
     FINAL_STATES,
     Claim,
@@ -171,7 +172,7 @@ class SqlQueueStore(SqlAdminMixin):
                     yield conn
         except (SQLAlchemyError, OSError) as exc:
             # OSError: the server did not answer (asyncpg raises it unwrapped on connect).
-            raise QueueError(f"queue database error: {_reason(exc)}") from exc
+            raise database_error(exc) from exc
 
     # --- the write path --------------------------------------------------------------
 
@@ -255,9 +256,12 @@ class SqlQueueStore(SqlAdminMixin):
         released = {"lease_owner": None, "lease_until": None}
         async with self._tx(write=True) as conn:
             if settlement.delivered:
-                # A delivered file exists: record it even if the lease was lost meanwhile.
+                # A delivered file exists: record it even if the lease was lost meanwhile,
+                # but never over a final state another worker recorded (never both).
                 await conn.execute(
-                    update(recipients).where(recipients.c.id.in_(settlement.delivered))
+                    update(recipients).where(
+                        recipients.c.id.in_(settlement.delivered),
+                        recipients.c.state.not_in([s.value for s in FINAL_STATES]))
                     .values(state=RecipientState.DELIVERED.value, settled_at=now,
                             last_error=None, **released))
             if settlement.deferred:
@@ -429,10 +433,3 @@ def _window_from_row(row: Any) -> Window:
                   start=row["start"], end=row["end"], state=WindowState(row["state"]),
                   inbound=Inbound(row["inbound"]), timezone=row["timezone"],
                   started_at=row["started_at"], ended_at=row["ended_at"])
-
-
-def _reason(exc: SQLAlchemyError | OSError) -> str:
-    """The driver's own message, without SQL text or parameters."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
