@@ -12,6 +12,7 @@ on disk.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,12 +26,37 @@ from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.schema import messages, recipients
 
 
+def configure_sqlite(engine: Engine, busy_timeout: float,
+                     immediate: Callable[[Any], bool]) -> None:
+    """The durability settings of every SQLite connection: WAL with ``synchronous=FULL``
+    (a commit is on disk when it returns), a busy timeout, foreign keys, and BEGIN issued by
+    SQLAlchemy — ``BEGIN IMMEDIATE`` where ``immediate(conn)`` says the transaction writes,
+    so two writers queue on the busy timeout instead of failing on a lock upgrade."""
+    timeout_ms = int(busy_timeout * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate(conn) else "BEGIN")
+
+
 class SqliteWriter:
     """Commits ``(message rows, recipient rows)`` batches on a dedicated thread."""
 
-    def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, busy_timeout: float = 30.0,
+                 instrument: Callable[[Engine], None] | None = None) -> None:
         self._url = make_url(url).set(drivername="sqlite")
         self._busy_timeout = busy_timeout
+        self._instrument = instrument
         self._engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
 
@@ -40,22 +66,9 @@ class SqliteWriter:
             return
         self._engine = create_engine(self._url, connect_args={
             "timeout": self._busy_timeout, "check_same_thread": False})
-        timeout_ms = int(self._busy_timeout * 1000)
-
-        @event.listens_for(self._engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        @event.listens_for(self._engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        configure_sqlite(self._engine, self._busy_timeout, immediate=lambda _conn: True)
+        if self._instrument is not None:
+            self._instrument(self._engine)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="queue-writer")
 
     async def close(self) -> None:

@@ -24,14 +24,13 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
-    event,
     exists,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -52,7 +51,7 @@ from mailqueue.queue.models import (
 )
 from mailqueue.queue.schema import messages, nodes, recipients, windows
 from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages, message_rows, recipient_rows
-from mailqueue.queue.sqlitewriter import SqliteWriter
+from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
@@ -91,7 +90,7 @@ class SqlQueueStore(SqlAdminMixin):
             reason = str(exc).removeprefix("queue database error: ")
             raise QueueError(f"cannot open queue {self.safe_url}: {reason}") from exc
         if self._threaded_writer:
-            self._writer = SqliteWriter(self.url, self._busy_timeout)
+            self._writer = SqliteWriter(self.url, self._busy_timeout, self._instrument)
             self._writer.open()
 
     async def upgrade_schema(self) -> tuple[str | None, str | None]:
@@ -129,32 +128,22 @@ class SqlQueueStore(SqlAdminMixin):
     def safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
+    def _instrument(self, engine: Engine) -> None:
+        """Called with every engine this store creates (a seam for fault-injecting tests)."""
+
     def _create_engine(self) -> AsyncEngine:
         if not self._sqlite:
-            return create_async_engine(self.url, pool_pre_ping=True,
-                                       connect_args=postgres.connect_args(self.url))
+            engine = create_async_engine(self.url, pool_pre_ping=True,
+                                         connect_args=postgres.connect_args(self.url))
+            self._instrument(engine.sync_engine)
+            return engine
         database = make_url(self.url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(self.url, connect_args={"timeout": self._busy_timeout})
-        timeout_ms = int(self._busy_timeout * 1000)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # Let SQLAlchemy's "begin" event below issue BEGIN itself.
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            immediate = conn.get_execution_options().get(_IMMEDIATE, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
+        configure_sqlite(engine.sync_engine, self._busy_timeout,
+                         immediate=lambda conn: conn.get_execution_options().get(_IMMEDIATE, False))
+        self._instrument(engine.sync_engine)
         return engine
 
     @asynccontextmanager

@@ -18,8 +18,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Engine, event
 
 from mailqueue.clock import ManualClock
 from mailqueue.errors import TemporaryDeliveryError
@@ -82,16 +81,13 @@ class FlakyStore(SqlQueueStore):
         self.error: Exception | None = None
         self.statements_refused = 0
 
-    def _create_engine(self) -> AsyncEngine:
-        engine = super()._create_engine()
-
-        @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _instrument(self, engine: Engine) -> None:
+        # Every engine of the store: the async one and the SQLite writer thread's.
+        @event.listens_for(engine, "before_cursor_execute")
         def _fail(*_args: Any) -> None:
             if self.error is not None:
                 self.statements_refused += 1
                 raise self.error
-
-        return engine
 
 
 class OutageStore:
