@@ -6,52 +6,20 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import click
 
 from mailqueue import __version__
+from mailqueue.cli_common import config_option, in_queue, load
 from mailqueue.cli_db import db
 from mailqueue.cli_queue import queue as queue_group
 from mailqueue.clock import SystemClock
-from mailqueue.config import Config, load_config
 from mailqueue.errors import MailqueueError, WindowError
 from mailqueue.logs import configure_logging
 from mailqueue.queue.models import QueueStore
-from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.timeparse import format_duration, format_time, parse_duration, parse_time
 from mailqueue.verify.command import verify
 from mailqueue.windows import Inbound, Window
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def config_option(func: F) -> F:
-    return click.option(
-        "-c", "--config", "config_path", metavar="FILE", envvar="MAILQUEUE_CONFIG",
-        help="Config file (TOML). Default: $MAILQUEUE_CONFIG.")(func)
-
-
-def _load(config_path: str | None) -> Config:
-    return load_config(config_path)
-
-
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-async def _with_queue(config: Config, action: Callable[[QueueStore], Awaitable[T]]) -> T:
-    from mailqueue.control import seed_windows
-
-    store = SqlQueueStore(config.queue.url)
-    await store.open()
-    try:
-        await seed_windows(store, config.windows)
-        return await action(store)
-    finally:
-        await store.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,7 +53,7 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
                                "(pip install 'mailqueue[fast]')")
 
     faults.check()
-    config = _load(config_path)
+    config = load(config_path)
     if port is not None:
         config = config.model_copy(update={"smtp": config.smtp.model_copy(
             update={"port": port})})
@@ -127,9 +95,9 @@ def _require(windows: list[Window], name: str) -> Window:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per window.")
 def window_list(config_path: str | None, as_json: bool) -> None:
     """Show every window and its state."""
-    config = _load(config_path)
+    config = load(config_path)
     now = SystemClock().now()
-    windows = _run(_with_queue(config, lambda q: q.windows()))
+    windows = in_queue(config, lambda q: q.windows())
     if not windows:
         click.echo("no windows")
     for w in windows:
@@ -168,7 +136,7 @@ def _until(until: str | None, duration: str | None, now: float, zone: str | None
 def window_start(config_path: str | None, name: str, until: str | None, duration: str | None,
                  stores: str | None, inbound: str | None, timezone: str | None) -> None:
     """Start window NAME now (creating it when --until or --for is given)."""
-    config = _load(config_path)
+    config = load(config_path)
     now = SystemClock().now()
     end = _until(until, duration, now, timezone)
     known = [s.name for s in config.stores]
@@ -195,7 +163,7 @@ def window_start(config_path: str | None, name: str, until: str | None, duration
         await queue.save_window(started)
         return started
 
-    click.echo(f"started {_run(_with_queue(config, action)).describe(now)}")
+    click.echo(f"started {in_queue(config, action).describe(now)}")
 
 
 @window.command("end")
@@ -207,7 +175,7 @@ def window_start(config_path: str | None, name: str, until: str | None, duration
               "after this long (exit 3 if mail is still queued).")
 def window_end(config_path: str | None, name: str, wait: bool, wait_limit: str | None) -> None:
     """End window NAME now; its stores' queued mail is delivered."""
-    config = _load(config_path)
+    config = load(config_path)
     now = SystemClock().now()
     limit = parse_duration(wait_limit) if wait_limit else None
     if limit is not None and not wait:
@@ -218,15 +186,14 @@ def window_end(config_path: str | None, name: str, wait: bool, wait_limit: str |
         await queue.save_window(ended)
         return ended
 
-    ended = _run(_with_queue(config, action))
+    ended = in_queue(config, action)
     lasted = format_duration(now - (ended.started_at or ended.start))
     click.echo(f"ended {ended.name} after {lasted}; delivery of its queued mail begins")
     if wait:
         from mailqueue.drain import watch_drain
 
         stores = list(ended.stores) or [s.name for s in config.stores]
-        summary = _run(_with_queue(config, lambda q: watch_drain(q, stores, now,
-                                                                 limit=limit)))
+        summary = in_queue(config, lambda q: watch_drain(q, stores, now, limit=limit))
         click.echo(summary.describe(ended.name))
         if summary.timed_out:
             sys.exit(3)
@@ -241,7 +208,7 @@ def window_end(config_path: str | None, name: str, wait: bool, wait_limit: str |
 def window_extend(config_path: str | None, name: str, until: str | None, duration: str | None,
                   timezone: str | None) -> None:
     """Move the planned end of window NAME."""
-    config = _load(config_path)
+    config = load(config_path)
     now = SystemClock().now()
     if not until and not duration:
         raise click.UsageError("give --until TIME or --by DURATION")
@@ -257,7 +224,7 @@ def window_extend(config_path: str | None, name: str, until: str | None, duratio
         await queue.save_window(extended)
         return extended
 
-    extended = _run(_with_queue(config, action))
+    extended = in_queue(config, action)
     click.echo(f"extended {extended.describe(now)}")
 
 
@@ -266,7 +233,7 @@ def window_extend(config_path: str | None, name: str, until: str | None, duratio
 @click.argument("name")
 def window_cancel(config_path: str | None, name: str) -> None:
     """Cancel window NAME (an active one releases its stores at once)."""
-    config = _load(config_path)
+    config = load(config_path)
     now = SystemClock().now()
 
     async def action(queue: QueueStore) -> Window:
@@ -274,7 +241,7 @@ def window_cancel(config_path: str | None, name: str) -> None:
         await queue.save_window(cancelled)
         return cancelled
 
-    click.echo(f"cancelled {_run(_with_queue(config, action)).name}")
+    click.echo(f"cancelled {in_queue(config, action).name}")
 
 
 # --- stats --------------------------------------------------------------------------------
@@ -286,9 +253,9 @@ def stats(config_path: str | None, as_json: bool) -> None:
     """Queue counts by state, bytes, oldest age, totals and drain rate."""
     from mailqueue.stats_view import render_stats
 
-    config = _load(config_path)
+    config = load(config_path)
     now = SystemClock().now()
-    report = _run(_with_queue(config, lambda q: q.report(now)))
+    report = in_queue(config, lambda q: q.report(now))
     click.echo(render_stats(report, now, as_json))
 
 

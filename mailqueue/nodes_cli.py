@@ -10,7 +10,7 @@ import json
 
 import click
 
-from mailqueue.cli import _load, _run, _with_queue, config_option
+from mailqueue.cli_common import config_option, in_queue, load
 from mailqueue.clock import SystemClock
 from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue.models import QueueStore
@@ -27,8 +27,8 @@ def node() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node.")
 def node_list(config_path: str | None, as_json: bool) -> None:
     """Every node whose state was set (nodes not listed are up)."""
-    config = _load(config_path)
-    nodes = _run(_with_queue(config, lambda q: q.nodes()))
+    config = load(config_path)
+    nodes = in_queue(config, lambda q: q.nodes())
     if not nodes:
         click.echo("no node states set (every node is up)")
     for n in nodes:
@@ -50,7 +50,7 @@ def node_list(config_path: str | None, as_json: bool) -> None:
 def node_set(config_path: str | None, name: str, mode: str, latency: str,
              failure_rate: float, fail_next: int) -> None:
     """Set node NAME (STORE-N, e.g. basic-2) to MODE."""
-    config = _load(config_path)
+    config = load(config_path)
     store, _, index = name.rpartition("-")
     known = [s.name for s in config.stores]
     if store not in known or not index.isdigit() or int(index) < 1:
@@ -70,4 +70,4 @@ def node_set(config_path: str | None, name: str, mode: str, latency: str,
         await queue.save_nodes([changed])
         return changed
 
-    click.echo(f"set {_run(_with_queue(config, action)).describe()}")
+    click.echo(f"set {in_queue(config, action).describe()}")
