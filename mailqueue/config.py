@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -47,6 +48,21 @@ Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
                         r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def _name(value: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError("use letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _zone(value: str) -> str:
+    get_zone(value)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]  # a store, window or node name
+Zone = Annotated[str, AfterValidator(_zone)]  # an IANA time zone
 
 
 class _Model(BaseModel):
@@ -145,18 +161,11 @@ class LoggingConfig(_Model):
 class StoreConfig(_Model):
     """A mailbox store: Maildirs at ``{path}/{domain}/{local_part}/``."""
 
-    name: str
+    name: Name
     kind: Literal["maildir"] = "maildir"
     path: Path
     domains: list[str] = Field(min_length=1)
     mailboxes: list[str] | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError("use letters, digits, '.', '_' or '-'")
-        return value
 
     @field_validator("domains")
     @classmethod
@@ -180,26 +189,12 @@ class StoreConfig(_Model):
 class WindowConfig(_Model):
     """A planned maintenance window."""
 
-    name: str
+    name: Name
     stores: list[str] | None = None
     start: str
     end: str
-    timezone: str | None = None
+    timezone: Zone | None = None
     inbound: Literal["queue", "tempfail", "reject"] = "queue"
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError("use letters, digits, '.', '_' or '-'")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            get_zone(value)
-        return value
 
     @model_validator(mode="after")
     def _times(self) -> WindowConfig:
@@ -230,9 +225,9 @@ class Config(_Model):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         names = [s.name for s in self.stores]
-        _no_duplicates("store name", names)
-        _no_duplicates("domain", [d for s in self.stores for d in s.domains])
-        _no_duplicates("window name", [w.name for w in self.windows])
+        no_duplicates("store name", names)
+        no_duplicates("domain", [d for s in self.stores for d in s.domains])
+        no_duplicates("window name", [w.name for w in self.windows])
         for window in self.windows:
             for store in window.stores or []:
                 if store not in names:
@@ -247,7 +242,8 @@ class Config(_Model):
         raise KeyError(name)
 
 
-def _no_duplicates(what: str, values: list[str]) -> None:
+def no_duplicates(what: str, values: list[str]) -> None:
+    """Raise ``ValueError`` naming the first value that occurs twice."""
     seen: set[str] = set()
     for value in values:
         if value in seen:
@@ -264,18 +260,24 @@ def load_config(path: str | Path | None = None,
     if path is None:
         raise ConfigError("no config file: pass -c FILE or set MAILQUEUE_CONFIG")
     source = Path(path)
-    try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    data = read_toml(source, "config")
     _apply_env(data, env, source)
     return config_from_dict(data, str(source))
+
+
+def read_toml(source: Path, what: str,
+              error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """Parse a TOML file; raise ``error`` naming the file (a ``what`` file) and the trouble."""
+    try:
+        return tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{source}: no such {what} file") from None
+    except OSError as exc:
+        raise error(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise error(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{source}: invalid TOML: {exc}") from None
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
@@ -283,12 +285,13 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
+        raise ConfigError(f"{source}: {describe_errors(exc)}") from None
     except TimeParseError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
+    """The first three problems as ``key: what is wrong``, for a one-line error."""
     problems = []
     for error in exc.errors()[:3]:
         key = ".".join(str(p) for p in error["loc"]) or "(top level)"

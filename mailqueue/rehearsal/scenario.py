@@ -9,16 +9,24 @@ validated at load: an error names the file, the key and what to fix, e.g.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mailqueue.config import _NAME_RE, Duration, Size, WindowConfig, _describe
+from mailqueue.config import (
+    Duration,
+    Name,
+    Size,
+    WindowConfig,
+    Zone,
+    describe_errors,
+    no_duplicates,
+    read_toml,
+)
 from mailqueue.errors import ConfigError, TimeParseError
 from mailqueue.nodes import node_name
-from mailqueue.timeparse import format_time, get_zone, parse_time
+from mailqueue.timeparse import format_time, parse_time
 
 WINDOW_ACTIONS = ("window.start", "window.extend", "window.end", "window.cancel")
 NODE_ACTIONS = ("node.up", "node.down", "node.slow", "node.flaky")
@@ -39,34 +47,21 @@ class ScenarioInfo(_Model):
 
     name: str
     description: str = ""
-    timezone: str = "UTC"
+    timezone: Zone = "UTC"
     start: str
     end: str
     speed: float = Field(3600.0, gt=0)  # simulated seconds per real second
     seed: int = 1
     sample: Duration = 600.0  # simulated seconds between two points of the series
 
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        get_zone(value)
-        return value
-
 
 class StoreSpec(_Model):
     """``[[stores]]``: a Maildir store sharded over ``nodes``, with ``users`` mailboxes."""
 
-    name: str
+    name: Name
     domains: list[str] = Field(min_length=1)
     nodes: int = Field(1, ge=1, le=1000)
     users: int = Field(100, ge=1)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError("use letters, digits, '.', '_' or '-'")
-        return value
 
 
 class TrafficSpec(_Model):
@@ -181,16 +176,7 @@ class Scenario:
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; raise :class:`ScenarioError` naming what to fix."""
     source = Path(path)
-    try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(f"{source}: no such scenario file") from None
-    except OSError as exc:
-        raise ScenarioError(f"{source}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{source}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{source}: invalid TOML: {exc}") from None
+    data = read_toml(source, "scenario", ScenarioError)
     return scenario_from_dict(data, str(source))
 
 
@@ -205,7 +191,7 @@ def scenario_from_dict(data: dict[str, Any], source: str = "<scenario>") -> Scen
         parsed = ScenarioFile.model_validate(data)
         return _check(parsed, source)
     except ValidationError as exc:
-        raise ScenarioError(f"{source}: {_describe(exc)}") from None
+        raise ScenarioError(f"{source}: {describe_errors(exc)}") from None
     except TimeParseError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
     except ValueError as exc:
@@ -219,8 +205,8 @@ def _check(parsed: ScenarioFile, source: str) -> Scenario:
     if end <= start:
         raise ValueError("scenario.end: must be after scenario.start")
     stores = [s.name for s in parsed.stores]
-    _unique("store", stores)
-    _unique("window", [w.name for w in parsed.windows])
+    no_duplicates("store name", stores)
+    no_duplicates("window name", [w.name for w in parsed.windows])
     for i, window in enumerate(parsed.windows):
         for store in window.stores or []:
             _known(f"windows[{i}].stores", "store", store, stores)
@@ -228,14 +214,6 @@ def _check(parsed: ScenarioFile, source: str) -> Scenario:
         _known("traffic.stores", "store", store, stores)
     events = _events(parsed, start, end)
     return Scenario(source=source, file=parsed, start=start, end=end, events=events)
-
-
-def _unique(what: str, names: list[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(f"duplicate {what} name {name!r}")
-        seen.add(name)
 
 
 def _known(key: str, what: str, name: str, known: list[str]) -> None:

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -24,6 +23,7 @@ from pathlib import Path
 import aiosmtplib
 
 from mailqueue.queue.sqlstore import SqlQueueStore
+from tests.served import free_port
 
 CLIENTS = 20
 MAILBOXES = [f"user{i}@basic.example" for i in range(8)]
@@ -61,12 +61,6 @@ class Report:
 
     def line(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(workdir: Path, port: int, *, lease: float = 2.0, timeout: float = 30,

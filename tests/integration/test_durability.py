@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,52 +12,7 @@ from pathlib import Path
 import aiosmtplib
 
 from tests.helpers import all_files, message, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def write_config(tmp_path: Path, port: int) -> Path:
-    path = tmp_path / "mq.toml"
-    path.write_text(f"""
-[smtp]
-port = {port}
-hostname = "mx.test"
-[queue]
-url = "sqlite+aiosqlite:///{tmp_path / 'queue.db'}"
-[delivery]
-poll_interval = 0.2
-[logging]
-level = "warning"
-[[stores]]
-name = "basic"
-path = "{tmp_path / 'mail'}"
-domains = ["basic.example"]
-""")
-    return path
-
-
-def start(config: Path) -> subprocess.Popen[bytes]:
-    with open(config.parent / "server.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "mailqueue", "serve", "-c", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=log)
-
-
-async def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(200):
-        if proc.poll() is not None:
-            raise AssertionError("server exited: " + (Path(proc.args[-1]).parent /  # type: ignore[index]
-                                                      "server.log").read_text())
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("server did not listen")
+from tests.served import free_port, start, wait_listening, write_config
 
 
 def cli(config: Path, *args: str) -> None:

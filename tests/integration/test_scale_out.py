@@ -28,12 +28,7 @@ from mailqueue.queue.schema import recipients
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.windows import Window
 from tests.helpers import all_files, message, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.served import free_port
 
 
 def write_config(tmp_path: Path, url: str, lease: str = "5m") -> Path:

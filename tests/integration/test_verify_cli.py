@@ -16,33 +16,10 @@ import aiosmtplib
 
 from mailqueue.cli import main
 from tests.helpers import all_files, message, wait_for
-from tests.integration.test_durability import free_port, start, wait_listening
+from tests.served import free_port, start, wait_listening, write_config
 
 BASIC, EXCHANGE = "basic.example", "exchange.example"
-
-
-def write_config(tmp_path: Path, port: int) -> Path:
-    path = tmp_path / "mq.toml"
-    path.write_text(f"""
-[smtp]
-port = {port}
-hostname = "mx.test"
-[queue]
-url = "sqlite+aiosqlite:///{tmp_path / 'queue.db'}"
-[delivery]
-poll_interval = 0.2
-[logging]
-level = "warning"
-[[stores]]
-name = "basic"
-path = "{tmp_path / 'mail' / 'basic'}"
-domains = ["{BASIC}"]
-[[stores]]
-name = "hosted-exchange"
-path = "{tmp_path / 'mail' / 'hosted-exchange'}"
-domains = ["{EXCHANGE}"]
-""")
-    return path
+STORES = {"basic": BASIC, "hosted-exchange": EXCHANGE}
 
 
 def mq(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -99,7 +76,7 @@ async def serve_and_send(tmp_path: Path, config: Path, port: int) -> None:
 
 def test_verify_a_served_instance(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path, port)
+    config = write_config(tmp_path, port, STORES)
     old = existing_mail(tmp_path)
     snap = mq_here(config, "verify", "--snapshot", str(tmp_path / "before.json"))
     assert snap.returncode == 0 and "snapshot: 1 mailbox files in 2 stores" in snap.stdout
@@ -144,7 +121,7 @@ def test_verify_a_served_instance(tmp_path: Path) -> None:
 
 
 def test_snapshot_reports_changed_and_missing(tmp_path: Path) -> None:
-    config = write_config(tmp_path, free_port())
+    config = write_config(tmp_path, free_port(), STORES)
     old = existing_mail(tmp_path)
     second = old.parent.parent / "new" / "1500000001.M2P1.oldhost"
     second.write_bytes(b"Subject: unread\n\nstill here\n")
@@ -169,7 +146,7 @@ def test_snapshot_reports_changed_and_missing(tmp_path: Path) -> None:
 
 
 def test_verify_errors_are_one_line(tmp_path: Path) -> None:
-    config = write_config(tmp_path, free_port())
+    config = write_config(tmp_path, free_port(), STORES)
     missing_db = mq(config, "verify")
     assert missing_db.returncode == 1
     assert missing_db.stderr.startswith("mailqueue: error: no queue database at ")
