@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -13,7 +14,11 @@ from pathlib import Path
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import ManualClock
 from mailqueue.config import Config
+from mailqueue.mailbox.base import MailboxStore
+from mailqueue.mailbox.maildir import MaildirStore
+from mailqueue.mailbox.nodes import NodeAwareStore
 from mailqueue.mailbox.router import Route, Router
+from mailqueue.nodes import FaultModel, NodeMode, NodeState, node_index, node_name
 from mailqueue.queue.models import QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
 from mailqueue.verify.scan import DeliveredCopy, scan_root
@@ -50,6 +55,16 @@ def read_mailbox(config: Config, address: str) -> list[EmailMessage]:
     return out
 
 
+def _node_counts(config: Config, nodes: Mapping[str, int] | None) -> dict[str, int]:
+    known = [s.name for s in config.stores]
+    for store, count in (nodes or {}).items():
+        if store not in known:
+            raise ValueError(f"nodes: unknown store {store!r} (known: {', '.join(known)})")
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"nodes: store {store!r} needs a whole number of nodes from 1")
+    return dict(nodes or {})
+
+
 def scan_mailboxes(config: Config) -> list[DeliveredCopy]:
     """Every file in every store's Maildirs (blocking)."""
     return [c for s in config.stores for c in scan_root(s.name, s.path)]
@@ -75,14 +90,30 @@ class AsyncMailqueue:
     disk is awaited; :meth:`advance` and the attributes are plain.
     """
 
-    def __init__(self, config: Config, *, inbound: str = "queue") -> None:
+    def __init__(self, config: Config, *, inbound: str = "queue",
+                 nodes: Mapping[str, int] | None = None) -> None:
         self.config = config
         self.clock = ManualClock()
         self.default_inbound = Inbound(inbound)
-        self.app = MailqueueApp(config, clock=self.clock)
+        self.nodes = _node_counts(config, nodes)
+        self.app = MailqueueApp(config, clock=self.clock, mailboxes=self._mailboxes())
         self.host = config.smtp.host
         self.port = 0
         self._task: asyncio.Task[None] | None = None
+
+    def _mailboxes(self) -> dict[str, MailboxStore] | None:
+        """Maildir stores, the sharded ones behind their nodes (None: the app's default)."""
+        if not self.nodes:
+            return None
+        faults = FaultModel()
+        stores: dict[str, MailboxStore] = {}
+        for store in self.config.stores:
+            maildir = MaildirStore(store.name, store.path, self.config.smtp.hostname)
+            count = self.nodes.get(store.name)
+            stores[store.name] = maildir if count is None else NodeAwareStore(
+                maildir, store.name, count, self.clock, lambda: self.app.control.nodes(),
+                faults)
+        return stores
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -172,6 +203,43 @@ class AsyncMailqueue:
         await self.app.queue.save_window(window)
         await self.app.control.refresh()
         return window
+
+    # --- mailbox nodes -------------------------------------------------------------------
+
+    def node_of(self, address: str) -> int:
+        """The node (1-based) of its store that ``address``'s mailbox lives on."""
+        route = Router(self.config.stores).route(address)
+        if not isinstance(route, Route):
+            raise ValueError(f"{address!r}: no mailbox for it ({route})")
+        return node_index(route.address, self._node_count(route.store)) + 1
+
+    async def node_down(self, store: str, node: int) -> NodeState:
+        """Take node ``node`` (1-based) of ``store`` down: its deliveries fail temporarily
+        (4xx, retried) until :meth:`node_up`."""
+        return await self._set_node(store, node, NodeMode.DOWN)
+
+    async def node_up(self, store: str, node: int) -> NodeState:
+        """Bring node ``node`` (1-based) of ``store`` back; deferred mail goes at its next
+        retry (``advance()`` the clock)."""
+        return await self._set_node(store, node, NodeMode.UP)
+
+    def _node_count(self, store: str) -> int:
+        if store not in self.nodes:
+            raise ValueError(f"store {store!r} has no nodes (give the mailqueue option "
+                             f"nodes={{{store!r}: N}})")
+        return self.nodes[store]
+
+    async def _set_node(self, store: str, node: int, mode: NodeMode) -> NodeState:
+        count = self._node_count(store)
+        if not 1 <= node <= count:
+            raise ValueError(f"store {store!r} has nodes 1 to {count}, not {node}")
+        name = node_name(store, node - 1)
+        current = next((n for n in await self.app.queue.nodes() if n.name == name), None) \
+            or NodeState(name=name, store=store)
+        changed = current.changed(mode, self.clock.now())
+        await self.app.queue.save_nodes([changed])
+        await self.app.control.refresh()
+        return changed
 
     # --- time and draining ---------------------------------------------------------------
 

@@ -32,6 +32,9 @@ class MailqueueOptions:
       ``"queue"`` (accept and hold), ``"tempfail"`` (451) or ``"reject"`` (554).
     - ``max_message_size``, ``max_recipients``, ``max_messages``: front-end limits
       (sizes take ``"512KiB"`` or a number of bytes).
+    - ``nodes``: store name → how many mailbox nodes it is sharded over, e.g.
+      ``{"basic": 3}`` (nodes ``basic-1`` … ``basic-3``); a test then takes one down with
+      ``node_down(store, n)`` and brings it back with ``node_up(store, n)``.
     - ``config``: any further settings, as the TOML sections would hold them, e.g.
       ``{"queue": {"max_lifetime": "2d"}, "delivery": {"concurrency": 1}}``.
     """
@@ -44,6 +47,7 @@ class MailqueueOptions:
     max_recipients: int = 100
     max_messages: int = 1_000_000
     hostname: str = "mailqueue.test"
+    nodes: Mapping[str, int] | None = None
     config: Mapping[str, Any] | None = None
 
     @classmethod

@@ -39,7 +39,8 @@ except ImportError:  # pragma: no cover - exercised only where pytest-asyncio is
     pytest_asyncio = None  # type: ignore[assignment]
 
 MARKER = ("mailqueue(stores=None, domains=('example.com',), mailboxes=None, inbound='queue', "
-          "max_message_size='10MiB', max_recipients=100, max_messages=1000000, config=None): "
+          "max_message_size='10MiB', max_recipients=100, max_messages=1000000, nodes=None, "
+          "config=None): "
           "configure the mailqueue fixtures of this test")
 
 AsyncFactory = Callable[..., Awaitable["AsyncMailqueue"]]
@@ -104,7 +105,8 @@ def mailqueue_sync_factory(mailqueue_options: MailqueueOptions,
         from mailqueue.testing.threaded import Mailqueue
 
         options = _options(mailqueue_options, overrides)
-        instance = Mailqueue(_config(options, dirs.next()), inbound=options.inbound)
+        instance = Mailqueue(_config(options, dirs.next()), inbound=options.inbound,
+                             nodes=options.nodes)
         instance.start()
         started.append(instance)
         return instance
@@ -141,7 +143,8 @@ async def _async_factory(options: MailqueueOptions,
         from mailqueue.testing.harness import AsyncMailqueue
 
         chosen = _options(options, overrides)
-        instance = AsyncMailqueue(_config(chosen, dirs.next()), inbound=chosen.inbound)
+        instance = AsyncMailqueue(_config(chosen, dirs.next()), inbound=chosen.inbound,
+                                  nodes=chosen.nodes)
         await instance.start()
         started.append(instance)
         return instance

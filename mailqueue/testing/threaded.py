@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mailqueue.config import Config
+from mailqueue.nodes import NodeState
 from mailqueue.queue.models import QueueStats
 from mailqueue.testing.harness import STOP_TIMEOUT, AsyncMailqueue, read_mailbox
 from mailqueue.testing.ledger import Ledger
@@ -41,8 +42,10 @@ class Mailqueue:
     client) drives it without ``await``.
     """
 
-    def __init__(self, config: Config, *, inbound: str = "queue") -> None:
+    def __init__(self, config: Config, *, inbound: str = "queue",
+                 nodes: Mapping[str, int] | None = None) -> None:
         self.config = config
+        self._nodes = nodes
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="mailqueue-loop", daemon=True)
@@ -79,7 +82,7 @@ class Mailqueue:
         self._thread.start()
 
         async def build() -> AsyncMailqueue:
-            inner = AsyncMailqueue(self.config, inbound=self._inbound)
+            inner = AsyncMailqueue(self.config, inbound=self._inbound, nodes=self._nodes)
             await inner.start()
             return inner
 
@@ -128,6 +131,18 @@ class Mailqueue:
                       until: datetime | None = None, name: str = "maintenance") -> Window:
         """Push the planned end of ``name`` by ``by``, or to ``until``."""
         return self._call(self.inner.extend_window(by, until=until, name=name))
+
+    def node_of(self, address: str) -> int:
+        """The node (1-based) of its store that ``address``'s mailbox lives on."""
+        return self.inner.node_of(address)
+
+    def node_down(self, store: str, node: int) -> NodeState:
+        """Take node ``node`` (1-based) of ``store`` down: its deliveries fail temporarily."""
+        return self._call(self.inner.node_down(store, node))
+
+    def node_up(self, store: str, node: int) -> NodeState:
+        """Bring node ``node`` (1-based) of ``store`` back up."""
+        return self._call(self.inner.node_up(store, node))
 
     def advance(self, span: timedelta | float) -> None:
         """Move mail time forward (on the loop's thread: the clock wakes its waiters)."""

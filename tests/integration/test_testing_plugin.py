@@ -301,3 +301,65 @@ def test_wider_default_fixture_loop_scope(pytester: pytest.Pytester) -> None:
     result = run(pytester, "asyncio_mode = strict", "-o",
                  "asyncio_default_fixture_loop_scope=session")
     result.assert_outcomes(passed=1)
+
+
+NODES = '''
+import smtplib
+import time
+from datetime import timedelta
+
+import pytest
+
+
+def deferred(entries):
+    return [r.last_error for e in entries for r in e.recipients if r.last_error]
+
+
+@pytest.mark.mailqueue(nodes={"mail": 3})
+def test_sync_node_down_then_up(mailqueue_sync):
+    mq = mailqueue_sync
+    node = mq.node_of("alice@example.com")
+    assert mq.node_down("mail", node).mode == "down"
+    with smtplib.SMTP(mq.host, mq.port) as smtp:
+        smtp.sendmail("a@src.test", ["alice@example.com"], "Subject: n\\r\\n\\r\\nn\\r\\n")
+    deadline = time.monotonic() + 10
+    while not deferred(mq.ledger().entries):
+        assert time.monotonic() < deadline, "no delivery was attempted"
+        time.sleep(0.05)
+    assert "is down" in deferred(mq.ledger().entries)[0]
+    assert mq.mailbox("alice@example.com").messages() == []
+    mq.node_up("mail", node)
+    mq.advance(timedelta(minutes=2))
+    mq.drained()
+    assert len(mq.mailbox("alice@example.com").messages()) == 1
+    mq.ledger().assert_no_loss()
+
+
+@pytest.mark.mailqueue(nodes={"mail": 2})
+async def test_async_node_down_then_up(mailqueue):
+    import asyncio
+    import aiosmtplib
+
+    node = mailqueue.node_of("bob@example.com")
+    await mailqueue.node_down("mail", node)
+    await aiosmtplib.send("Subject: n\\r\\n\\r\\nn\\r\\n", sender="a@src.test",
+                          recipients=["bob@example.com"], hostname=mailqueue.host,
+                          port=mailqueue.port)
+    while not deferred((await mailqueue.ledger()).entries):
+        await asyncio.sleep(0.05)
+    await mailqueue.node_up("mail", node)
+    mailqueue.advance(timedelta(minutes=2))
+    await mailqueue.drained()
+    assert len(await mailqueue.mailbox("bob@example.com").messages()) == 1
+
+
+def test_store_without_nodes(mailqueue_sync):
+    with pytest.raises(ValueError, match="has no nodes"):
+        mailqueue_sync.node_down("mail", 1)
+'''
+
+
+def test_node_down_and_up(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_nodes=NODES)
+    result = run(pytester, "asyncio_mode = auto")
+    result.assert_outcomes(passed=3)
