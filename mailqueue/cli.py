@@ -30,7 +30,7 @@ def cli() -> None:
 
 # --- serve --------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Run the SMTP front end and delivery worker.")
 @config_option
 @click.option("--role", type=click.Choice(["all", "smtp", "worker"]), default="all",
               show_default=True, help="Run the SMTP front end, the delivery worker, or both.")
@@ -123,7 +123,7 @@ def _until(until: str | None, duration: str | None, now: float, zone: str | None
     return None
 
 
-@window.command("start")
+@window.command("start", short_help="Start window NAME now.")
 @config_option
 @click.argument("name")
 @click.option("--until", metavar="TIME", help="New end: RFC 3339, 'now+...' as +2h, or local "
@@ -131,7 +131,7 @@ def _until(until: str | None, duration: str | None, now: float, zone: str | None
 @click.option("--for", "duration", metavar="DURATION", help="End after this long (48h, 2d).")
 @click.option("--stores", metavar="A,B", help="Stores a new window covers (default: all).")
 @click.option("--inbound", type=click.Choice([i.value for i in Inbound]),
-              help="Policy for new mail (new window; default queue).")
+              help="Policy for new mail in a new window (default: queue).")
 @click.option("--timezone", metavar="ZONE", help="IANA zone for local times (America/Chicago).")
 def window_start(config_path: str | None, name: str, until: str | None, duration: str | None,
                  stores: str | None, inbound: str | None, timezone: str | None) -> None:
@@ -202,9 +202,10 @@ def window_end(config_path: str | None, name: str, wait: bool, wait_limit: str |
 @window.command("extend")
 @config_option
 @click.argument("name")
-@click.option("--until", metavar="TIME", help="New planned end.")
+@click.option("--until", metavar="TIME", help="New planned end: RFC 3339, 'now+...' as +2h, "
+              "or local time with --timezone.")
 @click.option("--by", "duration", metavar="DURATION", help="Push the planned end by this long.")
-@click.option("--timezone", metavar="ZONE", help="IANA zone for a local --until time.")
+@click.option("--timezone", metavar="ZONE", help="IANA zone for a local --until time (America/Chicago).")
 def window_extend(config_path: str | None, name: str, until: str | None, duration: str | None,
                   timezone: str | None) -> None:
     """Move the planned end of window NAME."""
@@ -267,19 +268,21 @@ cli.add_command(verify)
 
 # --- rehearse -----------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(short_help="Replay a scenario file; write a report.")
 @click.argument("scenario", metavar="SCENARIO")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True),
               help="Simulated seconds per real second (default: the scenario's).")
 @click.option("--seed", type=int, help="Seed for traffic and node faults (default: the "
               "scenario's).")
-@click.option("--out", metavar="DIR", help="Report directory (default var/rehearsal/NAME).")
+@click.option("--out", metavar="DIR", help="Report directory (default: var/rehearsal/NAME).")
 @click.option("--workdir", metavar="DIR", help="Keep the queue and Maildirs here (default: a "
               "temporary directory, removed after).")
 @click.option("--keep", is_flag=True, help="Keep the temporary work directory.")
 def rehearse(scenario: str, speed: float | None, seed: int | None, out: str | None,
              workdir: str | None, keep: bool) -> None:
-    """Replay SCENARIO (a TOML file) over real SMTP on a scaled clock; write a report."""
+    """Replay SCENARIO (a TOML file) over real SMTP on a scaled clock; write a report.
+
+    Needs no config file: the scenario describes the server, its stores and its traffic."""
     from mailqueue.rehearsal.command import rehearse as run
 
     sys.exit(run(scenario, speed, seed, out, workdir, keep))

@@ -6,13 +6,10 @@ import asyncio
 
 import click
 
+from mailqueue.cli_common import config_option
 from mailqueue.config import load_config
 from mailqueue.queue import migrate
 from mailqueue.queue.sqlstore import SqlQueueStore
-
-_config = click.option("-c", "--config", "config_path", metavar="FILE",
-                       envvar="MAILQUEUE_CONFIG",
-                       help="Config file (TOML). Default: $MAILQUEUE_CONFIG.")
 
 
 @click.group()
@@ -20,8 +17,8 @@ def db() -> None:
     """The queue database's schema: status and upgrade."""
 
 
-@db.command("upgrade")
-@_config
+@db.command("upgrade", short_help="Migrate the schema to this version's.")
+@config_option
 def db_upgrade(config_path: str | None) -> None:
     """Migrate the queue database to this version's schema (safe to repeat)."""
     store = SqlQueueStore(load_config(config_path).queue.url)
@@ -33,8 +30,8 @@ def db_upgrade(config_path: str | None) -> None:
                    f"to {after}")
 
 
-@db.command("status")
-@_config
+@db.command("status", short_help="Show the schema revision, and the needed one.")
+@config_option
 def db_status(config_path: str | None) -> None:
     """Show the database's schema revision and the one this version needs."""
     store = SqlQueueStore(load_config(config_path).queue.url)

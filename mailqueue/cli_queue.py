@@ -62,7 +62,7 @@ def _due(ts: float, now: float) -> str:
 
 # --- list ---------------------------------------------------------------------------------
 
-@queue.command("list")
+@queue.command("list", short_help="List queued messages and their recipients.")
 @config_option
 @click.option("--state", "states", multiple=True,
               type=click.Choice([s.value for s in RecipientState]),

@@ -17,7 +17,7 @@ from mailqueue.queue.models import QueueStore
 from mailqueue.timeparse import parse_duration
 
 
-@click.group()
+@click.group(short_help="Mailbox nodes: list, set up/down/slow/flaky.")
 def node() -> None:
     """Mailbox nodes: list their states, set one up, down, slow or flaky."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from sqlalchemy.engine import make_url
 
+from mailqueue.cli_common import config_option
 from mailqueue.config import Config, load_config
 from mailqueue.errors import QueueError
 from mailqueue.queue.models import LedgerEntry
@@ -50,8 +51,7 @@ def _echo_json(data: object) -> None:
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", metavar="FILE", envvar="MAILQUEUE_CONFIG",
-              help="Config file (TOML). Default: $MAILQUEUE_CONFIG.")
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--snapshot", "snapshot", metavar="FILE", type=click.Path(dir_okay=False,
               path_type=Path), help="Write a manifest of the mailbox files and digests.")
