@@ -16,7 +16,7 @@ from mailqueue.cli_queue import queue as queue_group
 from mailqueue.clock import SystemClock
 from mailqueue.errors import MailqueueError, WindowError
 from mailqueue.logs import configure_logging
-from mailqueue.queue.models import QueueStore
+from mailqueue.queue.models import ControlState
 from mailqueue.timeparse import format_duration, format_time, parse_duration, parse_time
 from mailqueue.verify.command import verify
 from mailqueue.windows import Inbound, Window
@@ -146,7 +146,7 @@ def window_start(config_path: str | None, name: str, until: str | None, duration
             raise click.UsageError(f"--stores: unknown store {store!r} (known: "
                                    f"{', '.join(known)})")
 
-    async def action(queue: QueueStore) -> Window:
+    async def action(queue: ControlState) -> Window:
         current = _find(await queue.windows(), name)
         if current is None:
             if end is None:
@@ -181,7 +181,7 @@ def window_end(config_path: str | None, name: str, wait: bool, wait_limit: str |
     if limit is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait")
 
-    async def action(queue: QueueStore) -> Window:
+    async def action(queue: ControlState) -> Window:
         ended = _require(await queue.windows(), name).ended_now(now)
         await queue.save_window(ended)
         return ended
@@ -205,7 +205,8 @@ def window_end(config_path: str | None, name: str, wait: bool, wait_limit: str |
 @click.option("--until", metavar="TIME", help="New planned end: RFC 3339, 'now+...' as +2h, "
               "or local time with --timezone.")
 @click.option("--by", "duration", metavar="DURATION", help="Push the planned end by this long.")
-@click.option("--timezone", metavar="ZONE", help="IANA zone for a local --until time (America/Chicago).")
+@click.option("--timezone", metavar="ZONE",
+              help="IANA zone for a local --until time (America/Chicago).")
 def window_extend(config_path: str | None, name: str, until: str | None, duration: str | None,
                   timezone: str | None) -> None:
     """Move the planned end of window NAME."""
@@ -214,7 +215,7 @@ def window_extend(config_path: str | None, name: str, until: str | None, duratio
     if not until and not duration:
         raise click.UsageError("give --until TIME or --by DURATION")
 
-    async def action(queue: QueueStore) -> Window:
+    async def action(queue: ControlState) -> Window:
         current = _require(await queue.windows(), name)
         zone = timezone or current.timezone
         if until and duration:
@@ -237,7 +238,7 @@ def window_cancel(config_path: str | None, name: str) -> None:
     config = load(config_path)
     now = SystemClock().now()
 
-    async def action(queue: QueueStore) -> Window:
+    async def action(queue: ControlState) -> Window:
         cancelled = _require(await queue.windows(), name).cancelled(now)
         await queue.save_window(cancelled)
         return cancelled

@@ -18,7 +18,7 @@ from mailqueue.clock import Clock
 from mailqueue.config import WindowConfig
 from mailqueue.errors import QueueError
 from mailqueue.nodes import NodeState
-from mailqueue.queue.models import QueueStore
+from mailqueue.queue.models import ControlState
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 log = structlog.get_logger("mailqueue.windows")
@@ -32,7 +32,7 @@ def window_from_config(config: WindowConfig) -> Window:
                   end=config.end_ts, inbound=Inbound(config.inbound), timezone=config.timezone)
 
 
-async def seed_windows(store: QueueStore, configs: Sequence[WindowConfig]) -> None:
+async def seed_windows(store: ControlState, configs: Sequence[WindowConfig]) -> None:
     """Add configured windows the database does not know yet (runtime changes win)."""
     for config in configs:
         await store.add_window_if_absent(window_from_config(config))
@@ -41,7 +41,7 @@ async def seed_windows(store: QueueStore, configs: Sequence[WindowConfig]) -> No
 class ControlPlane:
     """The current :class:`WindowSet`, kept in step with the database."""
 
-    def __init__(self, store: QueueStore, clock: Clock, stores: Sequence[str],
+    def __init__(self, store: ControlState, clock: Clock, stores: Sequence[str],
                  interval: float = 0.5) -> None:
         self._store = store
         self._clock = clock

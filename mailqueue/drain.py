@@ -22,7 +22,7 @@ from rich.progress import (
 )
 
 from mailqueue.queue.admin import DrainProgress
-from mailqueue.queue.models import QueueStore
+from mailqueue.queue.models import QueueAdmin
 from mailqueue.timeparse import format_duration
 
 
@@ -56,7 +56,7 @@ def _eta(progress: DrainProgress, rate: float) -> str:
     return f"ETA {format_duration(progress.remaining / rate)}" if rate > 0 else "ETA -"
 
 
-async def watch_drain(queue: QueueStore, stores: Sequence[str], since: float,
+async def watch_drain(queue: QueueAdmin, stores: Sequence[str], since: float,
                       console: Console | None = None, poll: float = 0.5,
                       limit: float | None = None) -> DrainSummary:
     """Show progress until no recipient of ``stores`` is queued or active (or ``limit``

@@ -13,7 +13,7 @@ import click
 from mailqueue.cli_common import config_option, in_queue, load
 from mailqueue.clock import SystemClock
 from mailqueue.nodes import NodeMode, NodeState
-from mailqueue.queue.models import QueueStore
+from mailqueue.queue.models import ControlState
 from mailqueue.timeparse import parse_duration
 
 
@@ -61,7 +61,7 @@ def node_set(config_path: str | None, name: str, mode: str, latency: str,
     if mode == "flaky" and not (failure_rate or fail_next):
         raise click.UsageError("a flaky node needs --failure-rate or --fail-next")
 
-    async def action(queue: QueueStore) -> NodeState:
+    async def action(queue: ControlState) -> NodeState:
         current = next((n for n in await queue.nodes() if n.name == name), None) or \
             NodeState(name=name, store=store)
         changed = current.changed(NodeMode(mode), SystemClock().now(),

@@ -23,7 +23,7 @@ from mailqueue.delivery.retry import RetryPolicy
 from mailqueue.dsn import Notifier
 from mailqueue.errors import QueueError
 from mailqueue.queue.admin import BouncedRecipient, PendingRecipient
-from mailqueue.queue.models import QueueStore, RecipientState
+from mailqueue.queue.models import QueueAdmin, RecipientState
 from mailqueue.timeparse import format_duration
 from mailqueue.windows import WindowSet
 
@@ -33,7 +33,7 @@ log = structlog.get_logger("mailqueue.expiry")
 class ExpirySweeper:
     """Bounces recipients past ``max_lifetime``; optionally warns about delayed ones."""
 
-    def __init__(self, queue: QueueStore, clock: Clock, retry: RetryPolicy,
+    def __init__(self, queue: QueueAdmin, clock: Clock, retry: RetryPolicy,
                  windows: Callable[[], WindowSet], notifier: Notifier,
                  delay_warning: float = 0.0, interval: float = 30.0, batch: int = 500,
                  on_expired: Callable[[Sequence[BouncedRecipient]], None] | None = None,

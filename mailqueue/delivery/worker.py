@@ -26,7 +26,7 @@ from mailqueue.delivery.retry import Bounce, RetryPolicy
 from mailqueue.errors import PermanentDeliveryError, QueueError, TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
 from mailqueue.queue.admin import BouncedRecipient, Notify
-from mailqueue.queue.models import Claim, QueueStore, Settlement
+from mailqueue.queue.models import Claim, MessageQueue, Settlement
 from mailqueue.windows import WindowSet
 
 log = structlog.get_logger("mailqueue.delivery")
@@ -38,7 +38,7 @@ ERROR_BACKOFF_MAX = 30.0
 class DeliveryWorker:
     """Drains the queue into the mailbox stores."""
 
-    def __init__(self, queue: QueueStore, mailboxes: Mapping[str, MailboxStore], clock: Clock,
+    def __init__(self, queue: MessageQueue, mailboxes: Mapping[str, MailboxStore], clock: Clock,
                  config: DeliveryConfig, retry: RetryPolicy,
                  windows: Callable[[], WindowSet], owner: str | None = None,
                  notify: Notify | None = None,

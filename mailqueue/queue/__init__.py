@@ -1,8 +1,14 @@
-"""The durable queue: the :class:`QueueStore` seam and its SQLAlchemy implementation."""
+"""The durable queue: the :class:`QueueStore` seam (the union of :class:`MessageQueue`,
+:class:`ControlState`, :class:`QueueAdmin` and :class:`QueueAudit`) and its SQLAlchemy
+implementation."""
 
 from mailqueue.queue.models import (
     Claim,
+    ControlState,
+    MessageQueue,
     NewMessage,
+    QueueAdmin,
+    QueueAudit,
     QueueStats,
     QueueStore,
     RecipientState,
@@ -17,5 +23,6 @@ def open_store(url: str) -> QueueStore:
     return SqlQueueStore(url)
 
 
-__all__ = ["Claim", "NewMessage", "QueueStats", "QueueStore", "RecipientState",
-           "Settlement", "SqlQueueStore", "new_queue_id", "open_store"]
+__all__ = ["Claim", "ControlState", "MessageQueue", "NewMessage", "QueueAdmin", "QueueAudit",
+           "QueueStats", "QueueStore", "RecipientState", "Settlement", "SqlQueueStore",
+           "new_queue_id", "open_store"]

@@ -15,7 +15,7 @@ import structlog
 
 from mailqueue import faults
 from mailqueue.errors import QueueError
-from mailqueue.queue.models import NewMessage, QueueStore
+from mailqueue.queue.models import MessageQueue, NewMessage
 
 log = structlog.get_logger("mailqueue.queue")
 
@@ -23,7 +23,7 @@ log = structlog.get_logger("mailqueue.queue")
 class GroupCommitter:
     """Batches :meth:`QueueStore.enqueue` calls from many sessions."""
 
-    def __init__(self, store: QueueStore, max_batch: int = 256) -> None:
+    def __init__(self, store: MessageQueue, max_batch: int = 256) -> None:
         self._store = store
         self._max_batch = max_batch
         self._pending: asyncio.Queue[tuple[NewMessage, asyncio.Future[None]]] = asyncio.Queue()

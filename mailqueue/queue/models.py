@@ -145,8 +145,9 @@ class RecipientOutcome:
     last_error: str | None
 
 
-class QueueStore(Protocol):
-    """The durable queue. No caller sees SQL; every method is one short transaction."""
+class MessageQueue(Protocol):
+    """The core seam: accept, lease, settle. No caller sees SQL; every method is one short
+    transaction. The front end (through the group committer) and the worker need only this."""
 
     async def open(self) -> None:
         """Connect; create the schema in an empty database, refuse one at another schema
@@ -179,6 +180,10 @@ class QueueStore(Protocol):
 
     async def stats(self) -> QueueStats: ...
 
+
+class ControlState(Protocol):
+    """Windows and mailbox node states, shared through the queue database by every process."""
+
     async def windows(self) -> list[Window]: ...
 
     async def save_window(self, window: Window, expect_state: str | None = None) -> bool:
@@ -187,11 +192,18 @@ class QueueStore(Protocol):
 
     async def add_window_if_absent(self, window: Window) -> bool: ...
 
-    async def ledger(self) -> list[LedgerEntry]:
-        """Every accepted message with its recipients' states, oldest first."""
+    async def nodes(self) -> list[NodeState]:
+        """Every mailbox node whose state was ever set (absent nodes are up)."""
         ...
 
-    # --- operator verbs (see mailqueue.queue.admin) -----------------------------------
+    async def save_nodes(self, nodes: Sequence[NodeState]) -> None:
+        """Insert or update ``nodes``, in one transaction."""
+        ...
+
+
+class QueueAdmin(Protocol):
+    """Operator verbs (types in :mod:`mailqueue.queue.admin`): inspect, hold, release,
+    retry, delete, bounce and expire; the reports and drain progress built on them."""
 
     async def list_messages(self, query: QueueFilter) -> list[MessageView]:
         """Messages matching ``query``, oldest first, with all their recipients."""
@@ -243,14 +255,19 @@ class QueueStore(Protocol):
         """Recipients of ``stores`` still to go and those settled since ``since``."""
         ...
 
-    async def nodes(self) -> list[NodeState]:
-        """Every mailbox node whose state was ever set (absent nodes are up)."""
-        ...
 
-    async def save_nodes(self, nodes: Sequence[NodeState]) -> None:
-        """Insert or update ``nodes``, in one transaction."""
+class QueueAudit(Protocol):
+    """What the queue remembers of every accepted message, for audits and reports."""
+
+    async def ledger(self) -> list[LedgerEntry]:
+        """Every accepted message with its recipients' states, oldest first."""
         ...
 
     async def outcomes(self) -> list[RecipientOutcome]:
         """Every recipient with its state and times (reports and audits)."""
         ...
+
+
+class QueueStore(MessageQueue, ControlState, QueueAdmin, QueueAudit, Protocol):
+    """The whole durable queue, as :class:`~mailqueue.queue.sqlstore.SqlQueueStore` offers
+    it; a part that needs less takes the narrower protocol."""
