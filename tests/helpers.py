@@ -14,6 +14,7 @@ from typing import Any
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import Clock
 from mailqueue.config import Config, config_from_dict
+from mailqueue.queue.sqlstore import SqlQueueStore
 
 BASIC = "basic.example"
 EXCHANGE = "exchange.example"
@@ -100,3 +101,14 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def opened_store(url: str) -> AsyncIterator[SqlQueueStore]:
+    """A :class:`SqlQueueStore` on ``url``, opened, and closed on the way out."""
+    store = SqlQueueStore(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -16,6 +16,7 @@ from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.windows import Window
+from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0
 
@@ -29,12 +30,8 @@ def new_message(address: str, store: str = "basic", n: int = 0) -> NewMessage:
 
 @pytest.fixture
 async def store(pg_url: str) -> AsyncIterator[SqlQueueStore]:
-    queue = SqlQueueStore(pg_url)
-    await queue.open()
-    try:
+    async with opened_store(pg_url) as queue:
         yield queue
-    finally:
-        await queue.close()
 
 
 def dsn(url: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 from mailqueue.errors import UnknownQueueIdError
 from mailqueue.queue.admin import Action, BouncedRecipient, QueueFilter
 from mailqueue.queue.models import NewMessage, QueueStore, Settlement, new_queue_id
-from mailqueue.queue.sqlstore import SqlQueueStore
+from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0
 
@@ -25,12 +25,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
     else:
         url = str(request.getfixturevalue("pg_url"))
-    queue = SqlQueueStore(url)
-    await queue.open()
-    try:
+    async with opened_store(url) as queue:
         yield queue
-    finally:
-        await queue.close()
 
 
 def new_message(*rcpts: tuple[str, str], now: float = T0, sender: str = "a@src.test",

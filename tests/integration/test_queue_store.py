@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mailqueue.queue.models import NewMessage, QueueStore, Settlement, new_queue_id
-from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.windows import Window
+from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0
 
@@ -26,12 +26,8 @@ def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def store(queue_url: str) -> AsyncIterator[QueueStore]:
-    queue = SqlQueueStore(queue_url)
-    await queue.open()
-    try:
+    async with opened_store(queue_url) as queue:
         yield queue
-    finally:
-        await queue.close()
 
 
 def new_message(*rcpts: tuple[str, str], now: float = T0, body: bytes = b"x") -> NewMessage:

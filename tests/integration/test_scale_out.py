@@ -27,7 +27,7 @@ from mailqueue.queue.models import NewMessage, new_queue_id
 from mailqueue.queue.schema import recipients
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.windows import Window
-from tests.helpers import all_files, message, wait_for
+from tests.helpers import all_files, message, opened_store, wait_for
 from tests.served import free_port
 
 
@@ -112,12 +112,8 @@ def fleet(tmp_path: Path, pg_url: str) -> Iterator[Fleet]:
 
 @pytest.fixture
 async def store(pg_url: str) -> AsyncIterator[SqlQueueStore]:
-    queue = SqlQueueStore(pg_url)
-    await queue.open()
-    try:
+    async with opened_store(pg_url) as queue:
         yield queue
-    finally:
-        await queue.close()
 
 
 def batch(n: int, start: int) -> list[NewMessage]:
