@@ -16,6 +16,7 @@ from mailqueue.cli_queue import queue as queue_group
 from mailqueue.clock import SystemClock
 from mailqueue.errors import MailqueueError, WindowError
 from mailqueue.logs import configure_logging
+from mailqueue.loops import LOOPS
 from mailqueue.queue.models import ControlState
 from mailqueue.timeparse import format_duration, format_time, parse_duration, parse_time
 from mailqueue.verify.command import verify
@@ -36,7 +37,7 @@ def cli() -> None:
               show_default=True, help="Run the SMTP front end, the delivery worker, or both.")
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Override [smtp] port.")
-@click.option("--loop", "loop_choice", type=click.Choice(["auto", "asyncio", "uvloop"]),
+@click.option("--loop", "loop_choice", type=click.Choice(LOOPS),
               default="auto", show_default=True,
               help="Event loop; auto uses uvloop when installed (the 'fast' extra).")
 @click.option("--null", "null_queue", is_flag=True,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -33,11 +32,6 @@ class Clock(Protocol):
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever the clock jumps (manual clocks only)."""
         ...
-
-
-def as_datetime(ts: float) -> datetime:
-    """A POSIX timestamp as an aware UTC datetime."""
-    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 class SystemClock:

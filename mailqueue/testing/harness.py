@@ -97,9 +97,17 @@ class AsyncMailqueue:
         self.default_inbound = Inbound(inbound)
         self.nodes = _node_counts(config, nodes)
         self.app = MailqueueApp(config, clock=self.clock, mailboxes=self._mailboxes())
-        self.host = config.smtp.host
-        self.port = 0
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def host(self) -> str:
+        """Where the SMTP front end listens."""
+        return self.config.smtp.host
+
+    @property
+    def port(self) -> int:
+        """The front end's port (0 until started)."""
+        return self.app.port or 0
 
     def _mailboxes(self) -> dict[str, MailboxStore] | None:
         """Maildir stores, the sharded ones behind their nodes (None: the app's default)."""
@@ -129,7 +137,6 @@ class AsyncMailqueue:
                 self._task.result()  # raises what went wrong
             await self.stop()
             raise TimeoutError(f"mailqueue did not start within {timeout}s")
-        self.port = self.app.port or 0
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop gracefully; cancel what is left after ``timeout`` seconds."""
