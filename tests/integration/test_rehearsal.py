@@ -14,7 +14,7 @@ name = "CI rehearsal"
 timezone = "America/Chicago"
 start = "2019-06-26 16:30"
 end = "2019-06-26 18:30"
-speed = 2400
+speed = 1200  # the extend below has 2 real seconds of margin on a busy machine
 seed = 11
 sample = "5m"
 
@@ -42,7 +42,7 @@ size_max = "8KiB"
 recipients = [0.7, 0.3]
 
 [[events]]
-at = "2019-06-26 17:00"
+at = "2019-06-26 16:50"
 action = "window.extend"
 window = "upgrade"
 until = "2019-06-26 18:00"
