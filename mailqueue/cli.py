@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import signal
 import sys
@@ -346,3 +347,32 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BaseExceptionGroup as group:
+        message = _user_message(group)
+        if message is None:
+            raise
+        click.echo(f"mailqueue: error: {message}", err=True)
+        sys.exit(1)
+
+
+def _user_message(group: BaseExceptionGroup[BaseException]) -> str | None:
+    """The one-line message of a task group's failure a user can act on, if there is one.
+
+    A failed start-up (the SMTP port taken, a Maildir path that cannot be created) ends the
+    app's TaskGroup with an exception group; its first mailqueue or OS error is the cause.
+    """
+    def _leaves(exc: BaseException) -> list[BaseException]:
+        if isinstance(exc, BaseExceptionGroup):
+            return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+        return [exc]
+
+    for leaf in _leaves(group):
+        if isinstance(leaf, MailqueueError):
+            return str(leaf)
+        if isinstance(leaf, OSError):
+            if leaf.errno == errno.EADDRINUSE:
+                return (f"{leaf.strerror or leaf}; free the port or choose another "
+                        "(serve --port, [smtp] port, [admin] port)")
+            where = f": {leaf.filename}" if leaf.filename else ""
+            return f"{leaf.strerror or leaf}{where}"
+    return None

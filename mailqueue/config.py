@@ -94,6 +94,10 @@ class QueueConfig(_Model):
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://",
                                "postgresql+psycopg://")):
             raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://HOST/DB")
+        if url.startswith("sqlite") and not url.startswith("sqlite+aiosqlite:///"):
+            raise ValueError("a SQLite URL has three slashes before a relative path "
+                             "(sqlite+aiosqlite:///var/queue.db) and four before an "
+                             "absolute one (sqlite+aiosqlite:////srv/queue.db)")
         return url
 
 
