@@ -207,6 +207,11 @@ class WindowConfig(_Model):
 
     @model_validator(mode="after")
     def _times(self) -> WindowConfig:
+        for key in ("start", "end"):
+            try:
+                parse_time(getattr(self, key), self.timezone)
+            except TimeParseError as exc:
+                raise ValueError(f"{key}: {exc}") from None
         if self.start_ts >= self.end_ts:
             raise ValueError(f"window {self.name!r}: end must be after start")
         return self
@@ -295,7 +300,8 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors()[:3]:
-        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                      for p in error["loc"]).lstrip(".") or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
