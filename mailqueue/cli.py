@@ -331,6 +331,11 @@ _register()
 cli.add_command(db)
 
 
+# click >= 8.2 raises this for a group called without its command (its message is the help)
+_NO_ARGS_HELP: tuple[type[click.ClickException], ...] = tuple(
+    e for e in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if e is not None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage and domain errors become one line on stderr, never a traceback."""
     try:
@@ -339,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except _NO_ARGS_HELP as exc:
+        click.echo(exc.format_message(), err=True)  # a group without its command: help
+        sys.exit(2)
     except click.ClickException as exc:
         click.echo(f"mailqueue: error: {exc.format_message()}", err=True)
         sys.exit(2)
