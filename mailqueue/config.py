@@ -283,8 +283,9 @@ def load_config(path: str | Path | None = None,
         raise ConfigError(f"{source}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-    _apply_env(data, env, source)
-    return config_from_dict(data, str(source))
+    applied = _apply_env(data, env, source)
+    # an error in an overridden key names the override too, not only the file
+    return config_from_dict(data, " + ".join([str(source), *applied]))
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
@@ -312,9 +313,11 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> None:
+def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> list[str]:
+    """Apply MAILQUEUE_<SECTION>_<KEY> overrides to ``data``; return the names applied."""
     sections = set(Config.model_fields) - {"stores", "windows"}
-    for name, raw in env.items():
+    applied = []
+    for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDES:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
@@ -325,6 +328,8 @@ def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> None:
         if not isinstance(target, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
         target[key] = _env_value(raw)
+        applied.append(name)
+    return applied
 
 
 def _env_value(raw: str) -> Any:
