@@ -110,6 +110,10 @@ class QueueConfig(_Model):
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://",
                                "postgresql+psycopg://")):
             raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://HOST/DB")
+        if url.startswith("sqlite") and not url.startswith("sqlite+aiosqlite:///"):
+            raise ValueError("a SQLite URL has three slashes before a relative path "
+                             "(sqlite+aiosqlite:///var/queue.db) and four before an "
+                             "absolute one (sqlite+aiosqlite:////srv/queue.db)")
         return url
 
 
@@ -198,6 +202,11 @@ class WindowConfig(_Model):
 
     @model_validator(mode="after")
     def _times(self) -> WindowConfig:
+        for key in ("start", "end"):
+            try:
+                parse_time(getattr(self, key), self.timezone)
+            except TimeParseError as exc:
+                raise ValueError(f"{key}: {exc}") from None
         if self.start_ts >= self.end_ts:
             raise ValueError(f"window {self.name!r}: end must be after start")
         return self
@@ -261,8 +270,9 @@ def load_config(path: str | Path | None = None,
         raise ConfigError("no config file: pass -c FILE or set MAILQUEUE_CONFIG")
     source = Path(path)
     data = read_toml(source, "config")
-    _apply_env(data, env, source)
-    return config_from_dict(data, str(source))
+    applied = _apply_env(data, env, source)
+    # an error in an overridden key names the override too, not only the file
+    return config_from_dict(data, " + ".join([str(source), *applied]))
 
 
 def read_toml(source: Path, what: str,
@@ -294,7 +304,8 @@ def describe_errors(exc: ValidationError) -> str:
     """The first three problems as ``key: what is wrong``, for a one-line error."""
     problems = []
     for error in exc.errors()[:3]:
-        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                      for p in error["loc"]).lstrip(".") or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
@@ -305,9 +316,11 @@ def describe_errors(exc: ValidationError) -> str:
     return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> None:
+def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> list[str]:
+    """Apply MAILQUEUE_<SECTION>_<KEY> overrides to ``data``; return the names applied."""
     sections = set(Config.model_fields) - {"stores", "windows"}
-    for name, raw in env.items():
+    applied = []
+    for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDES:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
@@ -318,6 +331,8 @@ def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> None:
         if not isinstance(target, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
         target[key] = _env_value(raw)
+        applied.append(name)
+    return applied
 
 
 def _env_value(raw: str) -> Any:

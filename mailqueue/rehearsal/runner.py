@@ -296,7 +296,7 @@ class Rehearsal:
         if sample is None:
             return
         window = "window active" if sample.held else "no window"
-        line = (f"{self.scenario.time(self._now())}  {self._phase:<10}  {window:<13}  "
+        line = (f"{self.scenario.time(self._now())}  {self._phase:<21}  {window:<13}  "
                 f"queue {sample.depth:>6}  accepted {sample.accepted:>6}  "
                 f"delivered {sample.delivered:>6}")
         self.progress.write(f"\r{line}\x1b[K" if live else f"{line}\n")

@@ -84,7 +84,7 @@ def test_node_event_expands_a_store_to_its_nodes() -> None:
     ([{"at": "2019-06-26 20:00", "action": "node.slow", "store": "basic"}],
      "node.slow needs latency"),
     ([{"at": "2019-06-26 20:00", "action": "traffic"}], "needs rate or factor"),
-    ([{"at": "2019-06-26 20:00", "action": "explode"}], "events.0.action"),
+    ([{"at": "2019-06-26 20:00", "action": "explode"}], "events[0].action"),
     ([{"at": "yesterday"}], "not a time: 'yesterday'"),
 ])
 def test_bad_events_name_what_to_fix(events: list[dict[str, Any]], expected: str) -> None:
