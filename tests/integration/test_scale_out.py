@@ -175,7 +175,12 @@ async def test_workers_drain_one_queue_exactly_once(fleet: Fleet, store: SqlQueu
 
     async def drained() -> bool:
         return (await store.stats()).recipients["delivered"] == 750
-    await wait_for(drained, timeout=40, interval=0.2)
+    try:
+        await wait_for(drained, timeout=90, interval=0.2)
+    except AssertionError:
+        survivors = "".join(fleet.logs(p)[-2000:] for p in workers[1:])
+        raise AssertionError(f"not drained: {(await store.stats()).recipients}\n"
+                             f"{survivors}") from None
 
     files = all_files(tmp_path / "mail")
     assert len(files) == len({f.name for f in files}) == 750  # each message once
