@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiosmtplib
@@ -142,8 +142,10 @@ async def attempts(store: SqlQueueStore) -> dict[int, tuple[str, int]]:
         return {r.id: (r.state, r.attempts) for r in rows}
 
 
-async def freeze_with_leases(store: SqlQueueStore, proc: subprocess.Popen[bytes]) -> list[int]:
-    """Stop ``proc`` at a moment it holds leases; return them."""
+async def freeze_with_leases(store: SqlQueueStore, proc: subprocess.Popen[bytes],
+                             refill: Callable[[], Awaitable[None]]) -> list[int]:
+    """Stop ``proc`` at a moment it holds leases; return them. When the other workers have
+    drained the queue before that moment came, ``refill`` gives it more mail to claim."""
     for _ in range(200):
         os.kill(proc.pid, signal.SIGSTOP)
         await asyncio.sleep(0.2)  # what it sent before it stopped has been committed
@@ -151,6 +153,8 @@ async def freeze_with_leases(store: SqlQueueStore, proc: subprocess.Popen[bytes]
         if held:
             return held
         os.kill(proc.pid, signal.SIGCONT)
+        if (await store.stats()).recipients["queued"] == 0:
+            await refill()
         await asyncio.sleep(0.01)
     raise AssertionError("the worker never held a lease")
 
@@ -168,13 +172,20 @@ async def test_workers_drain_one_queue_exactly_once(fleet: Fleet, store: SqlQueu
     # More mail arrives while they drain (NOTIFY wakes them; polling would too).
     for n in range(3):
         await store.enqueue(batch(50, 600 + n * 50))
+    total = 750
+
+    async def refill() -> None:
+        nonlocal total
+        await store.enqueue(batch(50, total))
+        total += 50
+
     victim = workers[0]
-    held = await freeze_with_leases(store, victim)
+    held = await freeze_with_leases(store, victim, refill)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(10)
 
     async def drained() -> bool:
-        return (await store.stats()).recipients["delivered"] == 750
+        return (await store.stats()).recipients["delivered"] == total
     try:
         await wait_for(drained, timeout=90, interval=0.2)
     except AssertionError:
@@ -183,7 +194,7 @@ async def test_workers_drain_one_queue_exactly_once(fleet: Fleet, store: SqlQueu
                              f"{survivors}") from None
 
     files = all_files(tmp_path / "mail")
-    assert len(files) == len({f.name for f in files}) == 750  # each message once
+    assert len(files) == len({f.name for f in files}) == total  # each message once
     final = await attempts(store)
     assert {state for state, _ in final.values()} == {"delivered"}
     # Every claim counts an attempt: a recipient claimed by two live workers would show 2.
