@@ -36,8 +36,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import load_test  # noqa: E402
 
 CONFIG = HERE / "bench.toml"
-ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR",
-                             ROOT.parent.parent / "shared/bench/postfix-anchor.sh"))
+# The anchor script sits in a ``shared/bench`` folder beside the checkout (or beside the
+# folder holding it, for a worktree); POSTFIX_ANCHOR names another place.
+ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR") or next(
+    (p for p in (base / "shared/bench/postfix-anchor.sh" for base in ROOT.parents[:2])
+     if p.exists()), ROOT.parent / "shared/bench/postfix-anchor.sh"))
 _ANCHOR_RE = re.compile(r"postfix accept: (\d+) msg/s .* drain: (\d+) msg/s .*delivered=(\d+)")
 
 

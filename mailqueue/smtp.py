@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import Any, AnyStr
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
+from mailqueue import smtpdata
 from mailqueue.clock import Clock
 from mailqueue.config import SmtpConfig
 from mailqueue.errors import QueueError, QueueFullError
@@ -212,6 +213,44 @@ class MailqueueSMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
         return True
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the data read in blocks (see :mod:`mailqueue.smtpdata`)."""
+        if self._decode_data or not smtpdata.supported(self._reader):
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            result = await smtpdata.read_data(self._reader, self.data_size_limit,
+                                              self.line_length_limit)
+        except asyncio.CancelledError:
+            # The connection went away during the data: nothing was accepted.
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:
+            self._writer.close()
+            return
+        if result.state is smtpdata.DataState.TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+        elif result.state is smtpdata.DataState.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+        if result.state is not smtpdata.DataState.NOMINAL:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = result.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: str) -> None:
