@@ -88,5 +88,16 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
 
 
 def _too_long(data: bytearray, line_limit: int) -> bool:
-    """Whether a line of ``data`` (with its CRLF) is longer than ``line_limit`` bytes."""
-    return max(map(len, data.split(_LINE_END))) + 2 > line_limit
+    """Whether a line of ``data`` (with its CRLF) is longer than ``line_limit`` bytes.
+
+    Each step jumps to the last line end within ``line_limit`` bytes, so a message of short
+    lines costs a few searches, not one per line; a step that finds none has found a line
+    that is too long (or, at the end of the data, an unfinished one longer than allowed).
+    """
+    pos, size, longest = 0, len(data), line_limit - len(_LINE_END)
+    while size - pos > longest:
+        found = data.rfind(_LINE_END, pos, pos + line_limit)
+        if found < 0:
+            return True
+        pos = found + len(_LINE_END)
+    return False

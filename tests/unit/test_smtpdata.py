@@ -97,3 +97,14 @@ def test_the_stream_ending_before_the_terminator_raises() -> None:
     except asyncio.IncompleteReadError:
         return
     raise AssertionError("no IncompleteReadError")
+
+
+@given(st.lists(st.integers(0, 60), max_size=8), st.booleans())
+def test_the_line_length_check_finds_exactly_the_long_lines(lengths: list[int], open_end: bool
+                                                            ) -> None:
+    from mailqueue.smtpdata import _too_long
+
+    data = bytearray(b"".join(b"x" * n + b"\r\n" for n in lengths))
+    if open_end and lengths:
+        del data[-2:]  # an unfinished last line
+    assert _too_long(data, LINE_LIMIT) == any(n + 2 > LINE_LIMIT for n in lengths)
