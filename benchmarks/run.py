@@ -53,10 +53,24 @@ def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
     return time.perf_counter() - start
 
 
+def settle(args: argparse.Namespace) -> None:
+    """Let the disk go quiet before a measured phase.
+
+    Deleting a run's files leaves the kernel work behind (journal commits, discards on this
+    ``discard``-mounted disk), and whichever phase runs next paid for it: the same drain
+    took 300 or 1,000 us of kernel time per message depending on what ran before it. So
+    every phase starts after a sync and a pause, and the runs' files are deleted only at the
+    end (see :func:`main`).
+    """
+    os.sync()
+    time.sleep(args.settle)
+
+
 def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> dict[str, Any]:
     """The anchor's smtp-source line against a spawned mailqueue; for a durable server,
     inside a window that is then ended, timing the drain into Maildir."""
-    workdir = Path(tempfile.mkdtemp(prefix="mq-bench-"))
+    settle(args)
+    workdir = Path(tempfile.mkdtemp(prefix="mq-bench-", dir=args.scratch))
     config = load_test.spawn_config(CONFIG, workdir)
     server = load_test.Server(config, workdir, null, loop)
     try:
@@ -80,13 +94,14 @@ def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> di
         return result
     finally:
         server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def load_script(*extra: str) -> dict[str, Any]:
+def load_script(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    settle(args)
     out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--spawn", "-c",
-                          str(CONFIG), "--json", "--no-progress", *extra],
-                         capture_output=True, text=True, timeout=900, check=False)
+                          str(CONFIG), "--json", "--no-progress", "--keep", *extra],
+                         capture_output=True, text=True, timeout=900, check=False,
+                         env={**os.environ, "TMPDIR": str(args.scratch)})
     if not out.stdout.strip():
         raise SystemExit(f"load_test.py failed: {out.stderr[-500:]}")
     return dict(json.loads(out.stdout))
@@ -95,8 +110,13 @@ def load_script(*extra: str) -> dict[str, Any]:
 def postfix(args: argparse.Namespace) -> dict[str, Any] | None:
     if not args.postfix:
         return None
+    settle(args)
+    # A fresh PF_BASE per round: the script then has no earlier Maildirs to delete.
+    base = tempfile.mkdtemp(prefix="pf-", dir=args.scratch)
+    os.chmod(base, 0o755)  # Postfix's virtual agent runs as another user
     out = subprocess.run(["bash", str(ANCHOR), str(args.messages), str(args.sessions),
-                          str(args.size)], capture_output=True, text=True, timeout=900)
+                          str(args.size)], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PF_BASE": base})
     match = _ANCHOR_RE.search(out.stdout)
     if match is None:
         print(f"postfix anchor failed: {out.stdout[-300:]} {out.stderr[-300:]}",
@@ -111,9 +131,9 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
     for loop in args.loops:
         row[f"null/{loop}"] = mailqueue_smtp_source(loop, True, args)
         row[f"durable/{loop}"] = mailqueue_smtp_source(loop, False, args)
-        row[f"latency/{loop}"] = load_script("--loop", loop, "-n", str(args.latency_messages),
-                                             "-C", "50", "--window")
-        row[f"light/{loop}"] = load_script("--loop", loop, "--rate", "20", "-n", "100",
+        row[f"latency/{loop}"] = load_script(args, "--loop", loop, "-n",
+                                             str(args.latency_messages), "-C", "50", "--window")
+        row[f"light/{loop}"] = load_script(args, "--loop", loop, "--rate", "20", "-n", "100",
                                            "-C", "1")
         print(f"{loop}: " + json.dumps({k: v for k, v in row.items() if loop in k}),
               file=sys.stderr)
@@ -182,13 +202,20 @@ def main() -> int:
     parser.add_argument("--latency-messages", type=int, default=3000)
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument("--postfix", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds of quiet (after a sync) before each measured phase")
     parser.add_argument("--readme", action="store_true", help="replace README.md's table")
     args = parser.parse_args()
     args.loops = [loop for loop in args.loops.split(",") if loop]
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source is missing: run the Postfix anchor once "
                          "(it installs Debian's postfix), or apt-get install postfix")
-    rounds = [one_round(args) for _ in range(args.rounds)]
+    args.scratch = Path(tempfile.mkdtemp(prefix="mq-bench-runs-"))
+    os.chmod(args.scratch, 0o755)
+    try:
+        rounds = [one_round(args) for _ in range(args.rounds)]
+    finally:
+        shutil.rmtree(args.scratch, ignore_errors=True)
     (HERE / "results.json").write_text(json.dumps(rounds, indent=1) + "\n")
     text = table(rounds, args)
     (HERE / "RESULTS.md").write_text(text + "\n")
