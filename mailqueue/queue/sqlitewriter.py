@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import structlog
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,6 +28,8 @@ from mailqueue import faults
 from mailqueue.errors import QueueError
 from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.schema import messages, recipients
+
+log = structlog.get_logger("mailqueue.queue")
 
 
 def configure_sqlite(engine: Engine, busy_timeout: float,
@@ -50,8 +55,19 @@ def configure_sqlite(engine: Engine, busy_timeout: float,
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate(conn) else "BEGIN")
 
 
+# WAL bytes written between two checkpoints: about SQLite's own default of 1,000 pages.
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+_ROW_OVERHEAD = 512  # a message's WAL bytes beyond its body: row, recipient, indexes
+
+
 class SqliteWriter:
-    """Commits ``(message rows, recipient rows)`` batches on a dedicated thread."""
+    """Commits ``(message rows, recipient rows)`` batches on a dedicated thread.
+
+    Checkpoints (copying the WAL back into the database file, with its own fsyncs) run on a
+    second thread. Left to SQLite, the commit that crosses the WAL size limit runs the
+    checkpoint itself, and the sessions waiting for that commit wait for it too: every few
+    hundred messages a 250 took 10 to 60 ms instead of about 4.
+    """
 
     def __init__(self, url: str, busy_timeout: float = 30.0,
                  instrument: Callable[[Engine], None] | None = None) -> None:
@@ -60,6 +76,10 @@ class SqliteWriter:
         self._instrument = instrument
         self._engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: Any = None  # the checkpoint thread's own DBAPI connection
+        self._checkpoint_due = 0  # WAL bytes since the last checkpoint was started
+        self._checkpoint_running = threading.Event()
 
     def open(self) -> None:
         """Create the engine and the thread (the schema must exist already)."""
@@ -68,14 +88,22 @@ class SqliteWriter:
         self._engine = create_engine(self._url, connect_args={
             "timeout": self._busy_timeout, "check_same_thread": False})
         configure_sqlite(self._engine, self._busy_timeout, immediate=lambda _conn: True)
+        event.listen(self._engine, "connect", _no_autocheckpoint)
         if self._instrument is not None:
             self._instrument(self._engine)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="queue-writer")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="queue-checkpoint")
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, thread.shutdown)
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, checkpointer.shutdown)
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -93,18 +121,60 @@ class SqliteWriter:
         assert self._engine is not None
         try:
             with self._engine.begin() as conn:
-                conn.exec_driver_sql(_named_insert(messages.name, tuple(message_rows[0])),
-                                     message_rows)
+                _insert_rows(conn, messages.name, message_rows)
                 faults.hit("enqueue.mid_batch")
-                conn.exec_driver_sql(_named_insert(recipients.name, tuple(recipient_rows[0])),
-                                     recipient_rows)
+                _insert_rows(conn, recipients.name, recipient_rows)
         except (SQLAlchemyError, OSError) as exc:
             raise database_error(exc) from exc
+        self._checkpoint_due += sum(row["size"] + _ROW_OVERHEAD for row in message_rows)
+        if self._checkpoint_due >= CHECKPOINT_BYTES and not self._checkpoint_running.is_set():
+            checkpointer = self._checkpointer
+            if checkpointer is not None:
+                self._checkpoint_due = 0
+                self._checkpoint_running.set()
+                checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never waits for, nor blocks, a writer).
+
+        A failure only leaves the WAL longer; the next checkpoint tries again."""
+        try:
+            if self._checkpoint_conn is None:
+                assert self._engine is not None
+                self._checkpoint_conn = self._engine.raw_connection()
+            self._checkpoint_conn.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            log.warning("queue_checkpoint_failed", error=str(exc))
+        finally:
+            self._checkpoint_running.clear()
+
+
+def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
+# The fewest parameters an SQLite build may cap a statement at (newer builds allow 32766).
+_MAX_VARIABLES = 999
+
+
+def _insert_rows(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (dicts with the same keys) with as few statements as the parameter
+    limit allows.
+
+    Not ``executemany``: sqlite3 releases the GIL around every row's step and must take it
+    back before the next, and while the event loop is busy each of those takes up to the
+    interpreter's switch interval (5 ms). Measured in the server: 24 rows took 4 ms to
+    insert and 0.9 ms to commit. One multi-row statement takes the GIL back once.
+    """
+    columns = tuple(rows[0])
+    per_statement = max(1, _MAX_VARIABLES // len(columns))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        conn.exec_driver_sql(_values_insert(table, columns, len(chunk)),
+                             tuple(row[column] for row in chunk for column in columns))
 
 
 @functools.cache
-def _named_insert(table: str, columns: tuple[str, ...]) -> str:
-    """The INSERT for rows with these keys, in sqlite3's named style: the batch goes to
-    ``executemany`` as it is, without SQLAlchemy compiling and processing every row."""
-    return (f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(':' + column for column in columns)})")
+def _values_insert(table: str, columns: tuple[str, ...], count: int) -> str:
+    values = "(" + ", ".join(["?"] * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([values] * count)}"

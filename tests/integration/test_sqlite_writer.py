@@ -1,0 +1,56 @@
+"""The SQLite enqueue path: multi-row inserts, and checkpoints off the commit path."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from mailqueue.queue import sqlitewriter
+from mailqueue.queue.models import NewMessage, new_queue_id
+from mailqueue.queue.sqlstore import SqlQueueStore
+
+
+def batch(count: int, size: int = 4096) -> list[NewMessage]:
+    now = time.time()
+    return [NewMessage(queue_id=new_queue_id(now), mail_from="s@src.test",
+                       recipients=(("u1@example.test", "vmail"), ("u2@example.test", "vmail")),
+                       body=bytes([65 + i % 26]) * size, received_at=now)
+            for i in range(count)]
+
+
+async def test_a_batch_larger_than_one_statement_is_stored_whole(tmp_path: Path) -> None:
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    await store.open()
+    try:
+        sent = batch(250, size=10)  # 250 x 10 columns: three INSERT statements
+        await store.enqueue(sent)
+    finally:
+        await store.close()
+    db = sqlite3.connect(tmp_path / "q.db")
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (250,)
+    assert db.execute("SELECT count(*) FROM recipients").fetchone() == (500,)
+    stored = dict(db.execute("SELECT queue_id, body FROM messages"))
+    assert all(stored[m.queue_id] == m.body for m in sent)
+
+
+async def test_checkpoints_run_beside_the_writer(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlitewriter, "CHECKPOINT_BYTES", 256 * 1024)
+    path = tmp_path / "q.db"
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{path}")
+    await store.open()
+    try:
+        before = path.stat().st_size
+        for _ in range(10):
+            await store.enqueue(batch(20))  # 10 x 20 x 4 KiB: past the threshold often
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < before + 256 * 1024 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # only a checkpoint writes pages into the main file
+        assert path.stat().st_size >= before + 256 * 1024
+    finally:
+        await store.close()
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM messages").fetchone() == (200,)
