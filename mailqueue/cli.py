@@ -70,6 +70,11 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
             loop.add_signal_handler(sig, app.stop)
         await app.run()
 
+    # The event loop shares the GIL with the queue writer, checkpoint and Maildir threads.
+    # Each time one of them returns from SQLite or a system call it waits for the loop to
+    # let go, up to the switch interval: 5 ms by default, which was most of a group
+    # commit's 3 ms wait. At 0.5 ms durable accepts went from about 2,900 to 3,260 msg/s.
+    sys.setswitchinterval(loops.SERVER_SWITCH_INTERVAL)
     loops.run(main(), loop_choice)
 
 

@@ -29,6 +29,10 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop] 
     return factory
 
 
+# The interpreter's switch interval for a running server (seconds): see cli.serve.
+SERVER_SWITCH_INTERVAL = 0.0005
+
+
 def loop_name(name: str = "auto") -> str:
     """What ``name`` resolves to on this installation: ``uvloop`` or ``asyncio``."""
     return "asyncio" if loop_factory(name) is None else "uvloop"
