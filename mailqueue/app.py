@@ -173,8 +173,13 @@ class MailqueueApp:
         while self.gate.open_connections and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if server is not None:
-            server.close()
             self.gate.close_all()
+            server.close()
+            # The 421s may leave only when the loop next runs (uvloop sends at the end of
+            # an iteration): wait for the sessions to be gone before the process may exit.
+            closing = time.monotonic() + 1.0
+            while self.gate.open_connections and time.monotonic() < closing:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         if worker is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(worker),

@@ -97,10 +97,11 @@ domains = ["basic.example"]
 class Server:
     """``python -m mailqueue serve`` as a subprocess that a drill can kill."""
 
-    def __init__(self, config: Path, port: int, role: str = "all") -> None:
+    def __init__(self, config: Path, port: int, role: str = "all", loop: str = "auto") -> None:
         self.config = config
         self.port = port
         self.role = role
+        self.loop = loop
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, faults: str = "") -> None:
@@ -110,7 +111,8 @@ class Server:
         with open(self.config.parent / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mailqueue", "serve", "-c", str(self.config),
-                 "--role", self.role], stdout=subprocess.DEVNULL, stderr=log, env=env)
+                 "--role", self.role, "--loop", self.loop],
+                stdout=subprocess.DEVNULL, stderr=log, env=env)
 
     @property
     def alive(self) -> bool:

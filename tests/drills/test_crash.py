@@ -7,6 +7,7 @@ its mailboxes exactly once, intact, and nothing is there that was never sent.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,15 @@ async def test_sigterm_under_load(tmp_path: Path) -> None:
     assert in_session <= {"client reply 421"}, report.notes
 
 
-async def test_sigterm_tells_a_session_still_open_at_the_deadline_421(tmp_path: Path) -> None:
+LOOPS = [pytest.param("asyncio"), pytest.param("uvloop", marks=pytest.mark.skipif(
+    importlib.util.find_spec("uvloop") is None, reason="uvloop (the 'fast' extra) missing"))]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+async def test_sigterm_tells_a_session_still_open_at_the_deadline_421(tmp_path: Path,
+                                                                      loop: str) -> None:
     port = free_port()
-    server = Server(write_config(tmp_path, port, grace=1.0), port)
+    server = Server(write_config(tmp_path, port, grace=1.0), port, loop=loop)
     try:
         server.start()
         await server.listening()
@@ -67,5 +74,23 @@ async def test_sigterm_tells_a_session_still_open_at_the_deadline_421(tmp_path: 
         assert await server.terminate() == 0
         assert (await client.reply()).startswith("421 4.3.2")
         await client.close()
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+async def test_an_idle_session_is_told_421_before_it_is_closed(tmp_path: Path,
+                                                              loop: str) -> None:
+    port = free_port()
+    server = Server(write_config(tmp_path, port, timeout=0.5), port, loop=loop)
+    try:
+        server.start()
+        await server.listening()
+        client = await RawSmtp.connect(port)
+        assert (await client.reply()).startswith("220")
+        assert (await client.cmd(b"EHLO idle.test\r\n")).startswith("250")
+        assert (await client.reply(timeout=5)).startswith("421 4.4.2")
+        await client.close()
+        assert await server.terminate() == 0
     finally:
         server.cleanup()
