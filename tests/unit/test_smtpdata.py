@@ -37,7 +37,7 @@ async def run(stream: bytes, cuts: list[int], size_limit: int | None) -> tuple[D
 
     async def feed() -> None:
         start = 0
-        for cut in sorted(set(c % (len(stream) + 1) for c in cuts)) + [len(stream)]:
+        for cut in [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]:
             reader.feed_data(stream[start:cut])
             start = max(start, cut)
             await asyncio.sleep(0)
