@@ -60,7 +60,8 @@ class MailqueueApp:
         self.clock = clock or SystemClock()
         self.queue = queue or SqlQueueStore(config.queue.url)
         self.mailboxes: dict[str, MailboxStore] = mailboxes or {
-            s.name: MaildirStore(s.name, s.path, config.smtp.hostname) for s in config.stores}
+            s.name: MaildirStore(s.name, s.path, config.smtp.hostname, writers=s.writers)
+            for s in config.stores}
         self.run_smtp = run_smtp
         self.run_worker = run_worker
         self.control = ControlPlane(self.queue, self.clock, [s.name for s in config.stores])

@@ -170,6 +170,8 @@ class StoreConfig(_Model):
     path: Path
     domains: list[str] = Field(min_length=1)
     mailboxes: list[str] | None = None
+    # Threads writing this store's copies at once: each copy waits on its own fsync.
+    writers: int = Field(16, ge=1, le=256)
 
     @field_validator("domains")
     @classmethod
