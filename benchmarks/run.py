@@ -133,6 +133,9 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
         row[f"durable/{loop}"] = mailqueue_smtp_source(loop, False, args)
         row[f"latency/{loop}"] = load_script(args, "--loop", loop, "-n",
                                              str(args.latency_messages), "-C", "50", "--window")
+        row[f"paced/{loop}"] = load_script(args, "--loop", loop, "--rate",
+                                           str(args.paced_rate), "-n",
+                                           str(args.latency_messages), "-C", "50", "--window")
         row[f"light/{loop}"] = load_script(args, "--loop", loop, "--rate", "20", "-n", "100",
                                            "-C", "1")
         print(f"{loop}: " + json.dumps({k: v for k, v in row.items() if loop in k}),
@@ -156,15 +159,16 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
     pf_drain = median(rounds, "postfix", "drain_rate")
     lines = [
         "| loop | accept vs Postfix | accept vs `--null` | drain vs Postfix | accept msg/s "
-        "(null / Postfix) | drain msg/s (Postfix) | accept p50 / p99 ms, 50 conns | "
-        "light-load end-to-end p50 / p99 ms | server peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "(null / Postfix) | drain msg/s (Postfix) | accept p50 / p99 ms, 50 conns, "
+        "saturated | same, paced | light-load end-to-end p50 / p99 ms | server peak RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for loop in args.loops:
         acc = median(rounds, f"durable/{loop}", "accept_rate")
         null = median(rounds, f"null/{loop}", "accept_rate")
         drain = median(rounds, f"durable/{loop}", "drain_rate")
         lat = f"latency/{loop}"
+        paced = f"paced/{loop}"
         light = f"light/{loop}"
         lines.append(
             f"| {loop} | {ratio(acc, pf_accept)} | {ratio(acc, null)} | "
@@ -172,13 +176,17 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{fmt(drain)} ({fmt(pf_drain)}) | "
             f"{fmt(median(rounds, lat, 'accept_latency_p50_ms'), 1)} / "
             f"{fmt(median(rounds, lat, 'accept_latency_p99_ms'), 1)} | "
+            f"{fmt(median(rounds, paced, 'accept_latency_p50_ms'), 1)} / "
+            f"{fmt(median(rounds, paced, 'accept_latency_p99_ms'), 1)} | "
             f"{fmt(median(rounds, light, 'e2e_p50_ms'), 1)} / "
             f"{fmt(median(rounds, light, 'e2e_p99_ms'), 1)} | "
             f"{fmt(median(rounds, f'durable/{loop}', 'rss_mb'), 0)} |")
     lines.append("")
     lines.append(f"Medians of {len(rounds)} interleaved round(s); {args.messages:,} messages of "
                  f"{args.size:,} bytes over {args.sessions} sessions (smtp-source -d), "
-                 f"{os.cpu_count()} cores.")
+                 f"{os.cpu_count()} cores. Latency: scripts/load_test.py, "
+                 f"{args.latency_messages:,} messages over 50 connections, as fast as they "
+                 f"go (saturated) or offered at {args.paced_rate:,} msg/s (paced).")
     return "\n".join(lines)
 
 
@@ -201,6 +209,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--latency-messages", type=int, default=3000)
     parser.add_argument("--loops", default="asyncio,uvloop")
+    parser.add_argument("--paced-rate", type=int, default=1000,
+                        help="offered msg/s for the paced latency run")
     parser.add_argument("--postfix", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds of quiet (after a sync) before each measured phase")
