@@ -120,7 +120,7 @@ class QueueConfig(_Model):
 class DeliveryConfig(_Model):
     """The delivery worker."""
 
-    batch_size: int = Field(100, ge=1)
+    batch_size: int = Field(250, ge=1)
     concurrency: int = Field(4, ge=1, le=64)
     lease: Duration = 300.0
     poll_interval: Duration = 1.0

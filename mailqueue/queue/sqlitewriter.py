@@ -79,6 +79,7 @@ class SqliteWriter:
         self._checkpointer: ThreadPoolExecutor | None = None
         self._checkpoint_conn: Any = None  # the checkpoint thread's own DBAPI connection
         self._checkpoint_due = 0  # WAL bytes since the last checkpoint was started
+        self._checkpoint_lock = threading.Lock()
         self._checkpoint_running = threading.Event()
 
     def open(self) -> None:
@@ -88,7 +89,7 @@ class SqliteWriter:
         self._engine = create_engine(self._url, connect_args={
             "timeout": self._busy_timeout, "check_same_thread": False})
         configure_sqlite(self._engine, self._busy_timeout, immediate=lambda _conn: True)
-        event.listen(self._engine, "connect", _no_autocheckpoint)
+        event.listen(self._engine, "connect", no_autocheckpoint)
         if self._instrument is not None:
             self._instrument(self._engine)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="queue-writer")
@@ -126,13 +127,21 @@ class SqliteWriter:
                 _insert_rows(conn, recipients.name, recipient_rows)
         except (SQLAlchemyError, OSError) as exc:
             raise database_error(exc) from exc
-        self._checkpoint_due += sum(row["size"] + _ROW_OVERHEAD for row in message_rows)
-        if self._checkpoint_due >= CHECKPOINT_BYTES and not self._checkpoint_running.is_set():
+        self.wrote(sum(row["size"] + _ROW_OVERHEAD for row in message_rows))
+
+    def wrote(self, size: int) -> None:
+        """Count about ``size`` bytes of WAL written by any of this database's connections
+        (their own automatic checkpoints are off); past CHECKPOINT_BYTES, checkpoint."""
+        with self._checkpoint_lock:
+            self._checkpoint_due += size
+            if self._checkpoint_due < CHECKPOINT_BYTES or self._checkpoint_running.is_set():
+                return
             checkpointer = self._checkpointer
-            if checkpointer is not None:
-                self._checkpoint_due = 0
-                self._checkpoint_running.set()
-                checkpointer.submit(self._checkpoint)
+            if checkpointer is None:
+                return
+            self._checkpoint_due = 0
+            self._checkpoint_running.set()
+        checkpointer.submit(self._checkpoint)
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database (PASSIVE: never waits for, nor blocks, a writer).
@@ -149,7 +158,8 @@ class SqliteWriter:
             self._checkpoint_running.clear()
 
 
-def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+def no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+    """A connection event: leave checkpoints to :class:`SqliteWriter`."""
     dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    event,
     exists,
     func,
     insert,
@@ -51,10 +52,16 @@ from mailqueue.queue.models import (
 )
 from mailqueue.queue.schema import messages, nodes, recipients, windows
 from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages, message_rows, recipient_rows
-from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite
+from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
+
+
+# Rough WAL bytes per claimed and per settled recipient (a settle rewrites the message's
+# page to drop its body), counted towards the next checkpoint.
+_CLAIM_WAL_BYTES = 256
+_SETTLE_WAL_BYTES = 4096
 
 
 class SqlQueueStore(SqlAdminMixin):
@@ -143,6 +150,9 @@ class SqlQueueStore(SqlAdminMixin):
         engine = create_async_engine(self.url, connect_args={"timeout": self._busy_timeout})
         configure_sqlite(engine.sync_engine, self._busy_timeout,
                          immediate=lambda conn: conn.get_execution_options().get(_IMMEDIATE, False))
+        if self._threaded_writer:
+            # Claims and settles too: their checkpoints are the writer's (see wrote()).
+            event.listen(engine.sync_engine, "connect", no_autocheckpoint)
         self._instrument(engine.sync_engine)
         return engine
 
@@ -216,6 +226,7 @@ class SqlQueueStore(SqlAdminMixin):
                 .join(messages, messages.c.queue_id == recipients.c.queue_id)
                 .where(recipients.c.id.in_(claimed))
                 .order_by(recipients.c.queue_id))
+            self._wrote(len(claimed) * _CLAIM_WAL_BYTES)
             return [Claim(recipient_id=r.id, queue_id=r.queue_id, address=r.address,
                           store=r.store, attempts=r.attempts, mail_from=r.mail_from,
                           received_at=r.received_at, helo=r.helo, peer=r.peer,
@@ -268,6 +279,11 @@ class SqlQueueStore(SqlAdminMixin):
                     [{"rid": i, "err": err} for i, err in settlement.bounced])
             await self.record_settlement(conn, settlement, now)
             await self._finish_messages(conn, ids, now)
+        self._wrote(len(ids) * _SETTLE_WAL_BYTES)
+
+    def _wrote(self, size: int) -> None:
+        if self._writer is not None:
+            self._writer.wrote(size)
 
     async def _finish_messages(self, conn: AsyncConnection, recipient_ids: list[int],
                                now: float) -> None:
