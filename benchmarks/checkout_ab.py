@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Server CPU per message and rates for one or more checkouts, run alternately.
+
+For each checkout (a directory holding ``mailqueue/``), spawns ``python -m mailqueue serve``
+from it on a copy of benchmarks/bench.toml, sends ``--messages`` 4 KiB messages with
+Postfix's ``smtp-source`` (50 sessions) and reads the server's user and system CPU time
+from ``/proc``: with ``--null`` storage off, otherwise inside a window that is then ended,
+timing the drain too. CPU per message moves less than rates on a shared machine, so this
+is how a change is compared with the tree before it:
+
+    git worktree add /tmp/before HEAD~1
+    python benchmarks/checkout_ab.py /tmp/before . --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "scripts"))
+
+import load_test  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def quiet(seconds: float) -> None:
+    os.sync()
+    time.sleep(seconds)
+
+
+def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]:
+    workdir = Path(tempfile.mkdtemp(prefix="mq-ab-"))
+    config = load_test.spawn_config(HERE / "bench.toml", workdir)
+    server = load_test.Server(config, workdir, mode == "null", args.loop)
+    cwd = Path.cwd()
+    os.chdir(checkout)  # python -m mailqueue imports the checkout's package
+    try:
+        port = server.start()
+    finally:
+        os.chdir(cwd)
+    assert server.proc is not None
+    pid = server.proc.pid
+    url = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
+    stores = [{"name": "vmail", "path": str(workdir / "mail" / "vmail")}]
+    out: dict[str, float] = {}
+    try:
+        if mode != "null":
+            asyncio.run(load_test.set_window(url, "bench", start=True))
+        quiet(args.settle)
+        before, start = cpu(pid), time.perf_counter()
+        subprocess.run(["smtp-source", "-d", "-s", "50", "-m", str(args.messages), "-l",
+                        "4096", "-f", "sender@src.test", "-t", "u1@example.test",
+                        f"127.0.0.1:{port}"], check=True, timeout=600)
+        wall, after = time.perf_counter() - start, cpu(pid)
+        out.update(accept_rate=args.messages / wall,
+                   accept_user_us=(after[0] - before[0]) / args.messages * 1e6,
+                   accept_sys_us=(after[1] - before[1]) / args.messages * 1e6)
+        if mode != "null":
+            quiet(args.settle)
+            before, start = cpu(pid), time.perf_counter()
+            asyncio.run(load_test.set_window(url, "bench", start=False))
+            count = asyncio.run(load_test.wait_drained(stores, args.messages, 120, None))
+            wall, after = time.perf_counter() - start, cpu(pid)
+            out.update(drain_rate=count / wall,
+                       drain_user_us=(after[0] - before[0]) / args.messages * 1e6,
+                       drain_sys_us=(after[1] - before[1]) / args.messages * 1e6)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkouts", nargs="+", type=Path)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--messages", type=int, default=10000)
+    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    parser.add_argument("--modes", default="null,durable")
+    parser.add_argument("--settle", type=float, default=3.0)
+    args = parser.parse_args()
+    if shutil.which("smtp-source") is None:
+        raise SystemExit("smtp-source is missing: apt-get install postfix")
+    for _ in range(args.rounds):
+        for checkout in args.checkouts:
+            for mode in args.modes.split(","):
+                result: dict[str, Any] = one(checkout.resolve(), mode, args)
+                print(f"{checkout} {mode} " + " ".join(f"{k}={v:.0f}" for k, v in result.items()),
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
