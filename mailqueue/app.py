@@ -108,6 +108,8 @@ class MailqueueApp:
             self.worker.wake()
 
     async def run(self) -> None:
+        if self.run_worker:
+            await self._check_stores()
         await self.queue.open()
         try:
             await seed_windows(self.queue, self.config.windows)
@@ -116,6 +118,17 @@ class MailqueueApp:
             await self._run_tasks()
         finally:
             await self.queue.close()
+
+    async def _check_stores(self) -> None:
+        """Say at start-up which Maildir stores cannot be written, rather than only as
+        deferred deliveries later. Not fatal: a store may well be down during the very
+        maintenance this server queues mail for; its mail waits and is retried."""
+        for name, store in self.mailboxes.items():
+            if isinstance(store, MaildirStore):
+                problem = await asyncio.to_thread(store.check_writable)
+                if problem is not None:
+                    log.warning("store_not_writable", store=name, path=str(store.root),
+                                error=problem)
 
     async def _run_tasks(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -133,7 +146,8 @@ class MailqueueApp:
                 await self.admin.started.wait()
             server = await self._start_smtp() if self.run_smtp else None
             self.ready.set()
-            log.info("server_started", port=self.port, queue=self.queue_url,
+            listening = {"port": self.port} if self.run_smtp else {}  # none: worker only
+            log.info("server_started", **listening, queue=self.queue_url,
                      loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                      stores=",".join(self.mailboxes), worker=self.run_worker)
             await self._stop.wait()

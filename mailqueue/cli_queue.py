@@ -228,14 +228,19 @@ def _ids(ids: tuple[str, ...], every: bool) -> list[str] | None:
     return out
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _report(verb: str, changes: list[Change], ids: list[str] | None, what: str) -> None:
     for c in changes:
-        click.echo(f"{verb} {c.queue_id} {c.address} ({c.before or 'pending'} -> {c.after})")
+        click.echo(f"{verb} {c.queue_id} {c.address} ({c.before or '?'} -> {c.after})")
     touched = {c.queue_id for c in changes}
     for queue_id in dict.fromkeys(ids or ()):
         if queue_id not in touched:
             click.echo(f"unchanged {queue_id}: no {what} recipients")
-    click.echo(f"{verb} {len(changes)} recipients of {len(touched)} messages")
+    click.echo(f"{verb} {_count(len(changes), 'recipient')} of "
+               f"{_count(len(touched), 'message')}")
 
 
 def _action_command(action: Action, verb: str, what: str, doc: str) -> click.Command:
@@ -283,8 +288,8 @@ def queue_delete(config_path: str | None, ids: tuple[str, ...], every: bool) -> 
     changes: list[Change] = in_queue(config, lambda q: q.delete(wanted))
     for c in changes:
         click.echo(f"deleted {c.queue_id} {c.address} (was {c.before})")
-    click.echo(f"deleted {len({c.queue_id for c in changes})} messages "
-               f"({len(changes)} recipients)")
+    click.echo(f"deleted {_count(len({c.queue_id for c in changes}), 'message')} "
+               f"({_count(len(changes), 'recipient')})")
 
 
 @queue.command("bounce")

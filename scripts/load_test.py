@@ -138,7 +138,7 @@ class Server:
         """The SMTP port from the server_started event (0 for a worker-only server)."""
         for line in self.log_path.read_text(errors="replace").splitlines():
             if '"server_started"' in line:
-                return int(json.loads(line)["port"] or 0)
+                return int(json.loads(line).get("port") or 0)
         return None
 
     def log_tail(self) -> str:

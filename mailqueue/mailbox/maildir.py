@@ -82,6 +82,19 @@ class MaildirStore:
         self._pool_lock = threading.Lock()
         self._known: set[Path] = set()  # mailboxes whose tmp/new/cur exist
 
+    def check_writable(self) -> str | None:
+        """Why no Maildir can be written under ``root`` now (None: they can): create it,
+        then write and remove a probe file there."""
+        probe = self.root / f".mailqueue-probe-{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            return str(exc.strerror or exc)
+        return None
+
     def deliver(self, claims: Sequence[Claim]) -> list[DeliveryOutcome]:
         tried = self._map(self._try_one, claims)
         outcomes: list[DeliveryOutcome] = [outcome for outcome, _ in tried]

@@ -248,16 +248,17 @@ class SqlAdminMixin:
         """Give up on the queued and held recipients of ``queue_ids`` now (``exim -Mg``)."""
         async with self._tx(write=True) as conn:
             ids = await _resolve(conn, queue_ids)
-            candidates: list[int] = []
+            before: dict[int, str] = {}  # recipient id -> its state before the bounce
             for chunk in _chunks(ids):
-                candidates += (await conn.execute(
-                    select(recipients.c.id).where(recipients.c.queue_id.in_(chunk),
-                                                  recipients.c.state.in_([_QUEUED, _HELD]))
-                )).scalars()
-            bounced = await self._bounce_in(conn, dict.fromkeys(candidates, reason), now,
+                before.update((r.id, r.state) for r in await conn.execute(
+                    select(recipients.c.id, recipients.c.state)
+                    .where(recipients.c.queue_id.in_(chunk),
+                           recipients.c.state.in_([_QUEUED, _HELD]))))
+            bounced = await self._bounce_in(conn, dict.fromkeys(before, reason), now,
                                             EventKind.BOUNCED, notify)
-            return sorted((Change(b.queue_id, b.address, "", RecipientState.BOUNCED.value)
-                           for b in bounced), key=lambda c: (c.queue_id, c.address))
+            return sorted((Change(b.queue_id, b.address, before.get(b.recipient_id, ""),
+                                  RecipientState.BOUNCED.value) for b in bounced),
+                          key=lambda c: (c.queue_id, c.address))
 
     async def expire(self, reasons: Mapping[int, str], now: float,
                      notify: Notify | None = None) -> list[BouncedRecipient]:

@@ -41,3 +41,4 @@ def test_a_group_without_its_command_prints_its_help() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("Usage: mailqueue window")
+

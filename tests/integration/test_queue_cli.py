@@ -130,7 +130,7 @@ async def test_hold_release_retry_delete(tmp_path: Path) -> None:
         assert f"unchanged {ids[0]}: no queued recipients" in again.stdout
 
         deleted = await run_cli(path, "queue", "delete", ids[2])
-        assert deleted.stdout.splitlines()[-1] == "deleted 1 messages (1 recipients)"
+        assert deleted.stdout.splitlines()[-1] == "deleted 1 message (1 recipient)"
 
         await app.queue.save_window(window.ended_now(SystemClock().now()))
         await app.control.refresh()
@@ -174,7 +174,7 @@ async def test_bounce_sends_dsn_to_local_sender(tmp_path: Path) -> None:
         queue_id = await send(app.port, ["alice@basic.example"], "doomed",
                               sender="carol@exchange.example")
         bounced = await run_cli(path, "queue", "bounce", queue_id, "--reason", "mailbox retired")
-        assert f"bounced {queue_id} alice@basic.example (pending -> bounced)" in bounced.stdout
+        assert f"bounced {queue_id} alice@basic.example (queued -> bounced)" in bounced.stdout
         box = tmp_path / "mail" / "hosted-exchange"
         await wait_for(lambda: app.worker.delivered == 1)
         notice = parse(all_files(box)[0])

@@ -49,3 +49,12 @@ def test_unwritable_store_is_a_temporary_failure(tmp_path: Path) -> None:
     root.write_text("not a directory")
     [outcome] = MaildirStore("basic", root, "mx.test").deliver([claim()])
     assert isinstance(outcome, TemporaryDeliveryError)
+
+
+def test_check_writable_names_the_problem_and_leaves_nothing(tmp_path: Path) -> None:
+    good = MaildirStore("basic", tmp_path / "mail", "mx.test")
+    assert good.check_writable() is None
+    assert list((tmp_path / "mail").iterdir()) == []
+    (tmp_path / "file").write_text("not a directory")
+    bad = MaildirStore("basic", tmp_path / "file" / "mail", "mx.test")
+    assert bad.check_writable() == "Not a directory"
