@@ -121,6 +121,8 @@ class DeliveryConfig(_Model):
     """The delivery worker."""
 
     batch_size: int = Field(250, ge=1)
+    # A claim also stops at this many bytes of bodies (0: no limit): a lane holds them.
+    batch_bytes: Size = 64 * 1024 * 1024
     concurrency: int = Field(4, ge=1, le=64)
     lease: Duration = 300.0
     poll_interval: Duration = 1.0

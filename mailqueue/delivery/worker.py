@@ -118,7 +118,8 @@ class DeliveryWorker:
                 return False
         now = self._clock.now()
         claims = await self._queue.claim(open_stores, limit, self.owner,
-                                         now, now + self._config.lease)
+                                         now, now + self._config.lease,
+                                         max_bytes=self._config.batch_bytes)
         if self._ramp is not None:
             self._ramp.refund(limit - len(claims))
         if not claims:

@@ -161,9 +161,10 @@ class MessageQueue(Protocol):
         ...
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
-                    lease_until: float) -> list[Claim]:
+                    lease_until: float, max_bytes: int = 0) -> list[Claim]:
         """Lease up to ``limit`` due recipients of ``stores`` that no active window holds;
-        counts an attempt for each."""
+        counts an attempt for each. With ``max_bytes``, stop before the claimed bodies add
+        up to more than that (one recipient is claimed however large its message)."""
         ...
 
     async def settle(self, settlement: Settlement, owner: str, now: float) -> None:

@@ -41,7 +41,7 @@ class NullQueueStore(SqlQueueStore):
         self.bytes += sum(len(m.body) for m in batch)
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
-                    lease_until: float) -> list[Claim]:
+                    lease_until: float, max_bytes: int = 0) -> list[Claim]:
         return []
 
     async def close(self) -> None:

@@ -43,7 +43,8 @@ async def hot_path_plans(store: SqlQueueStore, message: NewMessage, store_name: 
     """Statement text -> its plan steps, for a claim and a settle of ``message``."""
     await store.enqueue([message])
     with _recording(store) as seen:
-        claims = await store.claim([store_name], 100, "plans", now, now + 60)
+        claims = await store.claim([store_name], 100, "plans", now, now + 60,
+                                   max_bytes=len(message.body) * 64)  # the byte check too
         await store.settle(Settlement(delivered=[c.recipient_id for c in claims]), "plans",
                            now)
     database = make_url(store.url).database

@@ -187,7 +187,7 @@ class SqlQueueStore(SqlAdminMixin):
                 await postgres.notify(conn, postgres.QUEUE_CHANNEL)
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
-                    lease_until: float) -> list[Claim]:
+                    lease_until: float, max_bytes: int = 0) -> list[Claim]:
         if not stores or limit <= 0:
             return []
         claimed: list[int] = []
@@ -218,6 +218,8 @@ class SqlQueueStore(SqlAdminMixin):
                     break
             if not claimed:
                 return []
+            if max_bytes:
+                claimed = await self._within_bytes(conn, claimed, max_bytes)
             rows = await conn.execute(
                 select(recipients.c.id, recipients.c.queue_id, recipients.c.address,
                        recipients.c.store, recipients.c.attempts, messages.c.mail_from,
@@ -231,6 +233,32 @@ class SqlQueueStore(SqlAdminMixin):
                           store=r.store, attempts=r.attempts, mail_from=r.mail_from,
                           received_at=r.received_at, helo=r.helo, peer=r.peer,
                           body=r.body or b"") for r in rows]
+
+    @staticmethod
+    async def _within_bytes(conn: AsyncConnection, claimed: list[int],
+                            max_bytes: int) -> list[int]:
+        """The claimed recipients whose bodies fit in ``max_bytes`` (at least one); the
+        others go back to the queue as they were, in the same transaction."""
+        sizes = await conn.execute(
+            select(recipients.c.id, messages.c.size)
+            .join(messages, messages.c.queue_id == recipients.c.queue_id)
+            .where(recipients.c.id.in_(claimed))
+            .order_by(recipients.c.next_attempt_at, recipients.c.id))
+        kept: list[int] = []
+        returned: list[int] = []
+        total = 0
+        for rid, size in sizes:
+            if kept and total + size > max_bytes:
+                returned.append(rid)
+            else:
+                kept.append(rid)
+                total += size
+        if returned:
+            await conn.execute(
+                update(recipients).where(recipients.c.id.in_(returned))
+                .values(state=RecipientState.QUEUED.value, lease_owner=None,
+                        lease_until=None, attempts=recipients.c.attempts - 1))
+        return kept
 
     def _claimable(self, due: Select[tuple[int]]) -> ColumnElement[bool]:
         """The claim's WHERE: the due rows, locked and skipped past other claimers'.

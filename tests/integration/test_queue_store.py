@@ -51,6 +51,19 @@ async def test_enqueue_claim_settle(store: QueueStore) -> None:
     assert stats.recipients["bounced"] == 1 and await store.capacity() == (0, 0)
 
 
+async def test_claim_stops_at_max_bytes_and_returns_the_rest(store: QueueStore) -> None:
+    await store.enqueue([new_message(("a@b.example", "basic"), now=T0 + i, body=b"x" * 1000)
+                         for i in range(5)])
+    first = await store.claim(["basic"], 10, "w1", T0 + 10, T0 + 60, max_bytes=2500)
+    assert len(first) == 2 and all(c.attempts == 1 for c in first)
+    rest = await store.claim(["basic"], 10, "w2", T0 + 10, T0 + 60)
+    assert len(rest) == 3 and all(c.attempts == 1 for c in rest)  # returned as they were
+    assert {c.recipient_id for c in first}.isdisjoint(c.recipient_id for c in rest)
+    await store.enqueue([new_message(("big@b.example", "basic"), body=b"y" * 5000)])
+    alone = await store.claim(["basic"], 10, "w3", T0 + 10, T0 + 60, max_bytes=100)
+    assert [c.address for c in alone] == ["big@b.example"]  # one, however large
+
+
 async def test_claim_skips_future_and_windowed(store: QueueStore) -> None:
     await store.enqueue([new_message(("a@b.example", "basic")),
                          new_message(("c@x.example", "hx"))])
