@@ -17,6 +17,7 @@ import random
 import signal
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -64,9 +65,11 @@ class Report:
 
 
 def write_config(workdir: Path, port: int, *, lease: float = 2.0, timeout: float = 30,
-                 grace: float = 5.0, batch: int = 20) -> Path:
-    """A drill config: SQLite queue and one Maildir store under ``workdir``."""
+                 grace: float = 5.0, batch: int = 20, queue_url: str | None = None) -> Path:
+    """A drill config: a queue (SQLite under ``workdir`` unless ``queue_url``) and one
+    Maildir store under ``workdir``."""
     path = workdir / "mq.toml"
+    queue_url = queue_url or f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
     path.write_text(f"""
 [smtp]
 port = {port}
@@ -74,7 +77,7 @@ hostname = "mx.drill"
 timeout = {timeout}
 shutdown_grace = {grace}
 [queue]
-url = "sqlite+aiosqlite:///{workdir / 'queue.db'}"
+url = "{queue_url}"
 [queue.retry]
 initial_delay = 0.2
 max_delay = 1
@@ -242,7 +245,8 @@ async def client(cid: int, port: int, ledger: Ledger, stop: asyncio.Event,
 
 async def queue_settled(config_dir: Path) -> bool:
     """True when no recipient is queued or active any more."""
-    store = SqlQueueStore(f"sqlite+aiosqlite:///{config_dir / 'queue.db'}")
+    url = tomllib.loads((config_dir / "mq.toml").read_text())["queue"]["url"]
+    store = SqlQueueStore(url)
     await store.open()
     try:
         stats = await store.stats()
