@@ -18,13 +18,16 @@ from tests.helpers import opened_store
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "psycopg"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueStore]:
-    """A real SQLite file, and this session's own PostgreSQL database (emptied per test)."""
+    """A real SQLite file, and this session's own PostgreSQL database (emptied per test)
+    through asyncpg and through psycopg."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
     else:
         url = str(request.getfixturevalue("pg_url"))
+        if request.param == "psycopg":
+            url = url.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1)
     async with opened_store(url) as queue:
         yield queue
 

@@ -17,11 +17,15 @@ from tests.helpers import opened_store
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "psycopg"])
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
-    return str(request.getfixturevalue("pg_url"))
+    url = str(request.getfixturevalue("pg_url"))
+    if request.param == "psycopg":
+        # The optional driver (the 'psycopg' extra, which the test extra installs).
+        return url.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1)
+    return url
 
 
 @pytest.fixture
