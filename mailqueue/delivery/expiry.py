@@ -103,9 +103,9 @@ class ExpirySweeper:
                and self._age(item, now) >= self._delay_warning]
         if not due:
             return 0
-        notices = self._notifier.delay_warnings(due, now)
-        await self._queue.record_delay_warnings(due, notices, now)
-        for item in due:
+        warned = await self._queue.record_delay_warnings(
+            due, lambda fresh: self._notifier.delay_warnings(fresh, now), now)
+        for item in warned:
             log.info("delay_warning_sent", queue_id=item.queue_id, recipient=item.address,
                      store=item.store, notice=bool(self._notifier.local_route(item.mail_from)))
-        return len(due)
+        return len(warned)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
@@ -238,9 +238,13 @@ class QueueAdmin(Protocol):
         """Recipients not yet final of messages received before a moment."""
         ...
 
-    async def record_delay_warnings(self, warned: Sequence[PendingRecipient],
-                                    notices: Sequence[NewMessage], now: float) -> None:
-        """Record delay warnings and enqueue their notices in one transaction."""
+    async def record_delay_warnings(
+            self, due: Sequence[PendingRecipient],
+            notices_for: Callable[[Sequence[PendingRecipient]], Sequence[NewMessage]],
+            now: float) -> list[PendingRecipient]:
+        """Of ``due``, those not yet warned (another process may have warned some since
+        they were read): record their warnings and enqueue ``notices_for(them)``, in one
+        transaction that such sweeps take one at a time. Returns them."""
         ...
 
     async def shape(self, now: float, edges_minutes: Sequence[int] = ...,

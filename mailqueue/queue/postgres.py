@@ -27,6 +27,7 @@ log = structlog.get_logger("mailqueue.queue")
 QUEUE_CHANNEL = "mailqueue_queue"
 CONTROL_CHANNEL = "mailqueue_control"
 RECLAIM_LOCK = 0x6D71_5243  # "mqRC"
+DELAY_WARNING_LOCK = 0x6D71_4457  # "mqDW"
 DURABLE_SETTINGS = {"synchronous_commit": "on"}
 LISTENER_NAME = "mailqueue-listen"  # application_name of the LISTEN connection
 
@@ -53,6 +54,12 @@ async def try_reclaim_lock(conn: AsyncConnection) -> bool:
     result = await conn.execute(text("SELECT pg_try_advisory_xact_lock(:key)"),
                                 {"key": RECLAIM_LOCK})
     return bool(result.scalar())
+
+
+async def delay_warning_lock(conn: AsyncConnection) -> None:
+    """Wait for the delay-warning lock, held until this transaction ends."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                       {"key": DELAY_WARNING_LOCK})
 
 
 class Listener:

@@ -9,7 +9,7 @@ relying on ``ON DELETE CASCADE`` being switched on.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailqueue import faults
 from mailqueue.errors import UnknownQueueIdError
+from mailqueue.queue import postgres
 from mailqueue.queue.admin import (
     SHAPE_EDGES_MINUTES,
     Action,
@@ -326,13 +327,30 @@ class SqlAdminMixin:
                                      last_error=r.last_error, body=r.body or b"")
                     for r in rows]
 
-    async def record_delay_warnings(self, warned: Sequence[PendingRecipient],
-                                    notices: Sequence[NewMessage], now: float) -> None:
-        """Note that ``warned`` were warned about, and enqueue the warnings, together."""
+    async def record_delay_warnings(
+            self, due: Sequence[PendingRecipient],
+            notices_for: Callable[[Sequence[PendingRecipient]], Sequence[NewMessage]],
+            now: float) -> list[PendingRecipient]:
+        """Warn about those of ``due`` no process has warned about yet: their history rows
+        and ``notices_for(them)`` in one transaction. Sweeps in several processes take it
+        one at a time (SQLite's write lock; an advisory lock on PostgreSQL), so the re-check
+        inside it sees any warning another process committed."""
         async with self._tx(write=True) as conn:
-            await insert_messages(conn, notices)
-            await _add_events(conn, [(p.queue_id, p.id, f"sender <{p.mail_from}>")
-                                     for p in warned], now, EventKind.DELAY_WARNING)
+            if conn.dialect.name == "postgresql":
+                await postgres.delay_warning_lock(conn)
+            warned_already: set[int] = set()
+            for chunk in _chunks([p.id for p in due]):
+                warned_already.update((await conn.execute(
+                    select(recipient_events.c.recipient_id)
+                    .where(recipient_events.c.recipient_id.in_(chunk),
+                           recipient_events.c.kind == EventKind.DELAY_WARNING.value)
+                )).scalars())
+            fresh = [p for p in due if p.id not in warned_already]
+            if fresh:
+                await insert_messages(conn, list(notices_for(fresh)))
+                await _add_events(conn, [(p.queue_id, p.id, f"sender <{p.mail_from}>")
+                                         for p in fresh], now, EventKind.DELAY_WARNING)
+            return fresh
 
     async def record_settlement(self, conn: AsyncConnection, settlement: Settlement,
                                 now: float) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -13,6 +14,7 @@ import pytest
 from mailqueue.errors import UnknownQueueIdError
 from mailqueue.queue.admin import Action, BouncedRecipient, QueueFilter
 from mailqueue.queue.models import NewMessage, QueueStore, Settlement, new_queue_id
+from mailqueue.queue.sqlstore import SqlQueueStore
 from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0
@@ -123,7 +125,21 @@ async def test_shape_report_drain_and_sweep_reads(store: QueueStore) -> None:
     assert (await store.report(now + 2)).delivered_recent == 2
     pending = await store.pending_before(now, 10)
     assert [p.address for p in pending] == ["c@x.example"]
-    await store.record_delay_warnings(pending, [], now)
+    assert await store.record_delay_warnings(pending, lambda _: [], now) == pending
     assert await store.pending_before(now, 10, unwarned=True) == []
+    # A second sweep that read the same recipients before the first committed warns no one.
+    assert await store.record_delay_warnings(pending, lambda _: [], now) == []
     gone = await store.expire({pending[0].id: "expired: too old"}, now)
     assert [g.address for g in gone] == ["c@x.example"]
+
+
+async def test_two_sweeps_at_once_warn_each_recipient_once(store: QueueStore) -> None:
+    await store.enqueue([new_message(("a@b.example", "basic"), now=T0) for _ in range(5)])
+    pending = await store.pending_before(T0 + 10, 10, unwarned=True)
+    assert len(pending) == 5
+    assert isinstance(store, SqlQueueStore)
+    async with opened_store(store.url) as other:  # as another process would
+        results = await asyncio.gather(
+            store.record_delay_warnings(pending, lambda _: [], T0 + 10),
+            other.record_delay_warnings(pending, lambda _: [], T0 + 10))
+    assert sorted(len(warned) for warned in results) == [0, 5]
