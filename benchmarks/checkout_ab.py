@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,21 +26,18 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "scripts"))
+sys.path.insert(0, str(HERE))
 
 import load_test  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
+from run import settle, smtp_source  # noqa: E402
 
 
 def cpu(pid: int) -> tuple[float, float]:
     """(user, system) seconds of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
-
-
-def quiet(seconds: float) -> None:
-    os.sync()
-    time.sleep(seconds)
+    times = load_test.cpu_times(pid)
+    if times is None:
+        raise SystemExit(f"checkout_ab: cannot read the CPU time of process {pid}")
+    return times
 
 
 def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]:
@@ -62,17 +58,15 @@ def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]
     try:
         if mode != "null":
             asyncio.run(load_test.set_window(url, "bench", start=True))
-        quiet(args.settle)
-        before, start = cpu(pid), time.perf_counter()
-        subprocess.run(["smtp-source", "-d", "-s", "50", "-m", str(args.messages), "-l",
-                        "4096", "-f", "sender@src.test", "-t", "u1@example.test",
-                        f"127.0.0.1:{port}"], check=True, timeout=600)
-        wall, after = time.perf_counter() - start, cpu(pid)
+        settle(args)
+        before = cpu(pid)
+        wall = smtp_source(port, args.messages, sessions=50, size=4096)
+        after = cpu(pid)
         out.update(accept_rate=args.messages / wall,
                    accept_user_us=(after[0] - before[0]) / args.messages * 1e6,
                    accept_sys_us=(after[1] - before[1]) / args.messages * 1e6)
         if mode != "null":
-            quiet(args.settle)
+            settle(args)
             before, start = cpu(pid), time.perf_counter()
             asyncio.run(load_test.set_window(url, "bench", start=False))
             count = asyncio.run(load_test.wait_drained(stores, args.messages, 120, None))

@@ -157,15 +157,22 @@ class Server:
         return self.proc.returncode
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time the process has used so far."""
+def cpu_times(pid: int | None) -> tuple[float, float] | None:
+    """(user, system) CPU seconds the process has used so far."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time the process has used so far."""
+    times = cpu_times(pid)
+    return None if times is None else sum(times)
 
 
 def peak_rss_mb(pid: int | None) -> float | None:

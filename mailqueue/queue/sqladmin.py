@@ -87,6 +87,12 @@ async def insert_messages(conn: AsyncConnection, batch: Sequence[NewMessage]) ->
         await conn.execute(insert(recipients), recipient_rows(batch))
 
 
+def _delay_warned() -> ColumnElement[bool]:
+    """Whether the recipient row in the query has had its delay warning."""
+    return exists().where(recipient_events.c.recipient_id == recipients.c.id,
+                          recipient_events.c.kind == EventKind.DELAY_WARNING.value)
+
+
 def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
     return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
 
@@ -310,9 +316,7 @@ class SqlAdminMixin:
             messages.c.received_at < received_before,
             recipients.c.state.not_in(_FINAL)]
         if unwarned:
-            conditions.append(~exists().where(
-                recipient_events.c.recipient_id == recipients.c.id,
-                recipient_events.c.kind == EventKind.DELAY_WARNING.value))
+            conditions.append(~_delay_warned())
         async with self._tx() as conn:
             rows = await conn.execute(
                 select(recipients.c.id, recipients.c.queue_id, recipients.c.address,
@@ -341,9 +345,7 @@ class SqlAdminMixin:
             warned_already: set[int] = set()
             for chunk in _chunks([p.id for p in due]):
                 warned_already.update((await conn.execute(
-                    select(recipient_events.c.recipient_id)
-                    .where(recipient_events.c.recipient_id.in_(chunk),
-                           recipient_events.c.kind == EventKind.DELAY_WARNING.value)
+                    select(recipients.c.id).where(recipients.c.id.in_(chunk), _delay_warned())
                 )).scalars())
             fresh = [p for p in due if p.id not in warned_already]
             if fresh:

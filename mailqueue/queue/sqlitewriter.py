@@ -96,12 +96,11 @@ class SqliteWriter:
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="queue-checkpoint")
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, thread.shutdown)
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, checkpointer.shutdown)
+        pools = (self._thread, self._checkpointer)
+        self._thread = self._checkpointer = None
+        for pool in pools:
+            if pool is not None:
+                await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
         if self._checkpoint_conn is not None:
             self._checkpoint_conn.close()
             self._checkpoint_conn = None
