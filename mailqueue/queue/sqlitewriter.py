@@ -114,11 +114,13 @@ class SqliteWriter:
         if self._thread is None:
             raise QueueError("queue writer is not open")
         await asyncio.get_running_loop().run_in_executor(
-            self._thread, self._write, message_rows, recipient_rows)
+            self._thread, self.write_blocking, message_rows, recipient_rows)
 
-    def _write(self, message_rows: list[dict[str, Any]],
-               recipient_rows: list[dict[str, Any]]) -> None:
-        assert self._engine is not None
+    def write_blocking(self, message_rows: list[dict[str, Any]],
+                       recipient_rows: list[dict[str, Any]]) -> None:
+        """:meth:`write` for a thread of the caller's own (the group committer's)."""
+        if self._engine is None:
+            raise QueueError("queue writer is not open")
         try:
             with self._engine.begin() as conn:
                 _insert_rows(conn, messages.name, message_rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,14 @@ class SqlQueueStore(SqlAdminMixin):
             raise database_error(exc) from exc
 
     # --- the write path --------------------------------------------------------------
+
+    def blocking_enqueue(self) -> Callable[[Sequence[NewMessage]], None] | None:
+        """:meth:`enqueue` as a blocking call, for the group committer's own thread (see
+        :mod:`mailqueue.queue.committer`); None where enqueue is asynchronous only."""
+        writer = self._writer
+        if writer is None:
+            return None
+        return lambda batch: writer.write_blocking(message_rows(batch), recipient_rows(batch))
 
     async def enqueue(self, batch: Sequence[NewMessage]) -> None:
         if not batch:

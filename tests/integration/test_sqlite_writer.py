@@ -1,15 +1,20 @@
-"""The SQLite enqueue path: multi-row inserts, and checkpoints off the commit path."""
+"""The SQLite enqueue path: group commit on the writer's thread, multi-row inserts, and
+checkpoints off the commit path."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from mailqueue.errors import QueueError
 from mailqueue.queue import sqlitewriter
+from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
 
@@ -54,3 +59,58 @@ async def test_checkpoints_run_beside_the_writer(tmp_path: Path,
     finally:
         await store.close()
     assert sqlite3.connect(path).execute("SELECT count(*) FROM messages").fetchone() == (200,)
+
+
+async def test_group_commit_on_the_writer_thread(tmp_path: Path) -> None:
+    """An SQLite file: sessions hand messages to the writer's own thread, which commits
+    what arrived together as one transaction and answers every session in it."""
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    await store.open()
+    committer = GroupCommitter(store, max_batch=64)
+    writer = asyncio.create_task(committer.run())
+    await asyncio.sleep(0)
+    try:
+        assert "queue-writer" in {t.name for t in threading.enumerate()}
+        await asyncio.gather(*(committer.submit(m) for m in batch(200, size=100)))
+    finally:
+        writer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writer
+        await store.close()
+    assert committer.committed == 200 and committer.commits <= 200 // 64 + 1
+    assert "queue-writer" not in {t.name for t in threading.enumerate()}
+    with pytest.raises(QueueError, match="not running"):
+        await committer.submit(batch(1)[0])
+    db = sqlite3.connect(tmp_path / "q.db")
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (200,)
+
+
+async def test_a_stop_lets_the_commit_on_its_way_answer(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled while its thread commits, the writer waits for that commit, and the
+    sessions in it hear 'committed' (a 250), not a failure that would make them resend."""
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    await store.open()
+    enqueue = store.blocking_enqueue()
+    assert enqueue is not None
+    started = threading.Event()
+
+    def slow(messages: Sequence[NewMessage]) -> None:
+        started.set()
+        time.sleep(0.3)
+        enqueue(messages)
+
+    monkeypatch.setattr(store, "blocking_enqueue", lambda: slow)
+    committer = GroupCommitter(store)
+    writer = asyncio.create_task(committer.run())
+    await asyncio.sleep(0)
+    try:
+        sessions = [asyncio.create_task(committer.submit(m)) for m in batch(5, size=100)]
+        await asyncio.to_thread(started.wait, 5)
+        writer.cancel()
+        await asyncio.gather(*sessions)  # no QueueError: their commit finished
+        with pytest.raises(asyncio.CancelledError):
+            await writer
+    finally:
+        await store.close()
+    assert committer.committed == 5
