@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,25 @@ async def test_idle_client_past_timeout_gets_421(tmp_path: Path) -> None:
             assert (await client.cmd(b"EHLO client.test\r\n")).startswith("250")
             assert (await client.reply(timeout=5)).startswith("421 4.4.2")
             assert await client.closed()
+        finally:
+            await client.close()
+
+
+async def test_each_command_pushes_the_idle_deadline_back(tmp_path: Path) -> None:
+    """A session busy for longer than the timeout is not cut; once quiet, it is cut one
+    timeout after its last command, not one after its first."""
+    config = make_config(tmp_path, smtp={"timeout": 0.5})
+    async with running(config, run_worker=False) as app:
+        assert app.port
+        client = await RawSmtp.connect(app.port)
+        try:
+            assert (await client.reply()).startswith("220")
+            for _ in range(8):  # 1.6 s of commands 0.2 s apart
+                assert (await client.cmd(b"NOOP\r\n")).startswith("250")
+                await asyncio.sleep(0.2)
+            quiet = time.monotonic()
+            assert (await client.reply(timeout=5)).startswith("421 4.4.2")
+            assert 0.25 <= time.monotonic() - quiet <= 1.5
         finally:
             await client.close()
 
