@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""The SQLite writer's own CPU per group commit, for one or more checkouts, alternately.
+
+Each checkout (a directory holding ``mailqueue/``) runs in a subprocess of its own that
+commits ``--commits`` batches of ``--batch`` 4 KiB messages straight through
+``SqliteWriter.write_blocking`` (no event loop, no thread hand-off) and reads its thread's
+user and system time with ``getrusage(RUSAGE_THREAD)``:
+
+    git worktree add /tmp/before HEAD~1
+    python benchmarks/writer_cpu.py /tmp/before . --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = """
+import asyncio, resource, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+from mailqueue.queue.models import NewMessage, new_queue_id
+from mailqueue.queue.sqladmin import message_rows, recipient_rows
+from mailqueue.queue.sqlstore import SqlQueueStore
+
+commits, size = int(sys.argv[2]), int(sys.argv[3])
+body = b"Subject: x\\r\\n\\r\\n" + b"x" * (4096 - 16) + b"\\r\\n"
+with tempfile.TemporaryDirectory() as tmp:
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp}/q.db")
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(store.open())
+    writer = store._writer
+    batches = []
+    for _ in range(commits):
+        now = time.time()
+        batch = [NewMessage(queue_id=new_queue_id(now), mail_from="s@src.test",
+                            recipients=(("u1@example.test", "vmail"),), body=body,
+                            received_at=now) for _ in range(size)]
+        batches.append((message_rows(batch), recipient_rows(batch)))
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    for rows in batches:
+        writer.write_blocking(*rows)
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    loop.run_until_complete(store.close())
+print((after.ru_utime - before.ru_utime) / commits * 1e3,
+      (after.ru_stime - before.ru_stime) / commits * 1e3)
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkouts", nargs="+", type=Path)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--commits", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=13, help="messages per commit")
+    args = parser.parse_args()
+    for _ in range(args.rounds):
+        for checkout in args.checkouts:
+            out = subprocess.run([sys.executable, "-c", CHILD, str(checkout.resolve()),
+                                  str(args.commits), str(args.batch)],
+                                 capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise SystemExit(f"writer_cpu: {checkout}: {out.stderr.strip()[-500:]}")
+            user, system = map(float, out.stdout.split())
+            print(f"{checkout} per commit of {args.batch}: user {user:.3f} ms, "
+                  f"system {system:.3f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
