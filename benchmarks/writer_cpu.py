@@ -6,8 +6,10 @@ commits ``--commits`` batches of ``--batch`` 4 KiB messages straight through
 ``SqliteWriter.write_blocking`` (no event loop, no thread hand-off) and reads its thread's
 user and system time with ``getrusage(RUSAGE_THREAD)``:
 
-    git worktree add /tmp/before HEAD~1
+    git worktree add /tmp/before COMMIT     # the tree before the change to measure
     python benchmarks/writer_cpu.py /tmp/before . --rounds 3
+
+(Trees older than ``SqliteWriter.write_blocking`` cannot be measured this way.)
 """
 
 from __future__ import annotations

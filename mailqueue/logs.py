@@ -14,7 +14,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def configure_logging(fmt: str = "console", level: str = "info",
                       stream: TextIO | None = None) -> None:
-    """Console lines by default, one JSON object per line with ``fmt="json"``."""
+    """Console lines by default, one JSON object per line with ``fmt="json"``.
+
+    Once per process: a logger is built on its first use and keeps this configuration."""
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()

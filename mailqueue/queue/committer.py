@@ -46,7 +46,8 @@ class GroupCommitter:
         self._store = store
         self._max_batch = max_batch
         self._running = False
-        # The writer task's backlog and wake-up (on the loop).
+        # The writer task's backlog and wake-up (on the loop); in thread mode, only what is
+        # failed at a stop passes through it.
         self._pending: collections.deque[Pending] = collections.deque()
         self._arrived = asyncio.Event()
         # The writer thread's inbox: what one pass of the loop gathered, in one piece (a
@@ -75,8 +76,9 @@ class GroupCommitter:
         await future
 
     async def run(self) -> None:
-        """The writer; runs until cancelled, then lets the commit on its way finish (its
-        sessions hear how it went) and fails what is still pending."""
+        """The writer; runs until cancelled. Then the writer task lets the commit on its
+        way finish, and the writer thread commits what was handed over before the stop;
+        their sessions hear how it went. What is still pending fails."""
         blocking: Callable[[], BlockingEnqueue | None] | None = getattr(
             self._store, "blocking_enqueue", None)
         enqueue = blocking() if blocking is not None else None
@@ -93,7 +95,12 @@ class GroupCommitter:
     # --- on a thread -------------------------------------------------------------------
 
     def _hand_over(self) -> None:
-        gathered, self._gathered = self._gathered, []
+        # A session gone while it waited never heard a 250: committing its message would
+        # only make its retry a second copy.
+        gathered = [entry for entry in self._gathered if not entry[1].cancelled()]
+        self._gathered = []
+        if not gathered:
+            return
         if self._inbox is not None:
             self._inbox.put(gathered)
         else:  # stopped in between
@@ -106,20 +113,24 @@ class GroupCommitter:
         ended: asyncio.Future[None] = loop.create_future()
         thread = threading.Thread(target=self._thread_main, args=(loop, inbox, enqueue, ended),
                                   name="queue-writer", daemon=True)
-        self._inbox = inbox
-        thread.start()
         try:
-            await asyncio.shield(ended)  # only a stop ends the thread
+            thread.start()
+            self._inbox = inbox
+            await asyncio.shield(ended)
+            # Only the stop mark should end the thread.
+            raise QueueError("queue writer thread ended")
         finally:
-            # Messages submitted before the stop mark are still committed and answered.
+            # Messages handed over before the stop mark are still committed and answered.
             self._inbox = None
             inbox.put(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(ended)
+            if thread.is_alive() or not ended.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(ended)
 
     def _thread_main(self, loop: asyncio.AbstractEventLoop,
                      inbox: queue.SimpleQueue[list[Pending] | None], enqueue: BlockingEnqueue,
                      ended: asyncio.Future[None]) -> None:
+        part: list[Pending] = []
         try:
             stop = False
             while not stop:
@@ -138,7 +149,10 @@ class GroupCommitter:
                     part = batch[start:start + self._max_batch]
                     error = _commit_blocking(enqueue, [message for message, _ in part])
                     _call_soon(loop, self._settle_batch, part, error)
+                    part = []
         finally:
+            if part:  # its commit's outcome is unknown: a 451 (resent), never a false 250
+                _call_soon(loop, self._settle_batch, part, QueueError("queue writer stopped"))
             _call_soon(loop, _end, ended)
 
     # --- as a task ---------------------------------------------------------------------

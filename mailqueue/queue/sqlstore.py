@@ -177,9 +177,10 @@ class SqlQueueStore(SqlAdminMixin):
 
     def blocking_enqueue(self) -> Callable[[Sequence[NewMessage]], None] | None:
         """:meth:`enqueue` as a blocking call, for the group committer's own thread (see
-        :mod:`mailqueue.queue.committer`); None where enqueue is asynchronous only."""
+        :mod:`mailqueue.queue.committer`); None where enqueue is asynchronous only, or where
+        a subclass changed :meth:`enqueue` (its override is then what must run)."""
         writer = self._writer
-        if writer is None:
+        if writer is None or type(self).enqueue is not SqlQueueStore.enqueue:
             return None
         return lambda batch: writer.write_blocking(message_rows(batch), recipient_rows(batch))
 

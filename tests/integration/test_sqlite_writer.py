@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailqueue import faults
-from mailqueue.errors import QueueError
+from mailqueue.errors import QueueError, QueueFullError
 from mailqueue.queue import sqlitewriter
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, new_queue_id
@@ -135,3 +135,51 @@ async def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(tmp_path: 
     db = sqlite3.connect(tmp_path / "q.db")
     assert db.execute("SELECT count(*) FROM messages").fetchone() == (2,)
     assert db.execute("SELECT count(*) FROM recipients").fetchone() == (4,)
+
+
+async def test_a_full_database_is_reported_as_full_and_the_writer_recovers(
+        tmp_path: Path) -> None:
+    """SQLite's own 'database or disk is full' from the writer's connection becomes
+    QueueFullError (the front end answers 452), and once there is room again the next batch
+    commits on a fresh connection."""
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    await store.open()
+    enqueue = store.blocking_enqueue()
+    assert enqueue is not None and store._writer is not None
+    writer = store._writer
+    try:
+        await asyncio.to_thread(enqueue, batch(1))
+        connection = writer._connection.driver_connection
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count={pages}")  # no room to grow
+        with pytest.raises(QueueFullError, match="full"):
+            await asyncio.to_thread(enqueue, batch(20))
+        assert writer._connection is None  # dropped: the next batch gets a fresh one
+        await asyncio.to_thread(enqueue, batch(2))
+    finally:
+        await store.close()
+    db = sqlite3.connect(tmp_path / "q.db")
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (3,)
+
+
+async def test_a_session_gone_before_the_hand_over_is_not_committed(tmp_path: Path) -> None:
+    """It never heard a 250; committing its message would make its resend a second copy."""
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    await store.open()
+    committer = GroupCommitter(store)
+    writer = asyncio.create_task(committer.run())
+    await asyncio.sleep(0)
+    try:
+        gone, kept = batch(2, size=100)
+        session = asyncio.create_task(committer.submit(gone))
+        await asyncio.sleep(0)  # it has handed its message in; the hand-over is next pass
+        session.cancel()
+        await committer.submit(kept)
+    finally:
+        writer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writer
+        await store.close()
+    assert session.cancelled() and committer.committed == 1
+    db = sqlite3.connect(tmp_path / "q.db")
+    assert db.execute("SELECT queue_id FROM messages").fetchall() == [(kept.queue_id,)]
