@@ -10,6 +10,7 @@ import signal
 import sys
 
 import click
+import structlog
 
 from mailqueue import __version__
 from mailqueue.cli_common import config_option, in_queue, load
@@ -23,6 +24,8 @@ from mailqueue.queue.models import ControlState
 from mailqueue.timeparse import format_duration, format_time, parse_duration, parse_time
 from mailqueue.verify.command import verify
 from mailqueue.windows import Inbound, Window
+
+log = structlog.get_logger("mailqueue.cli")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +64,9 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
         config = config.model_copy(update={"smtp": config.smtp.model_copy(
             update={"port": port})})
     configure_logging("json" if log_json else config.logging.format, config.logging.level)
+    if config.server.cpus is not None:
+        loops.pin_cpus(config.server.cpus)  # before any thread starts: they inherit it
+        log.info("cpus_pinned", cpus=",".join(map(str, config.server.cpus)))
 
     async def main() -> None:
         app = MailqueueApp(config, run_smtp=role in ("all", "smtp"),

@@ -224,9 +224,50 @@ class WindowConfig(_Model):
         return parse_time(self.end, self.timezone)
 
 
+_CPU_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def _cpus(value: Any) -> Any:
+    """``"0"``, ``"0,2"``, ``"0-3"``, ``0`` or ``[0, 2]`` as a sorted tuple of CPU numbers;
+    ``""`` or ``"all"`` as None (no pinning)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("use CPU numbers such as 0, \"0,2\" or \"0-3\"")
+    if isinstance(value, int):
+        value = [value]
+    if isinstance(value, str):
+        numbers: set[int] = set()
+        for part in value.split(","):
+            match = _CPU_RANGE.match(part.strip())
+            if match is None:
+                raise ValueError(f"bad CPU list {value!r}: use numbers such as \"0\", "
+                                 f"\"0,2\" or \"0-3\"")
+            first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+            if last < first:
+                raise ValueError(f"bad CPU range {part.strip()!r}: the end comes first")
+            numbers.update(range(first, last + 1))
+        value = numbers
+    if isinstance(value, list | tuple | set) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+        return tuple(sorted(set(value))) or None
+    raise ValueError("use CPU numbers such as 0, \"0,2\" or \"0-3\"")
+
+
+CpuSet = Annotated[tuple[int, ...] | None, BeforeValidator(_cpus)]
+
+
+class ServerConfig(_Model):
+    """``[server]``: the ``mailqueue serve`` process."""
+
+    # CPUs the process (every one of its threads) may run on; None: wherever the OS likes.
+    cpus: CpuSet = None
+
+
 class Config(_Model):
     """The whole configuration."""
 
+    server: ServerConfig = ServerConfig()
     smtp: SmtpConfig = SmtpConfig()
     queue: QueueConfig = QueueConfig()
     delivery: DeliveryConfig = DeliveryConfig()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 CONFIG = """
 [queue]
@@ -42,3 +47,40 @@ def test_a_group_without_its_command_prints_its_help() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("Usage: mailqueue window")
 
+
+
+def test_serve_on_cpus_it_may_not_use_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "mq.toml"
+    config.write_text("[server]\ncpus = \"4095\"\n" +
+                      CONFIG.format(queue=tmp_path / "q.db", mail=tmp_path / "mail"))
+    result = subprocess.run([sys.executable, "-m", "mailqueue", "serve", "-c", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert "[server] cpus: CPU 4095 is not available" in errors[0], errors[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux CPU affinity")
+def test_serve_on_one_cpu_keeps_every_thread_there(tmp_path: Path) -> None:
+    config = tmp_path / "mq.toml"
+    config.write_text("[server]\ncpus = \"0\"\n" +
+                      CONFIG.format(queue=tmp_path / "q.db", mail=tmp_path / "mail"))
+    server = subprocess.Popen([sys.executable, "-m", "mailqueue", "serve", "-c", str(config),
+                               "--port", "0", "--log-json"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        events = []
+        for line in server.stderr:
+            events.append(json.loads(line)["event"])
+            if events[-1] == "server_started":
+                break
+        assert events[:1] == ["cpus_pinned"], events
+        tasks = Path(f"/proc/{server.pid}/task")
+        allowed = {(task / "status").read_text().split("Cpus_allowed_list:")[1].split()[0]
+                   for task in tasks.iterdir()}
+        assert allowed == {"0"} and len(list(tasks.iterdir())) > 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)

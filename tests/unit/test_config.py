@@ -45,7 +45,21 @@ def test_env_overrides(tmp_path: Path) -> None:
     assert config.stores[0].name == "basic"
 
 
+@pytest.mark.parametrize(("value", "cpus"), [
+    ('"0"', (0,)), ('"0,2"', (0, 2)), ('"0-3"', (0, 1, 2, 3)), ('"1, 0-1"', (0, 1)),
+    ("1", (1,)), ("[2, 0]", (0, 2)), ('""', None), ('"all"', None),
+])
+def test_server_cpus(tmp_path: Path, value: str, cpus: tuple[int, ...] | None) -> None:
+    config = load_config(write(tmp_path, f"[server]\ncpus = {value}\n" + MINIMAL), environ={})
+    assert config.server.cpus == cpus
+    assert load_config(write(tmp_path, MINIMAL), environ={"MAILQUEUE_SERVER_CPUS": "0"}
+                       ).server.cpus == (0,)
+
+
 @pytest.mark.parametrize(("text", "expected"), [
+    ("[server]\ncpus = 'first'\n" + MINIMAL, "server.cpus: bad CPU list 'first'"),
+    ("[server]\ncpus = '3-1'\n" + MINIMAL, "bad CPU range '3-1'"),
+    ("[server]\ncpus = -1\n" + MINIMAL, "server.cpus"),
     ("[smtp]\nport = 'x'\n" + MINIMAL, "smtp.port"),
     ("[smtp]\nprot = 25\n" + MINIMAL, "smtp.prot: unknown key"),
     ("[queue]\nmax_lifetime = 'forever'\n" + MINIMAL, "not a duration"),
