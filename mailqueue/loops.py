@@ -60,8 +60,9 @@ def pin_cpus(cpus: tuple[int, ...]) -> None:
     The event loop, the group committer's thread and the checkpoint thread hand the GIL to
     each other thousands of times a second. On different CPUs every hand-off wakes another
     CPU and moves the data with it; on one, it is a switch on the spot. Measured on two
-    cores under ``smtp-source`` (``benchmarks/checkout_ab.py``, 2 runs each): durable accept
-    2,478 / 2,360 -> 3,051 / 3,051 msg/s, server CPU 480 -> 310-320 us per message."""
+    cores under ``smtp-source`` (``benchmarks/checkout_ab.py``, 2 runs each, user + system):
+    562 / 478 -> 381 / 398 us of server CPU per accepted message, 804 / 914 -> 535 / 572
+    per delivered one."""
     setaffinity = getattr(os, "sched_setaffinity", None)
     if setaffinity is None:
         raise ConfigError("[server] cpus: CPU affinity is not supported on this platform; "
