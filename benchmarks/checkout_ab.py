@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ sys.path.insert(0, str(HERE.parent / "scripts"))
 sys.path.insert(0, str(HERE))
 
 import load_test  # noqa: E402
-from run import settle, smtp_source  # noqa: E402
+from run import load_script, settle, smtp_source  # noqa: E402
 
 
 def cpu(pid: int) -> tuple[float, float]:
@@ -87,14 +85,8 @@ def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]
 def latency(checkout: Path, args: argparse.Namespace) -> dict[str, float]:
     """The saturated latency run of benchmarks/run.py (``scripts/load_test.py``: 50
     connections, inside a window) with the checkout's own server and script."""
-    settle(args)
-    out = subprocess.run([sys.executable, "scripts/load_test.py", "--spawn", "-c",
-                          str(HERE / "bench.toml"), "--json", "--no-progress", "--loop",
-                          args.loop, "-n", str(args.latency_messages), "-C", "50", "--window"],
-                         cwd=checkout, capture_output=True, text=True, timeout=900, check=False)
-    if not out.stdout.strip():
-        raise SystemExit(f"checkout_ab: load_test.py failed in {checkout}: {out.stderr[-500:]}")
-    report = json.loads(out.stdout)
+    report = load_script(args, "--loop", args.loop, "-n", str(args.latency_messages),
+                         "-C", "50", "--window", checkout=checkout)
     return {"rate": report["accept_rate"], "p50_ms": report["accept_latency_p50_ms"],
             "p99_ms": report["accept_latency_p99_ms"]}
 

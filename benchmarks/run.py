@@ -96,14 +96,20 @@ def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> di
         server.stop()
 
 
-def load_script(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+def load_script(args: argparse.Namespace, *extra: str, checkout: Path = ROOT) -> dict[str, Any]:
+    """``checkout``'s ``scripts/load_test.py --spawn`` on bench.toml, run from ``checkout``
+    (so the server it spawns is that checkout's); its JSON report. With ``args.scratch``
+    the spawned servers' dirs are kept there, for deleting at the end (see settle())."""
     settle(args)
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/load_test.py"), "--spawn", "-c",
-                          str(CONFIG), "--json", "--no-progress", "--keep", *extra],
-                         capture_output=True, text=True, timeout=900, check=False,
-                         env={**os.environ, "TMPDIR": str(args.scratch)})
+    scratch = getattr(args, "scratch", None)
+    out = subprocess.run([sys.executable, str(checkout / "scripts/load_test.py"), "--spawn",
+                          "-c", str(CONFIG), "--json", "--no-progress",
+                          *(["--keep"] if scratch else []), *extra],
+                         cwd=checkout, capture_output=True, text=True, timeout=900,
+                         check=False, env={**os.environ, **(
+                             {"TMPDIR": str(scratch)} if scratch else {})})
     if not out.stdout.strip():
-        raise SystemExit(f"load_test.py failed: {out.stderr[-500:]}")
+        raise SystemExit(f"load_test.py failed in {checkout}: {out.stderr[-500:]}")
     return dict(json.loads(out.stdout))
 
 

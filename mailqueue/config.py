@@ -225,6 +225,7 @@ class WindowConfig(_Model):
 
 
 _CPU_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_CPU_FORMS = "use CPU numbers such as 0, \"0,2\" or \"0-3\""
 
 
 def _cpus(value: Any) -> Any:
@@ -233,7 +234,7 @@ def _cpus(value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all")):
         return None
     if isinstance(value, bool):
-        raise ValueError("use CPU numbers such as 0, \"0,2\" or \"0-3\"")
+        raise ValueError(_CPU_FORMS)
     if isinstance(value, int):
         value = [value]
     if isinstance(value, str):
@@ -241,8 +242,7 @@ def _cpus(value: Any) -> Any:
         for part in value.split(","):
             match = _CPU_RANGE.match(part.strip())
             if match is None:
-                raise ValueError(f"bad CPU list {value!r}: use numbers such as \"0\", "
-                                 f"\"0,2\" or \"0-3\"")
+                raise ValueError(f"bad CPU list {value!r}: {_CPU_FORMS}")
             first, last = int(match.group(1)), int(match.group(2) or match.group(1))
             if last < first:
                 raise ValueError(f"bad CPU range {part.strip()!r}: the end comes first")
@@ -251,7 +251,7 @@ def _cpus(value: Any) -> Any:
     if isinstance(value, list | tuple | set) and all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
         return tuple(sorted(set(value))) or None
-    raise ValueError("use CPU numbers such as 0, \"0,2\" or \"0-3\"")
+    raise ValueError(_CPU_FORMS)
 
 
 CpuSet = Annotated[tuple[int, ...] | None, BeforeValidator(_cpus)]

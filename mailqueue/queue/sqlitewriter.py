@@ -10,8 +10,8 @@ IMMEDIATE``), so it still returns only after the commit is on disk.
 The transaction runs on one ``sqlite3`` connection the writer keeps, taken from the
 engine's pool (so it has the engine's pragmas) and driven directly: BEGIN IMMEDIATE, one
 INSERT per table (more past 999 parameters), COMMIT; no pool checkout, events or result
-objects per batch. That took a commit of 13 messages from
-0.52-0.62 to 0.24-0.38 ms of CPU, time the writer also holds the GIL the event loop needs.
+objects per batch. That took a commit of 13 messages from 0.54-0.61 to 0.32-0.40 ms of user
+CPU (``benchmarks/writer_cpu.py``), time the writer also holds the GIL the loop needs.
 """
 
 from __future__ import annotations

@@ -8,14 +8,17 @@ and the number of messages stored must equal the number of 250 replies to end of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailqueue import faults
+from mailqueue.app import MailqueueApp
 from mailqueue.smtp import rewrite_reply
 from tests.helpers import all_files, make_config, running, wait_for
 from tests.smtpraw import LEAK, RawSmtp
@@ -173,55 +176,50 @@ async def test_hostile_input(case: Case, tmp_path: Path) -> None:
     assert stats.messages_total == accepted == case.stored, case.name
 
 
-async def test_idle_client_past_timeout_gets_421(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def idle_timeout_session(tmp_path: Path) -> AsyncIterator[tuple[MailqueueApp, RawSmtp]]:
+    """A server whose idle timeout is 0.5 s, and a raw session to it."""
     config = make_config(tmp_path, smtp={"timeout": 0.5})
     async with running(config, run_worker=False) as app:
         assert app.port
         client = await RawSmtp.connect(app.port)
         try:
-            assert (await client.reply()).startswith("220")
-            assert (await client.cmd(b"EHLO client.test\r\n")).startswith("250")
-            assert (await client.reply(timeout=5)).startswith("421 4.4.2")
-            assert await client.closed()
+            yield app, client
         finally:
             await client.close()
+
+
+async def test_idle_client_past_timeout_gets_421(tmp_path: Path) -> None:
+    async with idle_timeout_session(tmp_path) as (_, client):
+        assert (await client.reply()).startswith("220")
+        assert (await client.cmd(b"EHLO client.test\r\n")).startswith("250")
+        assert (await client.reply(timeout=5)).startswith("421 4.4.2")
+        assert await client.closed()
 
 
 async def test_each_command_pushes_the_idle_deadline_back(tmp_path: Path) -> None:
     """A session busy for longer than the timeout is not cut; once quiet, it is cut one
     timeout after its last command, not one after its first."""
-    config = make_config(tmp_path, smtp={"timeout": 0.5})
-    async with running(config, run_worker=False) as app:
-        assert app.port
-        client = await RawSmtp.connect(app.port)
-        try:
-            assert (await client.reply()).startswith("220")
-            for _ in range(8):  # 1.6 s of commands 0.2 s apart
-                assert (await client.cmd(b"NOOP\r\n")).startswith("250")
-                await asyncio.sleep(0.2)
-            quiet = time.monotonic()
-            assert (await client.reply(timeout=5)).startswith("421 4.4.2")
-            assert 0.25 <= time.monotonic() - quiet <= 1.5
-        finally:
-            await client.close()
+    async with idle_timeout_session(tmp_path) as (_, client):
+        assert (await client.reply()).startswith("220")
+        for _ in range(8):  # 1.6 s of commands 0.2 s apart
+            assert (await client.cmd(b"NOOP\r\n")).startswith("250")
+            await asyncio.sleep(0.2)
+        quiet = time.monotonic()
+        assert (await client.reply(timeout=5)).startswith("421 4.4.2")
+        assert 0.25 <= time.monotonic() - quiet <= 1.5
 
 
 async def test_idle_client_inside_data_gets_421(tmp_path: Path) -> None:
-    config = make_config(tmp_path, smtp={"timeout": 0.5})
-    async with running(config, run_worker=False) as app:
-        assert app.port
-        client = await RawSmtp.connect(app.port)
-        try:
-            await client.reply()
-            for line, code in [(b"EHLO c\r\n", "250"), (OK_MAIL, "250"), (OK_RCPT, "250"),
-                               (b"DATA\r\n", "354")]:
-                assert (await client.cmd(line)).startswith(code)
-            await client.send(b"Subject: stalled\r\n\r\npart")
-            assert (await client.reply(timeout=5)).startswith("421 4.4.2")
-            assert await client.closed()
-            assert (await app.queue.stats()).messages_total == 0
-        finally:
-            await client.close()
+    async with idle_timeout_session(tmp_path) as (app, client):
+        await client.reply()
+        for line, code in [(b"EHLO c\r\n", "250"), (OK_MAIL, "250"), (OK_RCPT, "250"),
+                           (b"DATA\r\n", "354")]:
+            assert (await client.cmd(line)).startswith(code)
+        await client.send(b"Subject: stalled\r\n\r\npart")
+        assert (await client.reply(timeout=5)).startswith("421 4.4.2")
+        assert await client.closed()
+        assert (await app.queue.stats()).messages_total == 0
 
 
 async def test_connections_over_per_ip_limit_get_421(tmp_path: Path) -> None:
