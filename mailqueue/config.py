@@ -257,6 +257,13 @@ def _cpus(value: Any) -> Any:
 CpuSet = Annotated[tuple[int, ...] | None, BeforeValidator(_cpus)]
 
 
+def cpu_list(text: str) -> tuple[int, ...] | None:
+    """A CPU list written as ``[server] cpus`` takes it; None for ``"all"`` or ``""``.
+    Raises ValueError naming the forms it takes."""
+    value = _cpus(text)
+    return None if value is None else tuple(value)
+
+
 class ServerConfig(_Model):
     """``[server]``: the ``mailqueue serve`` process."""
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import aiosmtplib
+import pytest
 
 from mailqueue.queue.nullstore import NullQueueStore
-from tests.helpers import all_files, make_config, message, running
+from tests.helpers import BASIC, EXCHANGE, all_files, make_config, message, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "load_test.py"
+sys.path.insert(0, str(SCRIPT.parent))
+
+import load_test  # noqa: E402
 
 CONFIG = """
 [smtp]
@@ -35,9 +40,9 @@ domains = ["example.test"]
 """
 
 
-def load_test(tmp_path: Path, *args: str) -> dict[str, object]:
+def run_script(tmp_path: Path, *args: str, config_text: str = CONFIG) -> dict[str, object]:
     config = tmp_path / "load.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     out = subprocess.run([sys.executable, str(SCRIPT), "--spawn", "-c", str(config), "--json",
                           "--no-progress", *args], capture_output=True, text=True,
                          timeout=90, cwd=tmp_path)
@@ -46,7 +51,7 @@ def load_test(tmp_path: Path, *args: str) -> dict[str, object]:
 
 
 def test_every_message_is_checked_off_after_a_window(tmp_path: Path) -> None:
-    report = load_test(tmp_path, "-n", "40", "-C", "4", "-R", "2", "--mailboxes", "5",
+    report = run_script(tmp_path, "-n", "40", "-C", "4", "-R", "2", "--mailboxes", "5",
                        "--window", "--size", "700")
     assert report["accepted"] == 40 and report["errors"] == {}
     assert (report["expected"], report["delivered"]) == (80, 80)
@@ -57,13 +62,13 @@ def test_every_message_is_checked_off_after_a_window(tmp_path: Path) -> None:
 
 
 def test_fixed_rate_light_load_reports_end_to_end_delay(tmp_path: Path) -> None:
-    report = load_test(tmp_path, "--rate", "50", "-n", "10", "-C", "1", "--loop", "asyncio")
+    report = run_script(tmp_path, "--rate", "50", "-n", "10", "-C", "1", "--loop", "asyncio")
     assert report["loop"] == "asyncio" and report["lost"] == 0 and report["delivered"] == 10
     assert report["e2e_p50_ms"] is not None
 
 
 def test_null_mode_accepts_and_stores_nothing(tmp_path: Path) -> None:
-    report = load_test(tmp_path, "--null", "-n", "20", "-C", "2")
+    report = run_script(tmp_path, "--null", "-n", "20", "-C", "2")
     assert report["mode"] == "null" and report["accepted"] == 20
     assert "lost" not in report
 
@@ -80,3 +85,72 @@ async def test_null_server_answers_250_without_storing(tmp_path: Path) -> None:
     assert store.messages == 1 and store.bytes > 0
     assert all_files(tmp_path / "mail") == []
     assert not (tmp_path / "queue.db").exists()
+
+
+async def test_transaction_delivers_the_body_sendmail_would(tmp_path: Path) -> None:
+    """The script's own MAIL/RCPT/DATA with the body in wire form: dot-led lines arrive
+    whole, a refused recipient is reported by code, the rest is delivered."""
+    config = make_config(tmp_path)
+    body = (b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\nmiddle . dot\r\n.\r\n"
+            b"last\r\n")
+    async with running(config) as app:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=app.port)
+        await smtp.connect()
+        try:
+            refused, reply = await load_test.transaction(
+                smtp, "a@src.test", [f"alice@{BASIC}", f"nobody@{EXCHANGE}"],
+                load_test.wire_form(body))
+            assert refused == {f"nobody@{EXCHANGE}": 550}
+            assert reply.startswith("2.0.0 Ok: queued as ")
+            with pytest.raises(aiosmtplib.SMTPResponseException) as refusal:
+                await load_test.transaction(smtp, "a@src.test", [f"nobody@{EXCHANGE}"],
+                                            load_test.wire_form(body))
+            assert refusal.value.code == 550
+            await smtp.rset()
+            # A body that starts with a dot
+            _, reply = await load_test.transaction(smtp, "a@src.test", [f"bob@{BASIC}"],
+                                                   load_test.wire_form(b".first\r\n"))
+            assert reply.startswith("2.0.0 Ok: queued as ")
+        finally:
+            await smtp.quit()
+        await wait_for(lambda: len(all_files(tmp_path / "mail")) == 2)
+    alice, bob = (next((tmp_path / "mail/basic" / BASIC / box / "new").iterdir()).read_bytes()
+                  for box in ("alice", "bob"))
+    # Maildir files end lines with LF
+    assert alice.endswith(body.replace(b"\r\n", b"\n")) and bob.endswith(b"\n.first\n")
+
+
+def test_make_body_ends_each_line_with_crlf() -> None:
+    plan = load_test.Plan(messages=1, duration=None, rate=None, connections=1, size=0,
+                          recipients=1, addresses=["a@b.test"], sender="s@b.test",
+                          run_id="r", per_connection=0)
+    for size in range(150, 400):
+        plan.size = size
+        body = load_test.make_body(plan, 7, ["a@b.test"])
+        assert body.endswith(b"\r\n") and len(body) == max(size, len(body))
+        assert body.count(b"\r") == body.count(b"\r\n") == body.count(b"\n")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_the_script_runs_on_the_cpus_a_pinned_server_leaves(tmp_path: Path) -> None:
+    mine = sorted(os.sched_getaffinity(0))
+    pinned = CONFIG + f'''
+[server]
+cpus = "{mine[0]}"
+'''
+    report = run_script(tmp_path, "-n", "5", "-C", "1", "--null", config_text=pinned)
+    assert report["client_cpus"] == ",".join(map(str, mine[1:]))
+    report = run_script(tmp_path, "-n", "5", "-C", "1", "--null", "--cpus", "all",
+                        config_text=pinned)
+    assert report["client_cpus"] == "all"
+    report = run_script(tmp_path, "-n", "5", "-C", "1", "--null")
+    assert report["client_cpus"] == "all"  # an unpinned server: the script stays unpinned
+
+
+def test_a_bad_cpu_list_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "load.toml").write_text(CONFIG)
+    out = subprocess.run([sys.executable, str(SCRIPT), "--spawn", "-c",
+                          str(tmp_path / "load.toml"), "--cpus", "1-x"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--cpus: bad CPU list '1-x'" in out.stderr
+    assert "Traceback" not in out.stderr
