@@ -161,6 +161,16 @@ class Gate:
             transport.close()
 
 
+_VERBS: dict[type, list[str]] = {}
+
+
+def _verbs(cls: type) -> list[str]:
+    names = _VERBS.get(cls)
+    if names is None:
+        names = _VERBS[cls] = [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]
+    return names
+
+
 class MailqueueSMTP(SMTP):
     """aiosmtpd's protocol with admission control, enhanced codes and polite timeouts."""
 
@@ -170,6 +180,16 @@ class MailqueueSMTP(SMTP):
         self._admitted_ip: str | None = None
         self._junk = 0
         self._idle_deadline = 0.0
+
+    def __dir__(self) -> list[str]:
+        """The SMTP verbs and AUTH mechanisms only: what aiosmtpd's ``__init__`` looks for.
+
+        It finds them with ``inspect.getmembers(self)`` and ``dir(self)`` for every
+        connection, over the 125 attributes of a session: that was half the server's CPU
+        for a connection (connect, EHLO, QUIT: 560-620 us, 270-320 us over this list).
+        With a new connection for every message (``load_test.py --per-connection 1``),
+        0.76-0.83 -> 0.59-0.64 ms of server CPU a message."""
+        return _verbs(type(self))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._admitted_ip is None and self.transport is None:

@@ -1,6 +1,8 @@
-"""The fast path of the SMTP address parser agrees with aiosmtpd's own parser."""
+"""MailqueueSMTP against aiosmtpd: the fast address parser, the verb tables."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from aiosmtpd.smtp import SMTP
@@ -26,3 +28,24 @@ class _Fast(MailqueueSMTP):
 ])
 def test_fast_path_agrees_with_aiosmtpd(arg: str) -> None:
     assert _Fast()._getaddr(arg) == _Plain()._getaddr(arg)
+
+
+async def test_a_session_knows_every_verb_aiosmtpd_would_find() -> None:
+    """``MailqueueSMTP.__dir__`` lists only what aiosmtpd's ``__init__`` looks for; the
+    tables it builds from it are the ones the full ``dir()`` gives."""
+
+    class Handler:
+        async def handle_DATA(self, *args: object) -> str:
+            return "250 OK"
+
+    class FullDir(MailqueueSMTP):
+        def __dir__(self) -> list[str]:
+            return list(object.__dir__(self))
+
+    loop = asyncio.get_running_loop()
+    fast = MailqueueSMTP(Handler(), None, hostname="mx.test", loop=loop)  # type: ignore[arg-type]
+    full = FullDir(Handler(), None, hostname="mx.test", loop=loop)  # type: ignore[arg-type]
+    assert len(fast._smtp_methods) > 10
+    assert fast._smtp_methods.keys() == full._smtp_methods.keys()
+    assert fast._auth_methods.keys() == full._auth_methods.keys()
+    assert all(method.__self__ is fast for method in fast._smtp_methods.values())
