@@ -5,10 +5,10 @@ For each checkout (a directory holding ``mailqueue/``), spawns ``python -m mailq
 from it on a copy of benchmarks/bench.toml, sends ``--messages`` 4 KiB messages with
 Postfix's ``smtp-source`` (50 sessions) and reads the server's user and system CPU time
 from ``/proc``: with ``--null`` storage off, otherwise inside a window that is then ended,
-timing the drain too. Mode ``latency`` runs the checkout's own ``scripts/load_test.py``
-instead (50 connections, as fast as they go) for its accept rate and latency. CPU per
-message moves less than rates on a shared machine, so this is how a change is compared
-with the tree before it:
+timing the drain too. Modes ``latency`` and ``paced`` run the checkout's own
+``scripts/load_test.py`` instead (50 connections, as fast as they go or offered
+``--paced-rate``) for its accept rate and latency. CPU per message moves less than rates
+on a shared machine, so this is how a change is compared with the tree before it:
 
     git worktree add /tmp/before HEAD~1
     python benchmarks/checkout_ab.py /tmp/before . --rounds 2
@@ -82,10 +82,12 @@ def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]
     return out
 
 
-def latency(checkout: Path, args: argparse.Namespace) -> dict[str, float]:
-    """The saturated latency run of benchmarks/run.py (``scripts/load_test.py``: 50
-    connections, inside a window) with the checkout's own server and script."""
-    report = load_script(args, "--loop", args.loop, "-n", str(args.latency_messages),
+def latency(checkout: Path, args: argparse.Namespace, paced: bool) -> dict[str, float]:
+    """The saturated (or with ``paced``, offered ``--paced-rate``) latency run of
+    benchmarks/run.py (``scripts/load_test.py``: 50 connections, inside a window) with the
+    checkout's own server and script."""
+    rate = ("--rate", str(args.paced_rate)) if paced else ()
+    report = load_script(args, "--loop", args.loop, *rate, "-n", str(args.latency_messages),
                          "-C", "50", "--window", checkout=checkout)
     return {"rate": report["accept_rate"], "p50_ms": report["accept_latency_p50_ms"],
             "p99_ms": report["accept_latency_p99_ms"]}
@@ -98,8 +100,11 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     parser.add_argument("--modes", default="null,durable",
-                        help="comma-separated: null, durable, latency (load_test.py)")
+                        help="comma-separated: null, durable, latency, paced (the last "
+                             "two: load_test.py)")
     parser.add_argument("--latency-messages", type=int, default=3000)
+    parser.add_argument("--paced-rate", type=int, default=1000,
+                        help="offered msg/s in mode paced")
     parser.add_argument("--settle", type=float, default=3.0)
     args = parser.parse_args()
     if shutil.which("smtp-source") is None:
@@ -107,8 +112,9 @@ def main() -> int:
     for _ in range(args.rounds):
         for checkout in args.checkouts:
             for mode in args.modes.split(","):
-                result: dict[str, Any] = latency(checkout.resolve(), args) \
-                    if mode == "latency" else one(checkout.resolve(), mode, args)
+                result: dict[str, Any] = (
+                    latency(checkout.resolve(), args, mode == "paced")
+                    if mode in ("latency", "paced") else one(checkout.resolve(), mode, args))
                 print(f"{checkout} {mode} " + " ".join(f"{k}={v:.1f}" for k, v in result.items()),
                       flush=True)
     return 0

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from mailqueue import faults
+from mailqueue import faults, loops
 from mailqueue.errors import QueueError
 from mailqueue.queue.models import MessageQueue, NewMessage
 
@@ -131,6 +131,7 @@ class GroupCommitter:
                      inbox: queue.SimpleQueue[list[Pending] | None], enqueue: BlockingEnqueue,
                      ended: asyncio.Future[None]) -> None:
         part: list[Pending] = []
+        loops.behind_the_loop()
         try:
             stop = False
             while not stop:

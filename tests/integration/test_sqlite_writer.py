@@ -4,6 +4,7 @@ checkpoints off the commit path."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -71,8 +72,10 @@ async def test_group_commit_on_the_writer_thread(tmp_path: Path) -> None:
     writer = asyncio.create_task(committer.run())
     await asyncio.sleep(0)
     try:
-        assert "queue-writer" in {t.name for t in threading.enumerate()}
+        thread = next(t for t in threading.enumerate() if t.name == "queue-writer")
         await asyncio.gather(*(committer.submit(m) for m in batch(200, size=100)))
+        if hasattr(os, "SCHED_BATCH"):  # waking it does not preempt the event loop
+            assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH
     finally:
         writer.cancel()
         with pytest.raises(asyncio.CancelledError):
