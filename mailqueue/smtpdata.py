@@ -71,7 +71,11 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
         last = (last + chunk)[-4:]
         if state is DataState.NOMINAL:
             kept += chunk
-            if size_limit and total - (3 if done else 0) > size_limit:
+            # The end-of-data line is not data; nor, until the next byte shows, is what
+            # could be its start (a "." or ".\r" after a line end).
+            pending = 3 if done else 2 if last.endswith(b"\r\n.\r") else \
+                1 if last.endswith(b"\r\n.") else 0
+            if size_limit and total - pending > size_limit:
                 state = DataState.TOO_LONG if _too_long(kept, line_limit) \
                     else DataState.TOO_MUCH
                 kept = bytearray()
