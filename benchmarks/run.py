@@ -145,7 +145,7 @@ def redeferred(log: Path, messages: int) -> int:
     anchor's ``postqueue -f`` runs before its ``postfix reload`` has reached the queue
     manager, messages are deferred again and wait for the next queue run, 300 s later: the
     drain then measured 33 msg/s (10,000 messages in 300 s) instead of 1,100-1,700, a figure
-    of the anchor's race, not of Postfix. It happened in 3 of 6 rounds one day."""
+    of the anchor's race, not of Postfix. It happened in 3 of 11 rounds one day."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
