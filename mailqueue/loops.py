@@ -80,7 +80,8 @@ def pin_cpus(cpus: tuple[int, ...]) -> None:
 def behind_the_loop() -> None:
     """Let the calling thread, a helper of the event loop's, wait for its turn: Linux's
     ``SCHED_BATCH``, under which waking it does not preempt the running thread. Elsewhere,
-    nothing.
+    or when the thread was started under another policy than the default (``chrt``: a
+    real-time loop would starve a batch writer), nothing.
 
     With the server on one CPU (``[server] cpus``), a session handing its message to the
     queue writer's thread woke that thread on the spot, mid-callback, with the GIL still
@@ -98,4 +99,5 @@ def behind_the_loop() -> None:
     if setscheduler is None or policy is None:
         return
     with contextlib.suppress(OSError):
-        setscheduler(0, policy, os.sched_param(0))
+        if os.sched_getscheduler(0) == os.SCHED_OTHER:
+            setscheduler(0, policy, os.sched_param(0))

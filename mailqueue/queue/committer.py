@@ -131,8 +131,8 @@ class GroupCommitter:
                      inbox: queue.SimpleQueue[list[Pending] | None], enqueue: BlockingEnqueue,
                      ended: asyncio.Future[None]) -> None:
         part: list[Pending] = []
-        loops.behind_the_loop()
         try:
+            loops.behind_the_loop()
             stop = False
             while not stop:
                 batch: list[Pending] = []
