@@ -30,7 +30,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailqueue import faults
+from mailqueue import faults, loops
 from mailqueue.errors import QueueError
 from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.schema import messages, recipients
@@ -107,7 +107,9 @@ class SqliteWriter:
         if self._instrument is not None:
             self._instrument(self._engine)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="queue-enqueue")
-        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="queue-checkpoint")
+        # Batch-scheduled like the queue writer, whichever thread happens to start it.
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="queue-checkpoint",
+                                                initializer=loops.behind_the_loop)
 
     async def close(self) -> None:
         pools = (self._thread, self._checkpointer)

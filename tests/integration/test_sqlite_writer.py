@@ -58,6 +58,10 @@ async def test_checkpoints_run_beside_the_writer(tmp_path: Path,
         while path.stat().st_size < before + 256 * 1024 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # only a checkpoint writes pages into the main file
         assert path.stat().st_size >= before + 256 * 1024
+        if hasattr(os, "SCHED_BATCH"):  # batch-scheduled, whichever thread started it
+            thread = next(t for t in threading.enumerate()
+                          if t.name.startswith("queue-checkpoint"))
+            assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH
     finally:
         await store.close()
     assert sqlite3.connect(path).execute("SELECT count(*) FROM messages").fetchone() == (200,)
