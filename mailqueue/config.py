@@ -260,8 +260,8 @@ CpuSet = Annotated[tuple[int, ...] | None, BeforeValidator(_cpus)]
 def cpu_list(text: str) -> tuple[int, ...] | None:
     """A CPU list written as ``[server] cpus`` takes it; None for ``"all"`` or ``""``.
     Raises ValueError naming the forms it takes."""
-    value = _cpus(text)
-    return None if value is None else tuple(value)
+    cpus: tuple[int, ...] | None = _cpus(text)
+    return cpus
 
 
 class ServerConfig(_Model):

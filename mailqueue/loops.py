@@ -54,9 +54,10 @@ def run(main: Coroutine[Any, Any, T], name: str = "auto") -> T:
         return runner.run(main)
 
 
-def pin_cpus(cpus: tuple[int, ...]) -> None:
+def pin_cpus(cpus: tuple[int, ...], setting: str = "[server] cpus") -> None:
     """Keep this process, and every thread it starts from now on, on ``cpus``
-    (``[server] cpus``; call it before any thread starts).
+    (``setting``, which the one-line :class:`ConfigError` names; call it before any thread
+    starts).
 
     The event loop, the group committer's thread and the checkpoint thread hand the GIL to
     each other thousands of times a second. On different CPUs every hand-off wakes another
@@ -66,12 +67,12 @@ def pin_cpus(cpus: tuple[int, ...]) -> None:
     per delivered one."""
     setaffinity = getattr(os, "sched_setaffinity", None)
     if setaffinity is None:
-        raise ConfigError("[server] cpus: CPU affinity is not supported on this platform; "
+        raise ConfigError(f"{setting}: CPU affinity is not supported on this platform; "
                           "remove the setting")
     available = sorted(os.sched_getaffinity(0))
     missing = [cpu for cpu in cpus if cpu not in available]
     if missing:
-        raise ConfigError(f"[server] cpus: CPU {', '.join(map(str, missing))} is not "
+        raise ConfigError(f"{setting}: CPU {', '.join(map(str, missing))} is not "
                           f"available to this process (available: "
                           f"{', '.join(map(str, available))})")
     setaffinity(0, set(cpus))
