@@ -276,7 +276,10 @@ async def transaction(smtp: aiosmtplib.SMTP, sender: str, rcpts: list[str], wire
     """
     if smtp.is_ehlo_or_helo_needed:
         await smtp.ehlo()
-    reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % sender.encode())
+    mail = b"FROM:<%s>" % sender.encode()
+    if smtp.supports_extension("size"):  # an oversize message is refused before its body
+        mail += b" SIZE=%d" % (len(wire) - 3)  # RFC 1870's estimate: without the ending dot
+    reply = await smtp.execute_command(b"MAIL", mail)
     if reply.code != 250:
         raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
     refusals: list[tuple[str, aiosmtplib.SMTPResponse]] = []  # per RCPT: addresses may repeat

@@ -121,6 +121,25 @@ async def test_transaction_delivers_the_body_sendmail_would(tmp_path: Path) -> N
     assert alice.endswith(body.replace(b"\r\n", b"\n")) and bob.endswith(b"\n.first\n")
 
 
+async def test_transaction_declares_the_size_so_an_oversize_message_is_refused_at_mail(
+        tmp_path: Path) -> None:
+    config = make_config(tmp_path)  # max_message_size 64 KiB
+    async with running(config) as app:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=app.port)
+        await smtp.connect()
+        try:
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as refusal:
+                await load_test.transaction(smtp, "a@src.test", [f"alice@{BASIC}"],
+                                            load_test.wire_form(b"x" * 70_000 + b"\r\n"))
+            assert refusal.value.code == 552
+            await smtp.rset()
+            _, reply = await load_test.transaction(smtp, "a@src.test", [f"alice@{BASIC}"],
+                                                   load_test.wire_form(b"small\r\n"))
+            assert reply.startswith("2.0.0 Ok: queued as ")
+        finally:
+            await smtp.quit()
+
+
 def test_make_body_ends_each_line_with_crlf() -> None:
     plan = load_test.Plan(messages=1, duration=None, rate=None, connections=1, size=0,
                           recipients=1, addresses=["a@b.test"], sender="s@b.test",
