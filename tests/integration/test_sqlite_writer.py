@@ -67,6 +67,45 @@ async def test_checkpoints_run_beside_the_writer(tmp_path: Path,
     assert sqlite3.connect(path).execute("SELECT count(*) FROM messages").fetchone() == (200,)
 
 
+async def test_the_wal_starts_over_under_back_to_back_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain's claims and settles leave the WAL no moment with every frame copied back,
+    and SQLite writes it from the start again only at such a moment: it grew without end
+    (623 MiB after draining 100,000 messages). Past WAL_RESTART_BYTES a checkpoint makes
+    the next writer start over."""
+    monkeypatch.setattr(sqlitewriter, "CHECKPOINT_BYTES", 128 * 1024)
+    monkeypatch.setattr(sqlitewriter, "WAL_RESTART_BYTES", 512 * 1024)
+    path = tmp_path / "q.db"
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{path}")
+    await store.open()
+    try:
+        await store.enqueue(batch(20))
+        writer = store._writer
+        assert writer is not None
+
+        def settle_back_to_back(seconds: float) -> int:
+            db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            db.execute("PRAGMA wal_autocheckpoint=0")  # as every queue connection
+            db.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
+            largest, end = 0, time.monotonic() + seconds
+            while time.monotonic() < end:
+                db.execute("BEGIN IMMEDIATE")
+                # New pages every time, as a drain's settles write: a checkpoint of
+                # them takes longer than the pause between two transactions.
+                db.executemany("INSERT INTO filler VALUES (randomblob(4096))", [()] * 20)
+                db.execute("COMMIT")
+                writer.wrote(20 * 4096)
+                time.sleep(0.002)  # the Maildir writes between a claim and its settle
+                largest = max(largest, os.path.getsize(f"{path}-wal"))
+            db.close()
+            return largest
+
+        largest = await asyncio.to_thread(settle_back_to_back, 4.0)
+    finally:
+        await store.close()
+    assert largest < 4 * 1024 * 1024, largest
+
+
 async def test_group_commit_on_the_writer_thread(tmp_path: Path) -> None:
     """An SQLite file: sessions hand messages to the writer's own thread, which commits
     what arrived together as one transaction and answers every session in it."""
