@@ -62,7 +62,7 @@ def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]
             asyncio.run(load_test.set_window(url, "bench", start=True))
         settle(args)
         before = cpu(pid)
-        wall = smtp_source(port, args.messages, sessions=50, size=4096)
+        wall = smtp_source(port, args.messages, sessions=50, size=4096, server_pid=pid)
         after = cpu(pid)
         out.update(accept_rate=args.messages / wall,
                    accept_user_us=(after[0] - before[0]) / args.messages * 1e6,

@@ -44,12 +44,21 @@ ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR") or next(
 _ANCHOR_RE = re.compile(r"postfix accept: (\d+) msg/s .* drain: (\d+) msg/s .*delivered=(\d+)")
 
 
-def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
-    """Seconds smtp-source takes to hand ``messages`` to 127.0.0.1:port."""
+def smtp_source(port: int, messages: int, sessions: int, size: int,
+                server_pid: int | None = None) -> float:
+    """Seconds smtp-source takes to hand ``messages`` to 127.0.0.1:port. With
+    ``server_pid``, smtp-source keeps to the CPUs that server is not pinned to (as
+    load_test.py does), so the client's bursts do not land on the server's CPU."""
+    cpus = load_test.cpus_left_by(server_pid) if server_pid is not None else None
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     start = time.perf_counter()
     subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-m", str(messages), "-l",
                     str(size), "-f", "sender@src.test", "-t", "u1@example.test",
-                    f"127.0.0.1:{port}"], check=True, timeout=600)
+                    f"127.0.0.1:{port}"], check=True, timeout=600, preexec_fn=pin)
     return time.perf_counter() - start
 
 
@@ -80,7 +89,9 @@ def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> di
         if not null:
             asyncio.run(load_test.set_window(url, "bench", start=True))
             time.sleep(1.0)
-        seconds = smtp_source(port, args.messages, args.sessions, args.size)
+        assert server.proc is not None
+        seconds = smtp_source(port, args.messages, args.sessions, args.size,
+                              server_pid=server.proc.pid)
         result: dict[str, Any] = {"accept_rate": args.messages / seconds}
         if not null:
             released = asyncio.run(load_test.set_window(url, "bench", start=False))

@@ -707,6 +707,18 @@ def _cpu_arg(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def cpus_left_by(server_pid: int) -> tuple[int, ...] | None:
+    """The CPUs this process may use that the server at ``server_pid`` is not pinned to;
+    None if it is not pinned (or where affinity is unknown)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    try:
+        rest = os.sched_getaffinity(0) - os.sched_getaffinity(server_pid)
+    except OSError:
+        return None
+    return tuple(sorted(rest)) or None
+
+
 def pin_client(cpus: tuple[int, ...] | None, server_pid: int | None) -> str:
     """Keep this process on ``cpus``; by default (None) on the CPUs the server at
     ``server_pid`` is not pinned to, if it is pinned. What it runs on, for the report.
@@ -717,10 +729,8 @@ def pin_client(cpus: tuple[int, ...] | None, server_pid: int | None) -> str:
     from mailqueue.errors import ConfigError
     from mailqueue.loops import pin_cpus
 
-    if cpus is None and server_pid is not None and hasattr(os, "sched_getaffinity"):
-        with contextlib.suppress(OSError):
-            rest = os.sched_getaffinity(0) - os.sched_getaffinity(server_pid)
-            cpus = tuple(sorted(rest)) if rest else None
+    if cpus is None and server_pid is not None:
+        cpus = cpus_left_by(server_pid)
     if not cpus:
         return "all"
     try:
