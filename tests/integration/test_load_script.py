@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosmtplib
@@ -87,33 +89,39 @@ async def test_null_server_answers_250_without_storing(tmp_path: Path) -> None:
     assert not (tmp_path / "queue.db").exists()
 
 
+@contextlib.asynccontextmanager
+async def client(port: int) -> AsyncIterator[aiosmtplib.SMTP]:
+    """An aiosmtplib client connected to 127.0.0.1:``port``; QUIT at the end."""
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
+    await smtp.connect()
+    try:
+        yield smtp
+    finally:
+        await smtp.quit()
+
+
 async def test_transaction_delivers_the_body_sendmail_would(tmp_path: Path) -> None:
     """The script's own MAIL/RCPT/DATA with the body in wire form: dot-led lines arrive
     whole, a refused recipient is reported by code, the rest is delivered."""
     config = make_config(tmp_path)
     body = (b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\nmiddle . dot\r\n.\r\n"
             b"last\r\n")
-    async with running(config) as app:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=app.port)
-        await smtp.connect()
-        try:
-            refused, reply = await load_test.transaction(
-                smtp, "a@src.test", [f"alice@{BASIC}", f"nobody@{EXCHANGE}"],
-                load_test.wire_form(body))
-            assert refused == {f"nobody@{EXCHANGE}": 550}
-            assert reply.startswith("2.0.0 Ok: queued as ")
-            for nobody in ([f"nobody@{EXCHANGE}"], [f"nobody@{EXCHANGE}"] * 2):
-                with pytest.raises(aiosmtplib.SMTPResponseException) as refusal:
-                    await load_test.transaction(smtp, "a@src.test", nobody,
-                                                load_test.wire_form(body))
-                assert refusal.value.code == 550  # every recipient refused: no DATA
-                await smtp.rset()
-            # A body that starts with a dot
-            _, reply = await load_test.transaction(smtp, "a@src.test", [f"bob@{BASIC}"],
-                                                   load_test.wire_form(b".first\r\n"))
-            assert reply.startswith("2.0.0 Ok: queued as ")
-        finally:
-            await smtp.quit()
+    async with running(config) as app, client(app.port) as smtp:
+        refused, reply = await load_test.transaction(
+            smtp, "a@src.test", [f"alice@{BASIC}", f"nobody@{EXCHANGE}"],
+            load_test.wire_form(body))
+        assert refused == {f"nobody@{EXCHANGE}": 550}
+        assert reply.startswith("2.0.0 Ok: queued as ")
+        for nobody in ([f"nobody@{EXCHANGE}"], [f"nobody@{EXCHANGE}"] * 2):
+            with pytest.raises(aiosmtplib.SMTPResponseException) as refusal:
+                await load_test.transaction(smtp, "a@src.test", nobody,
+                                            load_test.wire_form(body))
+            assert refusal.value.code == 550  # every recipient refused: no DATA
+            await smtp.rset()
+        # A body that starts with a dot
+        _, reply = await load_test.transaction(smtp, "a@src.test", [f"bob@{BASIC}"],
+                                               load_test.wire_form(b".first\r\n"))
+        assert reply.startswith("2.0.0 Ok: queued as ")
         await wait_for(lambda: len(all_files(tmp_path / "mail")) == 2)
     alice, bob = (next((tmp_path / "mail/basic" / BASIC / box / "new").iterdir()).read_bytes()
                   for box in ("alice", "bob"))
@@ -124,20 +132,15 @@ async def test_transaction_delivers_the_body_sendmail_would(tmp_path: Path) -> N
 async def test_transaction_declares_the_size_so_an_oversize_message_is_refused_at_mail(
         tmp_path: Path) -> None:
     config = make_config(tmp_path)  # max_message_size 64 KiB
-    async with running(config) as app:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=app.port)
-        await smtp.connect()
-        try:
-            with pytest.raises(aiosmtplib.SMTPSenderRefused) as refusal:
-                await load_test.transaction(smtp, "a@src.test", [f"alice@{BASIC}"],
-                                            load_test.wire_form(b"x" * 70_000 + b"\r\n"))
-            assert refusal.value.code == 552
-            await smtp.rset()
-            _, reply = await load_test.transaction(smtp, "a@src.test", [f"alice@{BASIC}"],
-                                                   load_test.wire_form(b"small\r\n"))
-            assert reply.startswith("2.0.0 Ok: queued as ")
-        finally:
-            await smtp.quit()
+    async with running(config) as app, client(app.port) as smtp:
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refusal:
+            await load_test.transaction(smtp, "a@src.test", [f"alice@{BASIC}"],
+                                        load_test.wire_form(b"x" * 70_000 + b"\r\n"))
+        assert refusal.value.code == 552
+        await smtp.rset()
+        _, reply = await load_test.transaction(smtp, "a@src.test", [f"alice@{BASIC}"],
+                                               load_test.wire_form(b"small\r\n"))
+        assert reply.startswith("2.0.0 Ok: queued as ")
 
 
 def test_make_body_ends_each_line_with_crlf() -> None:
