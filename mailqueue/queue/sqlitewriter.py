@@ -215,11 +215,12 @@ class SqliteWriter:
             conn = self._checkpoint_conn.driver_connection
             _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if frames * self._frame_bytes(conn) >= WAL_RESTART_BYTES:
+                (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
                 conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
                 try:
                     conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                 finally:
-                    conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+                    conn.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             log.warning("queue_checkpoint_failed", error=str(exc))
         finally:
