@@ -15,6 +15,7 @@ import time
 
 import structlog
 
+from mailqueue import loops
 from mailqueue.admin_http import AdminServer
 from mailqueue.clock import Clock, SystemClock
 from mailqueue.config import Config
@@ -33,6 +34,7 @@ from mailqueue.queue import postgres
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, QueueStore
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.writerproc import child_cpus
 from mailqueue.smtp import Capacity, Gate, MailqueueHandler, start_server
 
 log = structlog.get_logger("mailqueue.app")
@@ -58,7 +60,11 @@ class MailqueueApp:
                  run_smtp: bool = True, run_worker: bool = True) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.queue = queue or SqlQueueStore(config.queue.url)
+        # The writer process serves the front end's group commit: only where one runs.
+        self.queue = queue or SqlQueueStore(
+            config.queue.url, writer_process=config.queue.writer == "process" and run_smtp,
+            writer_cpus=child_cpus(config.queue.writer_cpus, config.server.cpus,
+                                   loops.cpus_before_pinning()))
         self.mailboxes: dict[str, MailboxStore] = mailboxes or {
             s.name: MaildirStore(s.name, s.path, config.smtp.hostname, writers=s.writers)
             for s in config.stores}

@@ -65,6 +65,46 @@ Name = Annotated[str, AfterValidator(_name)]  # a store, window or node name
 Zone = Annotated[str, AfterValidator(_zone)]  # an IANA time zone
 
 
+_CPU_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_CPU_FORMS = "use CPU numbers such as 0, \"0,2\" or \"0-3\""
+
+
+def _cpus(value: Any) -> Any:
+    """``"0"``, ``"0,2"``, ``"0-3"``, ``0`` or ``[0, 2]`` as a sorted tuple of CPU numbers;
+    ``""`` or ``"all"`` as None (no pinning)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(_CPU_FORMS)
+    if isinstance(value, int):
+        value = [value]
+    if isinstance(value, str):
+        numbers: set[int] = set()
+        for part in value.split(","):
+            match = _CPU_RANGE.match(part.strip())
+            if match is None:
+                raise ValueError(f"bad CPU list {value!r}: {_CPU_FORMS}")
+            first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+            if last < first:
+                raise ValueError(f"bad CPU range {part.strip()!r}: the end comes first")
+            numbers.update(range(first, last + 1))
+        value = numbers
+    if isinstance(value, list | tuple | set) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+        return tuple(sorted(set(value))) or None
+    raise ValueError(_CPU_FORMS)
+
+
+CpuSet = Annotated[tuple[int, ...] | None, BeforeValidator(_cpus)]
+
+
+def cpu_list(text: str) -> tuple[int, ...] | None:
+    """A CPU list written as ``[server] cpus`` takes it; None for ``"all"`` or ``""``.
+    Raises ValueError naming the forms it takes."""
+    cpus: tuple[int, ...] | None = _cpus(text)
+    return cpus
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -103,6 +143,21 @@ class QueueConfig(_Model):
     delay_warning: Duration = 0.0  # 0: off; else warn a local sender once after this long
     retry: RetryConfig = RetryConfig()
     commit_batch: int = Field(256, ge=1)
+    # Where the group commit's transaction runs (SQLite files): "thread", a thread of the
+    # server's own; "process", a child process on writer_cpus (README, Performance).
+    writer: Literal["thread", "process"] = "thread"
+    # The child's CPUs; None: those [server] cpus leaves free (all when it names them all).
+    writer_cpus: CpuSet = None
+
+    @model_validator(mode="after")
+    def _writer_fits(self) -> QueueConfig:
+        if self.writer == "process" and (not self.url.startswith("sqlite") or
+                                         self.url.endswith((":memory:", ":///"))):
+            raise ValueError('writer = "process" is for a queue in an SQLite file; '
+                             'remove it, or set it to "thread"')
+        if self.writer_cpus is not None and self.writer != "process":
+            raise ValueError('writer_cpus applies only with writer = "process"')
+        return self
 
     @field_validator("url")
     @classmethod
@@ -222,46 +277,6 @@ class WindowConfig(_Model):
     @property
     def end_ts(self) -> float:
         return parse_time(self.end, self.timezone)
-
-
-_CPU_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
-_CPU_FORMS = "use CPU numbers such as 0, \"0,2\" or \"0-3\""
-
-
-def _cpus(value: Any) -> Any:
-    """``"0"``, ``"0,2"``, ``"0-3"``, ``0`` or ``[0, 2]`` as a sorted tuple of CPU numbers;
-    ``""`` or ``"all"`` as None (no pinning)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all")):
-        return None
-    if isinstance(value, bool):
-        raise ValueError(_CPU_FORMS)
-    if isinstance(value, int):
-        value = [value]
-    if isinstance(value, str):
-        numbers: set[int] = set()
-        for part in value.split(","):
-            match = _CPU_RANGE.match(part.strip())
-            if match is None:
-                raise ValueError(f"bad CPU list {value!r}: {_CPU_FORMS}")
-            first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-            if last < first:
-                raise ValueError(f"bad CPU range {part.strip()!r}: the end comes first")
-            numbers.update(range(first, last + 1))
-        value = numbers
-    if isinstance(value, list | tuple | set) and all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
-        return tuple(sorted(set(value))) or None
-    raise ValueError(_CPU_FORMS)
-
-
-CpuSet = Annotated[tuple[int, ...] | None, BeforeValidator(_cpus)]
-
-
-def cpu_list(text: str) -> tuple[int, ...] | None:
-    """A CPU list written as ``[server] cpus`` takes it; None for ``"all"`` or ``""``.
-    Raises ValueError naming the forms it takes."""
-    cpus: tuple[int, ...] | None = _cpus(text)
-    return cpus
 
 
 class ServerConfig(_Model):

@@ -12,11 +12,22 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+_settings = ("console", "info")
+
+
+def settings() -> tuple[str, str]:
+    """The format and level :func:`configure_logging` was last called with (a helper
+    process logs the same way)."""
+    return _settings
+
+
 def configure_logging(fmt: str = "console", level: str = "info",
                       stream: TextIO | None = None) -> None:
     """Console lines by default, one JSON object per line with ``fmt="json"``.
 
     Once per process: a logger is built on its first use and keeps this configuration."""
+    global _settings
+    _settings = (fmt, level)
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()

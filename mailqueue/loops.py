@@ -75,7 +75,22 @@ def pin_cpus(cpus: tuple[int, ...], setting: str = "[server] cpus") -> None:
         raise ConfigError(f"{setting}: CPU {', '.join(map(str, missing))} is not "
                           f"available to this process (available: "
                           f"{', '.join(map(str, available))})")
+    global _before_pinning
+    if _before_pinning is None:
+        _before_pinning = tuple(available)
     setaffinity(0, set(cpus))
+
+
+_before_pinning: tuple[int, ...] | None = None
+
+
+def cpus_before_pinning() -> tuple[int, ...]:
+    """The CPUs this process could run on before :func:`pin_cpus` (now, if never pinned;
+    empty where affinity is not supported)."""
+    if _before_pinning is not None:
+        return _before_pinning
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return tuple(sorted(getaffinity(0))) if getaffinity is not None else ()
 
 
 def behind_the_loop() -> None:

@@ -157,8 +157,23 @@ class Server:
         return self.proc.returncode
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the queue writer process, when one runs)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[1] == str(pid) and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 def cpu_times(pid: int | None) -> tuple[float, float] | None:
-    """(user, system) CPU seconds the process has used so far."""
+    """(user, system) CPU seconds the process and its children (the live ones and those
+    it has waited for) have used so far."""
     if pid is None:
         return None
     try:
@@ -166,7 +181,14 @@ def cpu_times(pid: int | None) -> tuple[float, float] | None:
     except (OSError, IndexError):
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
+    user, system = int(fields[11]) + int(fields[13]), int(fields[12]) + int(fields[14])
+    for child in children(pid):
+        try:
+            own = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        user, system = user + int(own[11]), system + int(own[12])
+    return user / ticks, system / ticks
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -176,16 +198,19 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 def peak_rss_mb(pid: int | None) -> float | None:
-    """The process's peak resident set (VmHWM), in MiB."""
+    """The peak resident set (VmHWM) of the process plus its live children's, in MiB."""
     if pid is None:
         return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    total = 0
+    for member in (pid, *children(pid)):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            if member == pid:
+                return None
+    return round(total / 1024, 1) if total else None
 
 
 async def set_window(url: str, name: str, start: bool) -> float:

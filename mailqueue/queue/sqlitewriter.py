@@ -144,6 +144,20 @@ class SqliteWriter:
         await asyncio.get_running_loop().run_in_executor(
             self._thread, self.write_blocking, message_rows, recipient_rows)
 
+    def connect(self) -> None:
+        """Open the writer's connection now (blocking), so that a queue it cannot open is
+        reported at start rather than by the first batch."""
+        with self._connection_lock:
+            if self._engine is None:
+                raise QueueError("queue writer is not open")
+            try:
+                if self._connection is None:
+                    self._connection = self._engine.raw_connection()
+                self._connection.driver_connection.execute("SELECT 1 FROM messages LIMIT 0")
+            except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
+                self._drop_connection()
+                raise database_error(exc) from exc
+
     def write_blocking(self, message_rows: list[dict[str, Any]],
                        recipient_rows: list[dict[str, Any]]) -> None:
         """:meth:`write` for a thread of the caller's own (the group committer's)."""

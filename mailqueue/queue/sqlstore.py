@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from mailqueue import logs
 from mailqueue.errors import QueueError, SchemaError
 from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue import migrate, postgres
@@ -53,6 +54,7 @@ from mailqueue.queue.models import (
 from mailqueue.queue.schema import messages, nodes, recipients, windows
 from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages, message_rows, recipient_rows
 from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
+from mailqueue.queue.writerproc import WriterProcess
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
@@ -68,7 +70,8 @@ class SqlQueueStore(SqlAdminMixin):
     """A durable queue in SQLite or PostgreSQL."""
 
     def __init__(self, url: str, *, busy_timeout: float = 30.0,
-                 threaded_writer: bool = True) -> None:
+                 threaded_writer: bool = True, writer_process: bool = False,
+                 writer_cpus: Sequence[int] | None = None) -> None:
         self.url = url
         self._sqlite = url.startswith("sqlite")
         self._busy_timeout = busy_timeout
@@ -78,6 +81,10 @@ class SqlQueueStore(SqlAdminMixin):
         self._threaded_writer = threaded_writer and self._sqlite and \
             make_url(url).database not in (None, "", ":memory:")
         self._writer: SqliteWriter | None = None
+        # [queue] writer = "process": the group commit's transaction in a child process.
+        self._writer_process_wanted = writer_process and self._threaded_writer
+        self._writer_cpus = writer_cpus
+        self._writer_process: WriterProcess | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -99,6 +106,15 @@ class SqlQueueStore(SqlAdminMixin):
         if self._threaded_writer:
             self._writer = SqliteWriter(self.url, self._busy_timeout, self._instrument)
             self._writer.open()
+        if self._writer_process_wanted:
+            process = WriterProcess(self.url, self._busy_timeout, self._writer_cpus,
+                                    *logs.settings())
+            try:
+                await asyncio.to_thread(process.start)
+            except QueueError:
+                await self.close()
+                raise
+            self._writer_process = process
 
     async def upgrade_schema(self) -> tuple[str | None, str | None]:
         """Apply the packaged migrations (``mailqueue db upgrade``); (before, after)."""
@@ -124,6 +140,9 @@ class SqlQueueStore(SqlAdminMixin):
             await self.close()
 
     async def close(self) -> None:
+        if self._writer_process is not None:
+            await self._writer_process.close()
+            self._writer_process = None
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
@@ -180,12 +199,16 @@ class SqlQueueStore(SqlAdminMixin):
         :mod:`mailqueue.queue.committer`); None where enqueue is asynchronous only, or where
         a subclass changed :meth:`enqueue` (its override is then what must run)."""
         writer = self._writer
-        if writer is None or type(self).enqueue is not SqlQueueStore.enqueue:
+        if (writer is None or self._writer_process is not None or
+                type(self).enqueue is not SqlQueueStore.enqueue):
             return None
         return lambda batch: writer.write_blocking(message_rows(batch), recipient_rows(batch))
 
     async def enqueue(self, batch: Sequence[NewMessage]) -> None:
         if not batch:
+            return
+        if self._writer_process is not None:
+            await self._writer_process.write(message_rows(batch), recipient_rows(batch))
             return
         if self._writer is not None:
             await self._writer.write(message_rows(batch), recipient_rows(batch))

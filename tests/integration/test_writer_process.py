@@ -1,0 +1,186 @@
+"""``[queue] writer = "process"``: the group commit's transaction in a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from mailqueue.errors import QueueError, QueueFullError
+from mailqueue.queue.committer import GroupCommitter
+from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.writerproc import WriterProcess, child_cpus
+from tests.integration.test_sqlite_writer import batch
+from tests.served import free_port, start, wait_listening, write_config
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has ended too (its parent has not waited for it yet).
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _count(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_sessions_are_answered_after_the_child_committed(tmp_path: Path) -> None:
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}", writer_process=True)
+    await store.open()
+    committer = GroupCommitter(store, max_batch=64)
+    writer = asyncio.create_task(committer.run())
+    await asyncio.sleep(0)
+    try:
+        pid = store._writer_process.pid if store._writer_process else None
+        assert pid is not None and pid != os.getpid() and _alive(pid)
+        sent = batch(300, size=500)
+        await asyncio.gather(*(committer.submit(m) for m in sent))
+        # Every answered message is in the file, read by another connection.
+        assert _count(tmp_path / "q.db") == 300
+    finally:
+        writer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writer
+        await store.close()
+    assert committer.committed == 300 and committer.commits < 300
+    assert not _alive(pid)
+    db = sqlite3.connect(tmp_path / "q.db")
+    stored = dict(db.execute("SELECT queue_id, body FROM messages"))
+    assert all(stored[m.queue_id] == m.body for m in sent)
+
+
+async def test_a_killed_child_fails_its_batch_and_the_next_one_starts_a_new_child(
+        tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    store = SqlQueueStore(url)
+    await store.open()  # the schema
+    await store.close()
+    process = WriterProcess(url, 5.0, None)
+    await asyncio.to_thread(process.start)
+    try:
+        from mailqueue.queue.sqladmin import message_rows, recipient_rows
+
+        first = batch(3)
+        await process.write(message_rows(first), recipient_rows(first))
+        old = process.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        second = batch(2)
+        with pytest.raises(QueueError, match=r"ended during a commit.*outcome is unknown"):
+            await process.write(message_rows(second), recipient_rows(second))
+        third = batch(4)
+        await process.write(message_rows(third), recipient_rows(third))
+        assert process.pid not in (None, old)
+    finally:
+        await process.close()
+    assert _count(tmp_path / "q.db") == 7
+
+
+async def test_a_failed_batch_is_answered_and_the_child_carries_on(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    store = SqlQueueStore(url)
+    await store.open()
+    await store.close()
+    process = WriterProcess(url, 5.0, None)
+    await asyncio.to_thread(process.start)
+    try:
+        from mailqueue.queue.sqladmin import message_rows, recipient_rows
+
+        first = batch(2)
+        await process.write(message_rows(first), recipient_rows(first))
+        pid = process.pid
+        # The same queue ids again: the whole batch is refused, nothing of it is kept.
+        again = first + batch(1)
+        with pytest.raises(QueueError, match="UNIQUE constraint") as caught:
+            await process.write(message_rows(again), recipient_rows(again))
+        assert not isinstance(caught.value, QueueFullError)
+        good = batch(1)
+        await process.write(message_rows(good), recipient_rows(good))
+        assert process.pid == pid
+    finally:
+        await process.close()
+    assert _count(tmp_path / "q.db") == 3
+
+
+async def test_a_queue_the_child_cannot_open_fails_the_start(tmp_path: Path) -> None:
+    process = WriterProcess(f"sqlite+aiosqlite:///{tmp_path / 'no' / 'such' / 'q.db'}",
+                            1.0, None)
+    with pytest.raises(QueueError, match="cannot open the queue in the writer process"):
+        await asyncio.to_thread(process.start)
+    assert process.pid is None
+
+
+def test_the_child_runs_where_the_server_does_not() -> None:
+    assert child_cpus(None, None, (0, 1, 2, 3)) is None
+    assert child_cpus(None, (0,), (0, 1, 2, 3)) == (1, 2, 3)
+    assert child_cpus(None, (0, 1), (0, 1)) == (0, 1)
+    assert child_cpus((3,), (0,), (0, 1, 2, 3)) == (3,)
+
+
+async def test_a_served_instance_outlives_its_writer_and_its_writer_dies_with_it(
+        tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port)
+    text = config.read_text().replace("[delivery]", 'writer = "process"\n[delivery]', 1)
+    config.write_text(text)
+    proc = start(config)
+    try:
+        await wait_listening(port, proc)
+        (child,) = _children(proc.pid)
+        message = b"Subject: one\r\n\r\nbody\r\n"
+        await aiosmtplib.send(message, sender="s@src.test", recipients=["a@basic.example"],
+                              hostname="127.0.0.1", port=port)
+        os.kill(child, signal.SIGKILL)
+        # The next message may meet the dead child (a 451); the one after, a new child.
+        answers = []
+        for _ in range(2):
+            try:
+                await aiosmtplib.send(message, sender="s@src.test",
+                                      recipients=["a@basic.example"],
+                                      hostname="127.0.0.1", port=port)
+                answers.append(250)
+            except aiosmtplib.SMTPResponseException as exc:
+                answers.append(exc.code)
+        assert answers in ([250, 250], [451, 250]), answers
+        assert proc.poll() is None
+        (new_child,) = _children(proc.pid)
+        assert new_child != child
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(new_child) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not _alive(new_child), "the writer process outlived a killed server"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _count(tmp_path / "queue.db") == 1 + answers.count(250)
