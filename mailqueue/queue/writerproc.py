@@ -114,6 +114,11 @@ class WriterProcess:
         async with self._turn:
             if self._closed:
                 raise QueueError("queue writer is not open")
+            if self._proc is not None and (
+                    (self._streams is not None and self._streams[0].at_eof()) or
+                    self._proc.poll() is not None):
+                # It died between batches: this one goes to a new child, not to a 451.
+                await asyncio.to_thread(self._reap_blocking)
             if self._proc is None:
                 await asyncio.to_thread(self.start)
             reader, writer = await self._connected()

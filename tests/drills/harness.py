@@ -65,9 +65,10 @@ class Report:
 
 
 def write_config(workdir: Path, port: int, *, lease: float = 2.0, timeout: float = 30,
-                 grace: float = 5.0, batch: int = 20, queue_url: str | None = None) -> Path:
-    """A drill config: a queue (SQLite under ``workdir`` unless ``queue_url``) and one
-    Maildir store under ``workdir``."""
+                 grace: float = 5.0, batch: int = 20, queue_url: str | None = None,
+                 writer: str = "thread") -> Path:
+    """A drill config: a queue (SQLite under ``workdir`` unless ``queue_url``; its group
+    commit on a ``writer`` thread or process) and one Maildir store under ``workdir``."""
     path = workdir / "mq.toml"
     queue_url = queue_url or f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
     path.write_text(f"""
@@ -78,6 +79,7 @@ timeout = {timeout}
 shutdown_grace = {grace}
 [queue]
 url = "{queue_url}"
+writer = "{writer}"
 [queue.retry]
 initial_delay = 0.2
 max_delay = 1
@@ -322,12 +324,13 @@ async def _stop_load(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> No
 
 
 async def crash_drill(workdir: Path, kills: int, seed: int = 1,
-                      hooked_every: int = 2) -> Report:
+                      hooked_every: int = 2, writer: str = "thread") -> Report:
     """Kill -9 the server ``kills`` times while 20 clients send; every other kill (by
-    default) is armed at a hooked point, the rest fall at random moments."""
+    default) is armed at a hooked point, the rest fall at random moments. With a writer
+    process, ``enqueue.mid_batch`` kills that process, and the server then later."""
     rng = random.Random(seed)
     port = free_port()
-    server = Server(write_config(workdir, port), port)
+    server = Server(write_config(workdir, port, writer=writer), port)
     ledger, report = Ledger(), Report("crash: kill -9 under 20 clients")
     try:
         for round_no in range(kills):
@@ -352,6 +355,59 @@ async def crash_drill(workdir: Path, kills: int, seed: int = 1,
                 report.notes[f"hooked {point}"] = report.notes.get(f"hooked {point}", 0) + 1
             report.kills += 1
             await _stop_load(stop, tasks)
+        await drain(server)
+    finally:
+        server.cleanup()
+    return verify(workdir / "mail", ledger, report)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[1] == str(pid) and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+async def writer_kill_drill(workdir: Path, kills: int, seed: int = 4) -> Report:
+    """Kill -9 the queue writer process ``kills`` times while 20 clients send to a server
+    that keeps running: each kill fails at most the batch in flight (451, resent), a new
+    writer takes the next one, and everything acknowledged is delivered exactly once."""
+    rng = random.Random(seed)
+    port = free_port()
+    server = Server(write_config(workdir, port, writer="process"), port)
+    ledger, report = Ledger(), Report("writer process: kill -9 under 20 clients")
+    try:
+        server.start()
+        await server.listening()
+        assert server.proc is not None
+        stop, tasks = await _load(port, ledger, rng)
+        loop = asyncio.get_running_loop()
+        for _ in range(kills):
+            await asyncio.sleep(rng.uniform(0.2, 1.0))
+            deadline = loop.time() + 10
+            while not children(server.proc.pid) and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            for child in children(server.proc.pid):
+                os.kill(child, signal.SIGKILL)
+                report.kills += 1
+            acked = len(ledger.acked)
+            # A new writer process takes the next batch, and mail is acknowledged again.
+            while len(ledger.acked) == acked and loop.time() < deadline + 10:
+                await asyncio.sleep(0.02)
+            report.notes["acknowledged again after a kill"] = \
+                report.notes.get("acknowledged again after a kill", 0) + \
+                (len(ledger.acked) > acked)
+            if not server.alive:
+                raise AssertionError(f"server died with its writer:\n{server.log_tail()}")
+        await _stop_load(stop, tasks)
+        assert await server.terminate() == 0
         await drain(server)
     finally:
         server.cleanup()

@@ -19,6 +19,7 @@ from tests.drills.harness import (
     sigterm_drill,
     worker_kill_drill,
     write_config,
+    writer_kill_drill,
 )
 from tests.smtpraw import RawSmtp
 
@@ -38,6 +39,17 @@ async def test_kill9_server_under_load(tmp_path: Path) -> None:
     _assert_clean(report)
     hooked = sum(n for k, n in report.notes.items() if k.startswith("hooked "))
     assert hooked >= 4, report.notes  # the hooked points were really reached
+
+
+async def test_kill9_server_with_a_writer_process(tmp_path: Path) -> None:
+    report = await crash_drill(tmp_path, kills=8, seed=11, writer="process")
+    _assert_clean(report)
+
+
+async def test_kill9_writer_process_under_load(tmp_path: Path) -> None:
+    report = await writer_kill_drill(tmp_path, kills=6)
+    _assert_clean(report)
+    assert report.notes.get("acknowledged again after a kill") == 6, report.notes
 
 
 async def test_kill9_worker_mid_drain(tmp_path: Path) -> None:

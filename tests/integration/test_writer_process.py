@@ -14,6 +14,7 @@ import pytest
 
 from mailqueue.errors import QueueError, QueueFullError
 from mailqueue.queue.committer import GroupCommitter
+from mailqueue.queue.sqladmin import message_rows, recipient_rows
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.writerproc import WriterProcess, child_cpus
 from tests.integration.test_sqlite_writer import batch
@@ -26,8 +27,11 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie has ended too (its parent has not waited for it yet).
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rpartition(")")[2].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -77,31 +81,54 @@ async def test_sessions_are_answered_after_the_child_committed(tmp_path: Path) -
     assert all(stored[m.queue_id] == m.body for m in sent)
 
 
-async def test_a_killed_child_fails_its_batch_and_the_next_one_starts_a_new_child(
-        tmp_path: Path) -> None:
+async def test_a_child_dead_during_a_commit_fails_that_batch_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
     store = SqlQueueStore(url)
     await store.open()  # the schema
     await store.close()
+    # Armed in the children only (this process read MAILQUEUE_FAULTS long ago): the first
+    # child dies inside its second transaction, message rows written, recipients not.
+    monkeypatch.setenv("MAILQUEUE_FAULTS", "enqueue.mid_batch:kill@2")
     process = WriterProcess(url, 5.0, None)
     await asyncio.to_thread(process.start)
+    monkeypatch.delenv("MAILQUEUE_FAULTS")
     try:
-        from mailqueue.queue.sqladmin import message_rows, recipient_rows
-
         first = batch(3)
         await process.write(message_rows(first), recipient_rows(first))
         old = process.pid
-        assert old is not None
-        os.kill(old, signal.SIGKILL)
-        second = batch(2)
         with pytest.raises(QueueError, match=r"ended during a commit.*outcome is unknown"):
+            second = batch(2)
             await process.write(message_rows(second), recipient_rows(second))
         third = batch(4)
         await process.write(message_rows(third), recipient_rows(third))
         assert process.pid not in (None, old)
     finally:
         await process.close()
-    assert _count(tmp_path / "q.db") == 7
+    assert _count(tmp_path / "q.db") == 7  # the second batch rolled back whole
+
+
+async def test_a_child_dead_between_batches_costs_no_batch(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    store = SqlQueueStore(url)
+    await store.open()
+    await store.close()
+    process = WriterProcess(url, 5.0, None)
+    await asyncio.to_thread(process.start)
+    try:
+        first = batch(1)
+        await process.write(message_rows(first), recipient_rows(first))
+        old = process.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        while _alive(old):
+            await asyncio.sleep(0.01)
+        second = batch(2)
+        await process.write(message_rows(second), recipient_rows(second))
+        assert process.pid not in (None, old)
+    finally:
+        await process.close()
+    assert _count(tmp_path / "q.db") == 3
 
 
 async def test_a_failed_batch_is_answered_and_the_child_carries_on(tmp_path: Path) -> None:
@@ -112,8 +139,6 @@ async def test_a_failed_batch_is_answered_and_the_child_carries_on(tmp_path: Pat
     process = WriterProcess(url, 5.0, None)
     await asyncio.to_thread(process.start)
     try:
-        from mailqueue.queue.sqladmin import message_rows, recipient_rows
-
         first = batch(2)
         await process.write(message_rows(first), recipient_rows(first))
         pid = process.pid
