@@ -66,6 +66,7 @@ class WriterProcess:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._turn: asyncio.Lock | None = None  # one batch at a time
         self._closed = False
+        self._broken = False  # the socket is out of step with the child: replace both
 
     @property
     def pid(self) -> int | None:
@@ -75,7 +76,9 @@ class WriterProcess:
         """Start the child and wait until it has opened the queue (blocking: call it on a
         thread)."""
         ours, theirs = socket.socketpair()
-        cmd = [sys.executable, "-m", "mailqueue.queue.writerproc", str(theirs.fileno()),
+        # -c, not -m: the package imports this module, and runpy warns about running a
+        # module that is already imported.
+        cmd = [sys.executable, "-c", _CHILD, str(theirs.fileno()),
                self._url, repr(self._busy_timeout),
                ",".join(map(str, self._cpus)) if self._cpus else "", *self._log]
         try:
@@ -115,18 +118,26 @@ class WriterProcess:
             if self._closed:
                 raise QueueError("queue writer is not open")
             if self._proc is not None and (
-                    (self._streams is not None and self._streams[0].at_eof()) or
-                    self._proc.poll() is not None):
-                # It died between batches: this one goes to a new child, not to a 451.
-                await asyncio.to_thread(self._reap_blocking)
+                    self._broken or self._proc.poll() is not None or
+                    (self._streams is not None and self._streams[0].at_eof())):
+                # It died between batches (or an exchange with it was cut short): this
+                # batch goes to a new child, not to a 451.
+                await self._reap()
             if self._proc is None:
                 await asyncio.to_thread(self.start)
             reader, writer = await self._connected()
             try:
                 writer.write(payload)
                 reply = await _read(reader)
+            except asyncio.CancelledError:
+                # The answer to this batch may still come: it must not be read as the next
+                # batch's. This child gets no more batches (it sees the socket close and
+                # ends after its commit).
+                self._broken = True
+                writer.close()
+                raise
             except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
-                code = await asyncio.to_thread(self._reap_blocking)
+                code = await self._reap()
                 raise QueueError("queue writer process ended during a commit "
                                  f"(exit status {code}); its outcome is unknown") from exc
         if reply is None:
@@ -140,14 +151,14 @@ class WriterProcess:
         if self._turn is None:
             self._turn = asyncio.Lock()
         async with self._turn:
-            if self._streams is not None:
+            if self._streams is not None and not self._broken:
                 with contextlib.suppress(OSError):
                     self._streams[1].write(_frame(None))
                     await self._streams[1].drain()
             elif self._sock is not None:
                 with contextlib.suppress(OSError):
                     self._sock.sendall(_frame(None))
-            await asyncio.to_thread(self._reap_blocking, STOP_TIMEOUT)
+            await self._reap(STOP_TIMEOUT)
 
     async def _connected(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._streams is None:
@@ -157,13 +168,20 @@ class WriterProcess:
                                                                limit=_READ_LIMIT)
         return self._streams
 
+    async def _reap(self, wait: float = 5.0) -> int | None:
+        """:meth:`_reap_blocking`, the streams closed here on the loop first."""
+        streams, self._streams = self._streams, None
+        if streams is not None:  # they own the socket
+            self._sock = None
+            streams[1].close()
+        self._broken = False
+        return await asyncio.to_thread(self._reap_blocking, wait)
+
     def _reap_blocking(self, timeout: float = 5.0) -> int | None:
         """Close our end and wait for the child (kill it past ``timeout``); its status."""
-        proc, sock, streams = self._proc, self._sock, self._streams
-        self._proc = self._sock = self._streams = None
-        if streams is not None:
-            streams[1].close()
-        elif sock is not None:
+        proc, sock = self._proc, self._sock
+        self._proc = self._sock = None
+        if sock is not None:
             sock.close()
         if proc is None:
             return None
@@ -177,6 +195,7 @@ class WriterProcess:
         return code
 
 
+_CHILD = "import sys; from mailqueue.queue.writerproc import main; sys.exit(main(sys.argv[1:]))"
 _HEADER = struct.Struct("!Q")
 _READ_LIMIT = 1 << 20
 
@@ -292,7 +311,3 @@ def main(argv: Sequence[str]) -> int:
     finally:
         sock.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

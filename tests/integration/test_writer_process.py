@@ -209,3 +209,31 @@ async def test_a_served_instance_outlives_its_writer_and_its_writer_dies_with_it
             proc.kill()
             proc.wait()
     assert _count(tmp_path / "queue.db") == 1 + answers.count(250)
+
+
+async def test_a_cancelled_exchange_never_answers_the_next_batch(tmp_path: Path) -> None:
+    """Cancelled while the child commits, the write leaves that child behind: the next
+    batch goes to a new child and is answered by its own commit, not the old reply."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    store = SqlQueueStore(url)
+    await store.open()
+    await store.close()
+    process = WriterProcess(url, 5.0, None)
+    await asyncio.to_thread(process.start)
+    try:
+        big = batch(2000, size=4096)
+        old = process.pid
+        write = asyncio.create_task(process.write(message_rows(big), recipient_rows(big)))
+        await asyncio.sleep(0.005)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        small = batch(3)
+        await process.write(message_rows(small), recipient_rows(small))
+        assert process.pid not in (None, old)
+        db = sqlite3.connect(tmp_path / "q.db")
+        ids = {row[0] for row in db.execute("SELECT queue_id FROM messages")}
+        db.close()
+        assert {m.queue_id for m in small} <= ids
+    finally:
+        await process.close()
