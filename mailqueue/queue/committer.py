@@ -13,8 +13,10 @@ The writer runs in one of two ways:
   the event loop after the commit returned. Through a writer task, an executor future and
   the shields around them it took six, and under load each pass of the loop is the better
   part of a millisecond.
-* **As a task on the event loop** otherwise (PostgreSQL, whose driver is asynchronous, and
-  the null store).
+* **As a task on the event loop** otherwise: PostgreSQL, whose driver is asynchronous; the
+  null store; and an SQLite file whose transactions run in the writer process (``[queue]
+  writer = "process"``, see :mod:`mailqueue.queue.writerproc`), to which the task sends
+  each batch over a socket.
 """
 
 from __future__ import annotations

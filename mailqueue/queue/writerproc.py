@@ -3,16 +3,18 @@
 In the default mode the group committer's thread runs :meth:`SqliteWriter.write_blocking`
 inside the server, so the commit's CPU (rows, SQLite's pages, the WAL writes, the
 checkpoints) and the event loop share one interpreter lock and, with ``[server] cpus``, one
-CPU. Here the committer's thread hands each batch, pickled, over a socket pair to a child
-process that runs the same transaction and answers when it is committed; the committer's
-thread waits for that answer, so a 250 still means the commit is on disk (contract 1). The
-child runs on the CPUs ``[queue] writer_cpus`` lists (by default those ``[server] cpus``
-leaves free), with no lock in common with the loop.
+CPU. Here the group committer is a task on the event loop: it sends each batch, pickled,
+over a socket pair to a child process that runs the same transaction (and the checkpoints)
+and answers when it is committed, and the committer's sessions hear their 250 only after
+that answer (contract 1). The child runs on the CPUs ``[queue] writer_cpus`` lists (by
+default those ``[server] cpus`` leaves free), with no lock in common with the loop.
 
 Measured on two cores with the server on one (``benchmarks/checkout_ab.py``, uvloop,
-``smtp-source``, 50 sessions): the server's own CPU per durable message went from
-142-162 + 70-82 to 120-138 + 47-54 us (user + system), against 109-128 + 48-52 for
-``--null``; see the README's Performance section for the rates.
+``smtp-source``, 50 sessions, 3 rounds): the server's own CPU per durable message went from
+128-144 + 76-81 to 117-136 + 45-51 us (user + system), against 114-133 + 43-60 for
+``--null``, and durable accept from 0.76-0.79 to 0.84-0.94 of ``--null``. Driving the child
+from the committer's thread instead (blocking sends and receives) kept the thread's hand-overs
+of the GIL in the loop's way: on asyncio it was slower than no child at all.
 
 A child that dies (killed, out of memory) fails the batch it held as a 451: its commit may
 or may not have happened, so the sessions resend and no false 250 is given. The next batch

@@ -17,6 +17,7 @@ from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.sqladmin import message_rows, recipient_rows
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.writerproc import WriterProcess, child_cpus
+from tests.drills.harness import children
 from tests.integration.test_sqlite_writer import batch
 from tests.served import free_port, start, wait_listening, write_config
 
@@ -32,20 +33,6 @@ def _alive(pid: int) -> bool:
             return stat.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
 
 
 def _count(path: Path) -> int:
@@ -179,7 +166,7 @@ async def test_a_served_instance_outlives_its_writer_and_its_writer_dies_with_it
     proc = start(config)
     try:
         await wait_listening(port, proc)
-        (child,) = _children(proc.pid)
+        (child,) = children(proc.pid)
         message = b"Subject: one\r\n\r\nbody\r\n"
         await aiosmtplib.send(message, sender="s@src.test", recipients=["a@basic.example"],
                               hostname="127.0.0.1", port=port)
@@ -196,7 +183,7 @@ async def test_a_served_instance_outlives_its_writer_and_its_writer_dies_with_it
                 answers.append(exc.code)
         assert answers in ([250, 250], [451, 250]), answers
         assert proc.poll() is None
-        (new_child,) = _children(proc.pid)
+        (new_child,) = children(proc.pid)
         assert new_child != child
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
