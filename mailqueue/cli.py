@@ -67,6 +67,9 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
     if config.server.cpus is not None:
         loops.pin_cpus(config.server.cpus)  # before any thread starts: they inherit it
         log.info("cpus_pinned", cpus=",".join(map(str, config.server.cpus)))
+    if config.queue.writer_cpus is not None:
+        loops.check_cpus(config.queue.writer_cpus, "[queue] writer_cpus",
+                         loops.cpus_before_pinning() or None)
 
     async def main() -> None:
         app = MailqueueApp(config, run_smtp=role in ("all", "smtp"),

@@ -66,15 +66,9 @@ def pin_cpus(cpus: tuple[int, ...], setting: str = "[server] cpus") -> None:
     562 / 478 -> 381 / 398 us of server CPU per accepted message, 804 / 914 -> 535 / 572
     per delivered one."""
     setaffinity = getattr(os, "sched_setaffinity", None)
-    if setaffinity is None:
-        raise ConfigError(f"{setting}: CPU affinity is not supported on this platform; "
-                          "remove the setting")
-    available = sorted(os.sched_getaffinity(0))
-    missing = [cpu for cpu in cpus if cpu not in available]
-    if missing:
-        raise ConfigError(f"{setting}: CPU {', '.join(map(str, missing))} is not "
-                          f"available to this process (available: "
-                          f"{', '.join(map(str, available))})")
+    available = check_cpus(cpus, setting, sorted(os.sched_getaffinity(0))
+                           if setaffinity is not None else None)
+    assert setaffinity is not None
     global _before_pinning
     if _before_pinning is None:
         _before_pinning = tuple(available)
@@ -82,6 +76,21 @@ def pin_cpus(cpus: tuple[int, ...], setting: str = "[server] cpus") -> None:
 
 
 _before_pinning: tuple[int, ...] | None = None
+
+
+def check_cpus(cpus: tuple[int, ...], setting: str,
+               available: list[int] | tuple[int, ...] | None) -> list[int]:
+    """Raise the one-line :class:`ConfigError` for ``setting`` if ``cpus`` are not all in
+    ``available`` (None: affinity is not supported here); the available CPUs, sorted."""
+    if available is None:
+        raise ConfigError(f"{setting}: CPU affinity is not supported on this platform; "
+                          "remove the setting")
+    missing = [cpu for cpu in cpus if cpu not in available]
+    if missing:
+        raise ConfigError(f"{setting}: CPU {', '.join(map(str, missing))} is not "
+                          f"available to this process (available: "
+                          f"{', '.join(map(str, sorted(available)))})")
+    return sorted(available)
 
 
 def cpus_before_pinning() -> tuple[int, ...]:

@@ -38,6 +38,10 @@ from mailqueue.queue.models import MessageQueue, NewMessage
 log = structlog.get_logger("mailqueue.queue")
 
 Pending = tuple[NewMessage, "asyncio.Future[None]"]
+# A task-mode batch stops before its bodies pass this many bytes (one message is taken
+# whatever its size): the writer process's batch is pickled on the event loop, so this
+# bounds that pause (9-20 ms for 16 MiB of bodies, measured) and the copy's memory.
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 BlockingEnqueue = Callable[[Sequence[NewMessage]], None]
 
 
@@ -165,9 +169,18 @@ class GroupCommitter:
             while not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
-            batch = [self._pending.popleft()
-                     for _ in range(min(self._max_batch, len(self._pending)))]
-            await self._commit(batch)
+            batch: list[Pending] = []
+            size = 0
+            while self._pending and len(batch) < self._max_batch and (
+                    not batch or size + len(self._pending[0][0].body) <= MAX_BATCH_BYTES):
+                entry = self._pending.popleft()
+                # As in the hand-over to the thread: a session gone while it waited never
+                # heard a 250, and committing its message would make its retry a copy.
+                if not entry[1].cancelled():
+                    batch.append(entry)
+                    size += len(entry[0].body)
+            if batch:
+                await self._commit(batch)
 
     async def _commit(self, batch: list[Pending]) -> None:
         write = asyncio.create_task(self._write([m for m, _ in batch]))  # noqa: RUF006

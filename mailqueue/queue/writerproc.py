@@ -40,6 +40,7 @@ from typing import Any
 
 import structlog
 
+from mailqueue import faults
 from mailqueue.errors import QueueError, QueueFullError
 
 log = structlog.get_logger("mailqueue.queue")
@@ -69,6 +70,7 @@ class WriterProcess:
         self._turn: asyncio.Lock | None = None  # one batch at a time
         self._closed = False
         self._broken = False  # the socket is out of step with the child: replace both
+        self._starts = 0
 
     @property
     def pid(self) -> int | None:
@@ -83,8 +85,14 @@ class WriterProcess:
         cmd = [sys.executable, "-c", _CHILD, str(theirs.fileno()),
                self._url, repr(self._busy_timeout),
                ",".join(map(str, self._cpus)) if self._cpus else "", *self._log]
+        # An armed fault point (MAILQUEUE_FAULTS) fires once per server, as in the server
+        # itself: the children started after the first do not inherit it.
+        env = None if not self._starts else {
+            k: v for k, v in os.environ.items() if k != faults.ENV}
+        self._starts += 1
         try:
-            proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                    env=env)
         except OSError as exc:
             ours.close()
             raise QueueError(f"cannot start the queue writer process: {exc}") from exc
@@ -106,6 +114,9 @@ class WriterProcess:
         if reply != _READY:
             self._reap_blocking()
             raise QueueError(reply[1] if isinstance(reply, tuple) else str(reply))
+        if self._closed:  # closed while this thread was starting it
+            self._reap_blocking()
+            raise QueueError("queue writer is not open")
         log.info("queue_writer_process_started", pid=proc.pid,
                  cpus=",".join(map(str, self._cpus)) if self._cpus else "all")
 
@@ -115,28 +126,29 @@ class WriterProcess:
         gone, a new one is started for this batch; if it dies during it, QueueError."""
         if self._turn is None:
             self._turn = asyncio.Lock()
-        payload = _frame((message_rows, recipient_rows))
+        payload = pickle.dumps((message_rows, recipient_rows), pickle.HIGHEST_PROTOCOL)
         async with self._turn:
             if self._closed:
                 raise QueueError("queue writer is not open")
-            if self._proc is not None and (
-                    self._broken or self._proc.poll() is not None or
-                    (self._streams is not None and self._streams[0].at_eof())):
-                # It died between batches (or an exchange with it was cut short): this
-                # batch goes to a new child, not to a 451.
-                await self._reap()
-            if self._proc is None:
-                await asyncio.to_thread(self.start)
-            reader, writer = await self._connected()
             try:
-                writer.write(payload)
+                if self._proc is not None and (
+                        self._broken or self._proc.poll() is not None or
+                        (self._streams is not None and self._streams[0].at_eof())):
+                    # It died between batches (or an exchange with it was cut short): this
+                    # batch goes to a new child, not to a 451.
+                    await self._reap()
+                if self._proc is None:
+                    await asyncio.to_thread(self.start)
+                reader, writer = await self._connected()
+                writer.writelines((_HEADER.pack(len(payload)), payload))
                 reply = await _read(reader)
             except asyncio.CancelledError:
-                # The answer to this batch may still come: it must not be read as the next
-                # batch's. This child gets no more batches (it sees the socket close and
-                # ends after its commit).
+                # An answer to this batch may still come, or a child still be starting:
+                # neither may serve the next batch, which goes to a new child (this one
+                # sees its socket close and ends after its commit).
                 self._broken = True
-                writer.close()
+                if self._streams is not None:
+                    self._streams[1].close()
                 raise
             except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
                 code = await self._reap()
@@ -153,7 +165,11 @@ class WriterProcess:
         if self._turn is None:
             self._turn = asyncio.Lock()
         async with self._turn:
-            if self._streams is not None and not self._broken:
+            # Out of step with the child, the socket only needs closing: the child ends
+            # at its end of file.
+            if self._broken:
+                pass
+            elif self._streams is not None:
                 with contextlib.suppress(OSError):
                     self._streams[1].write(_frame(None))
                     await self._streams[1].drain()
@@ -253,14 +269,19 @@ def _serve(sock: socket.socket, url: str, busy_timeout: float) -> None:
         writer.open()
         writer.connect()
     except Exception as exc:  # told to the parent, which raises it
-        sock.sendall(_frame((_ERROR, f"cannot open the queue in the writer process: {exc}")))
+        with contextlib.suppress(OSError):
+            sock.sendall(_frame((_ERROR, f"cannot open the queue in the writer process: "
+                                 f"{exc}")))
         return
-    sock.sendall(_frame(_READY))
     try:
+        sock.sendall(_frame(_READY))
         while True:
             try:
                 batch = _receive(sock)
             except (EOFError, OSError):  # the server is gone
+                break
+            except Exception as exc:  # out of step with the server: end, it starts anew
+                log.error("queue_writer_bad_batch", error=str(exc))
                 break
             if batch is None:
                 break
@@ -278,6 +299,8 @@ def _serve(sock: socket.socket, url: str, busy_timeout: float) -> None:
                 sock.sendall(_frame(reply))
             except OSError:
                 break
+    except OSError:  # the server went away before it heard we were ready
+        pass
     finally:
         _close(writer)
 

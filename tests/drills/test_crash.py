@@ -44,6 +44,8 @@ async def test_kill9_server_under_load(tmp_path: Path) -> None:
 async def test_kill9_server_with_a_writer_process(tmp_path: Path) -> None:
     report = await crash_drill(tmp_path, kills=8, seed=11, writer="process")
     _assert_clean(report)
+    hooked = sum(n for k, n in report.notes.items() if k.startswith("hooked "))
+    assert hooked >= 3, report.notes
 
 
 async def test_kill9_writer_process_under_load(tmp_path: Path) -> None:

@@ -61,6 +61,19 @@ def test_serve_on_cpus_it_may_not_use_is_one_line(tmp_path: Path) -> None:
     assert "[server] cpus: CPU 4095 is not available" in errors[0], errors[0]
 
 
+def test_a_writer_process_on_cpus_it_may_not_use_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "mq.toml"
+    config.write_text(CONFIG.format(queue=tmp_path / "q.db", mail=tmp_path / "mail")
+                      .replace("[queue]\n", "[queue]\nwriter = \"process\"\n"
+                               "writer_cpus = \"4095\"\n", 1))
+    result = subprocess.run([sys.executable, "-m", "mailqueue", "serve", "-c", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    assert "[queue] writer_cpus: CPU 4095 is not available" in errors[0], errors[0]
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux CPU affinity")
 def test_serve_on_one_cpu_keeps_every_thread_there(tmp_path: Path) -> None:
     config = tmp_path / "mq.toml"
