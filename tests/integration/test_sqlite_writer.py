@@ -208,9 +208,13 @@ async def test_a_full_database_is_reported_as_full_and_the_writer_recovers(
     assert db.execute("SELECT count(*) FROM messages").fetchone() == (3,)
 
 
-async def test_a_session_gone_before_the_hand_over_is_not_committed(tmp_path: Path) -> None:
-    """It never heard a 250; committing its message would make its resend a second copy."""
-    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "process"])
+async def test_a_session_gone_before_the_hand_over_is_not_committed(
+        tmp_path: Path, writer_process: bool) -> None:
+    """It never heard a 250; committing its message would make its resend a second copy.
+    (With a writer process the committer is a task, which leaves it out the same way.)"""
+    store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+                          writer_process=writer_process)
     await store.open()
     committer = GroupCommitter(store)
     writer = asyncio.create_task(committer.run())
