@@ -21,7 +21,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -147,48 +147,46 @@ class SqliteWriter:
     def connect(self) -> None:
         """Open the writer's connection now (blocking), so that a queue it cannot open is
         reported at start rather than by the first batch."""
-        with self._connection_lock:
-            if self._engine is None:
-                raise QueueError("queue writer is not open")
-            try:
-                if self._connection is None:
-                    self._connection = self._engine.raw_connection()
-                self._connection.driver_connection.execute("SELECT 1 FROM messages LIMIT 0")
-            except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
-                self._drop_connection()
-                raise database_error(exc) from exc
+        with self._driver_connection() as conn:
+            conn.execute("SELECT 1 FROM messages LIMIT 0")
 
     def write_blocking(self, message_rows: list[dict[str, Any]],
                        recipient_rows: list[dict[str, Any]]) -> None:
         """:meth:`write` for a thread of the caller's own (the group committer's)."""
-        with self._connection_lock:
-            if self._engine is None:
-                raise QueueError("queue writer is not open")
+        with self._driver_connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                if self._connection is None:
-                    self._connection = self._engine.raw_connection()
-                conn = self._connection.driver_connection
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    _insert_rows(conn, messages.name, message_rows)
-                    faults.hit("enqueue.mid_batch")
-                    _insert_rows(conn, recipients.name, recipient_rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                    raise
-            except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
-                # The next batch starts on a fresh connection, whatever state this one is in.
-                self._drop_connection()
-                raise database_error(exc) from exc
+                _insert_rows(conn, messages.name, message_rows)
+                faults.hit("enqueue.mid_batch")
+                _insert_rows(conn, recipients.name, recipient_rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
         # Committed: from here on nothing may turn the batch into a failure (its sessions
         # would resend mail that is queued already).
         try:
             self.wrote(sum(row["size"] + _ROW_OVERHEAD for row in message_rows))
         except RuntimeError as exc:  # the checkpoint thread is shutting down
             log.warning("queue_checkpoint_skipped", error=str(exc))
+
+    @contextlib.contextmanager
+    def _driver_connection(self) -> Iterator[sqlite3.Connection]:
+        """The writer's own ``sqlite3`` connection, one user at a time. A driver error
+        raises :class:`QueueError` and drops it: the next user starts on a fresh one,
+        whatever state this one is in."""
+        with self._connection_lock:
+            if self._engine is None:
+                raise QueueError("queue writer is not open")
+            try:
+                if self._connection is None:
+                    self._connection = self._engine.raw_connection()
+                yield self._connection.driver_connection
+            except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
+                self._drop_connection()
+                raise database_error(exc) from exc
 
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None

@@ -107,14 +107,15 @@ class SqlQueueStore(SqlAdminMixin):
             self._writer = SqliteWriter(self.url, self._busy_timeout, self._instrument)
             self._writer.open()
         if self._writer_process_wanted:
-            process = WriterProcess(self.url, self._busy_timeout, self._writer_cpus,
-                                    *logs.settings())
+            # Known to close() before it starts: a start that fails, or an open cancelled
+            # while the child starts, leaves no child behind.
+            self._writer_process = WriterProcess(self.url, self._busy_timeout,
+                                                 self._writer_cpus, *logs.settings())
             try:
-                await asyncio.to_thread(process.start)
-            except QueueError:
+                await asyncio.to_thread(self._writer_process.start)
+            except BaseException:
                 await self.close()
                 raise
-            self._writer_process = process
 
     async def upgrade_schema(self) -> tuple[str | None, str | None]:
         """Apply the packaged migrations (``mailqueue db upgrade``); (before, after)."""

@@ -26,6 +26,9 @@ import aiosmtplib
 from mailqueue.queue.sqlstore import SqlQueueStore
 from tests.served import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from load_test import children  # the server's child processes (scripts/ is not a package)
+
 CLIENTS = 20
 MAILBOXES = [f"user{i}@basic.example" for i in range(8)]
 HOOKED_POINTS = ("commit.after", "enqueue.mid_batch", "deliver.linked", "deliver.before_settle")
@@ -362,20 +365,6 @@ async def crash_drill(workdir: Path, kills: int, seed: int = 1,
     finally:
         server.cleanup()
     return verify(workdir / "mail", ledger, report)
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[1] == str(pid) and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
 
 
 async def writer_kill_drill(workdir: Path, kills: int, seed: int = 4) -> Report:

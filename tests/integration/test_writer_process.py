@@ -14,6 +14,7 @@ import pytest
 
 from mailqueue.errors import QueueError, QueueFullError
 from mailqueue.queue.committer import GroupCommitter
+from mailqueue.queue.models import NewMessage
 from mailqueue.queue.sqladmin import message_rows, recipient_rows
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.writerproc import WriterProcess, child_cpus
@@ -33,6 +34,26 @@ def _alive(pid: int) -> bool:
             return stat.read().rpartition(")")[2].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def _queue(tmp_path: Path) -> str:
+    """The URL of a new queue file with the schema in place (as the server's store leaves
+    it before it starts a writer process)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
+    store = SqlQueueStore(url)
+    await store.open()
+    await store.close()
+    return url
+
+
+async def _started(url: str) -> WriterProcess:
+    process = WriterProcess(url, 5.0, None)
+    await asyncio.to_thread(process.start)
+    return process
+
+
+async def _write(process: WriterProcess, messages: list[NewMessage]) -> None:
+    await process.write(message_rows(messages), recipient_rows(messages))
 
 
 def _count(path: Path) -> int:
@@ -70,25 +91,21 @@ async def test_sessions_are_answered_after_the_child_committed(tmp_path: Path) -
 
 async def test_a_child_dead_during_a_commit_fails_that_batch_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
-    store = SqlQueueStore(url)
-    await store.open()  # the schema
-    await store.close()
+    url = await _queue(tmp_path)
     # Armed in the children only (this process read MAILQUEUE_FAULTS long ago): the first
     # child dies inside its second transaction, message rows written, recipients not.
     monkeypatch.setenv("MAILQUEUE_FAULTS", "enqueue.mid_batch:kill@2")
-    process = WriterProcess(url, 5.0, None)
-    await asyncio.to_thread(process.start)
+    process = await _started(url)
     monkeypatch.delenv("MAILQUEUE_FAULTS")
     try:
         first = batch(3)
-        await process.write(message_rows(first), recipient_rows(first))
+        await _write(process, first)
         old = process.pid
         with pytest.raises(QueueError, match=r"ended during a commit.*outcome is unknown"):
             second = batch(2)
-            await process.write(message_rows(second), recipient_rows(second))
+            await _write(process, second)
         third = batch(4)
-        await process.write(message_rows(third), recipient_rows(third))
+        await _write(process, third)
         assert process.pid not in (None, old)
     finally:
         await process.close()
@@ -96,22 +113,18 @@ async def test_a_child_dead_during_a_commit_fails_that_batch_only(
 
 
 async def test_a_child_dead_between_batches_costs_no_batch(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
-    store = SqlQueueStore(url)
-    await store.open()
-    await store.close()
-    process = WriterProcess(url, 5.0, None)
-    await asyncio.to_thread(process.start)
+    url = await _queue(tmp_path)
+    process = await _started(url)
     try:
         first = batch(1)
-        await process.write(message_rows(first), recipient_rows(first))
+        await _write(process, first)
         old = process.pid
         assert old is not None
         os.kill(old, signal.SIGKILL)
         while _alive(old):
             await asyncio.sleep(0.01)
         second = batch(2)
-        await process.write(message_rows(second), recipient_rows(second))
+        await _write(process, second)
         assert process.pid not in (None, old)
     finally:
         await process.close()
@@ -119,23 +132,19 @@ async def test_a_child_dead_between_batches_costs_no_batch(tmp_path: Path) -> No
 
 
 async def test_a_failed_batch_is_answered_and_the_child_carries_on(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
-    store = SqlQueueStore(url)
-    await store.open()
-    await store.close()
-    process = WriterProcess(url, 5.0, None)
-    await asyncio.to_thread(process.start)
+    url = await _queue(tmp_path)
+    process = await _started(url)
     try:
         first = batch(2)
-        await process.write(message_rows(first), recipient_rows(first))
+        await _write(process, first)
         pid = process.pid
         # The same queue ids again: the whole batch is refused, nothing of it is kept.
         again = first + batch(1)
         with pytest.raises(QueueError, match="UNIQUE constraint") as caught:
-            await process.write(message_rows(again), recipient_rows(again))
+            await _write(process, again)
         assert not isinstance(caught.value, QueueFullError)
         good = batch(1)
-        await process.write(message_rows(good), recipient_rows(good))
+        await _write(process, good)
         assert process.pid == pid
     finally:
         await process.close()
@@ -201,24 +210,20 @@ async def test_a_served_instance_outlives_its_writer_and_its_writer_dies_with_it
 async def test_a_cancelled_exchange_never_answers_the_next_batch(tmp_path: Path) -> None:
     """Cancelled while the child commits, the write leaves that child behind: the next
     batch goes to a new child and is answered by its own commit, not the old reply."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"
-    store = SqlQueueStore(url)
-    await store.open()
-    await store.close()
-    process = WriterProcess(url, 5.0, None)
-    await asyncio.to_thread(process.start)
+    url = await _queue(tmp_path)
+    process = await _started(url)
     try:
         warm = batch(1)
-        await process.write(message_rows(warm), recipient_rows(warm))  # connected now
+        await _write(process, warm)  # connected now
         big = batch(2000, size=4096)
         old = process.pid
-        write = asyncio.create_task(process.write(message_rows(big), recipient_rows(big)))
+        write = asyncio.create_task(_write(process, big))
         await asyncio.sleep(0)  # sent; waiting for the child's answer, which takes longer
         write.cancel()
         with pytest.raises(asyncio.CancelledError):
             await write
         small = batch(3)
-        await process.write(message_rows(small), recipient_rows(small))
+        await _write(process, small)
         assert process.pid not in (None, old)
         db = sqlite3.connect(tmp_path / "q.db")
         ids = {row[0] for row in db.execute("SELECT queue_id FROM messages")}
