@@ -2,7 +2,11 @@
 
 A notice is a ``multipart/report; report-type=delivery-status`` message with a readable
 part, a ``message/delivery-status`` part (one block per recipient) and the original
-headers as ``text/rfc822-headers``. It is sent with a null sender (``MAIL FROM:<>``), so a
+headers as ``text/rfc822-headers``. Where the original headers or a diagnostic are not
+ASCII, the parts say so as RFC 6533 has them: ``message/global-headers`` and
+``message/global-delivery-status`` (UTF-8, ``8bit``), and a UTF-8 readable part; original
+headers that are not even UTF-8 are kept byte for byte in a base64 ``text/rfc822-headers``
+part, so the notice never carries unlabelled 8-bit data. It is sent with a null sender (``MAIL FROM:<>``), so a
 notice that cannot be delivered is never bounced in turn. A notice only goes to a sender
 whose address is a local mailbox (the queue delivers it like any message, durably); for
 other senders the bounce is only recorded.
@@ -10,6 +14,7 @@ other senders the bounce is only recorded.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import re
@@ -60,6 +65,12 @@ def build_report(*, hostname: str, queue_id: str, sender: str, received_at: floa
     boundary = f"=_mailqueue_{hashlib.sha256(f'{queue_id}{now}'.encode()).hexdigest()[:24]}"
     subject = ("Delayed Mail (still being retried)" if delayed
                else "Undelivered Mail Returned to Sender")
+    human = _human_text(hostname, queue_id, statuses, delayed, retry_until)
+    report = [f"Reporting-MTA: dns; {hostname}", f"X-Mailqueue-Queue-ID: {queue_id}",
+              f"Arrival-Date: {formatdate(received_at)}"]
+    for status in statuses:
+        report += ["", *_recipient_block(status, retry_until)]
+    headers_part, original = _original_part(original)
     head = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{sender}>",
@@ -73,25 +84,53 @@ def build_report(*, hostname: str, queue_id: str, sender: str, received_at: floa
         "This is a MIME-encapsulated message.",
         "",
         f"--{boundary}",
-        "Content-Type: text/plain; charset=us-ascii",
+        *_text_part_head("text/plain", human, charset=True),
         "Content-Description: Notification",
         "",
-        *_human_text(hostname, queue_id, statuses, delayed, retry_until),
+        *human,
         "",
         f"--{boundary}",
-        "Content-Type: message/delivery-status",
+        *_text_part_head("message/delivery-status", report),
         "Content-Description: Delivery report",
         "",
-        f"Reporting-MTA: dns; {hostname}",
-        f"X-Mailqueue-Queue-ID: {queue_id}",
-        f"Arrival-Date: {formatdate(received_at)}",
+        *report,
+        "",
+        f"--{boundary}",
+        *headers_part,
+        "Content-Description: Undelivered Message Headers",
+        "",
     ]
-    for status in statuses:
-        head += ["", *_recipient_block(status, retry_until)]
-    head += ["", f"--{boundary}", "Content-Type: text/rfc822-headers",
-             "Content-Description: Undelivered Message Headers", ""]
     tail = f"\r\n--{boundary}--\r\n".encode("ascii")
     return "\r\n".join(head).encode("utf-8") + b"\r\n" + original + tail
+
+
+def _text_part_head(content_type: str, lines: Sequence[str],
+                    charset: bool = False) -> list[str]:
+    """A part's Content-Type (and transfer encoding) for ``lines``: as given when they are
+    ASCII; else UTF-8 in ``8bit``, the delivery status as ``message/global-delivery-status``
+    (RFC 6533)."""
+    if all(line.isascii() for line in lines):
+        return [f"Content-Type: {content_type}" + ("; charset=us-ascii" if charset else "")]
+    if content_type == "message/delivery-status":
+        content_type = "message/global-delivery-status"
+    return [f"Content-Type: {content_type}" + ("; charset=utf-8" if charset else ""),
+            "Content-Transfer-Encoding: 8bit"]
+
+
+def _original_part(original: bytes) -> tuple[list[str], bytes]:
+    """The original headers' part head and body: ``text/rfc822-headers`` for ASCII,
+    ``message/global-headers`` for UTF-8 (RFC 6533), and for other 8-bit bytes
+    ``text/rfc822-headers`` in base64, so they arrive unchanged and correctly labelled."""
+    if original.isascii():
+        return ["Content-Type: text/rfc822-headers"], original
+    try:
+        original.decode("utf-8")
+    except UnicodeDecodeError:
+        encoded = base64.encodebytes(original).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+        return ["Content-Type: text/rfc822-headers", "Content-Transfer-Encoding: base64"], \
+            encoded
+    return ["Content-Type: message/global-headers", "Content-Transfer-Encoding: 8bit"], \
+        original
 
 
 def _human_text(hostname: str, queue_id: str, statuses: Sequence[RecipientStatus],

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 from email.message import EmailMessage
 from pathlib import Path
+
+import flufl.bounce
 
 from mailqueue.config import StoreConfig
 from mailqueue.dsn import Notifier, RecipientStatus, build_report, original_headers
@@ -71,3 +74,68 @@ def test_one_notice_per_message() -> None:
                           bounced("carol@exchange.example", "b@basic.example")], T0)
     assert len(notices) == 1
     assert notices[0].body.count(b"Final-Recipient:") == 2
+
+
+def _report(original: bytes, diagnostic: str = "expired: in the queue for 5d") -> bytes:
+    return build_report(hostname="mx.test", queue_id="Q1", sender="carol@exchange.example",
+                        received_at=T0, now=T0 + 10, message_id="<n@mx.test>",
+                        statuses=[RecipientStatus("a@b.example", "failed", "5.4.7",
+                                                  diagnostic)],
+                        original=original_headers(original))
+
+
+def _raw_part(data: bytes, index: int) -> tuple[bytes, bytes]:
+    """The head and body of part ``index`` of a notice, as raw bytes."""
+    boundary = parse(data).get_boundary()
+    assert boundary is not None
+    part = data.split(f"--{boundary}".encode())[index + 1].strip(b"\r\n")
+    head, _, body = part.partition(b"\r\n\r\n")
+    return head, body
+
+
+UTF8_BODY = "From: jörg@basic.example\r\nSubject: Grüße aus Köln\r\n\r\nhallo\r\n".encode()
+
+
+def test_utf8_original_headers_are_message_global_headers() -> None:
+    data = _report(UTF8_BODY)
+    head, body = _raw_part(data, 2)
+    assert b"Content-Type: message/global-headers" in head
+    assert b"Content-Transfer-Encoding: 8bit" in head
+    assert body == original_headers(UTF8_BODY)  # byte for byte, UTF-8
+    # The rest stays plain: ASCII diagnostics keep the RFC 3464 types.
+    assert [p.get_content_type() for p in parse(data).iter_parts()] == \
+        ["text/plain", "message/delivery-status", "message/global-headers"]
+    assert b"7bit" not in data and b"charset=us-ascii" in data
+
+
+def test_ascii_original_headers_stay_text_rfc822_headers() -> None:
+    head, body = _raw_part(_report(BODY), 2)
+    assert head.startswith(b"Content-Type: text/rfc822-headers\r\n")
+    assert b"Transfer-Encoding" not in head and body == original_headers(BODY)
+
+
+def test_non_utf8_original_headers_travel_in_base64() -> None:
+    latin1 = "Subject: Grüße\r\nFrom: x@y.example\r\n\r\nbody\r\n".encode("latin-1")
+    data = _report(latin1)
+    head, body = _raw_part(data, 2)
+    assert b"Content-Type: text/rfc822-headers" in head
+    assert b"Content-Transfer-Encoding: base64" in head
+    assert base64.b64decode(body) == original_headers(latin1)
+    assert data.isascii()
+
+
+def test_non_ascii_diagnostic_is_global_delivery_status() -> None:
+    data = _report(BODY, "rejeté par l'opérateur")
+    text_head, text = _raw_part(data, 0)
+    status_head, status = _raw_part(data, 1)
+    assert b"charset=utf-8" in text_head and "rejeté".encode() in text
+    assert b"Content-Type: message/global-delivery-status" in status_head
+    assert "Diagnostic-Code: X-Mailqueue; rejeté".encode() in status
+
+
+def test_a_bounce_parser_finds_the_recipient_in_every_form() -> None:
+    for original, diagnostic in ((BODY, "expired"), (UTF8_BODY, "expired"),
+                                 (UTF8_BODY, "rejeté par l'opérateur")):
+        data = _report(original, diagnostic)
+        assert flufl.bounce.scan_message(email.message_from_bytes(data)) == \
+            {b"a@b.example"}
