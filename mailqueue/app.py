@@ -92,7 +92,7 @@ class MailqueueApp:
                                     on_expired=self.metrics.observe_expired)
         self.admin = AdminServer(config.admin, self.queue, self.metrics, self.clock,
                                  self.control.current, list(config.stores),
-                                 self._smtp_listening) \
+                                 self._smtp_listening, nodes=self.control.nodes) \
             if config.admin is not None and config.admin.enabled else None
         self.smtp_server: asyncio.Server | None = None
         self.control.listen(self.worker.wake)
