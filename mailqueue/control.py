@@ -63,7 +63,11 @@ def _on_node(count: int, index: int) -> Callable[[str], bool]:
 
 
 class ControlPlane:
-    """The current :class:`WindowSet`, kept in step with the database."""
+    """The current :class:`WindowSet` and node states, kept in step with the database.
+
+    ``nodes`` gives each store's number of nodes (one for a store not named), so that the
+    mail deferred by a node that comes back can be told from the rest of its store's.
+    """
 
     def __init__(self, store: ControlState, clock: Clock, stores: Sequence[str],
                  interval: float = 0.5, nodes: Mapping[str, int] | None = None) -> None:
