@@ -261,12 +261,25 @@ class AsyncMailqueue:
                 if rcpt.state.value not in _PENDING:
                     continue
                 window = blocked.blocking(rcpt.store)
+                node = self._down_node(rcpt.store, rcpt.address)
                 why = f"held by active window {window.name!r} (end_window())" if window else \
+                    f"its node is down ({node})" if node else \
                     f"waiting to retry: {rcpt.last_error} (advance() the clock)" \
                     if rcpt.last_error else f"{rcpt.state.value}"
                 lines.append(f"  {entry.queue_id} {entry.message_id or ''} -> "
                              f"{rcpt.address}: {why}")
         return "\n".join(lines[:51])
+
+    def _down_node(self, store: str, address: str) -> str | None:
+        """``node_up(STORE, N)`` when ``address``'s node is down, else None."""
+        count = self.nodes.get(store)
+        if count is None:
+            return None
+        index = node_index(address, count)
+        node = self.app.control.nodes().get(node_name(store, index))
+        if node is None or node.mode is not NodeMode.DOWN:
+            return None
+        return f"node_up({store!r}, {index + 1})"
 
     # --- what arrived --------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from mailqueue.errors import ConfigError
 from mailqueue.nodes import NodeMode, node_index
 from mailqueue.queue.admin import EventKind
 from mailqueue.queue.models import RecipientState
-from mailqueue.testing.harness import AsyncMailqueue
+from mailqueue.testing.harness import AsyncMailqueue, NotDrainedError
 from mailqueue.testing.options import MailqueueOptions
 from tests.helpers import maildir_files, opened_store, running, wait_for
 from tests.served import free_port, start, wait_listening
@@ -311,6 +311,9 @@ async def test_harness_nodes_become_the_configs(tmp_path: Path) -> None:
         await mq.node_down("mail", 2)
         await asyncio.to_thread(send, mq.port, address)
         await wait_for(lambda: mq.app.worker.deferred >= 1)
+        with pytest.raises(NotDrainedError, match=rf"-> {address}: its node is down "
+                                                  r"\(node_up\('mail', 2\)\)"):
+            await mq.drained(timeout=0.2)
         await mq.node_up("mail", 2)
         await mq.drained(timeout=5)  # no advance(): the retry is not waited for
         assert len(await mq.mailbox(address).messages()) == 1
