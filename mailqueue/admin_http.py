@@ -2,9 +2,10 @@
 
 ``/metrics`` (Prometheus text), ``/healthz`` (the process runs), ``/readyz`` (the queue
 answers and SMTP is listening), and ``GET /mailboxes/{address}/messages``: the delivered
-messages of one mailbox as JSON, or ``503`` with ``Retry-After`` (the window's planned end)
-while the mailbox's store is inside an active maintenance window — access to mailboxes
-follows the window, as the upgrade notice promised. Off unless ``[admin]`` is configured;
+messages of one mailbox as JSON, or ``503`` while the mailbox is closed (one decision, in
+:mod:`mailqueue.access`): with ``Retry-After`` (the window's planned end) while its store is
+inside an active maintenance window, as the upgrade notice promised, and while the node it
+lives on is down. Off unless ``[admin]`` is configured;
 loopback by default; with ``token`` set, every path but the health checks needs
 ``Authorization: Bearer TOKEN``.
 """
@@ -17,7 +18,7 @@ import email.policy
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from mailqueue.access import Closed, mailbox_closed
 from mailqueue.clock import Clock
 from mailqueue.config import AdminConfig, StoreConfig
 from mailqueue.errors import QueueError
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.mailbox.router import Route, Router
 from mailqueue.metrics import Metrics
+from mailqueue.nodes import NodeState
 from mailqueue.queue.models import QueueStore
 from mailqueue.timeparse import format_time
 from mailqueue.windows import WindowSet
@@ -46,12 +49,14 @@ class AdminServer:
 
     def __init__(self, config: AdminConfig, queue: QueueStore, metrics: Metrics, clock: Clock,
                  windows: Callable[[], WindowSet], stores: list[StoreConfig],
-                 smtp_listening: Callable[[], bool | None]) -> None:
+                 smtp_listening: Callable[[], bool | None],
+                 nodes: Callable[[], Mapping[str, NodeState]] = dict) -> None:
         self.config = config
         self._queue = queue
         self._metrics = metrics
         self._clock = clock
         self._windows = windows
+        self._nodes = nodes  # the control plane's node states
         self._stores = {s.name: s for s in stores}
         self._router = Router(stores)
         self._smtp_listening = smtp_listening  # None: this process runs no SMTP
@@ -125,16 +130,26 @@ class AdminServer:
         route = self._router.route(address)
         if not isinstance(route, Route):
             return _json({"error": f"no such mailbox: {address} ({route})"}, 404)
-        window = self._windows().blocking(route.store)
-        if window is not None:
-            return _json({"error": "mailbox maintenance", "window": window.name,
-                          "store": route.store, "until": format_time(window.end)}, 503,
-                         {"Retry-After": formatdate(window.end, usegmt=True)})
+        closed = mailbox_closed(self._stores[route.store], route.address, self._windows(),
+                                self._nodes())
+        if closed is not None:
+            return _closed(closed)
         box = mailbox_path(self._stores[route.store].path, route.address)
         listed = await asyncio.to_thread(list_maildir, box)
         if listed is None and self._stores[route.store].mailboxes is None:
             return _json({"error": f"no such mailbox: {route.address}"}, 404)
         return _json(listed or [])
+
+
+def _closed(closed: Closed) -> web.Response:
+    """``503`` saying why the mailbox is closed (and, for a window, until when)."""
+    if closed.window is not None:
+        end = closed.window.end
+        return _json({"error": "mailbox maintenance", "window": closed.window.name,
+                      "store": closed.store, "until": format_time(end)}, 503,
+                     {"Retry-After": formatdate(end, usegmt=True)})
+    return _json({"error": "mailbox node down", "store": closed.store, "node": closed.node},
+                 503)
 
 
 def list_maildir(box: Path) -> list[dict[str, Any]] | None:

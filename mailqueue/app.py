@@ -28,8 +28,10 @@ from mailqueue.dsn import Notifier
 from mailqueue.errors import QueueError
 from mailqueue.mailbox.base import MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
+from mailqueue.mailbox.nodes import NodeAwareStore, build_mailboxes
 from mailqueue.mailbox.router import Router
 from mailqueue.metrics import Metrics
+from mailqueue.nodes import FaultModel
 from mailqueue.queue import postgres
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, QueueStore
@@ -57,7 +59,7 @@ class MailqueueApp:
     def __init__(self, config: Config, clock: Clock | None = None,
                  queue: QueueStore | None = None,
                  mailboxes: dict[str, MailboxStore] | None = None,
-                 run_smtp: bool = True, run_worker: bool = True) -> None:
+                 run_smtp: bool = True, run_worker: bool = True, seed: int = 0) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         # The writer process serves the front end's group commit: only where one runs.
@@ -65,12 +67,13 @@ class MailqueueApp:
             config.queue.url, writer_process=config.queue.writer == "process" and run_smtp,
             writer_cpus=child_cpus(config.queue.writer_cpus, config.server.cpus,
                                    loops.cpus_before_pinning()))
-        self.mailboxes: dict[str, MailboxStore] = mailboxes or {
-            s.name: MaildirStore(s.name, s.path, config.smtp.hostname, writers=s.writers)
-            for s in config.stores}
         self.run_smtp = run_smtp
         self.run_worker = run_worker
-        self.control = ControlPlane(self.queue, self.clock, [s.name for s in config.stores])
+        self.control = ControlPlane(self.queue, self.clock, [s.name for s in config.stores],
+                                    nodes={s.name: s.nodes for s in config.stores})
+        # Every store on its nodes, which follow the control plane (``seed``: flaky draws).
+        self.mailboxes: dict[str, MailboxStore] = mailboxes or build_mailboxes(
+            config, self.clock, self.control.nodes, FaultModel(seed))
         self.committer = GroupCommitter(self.queue, config.queue.commit_batch)
         self.capacity = Capacity(config.queue.max_messages, config.queue.max_bytes)
         self.gate = Gate(config.smtp.max_connections, config.smtp.max_connections_per_ip)
@@ -89,7 +92,7 @@ class MailqueueApp:
                                     on_expired=self.metrics.observe_expired)
         self.admin = AdminServer(config.admin, self.queue, self.metrics, self.clock,
                                  self.control.current, list(config.stores),
-                                 self._smtp_listening) \
+                                 self._smtp_listening, nodes=self.control.nodes) \
             if config.admin is not None and config.admin.enabled else None
         self.smtp_server: asyncio.Server | None = None
         self.control.listen(self.worker.wake)
@@ -131,10 +134,11 @@ class MailqueueApp:
         deferred deliveries later. Not fatal: a store may well be down during the very
         maintenance this server queues mail for; its mail waits and is retried."""
         for name, store in self.mailboxes.items():
-            if isinstance(store, MaildirStore):
-                problem = await asyncio.to_thread(store.check_writable)
+            maildir = store.inner if isinstance(store, NodeAwareStore) else store
+            if isinstance(maildir, MaildirStore):
+                problem = await asyncio.to_thread(maildir.check_writable)
                 if problem is not None:
-                    log.warning("store_not_writable", store=name, path=str(store.root),
+                    log.warning("store_not_writable", store=name, path=str(maildir.root),
                                 error=problem)
 
     async def _run_tasks(self) -> None:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from mailqueue.errors import ConfigError, TimeParseError
+from mailqueue.nodes import MAX_NODES
 from mailqueue.timeparse import get_zone, parse_duration, parse_size, parse_time
 
 ENV_PREFIX = "MAILQUEUE_"
@@ -229,6 +230,10 @@ class StoreConfig(_Model):
     mailboxes: list[str] | None = None
     # Threads writing this store's copies at once: each copy waits on its own fsync.
     writers: int = Field(16, ge=1, le=256)
+    # Mailbox nodes the store is sharded over (NAME-1 .. NAME-N), each of which can be set
+    # down, slow or flaky at run time (``mailqueue node``); a mailbox's node is a stable
+    # hash of its address.
+    nodes: int = Field(1, ge=1, le=MAX_NODES, strict=True)
 
     @field_validator("domains")
     @classmethod

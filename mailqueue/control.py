@@ -1,23 +1,29 @@
-"""The control plane: windows live in the queue database so every process sees them.
+"""The control plane: windows and node states live in the queue database so every process
+sees them.
 
-The :class:`ControlPlane` of a running server rereads the windows every ``interval`` real
-seconds (so a change made by the CLI or a test is followed within a second), applies the
-transitions that time alone makes (``scheduled → active → ended``) and persists them, and
-calls its listeners when the set of stores held by a window changes.
+The :class:`ControlPlane` of a running server rereads the windows and the mailbox nodes
+every ``interval`` real seconds (so a change made by the CLI or a test is followed within a
+second), applies the transitions that time alone makes (``scheduled → active → ended``) and
+persists them, and calls its listeners when the set of stores held by a window changes.
+
+A node that comes back (down → up, say) is treated like a window that ends: the mail its
+outage deferred is made due at once and the listeners are called, so its backlog drains
+now rather than at each recipient's next retry. Each process does this when it sees the
+change itself, after its own deliveries follow the new state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from mailqueue.clock import Clock
 from mailqueue.config import WindowConfig
-from mailqueue.errors import QueueError
-from mailqueue.nodes import NodeState
+from mailqueue.errors import NodeError, QueueError
+from mailqueue.nodes import NodeMode, NodeState, came_back, find_node, node_index
 from mailqueue.queue.models import ControlState
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
@@ -38,14 +44,38 @@ async def seed_windows(store: ControlState, configs: Sequence[WindowConfig]) -> 
         await store.add_window_if_absent(window_from_config(config))
 
 
+async def set_nodes(store: ControlState, names: Sequence[str], mode: NodeMode, now: float, *,
+                    latency: float = 0.0, failure_rate: float = 0.0,
+                    fail_next: int = 0) -> list[NodeState]:
+    """Set the nodes ``names`` (``STORE-N``, already checked) to ``mode`` from ``now`` on,
+    in one transaction; a running server follows within a second."""
+    current = {node.name: node for node in await store.nodes()}
+    changed = [(current.get(name) or NodeState(name=name, store=name.rpartition("-")[0]))
+               .changed(mode, now, latency=latency, failure_rate=failure_rate,
+                        fail_next=fail_next) for name in names]
+    if changed:
+        await store.save_nodes(changed)
+    return changed
+
+
+def _on_node(count: int, index: int) -> Callable[[str], bool]:
+    return lambda address: node_index(address, count) == index
+
+
 class ControlPlane:
-    """The current :class:`WindowSet`, kept in step with the database."""
+    """The current :class:`WindowSet` and node states, kept in step with the database.
+
+    ``nodes`` gives each store's number of nodes (one for a store not named), so that the
+    mail deferred by a node that comes back can be told from the rest of its store's.
+    """
 
     def __init__(self, store: ControlState, clock: Clock, stores: Sequence[str],
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.5, nodes: Mapping[str, int] | None = None) -> None:
         self._store = store
         self._clock = clock
         self._stores = tuple(stores)
+        # Each store's number of nodes (one unless given), for placing a mailbox on one.
+        self._counts = {name: (nodes or {}).get(name, 1) for name in self._stores}
         self._interval = interval
         self._current = WindowSet((), clock.now())
         self._blocked: frozenset[str] = frozenset()
@@ -56,7 +86,8 @@ class ControlPlane:
         self._lock = asyncio.Lock()
         self._seen: dict[str, WindowState] | None = None
         self._ends: dict[str, float] = {}
-        self._nodes: dict[str, NodeState] = {}
+        self._nodes: dict[str, NodeState] | None = None  # None: not read yet
+        self._back: set[str] = set()  # nodes seen coming back, their mail not yet let through
         clock.subscribe(self._poke.set)
 
     def listen(self, callback: Callable[[], None]) -> None:
@@ -71,7 +102,7 @@ class ControlPlane:
 
     def nodes(self) -> dict[str, NodeState]:
         """Mailbox node states by name, as last read (a node not listed is up)."""
-        return self._nodes
+        return self._nodes or {}
 
     def blocked(self) -> frozenset[str]:
         return frozenset(self.current().blocked_stores(self._stores))
@@ -94,13 +125,56 @@ class ControlPlane:
                 await self._store.save_window(advanced, expect_state=window.state)
             windows.append(advanced)
         self._log_changes(windows)
-        self._nodes = {node.name: node for node in await self._store.nodes()}
+        self._follow_nodes(await self._store.nodes())
         self._current = WindowSet(windows, now)
         blocked = self.blocked()
-        if blocked != self._blocked:
+        released = await self._let_through()
+        if blocked != self._blocked or released:
             self._blocked = blocked
             for callback in list(self._listeners):
                 callback()
+
+    def _follow_nodes(self, states: list[NodeState]) -> None:
+        """Take the nodes as read; log each change, note each node that came back."""
+        before = self._nodes
+        nodes = {node.name: node for node in states}
+        self._nodes = nodes
+        for node in nodes.values():
+            old = None if before is None else before.get(node.name)
+            if old is not None and old.version == node.version:
+                continue
+            if before is not None or node.mode is not NodeMode.UP:
+                log.info("node_changed", node=node.name, mode=node.mode.value)
+            if before is not None and came_back(old, node):
+                self._back.add(node.name)
+
+    async def _let_through(self) -> int:
+        """Make the deferred mail of the nodes that came back due now; how many recipients.
+
+        A node is done with once its retry is committed; one that went down again
+        meanwhile, or is not configured (an old row), is let go. A delivery already under
+        way when the node came back settles with the retry time it gets.
+        """
+        released = 0
+        for name in sorted(self._back):
+            node = self.nodes().get(name)
+            place = self._place(name)
+            if node is not None and node.mode is not NodeMode.DOWN and place is not None:
+                store, index = place
+                count = await self._store.retry_deferred(
+                    store, self._clock.now(), _on_node(self._counts[store], index),
+                    f"node {name} is {node.mode.value}")
+                log.info("node_back", node=name, recipients=count)
+                released += count
+            self._back.discard(name)
+        return released
+
+    def _place(self, name: str) -> tuple[str, int] | None:
+        """The store and index of configured node ``name``; None for any other name."""
+        try:
+            return find_node(name, self._counts)
+        except NodeError:
+            return None
 
     def _log_changes(self, windows: list[Window]) -> None:
         """Log each state change this process sees, whoever made it (time, CLI, a test)."""

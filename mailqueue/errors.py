@@ -7,6 +7,7 @@ carries a message that says what to fix::
     ├── ConfigError          a config file, key or environment override is invalid
     ├── TimeParseError       a time, duration or size could not be read
     ├── WindowError          a window operation is not possible (unknown name, bad state)
+    ├── NodeError            a name that is not one of the configured mailbox nodes
     ├── QueueError           the durable queue failed (wraps database errors)
     │   ├── QueueFullError   the queue is at its configured capacity, or its disk is full
     │   └── SchemaError      the queue database's schema is not at this version's revision
@@ -33,6 +34,10 @@ class TimeParseError(MailqueueError, ValueError):
 
 class WindowError(MailqueueError):
     """A maintenance-window operation is not possible."""
+
+
+class NodeError(MailqueueError, ValueError):
+    """A mailbox node name that is not one of the configured nodes."""
 
 
 class QueueError(MailqueueError):

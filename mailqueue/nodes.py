@@ -1,16 +1,22 @@
 """Mailbox nodes: a store sharded over N nodes, each up, down, slow or flaky.
 
-A mailbox maps to one node of its store by a stable hash of its address, so the same
-mailbox always lands on the same node in every process and every run. Node states live in
-the queue database (like windows) so the CLI, a test or a rehearsal script can flip a node
-that a running server then honours. Pure: no I/O.
+A store has ``nodes`` nodes (``[[stores]] nodes``, 1 by default), named ``STORE-1`` ..
+``STORE-N``. A mailbox maps to one node of its store by a stable hash of its address, so the
+same mailbox always lands on the same node in every process and every run. Node states live
+in the queue database (like windows) so the CLI, a test or a rehearsal script can flip a
+node that a running server then honours. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from enum import StrEnum
+
+from mailqueue.errors import NodeError
+
+MAX_NODES = 1000  # nodes per store, in the config and in scenarios
 
 
 class NodeMode(StrEnum):
@@ -63,12 +69,50 @@ def node_name(store: str, index: int) -> str:
     return f"{store}-{index + 1}"
 
 
+def node_span(store: str, count: int) -> str:
+    """The names of ``store``'s nodes as a range: ``basic-1..basic-3``, or ``basic-1``."""
+    first = node_name(store, 0)
+    return first if count == 1 else f"{first}..{node_name(store, count - 1)}"
+
+
+def find_node(name: str, counts: Mapping[str, int]) -> tuple[str, int]:
+    """The store and 0-based index of node ``name`` (``STORE-N``), given each store's number
+    of nodes. Raises :class:`NodeError` naming the nodes there are."""
+    store, _, number = name.rpartition("-")
+    count = counts.get(store)
+    shown = repr(name if len(name) <= 80 else name[:77] + "...")
+    if count is None:
+        known = ", ".join(node_span(s, c) for s, c in counts.items())
+        raise NodeError(f"no node {shown} (known: {known})")
+    # Only the canonical spelling: "basic-01" would be a second name for basic-1's row.
+    if number.isascii() and number.isdigit() and not number.startswith("0") and \
+            len(number) <= len(str(count)) and int(number) <= count:
+        return store, int(number) - 1
+    has = f"has one node: {node_name(store, 0)}" if count == 1 else \
+        f"has nodes {node_span(store, count)}"
+    raise NodeError(f"no node {shown} ({store} {has})")
+
+
 def node_index(address: str, count: int) -> int:
     """The node (0-based) a mailbox lives on: a stable hash of the address, mod ``count``."""
     if count < 1:
         raise ValueError("a store has at least one node")
+    if count == 1:
+        return 0
     digest = hashlib.sha256(address.lower().encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") % count
+
+
+# How much of its mail a node turns away, by mode: deliveries to a node that turns away
+# less than before need not wait for their retry.
+_TURNS_AWAY = {NodeMode.UP: 0, NodeMode.SLOW: 0, NodeMode.FLAKY: 1, NodeMode.DOWN: 2}
+
+
+def came_back(before: NodeState | None, after: NodeState) -> bool:
+    """Whether ``after`` takes mail that ``before`` turned away: a node that was down and
+    is not now, or was flaky and is now up or slow (None: a node never set, so up)."""
+    was = _TURNS_AWAY[before.mode] if before is not None else 0
+    return _TURNS_AWAY[after.mode] < was
 
 
 def unit_draw(seed: int, *parts: object) -> float:

@@ -1,7 +1,9 @@
 """``mailqueue node list|set``: see and flip mailbox node states from any process.
 
-Node states live in the queue database, so a running server (a rehearsal, a drill) follows
-a change within a second, the same way it follows window changes.
+Node states live in the queue database, so a running server (``serve``, a rehearsal, the
+pytest harness) follows a change within a second, the same way it follows window changes.
+The nodes are those of the config: ``[[stores]] nodes = N`` gives a store ``STORE-1`` ..
+``STORE-N`` (one node, ``STORE-1``, by default); any other name is an error.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import click
 
 from mailqueue.cli_common import config_option, in_queue, load
 from mailqueue.clock import SystemClock
-from mailqueue.nodes import NodeMode, NodeState
+from mailqueue.control import set_nodes
+from mailqueue.nodes import NodeMode, NodeState, find_node, node_name
 from mailqueue.queue.models import ControlState
 from mailqueue.timeparse import parse_duration
 
@@ -26,15 +29,16 @@ def node() -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per node.")
 def node_list(config_path: str | None, as_json: bool) -> None:
-    """Every node whose state was set (nodes not listed are up)."""
+    """Every configured node and its state (up unless set otherwise)."""
     config = load(config_path)
-    nodes = in_queue(config, lambda q: q.nodes())
-    if not nodes:
-        click.echo("no node states set (every node is up)")
-    for n in nodes:
-        click.echo(json.dumps({"name": n.name, "store": n.store, "mode": n.mode.value,
-                               "latency": n.latency, "failure_rate": n.failure_rate,
-                               "fail_next": n.fail_next}) if as_json else n.describe())
+    stored = {n.name: n for n in in_queue(config, lambda q: q.nodes())}
+    for store in config.stores:
+        for index in range(store.nodes):
+            name = node_name(store.name, index)
+            n = stored.get(name) or NodeState(name=name, store=store.name)
+            click.echo(json.dumps({"name": n.name, "store": n.store, "mode": n.mode.value,
+                                   "latency": n.latency, "failure_rate": n.failure_rate,
+                                   "fail_next": n.fail_next}) if as_json else n.describe())
 
 
 @node.command("set")
@@ -51,23 +55,17 @@ def node_set(config_path: str | None, name: str, mode: str, latency: str,
              failure_rate: float, fail_next: int) -> None:
     """Set node NAME (STORE-N, e.g. basic-2) to MODE."""
     config = load(config_path)
-    store, _, index = name.rpartition("-")
-    known = [s.name for s in config.stores]
-    if store not in known or not index.isdigit() or int(index) < 1:
-        raise click.UsageError(f"node {name!r}: use STORE-N with a store of "
-                               f"{', '.join(known)} and N from 1")
-    if mode == "slow" and parse_duration(latency) <= 0:
+    find_node(name, {s.name: s.nodes for s in config.stores})
+    delay = parse_duration(latency)
+    if mode == "slow" and delay <= 0:
         raise click.UsageError("a slow node needs --latency (e.g. 30s)")
     if mode == "flaky" and not (failure_rate or fail_next):
         raise click.UsageError("a flaky node needs --failure-rate or --fail-next")
 
     async def action(queue: ControlState) -> NodeState:
-        current = next((n for n in await queue.nodes() if n.name == name), None) or \
-            NodeState(name=name, store=store)
-        changed = current.changed(NodeMode(mode), SystemClock().now(),
-                                  latency=parse_duration(latency),
-                                  failure_rate=failure_rate, fail_next=fail_next)
-        await queue.save_nodes([changed])
-        return changed
+        changed = await set_nodes(queue, [name], NodeMode(mode), SystemClock().now(),
+                                  latency=delay, failure_rate=failure_rate,
+                                  fail_next=fail_next)
+        return changed[0]
 
     click.echo(f"set {in_queue(config, action).describe()}")

@@ -5,6 +5,10 @@ recipient's mailbox lives on one node of the store (a stable hash of the address
 node's current state, read through a callable (the control plane's view of the ``nodes``
 table), decides whether the delivery fails temporarily and how long it takes. Latency is
 in clock seconds, slept in real time through the clock (``deliver`` runs in a thread).
+
+:func:`build_mailboxes` builds every configured store this way, for ``serve``, the pytest
+harness and rehearsals alike: a store of one node (the default) is the whole store behind
+``STORE-1``.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from mailqueue.clock import Clock
+from mailqueue.config import Config
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
+from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.nodes import FaultModel, NodeState, node_index, node_name
 from mailqueue.queue.models import Claim
 
@@ -68,3 +74,14 @@ class NodeAwareStore:
             for index, outcome in zip(passing, done, strict=True):
                 outcomes[index] = outcome
         return outcomes
+
+
+def build_mailboxes(config: Config, clock: Clock,
+                    nodes: Callable[[], Mapping[str, NodeState]],
+                    faults: FaultModel) -> dict[str, MailboxStore]:
+    """Every configured store: its Maildirs on its ``nodes`` nodes, whose states ``nodes()``
+    gives (the control plane's view), with faults drawn by ``faults``."""
+    return {store.name: NodeAwareStore(
+                MaildirStore(store.name, store.path, config.smtp.hostname, writers=store.writers),
+                store.name, store.nodes, clock, nodes, faults)
+            for store in config.stores}

@@ -201,6 +201,13 @@ class ControlState(Protocol):
         """Insert or update ``nodes``, in one transaction."""
         ...
 
+    async def retry_deferred(self, store: str, now: float, pick: Callable[[str], bool],
+                             reason: str) -> int:
+        """Make due at ``now`` the queued recipients of ``store`` waiting for a later retry
+        whose address ``pick`` chooses (those on a node that came back), recording
+        ``reason`` in their history. Returns how many."""
+        ...
+
 
 class QueueAdmin(Protocol):
     """Operator verbs (types in :mod:`mailqueue.queue.admin`): inspect, hold, release,

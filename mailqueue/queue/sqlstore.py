@@ -39,6 +39,7 @@ from mailqueue import logs
 from mailqueue.errors import QueueError, SchemaError
 from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue import migrate, postgres
+from mailqueue.queue.admin import EventKind
 from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.models import (
     FINAL_STATES,
@@ -52,12 +53,19 @@ from mailqueue.queue.models import (
     Settlement,
 )
 from mailqueue.queue.schema import messages, nodes, recipients, windows
-from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages, message_rows, recipient_rows
+from mailqueue.queue.sqladmin import (
+    SqlAdminMixin,
+    _add_events,
+    insert_messages,
+    message_rows,
+    recipient_rows,
+)
 from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
 from mailqueue.queue.writerproc import WriterProcess
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
+_ID_CHUNK = 500  # ids per IN (...) list: well under SQLite's and PostgreSQL's limits
 
 
 # Rough WAL bytes per claimed and per settled recipient (a settle rewrites the message's
@@ -468,6 +476,28 @@ class SqlQueueStore(SqlAdminMixin):
                 if not result.rowcount:
                     await conn.execute(insert(nodes).values(values))
             await self._notify_control(conn)
+
+    async def retry_deferred(self, store: str, now: float, pick: Callable[[str], bool],
+                             reason: str) -> int:
+        async with self._tx(write=True) as conn:
+            # The node of an address is a hash SQL cannot compute: read the store's
+            # waiting recipients (the due index), choose here, update by id.
+            rows = await conn.execute(
+                select(recipients.c.id, recipients.c.queue_id, recipients.c.address)
+                .where(recipients.c.store == store,
+                       recipients.c.state == RecipientState.QUEUED.value,
+                       recipients.c.next_attempt_at > now))
+            chosen = [(r.queue_id, r.id) for r in rows if pick(r.address)]
+            for start in range(0, len(chosen), _ID_CHUNK):
+                ids = [rid for _, rid in chosen[start:start + _ID_CHUNK]]
+                await conn.execute(update(recipients)
+                                   .where(recipients.c.id.in_(ids),
+                                          recipients.c.state == RecipientState.QUEUED.value)
+                                   .values(next_attempt_at=now))
+            await _add_events(conn, chosen, now, EventKind.RETRY, reason)
+            if chosen and not self._sqlite:
+                await postgres.notify(conn, postgres.QUEUE_CHANNEL)
+            return len(chosen)
 
     async def outcomes(self) -> list[RecipientOutcome]:
         async with self._tx() as conn:

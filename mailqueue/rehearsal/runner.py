@@ -1,8 +1,9 @@
 """Run a rehearsal: the real server in-process on a scaled clock, real SMTP traffic, a timeline.
 
 :class:`Rehearsal` builds a config from the scenario (its own SQLite queue and Maildirs in a
-work directory), starts :class:`~mailqueue.app.MailqueueApp` with node-aware stores, sends
-the planned traffic, applies the timeline's events when the clock reaches them, samples the
+work directory, its stores on the scenario's nodes), starts
+:class:`~mailqueue.app.MailqueueApp` with the scenario's seed for node faults, sends the
+planned traffic, applies the timeline's events when the clock reaches them, samples the
 queue, waits for the drain, stops everything and hands the observations to the report.
 """
 
@@ -19,11 +20,9 @@ from typing import Any, TextIO
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import ScaledClock
 from mailqueue.config import Config, config_from_dict
+from mailqueue.control import set_nodes
 from mailqueue.errors import MailqueueError
-from mailqueue.mailbox.base import MailboxStore
-from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.mailbox.nodes import NodeAwareStore
-from mailqueue.nodes import FaultModel, NodeMode, NodeState
+from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue.models import RecipientOutcome
 from mailqueue.rehearsal.scenario import Event, Scenario, ScenarioError
 from mailqueue.rehearsal.traffic import TrafficSender, plan_traffic
@@ -98,7 +97,7 @@ def build_config(scenario: Scenario, workdir: Path, speed: float) -> Config:
         "delivery": {"poll_interval": 0.2, "reclaim_interval": 1.0, "lease": speed * 60},
         "logging": {"level": "warning"},
         "stores": [{"name": s.name, "path": str(workdir / "mail" / s.name),
-                    "domains": s.domains} for s in scenario.file.stores],
+                    "domains": s.domains, "nodes": s.nodes} for s in scenario.file.stores],
         "windows": [w.model_dump() for w in scenario.file.windows],
     }
     for section in ("smtp", "queue", "delivery"):
@@ -125,25 +124,13 @@ class Rehearsal:
 
     # --- assembly ---------------------------------------------------------------------
 
-    def _mailboxes(self, clock: ScaledClock) -> dict[str, MailboxStore]:
-        faults = FaultModel(self.seed)
-        stores: dict[str, MailboxStore] = {}
-        for spec in self.scenario.file.stores:
-            maildir = MaildirStore(spec.name, self.config.store(spec.name).path, HOSTNAME)
-            stores[spec.name] = NodeAwareStore(maildir, spec.name, spec.nodes, clock,
-                                               lambda: self._nodes(), faults)
-        return stores
-
-    def _nodes(self) -> dict[str, NodeState]:
-        return self.app.control.nodes() if self.app is not None else {}
-
     async def run(self, drain_limit: float = 300.0) -> Observations:
         """Run the whole scenario; ``drain_limit`` real seconds for the drain after its end."""
         wall0 = time.monotonic()
         plan = plan_traffic(self.scenario, self.seed)
         self.obs.planned = len(plan)
         clock = self.clock = ScaledClock(self.scenario.start, self.speed)
-        app = self.app = MailqueueApp(self.config, clock=clock, mailboxes=self._mailboxes(clock))
+        app = self.app = MailqueueApp(self.config, clock=clock, seed=self.seed)
         server = asyncio.create_task(app.run(), name="server")
         try:
             await self._until_ready(app, server)
@@ -224,15 +211,10 @@ class Rehearsal:
         spec = event.spec
         if spec.window is not None:
             await self._apply_window(app, event, now)
-        changed = []
-        for name in event.nodes:
-            current = app.control.nodes().get(name) or \
-                NodeState(name=name, store=name.rsplit("-", 1)[0])
-            changed.append(current.changed(
-                _NODE_MODES[spec.action], now, latency=spec.latency,
-                failure_rate=spec.failure_rate, fail_next=spec.fail_next))
-        if changed:
-            await app.queue.save_nodes(changed)
+        if event.nodes:
+            await set_nodes(app.queue, event.nodes, _NODE_MODES[spec.action], now,
+                            latency=spec.latency, failure_rate=spec.failure_rate,
+                            fail_next=spec.fail_next)
         await app.control.refresh()
         app.worker.wake()
 

@@ -14,11 +14,9 @@ from pathlib import Path
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import ManualClock
 from mailqueue.config import Config
-from mailqueue.mailbox.base import MailboxStore
-from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.mailbox.nodes import NodeAwareStore
+from mailqueue.control import set_nodes
 from mailqueue.mailbox.router import Route, Router
-from mailqueue.nodes import FaultModel, NodeMode, NodeState, node_index, node_name
+from mailqueue.nodes import MAX_NODES, NodeMode, NodeState, find_node, node_index, node_name
 from mailqueue.queue.models import QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
 from mailqueue.verify.scan import DeliveredCopy, scan_root
@@ -55,14 +53,20 @@ def read_mailbox(config: Config, address: str) -> list[EmailMessage]:
     return out
 
 
-def _node_counts(config: Config, nodes: Mapping[str, int] | None) -> dict[str, int]:
+def with_nodes(config: Config, nodes: Mapping[str, int] | None) -> Config:
+    """``config`` with each store of ``nodes`` on that many nodes (its ``nodes`` key)."""
     known = [s.name for s in config.stores]
     for store, count in (nodes or {}).items():
         if store not in known:
             raise ValueError(f"nodes: unknown store {store!r} (known: {', '.join(known)})")
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"nodes: store {store!r} needs a whole number of nodes from 1")
-    return dict(nodes or {})
+        if isinstance(count, bool) or not isinstance(count, int) or \
+                not 1 <= count <= MAX_NODES:
+            raise ValueError(f"nodes: store {store!r} needs a whole number of nodes from 1 "
+                             f"to {MAX_NODES}")
+    if not nodes:
+        return config
+    return config.model_copy(update={"stores": [
+        s.model_copy(update={"nodes": nodes.get(s.name, s.nodes)}) for s in config.stores]})
 
 
 def scan_mailboxes(config: Config) -> list[DeliveredCopy]:
@@ -87,16 +91,17 @@ class AsyncMailqueue:
 
     Time is a :class:`~mailqueue.clock.ManualClock`: windows, retries and lifetimes move
     only when the test calls :meth:`advance`. Every method that touches the queue or the
-    disk is awaited; :meth:`advance` and the attributes are plain.
+    disk is awaited; :meth:`advance` and the attributes are plain. ``nodes`` (store → how
+    many mailbox nodes) sets those stores' ``nodes`` in ``config``.
     """
 
     def __init__(self, config: Config, *, inbound: str = "queue",
                  nodes: Mapping[str, int] | None = None) -> None:
-        self.config = config
+        self.config = config = with_nodes(config, nodes)
         self.clock = ManualClock()
         self.default_inbound = Inbound(inbound)
-        self.nodes = _node_counts(config, nodes)
-        self.app = MailqueueApp(config, clock=self.clock, mailboxes=self._mailboxes())
+        self.nodes = {s.name: s.nodes for s in config.stores}
+        self.app = MailqueueApp(config, clock=self.clock)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -108,20 +113,6 @@ class AsyncMailqueue:
     def port(self) -> int:
         """The front end's port (0 until started)."""
         return self.app.port or 0
-
-    def _mailboxes(self) -> dict[str, MailboxStore] | None:
-        """Maildir stores, the sharded ones behind their nodes (None: the app's default)."""
-        if not self.nodes:
-            return None
-        faults = FaultModel()
-        stores: dict[str, MailboxStore] = {}
-        for store in self.config.stores:
-            maildir = MaildirStore(store.name, store.path, self.config.smtp.hostname)
-            count = self.nodes.get(store.name)
-            stores[store.name] = maildir if count is None else NodeAwareStore(
-                maildir, store.name, count, self.clock, lambda: self.app.control.nodes(),
-                faults)
-        return stores
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -218,7 +209,7 @@ class AsyncMailqueue:
         route = Router(self.config.stores).route(address)
         if not isinstance(route, Route):
             raise ValueError(f"{address!r}: no mailbox for it ({route})")
-        return node_index(route.address, self._node_count(route.store)) + 1
+        return node_index(route.address, self.nodes[route.store]) + 1
 
     async def node_down(self, store: str, node: int) -> NodeState:
         """Take node ``node`` (1-based) of ``store`` down: its deliveries fail temporarily
@@ -226,27 +217,16 @@ class AsyncMailqueue:
         return await self._set_node(store, node, NodeMode.DOWN)
 
     async def node_up(self, store: str, node: int) -> NodeState:
-        """Bring node ``node`` (1-based) of ``store`` back; deferred mail goes at its next
-        retry (``advance()`` the clock)."""
+        """Bring node ``node`` (1-based) of ``store`` back; the mail its outage deferred is
+        delivered now, without waiting for its retry."""
         return await self._set_node(store, node, NodeMode.UP)
 
-    def _node_count(self, store: str) -> int:
-        if store not in self.nodes:
-            raise ValueError(f"store {store!r} has no nodes (give the mailqueue option "
-                             f"nodes={{{store!r}: N}})")
-        return self.nodes[store]
-
     async def _set_node(self, store: str, node: int, mode: NodeMode) -> NodeState:
-        count = self._node_count(store)
-        if not 1 <= node <= count:
-            raise ValueError(f"store {store!r} has nodes 1 to {count}, not {node}")
         name = node_name(store, node - 1)
-        current = next((n for n in await self.app.queue.nodes() if n.name == name), None) \
-            or NodeState(name=name, store=store)
-        changed = current.changed(mode, self.clock.now())
-        await self.app.queue.save_nodes([changed])
+        find_node(name, self.nodes)  # a NodeError (a ValueError) names the nodes there are
+        changed = await set_nodes(self.app.queue, [name], mode, self.clock.now())
         await self.app.control.refresh()
-        return changed
+        return changed[0]
 
     # --- time and draining ---------------------------------------------------------------
 
@@ -281,12 +261,25 @@ class AsyncMailqueue:
                 if rcpt.state.value not in _PENDING:
                     continue
                 window = blocked.blocking(rcpt.store)
+                node = self._down_node(rcpt.store, rcpt.address)
                 why = f"held by active window {window.name!r} (end_window())" if window else \
+                    f"its node is down ({node})" if node else \
                     f"waiting to retry: {rcpt.last_error} (advance() the clock)" \
                     if rcpt.last_error else f"{rcpt.state.value}"
                 lines.append(f"  {entry.queue_id} {entry.message_id or ''} -> "
                              f"{rcpt.address}: {why}")
         return "\n".join(lines[:51])
+
+    def _down_node(self, store: str, address: str) -> str | None:
+        """``node_up(STORE, N)`` when ``address``'s node is down, else None."""
+        count = self.nodes.get(store)
+        if count is None:
+            return None
+        index = node_index(address, count)
+        node = self.app.control.nodes().get(node_name(store, index))
+        if node is None or node.mode is not NodeMode.DOWN:
+            return None
+        return f"node_up({store!r}, {index + 1})"
 
     # --- what arrived --------------------------------------------------------------------
 

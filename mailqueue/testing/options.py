@@ -32,9 +32,10 @@ class MailqueueOptions:
       ``"queue"`` (accept and hold), ``"tempfail"`` (451) or ``"reject"`` (554).
     - ``max_message_size``, ``max_recipients``, ``max_messages``: front-end limits
       (sizes take ``"512KiB"`` or a number of bytes).
-    - ``nodes``: store name → how many mailbox nodes it is sharded over, e.g.
-      ``{"basic": 3}`` (nodes ``basic-1`` … ``basic-3``); a test then takes one down with
-      ``node_down(store, n)`` and brings it back with ``node_up(store, n)``.
+    - ``nodes``: store name → how many mailbox nodes it is sharded over (the store's
+      ``nodes`` key), e.g. ``{"basic": 3}`` (nodes ``basic-1`` … ``basic-3``; a store not
+      named has one node, ``STORE-1``); a test takes one down with ``node_down(store, n)``
+      and brings it back with ``node_up(store, n)``.
     - ``config``: any further settings, as the TOML sections would hold them, e.g.
       ``{"queue": {"max_lifetime": "2d"}, "delivery": {"concurrency": 1}}``.
     """
@@ -71,11 +72,19 @@ class MailqueueOptions:
     def build(self, root: Path) -> Config:
         """A complete config with its queue file and Maildirs under ``root``."""
         from mailqueue.config import config_from_dict
+        from mailqueue.errors import ConfigError
 
         mailboxes = dict(self.mailboxes or {})
+        nodes = dict(self.nodes or {})
+        known = self.store_domains()
+        for name in nodes:
+            if name not in known:
+                raise ConfigError(f"mailqueue test options: nodes: unknown store {name!r} "
+                                  f"(known: {', '.join(known)})")
         stores = [{"name": name, "path": str(root / "mail" / name), "domains": domains,
-                   **({"mailboxes": list(mailboxes[name])} if name in mailboxes else {})}
-                  for name, domains in self.store_domains().items()]
+                   **({"mailboxes": list(mailboxes[name])} if name in mailboxes else {}),
+                   **({"nodes": nodes[name]} if name in nodes else {})}
+                  for name, domains in known.items()]
         data: dict[str, Any] = {
             "smtp": {"host": "127.0.0.1", "port": 0, "hostname": self.hostname,
                      "max_message_size": self.max_message_size,

@@ -105,8 +105,7 @@ def mailqueue_sync_factory(mailqueue_options: MailqueueOptions,
         from mailqueue.testing.threaded import Mailqueue
 
         options = _options(mailqueue_options, overrides)
-        instance = Mailqueue(_config(options, dirs.next()), inbound=options.inbound,
-                             nodes=options.nodes)
+        instance = Mailqueue(_config(options, dirs.next()), inbound=options.inbound)
         instance.start()
         started.append(instance)
         return instance
@@ -143,8 +142,7 @@ async def _async_factory(options: MailqueueOptions,
         from mailqueue.testing.harness import AsyncMailqueue
 
         chosen = _options(options, overrides)
-        instance = AsyncMailqueue(_config(chosen, dirs.next()), inbound=chosen.inbound,
-                                  nodes=chosen.nodes)
+        instance = AsyncMailqueue(_config(chosen, dirs.next()), inbound=chosen.inbound)
         await instance.start()
         started.append(instance)
         return instance

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from mailqueue.config import Config
 from mailqueue.nodes import NodeState
 from mailqueue.queue.models import QueueStats
-from mailqueue.testing.harness import STOP_TIMEOUT, AsyncMailqueue, read_mailbox
+from mailqueue.testing.harness import STOP_TIMEOUT, AsyncMailqueue, read_mailbox, with_nodes
 from mailqueue.testing.ledger import Ledger
 from mailqueue.windows import Window
 
@@ -44,8 +44,7 @@ class Mailqueue:
 
     def __init__(self, config: Config, *, inbound: str = "queue",
                  nodes: Mapping[str, int] | None = None) -> None:
-        self.config = config
-        self._nodes = nodes
+        self.config = with_nodes(config, nodes)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="mailqueue-loop", daemon=True)
@@ -82,7 +81,7 @@ class Mailqueue:
         self._thread.start()
 
         async def build() -> AsyncMailqueue:
-            inner = AsyncMailqueue(self.config, inbound=self._inbound, nodes=self._nodes)
+            inner = AsyncMailqueue(self.config, inbound=self._inbound)
             await inner.start()
             return inner
 
@@ -141,7 +140,7 @@ class Mailqueue:
         return self._call(self.inner.node_down(store, node))
 
     def node_up(self, store: str, node: int) -> NodeState:
-        """Bring node ``node`` (1-based) of ``store`` back up."""
+        """Bring node ``node`` (1-based) of ``store`` back up: its deferred mail goes now."""
         return self._call(self.inner.node_up(store, node))
 
     def advance(self, span: timedelta | float) -> None:

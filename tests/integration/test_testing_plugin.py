@@ -353,9 +353,10 @@ async def test_async_node_down_then_up(mailqueue):
     assert len(await mailqueue.mailbox("bob@example.com").messages()) == 1
 
 
-def test_store_without_nodes(mailqueue_sync):
-    with pytest.raises(ValueError, match="has no nodes"):
-        mailqueue_sync.node_down("mail", 1)
+def test_store_of_one_node(mailqueue_sync):
+    with pytest.raises(ValueError, match=r"no node 'mail-2' \\(mail has one node: mail-1\\)"):
+        mailqueue_sync.node_down("mail", 2)
+    assert mailqueue_sync.node_down("mail", 1).mode == "down"
 '''
 
 
