@@ -7,7 +7,9 @@ continuation lines, ending at ``X-Mailqueue-Id``) and turns LF back into CRLF, s
 SHA-256 of the result equals the digest the front end recorded when it said 250.
 
 Only the files are trusted here, never the queue's bookkeeping: the mailbox is found by
-walking every ``new/`` and ``cur/`` directory under a store's root, whatever the layout.
+walking every ``new/`` and ``cur/`` directory under a store's root, whatever the layout, and
+a copy is known by its trace, whatever a reader renamed it to. Each file is read once, also
+where stores share a root or one store's root lies inside another's.
 """
 
 from __future__ import annotations
@@ -15,8 +17,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
+
+from mailqueue.errors import MailqueueError
+from mailqueue.mailbox.maildir import unique_part
+
+
+class ScanError(MailqueueError):
+    """A mailbox directory or file cannot be read."""
+
 
 _TRACE = (b"return-path:", b"delivered-to:", b"received:", b"x-mailqueue-id:")
 _MAX_TRACE_LINES = 32
@@ -83,10 +93,16 @@ def read_copy(store: str, path: Path) -> DeliveredCopy:
                          hashlib.sha256(restored.message).hexdigest())
 
 
-def mailbox_files(root: Path) -> Iterator[Path]:
-    """Every message file under ``root``: regular files in any ``new/`` or ``cur/``."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+def mailbox_files(root: Path, skip: Collection[Path] = ()) -> Iterator[Path]:
+    """Every message file under ``root``: regular files in any ``new/`` or ``cur/``, not
+    below the directories in ``skip``. Nothing if ``root`` does not exist; a directory that
+    cannot be read raises :class:`ScanError` (its files would otherwise pass for lost)."""
+    def fail(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            raise ScanError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        dirnames[:] = sorted(d for d in dirnames if Path(dirpath, d) not in skip)
         if os.path.basename(dirpath) not in ("new", "cur"):
             continue
         for name in sorted(filenames):
@@ -95,6 +111,67 @@ def mailbox_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def scan_root(store: str, root: Path) -> list[DeliveredCopy]:
-    """Every file in the Maildirs under ``root``, taken apart (blocking)."""
-    return [read_copy(store, path) for path in mailbox_files(root)]
+def scan_root(store: str, root: Path, skip: Collection[Path] = ()) -> list[DeliveredCopy]:
+    """Every file in the Maildirs under ``root``, taken apart (blocking).
+
+    A file a reader moves while the walk goes on (``new/`` to ``cur/``, flags added) is
+    looked for again under its unique part in the same Maildir."""
+    copies: list[DeliveredCopy] = []
+    vanished: list[Path] = []
+    for path in mailbox_files(root, skip):
+        copy = _read(store, path)
+        if copy is None:
+            vanished.append(path)
+        else:
+            copies.append(copy)
+    read = {c.path for c in copies}
+    for path in vanished:
+        for moved in _moved(path):
+            if moved not in read and (copy := _read(store, moved)) is not None:
+                read.add(moved)
+                copies.append(copy)
+    return copies
+
+
+def _read(store: str, path: Path) -> DeliveredCopy | None:
+    """:func:`read_copy`; None if the file is gone, :class:`ScanError` if unreadable."""
+    try:
+        return read_copy(store, path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ScanError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _moved(path: Path) -> list[Path]:
+    """Where a file of the same unique part as ``path`` is now, in its Maildir."""
+    base = unique_part(path.name)
+    found = []
+    for sub in ("cur", "new"):
+        try:
+            names = os.listdir(path.parent.parent / sub)
+        except FileNotFoundError:
+            continue
+        found += [path.parent.parent / sub / n for n in names if unique_part(n) == base]
+    return found
+
+
+def store_roots(stores: Mapping[str, Path]) -> dict[str, Path]:
+    """Each store's root, absolute with links resolved (blocking): the form in which copies
+    are found and compared with where they belong."""
+    return {name: Path(os.path.realpath(root)) for name, root in stores.items()}
+
+
+def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
+    """Every file in the stores' Maildirs (``roots`` from :func:`store_roots`), each once:
+    stores that share a root are read once, under the first of them, and a root inside
+    another's is read as its own store's only (blocking)."""
+    copies: list[DeliveredCopy] = []
+    done: set[Path] = set()
+    for store, root in roots.items():
+        if root in done:
+            continue
+        done.add(root)
+        inner = {r for r in roots.values() if root in r.parents}
+        copies += scan_root(store, root, inner)
+    return copies
