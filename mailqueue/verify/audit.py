@@ -122,7 +122,8 @@ class Audit:
         return "\n".join([f"{SAME_MESSAGE_ID.upper()} ({len(self.same_message_id)}, "
                           "information: separate accepted messages, each delivered on its "
                           "own; --strict fails on them):"] +
-                         [f"  {f.describe()}" for f in self.same_message_id])
+                         [f"  {f.message_id} -> {f.recipient}: {f.detail}"
+                          for f in self.same_message_id])
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "accepted": self.accepted, "delivered": self.delivered,

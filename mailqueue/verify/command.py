@@ -30,15 +30,10 @@ async def read_ledger(url: str) -> list[LedgerEntry]:
         await store.close()
 
 
-def config_roots(config: Config) -> dict[str, Path]:
-    """Each configured store's root, resolved as the audit compares them (blocking)."""
-    return store_roots({s.name: s.path for s in config.stores})
-
-
 def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
     """Every file in every configured store's Maildirs, each once, and the store roots they
     were found under (blocking)."""
-    roots = config_roots(config)
+    roots = store_roots({s.name: s.path for s in config.stores})
     return scan_stores(roots), roots
 
 

@@ -112,8 +112,8 @@ def test_one_message_id_accepted_twice_is_information(tmp_path: Path) -> None:
     out = result.stdout
     assert "SAME MESSAGE-ID (2, information: separate accepted messages, each delivered " \
            "on its own; --strict fails on them):" in out
-    assert f"? <post-1@list.example> -> alice@{BASIC}: accepted as 2 messages (" in out
-    assert f"? <r@src.test> -> carol@{EXCHANGE}: accepted as 2 messages (" in out
+    assert f"\n  <post-1@list.example> -> alice@{BASIC}: accepted as 2 messages (" in out
+    assert f"\n  <r@src.test> -> carol@{EXCHANGE}: accepted as 2 messages (" in out
     assert "DUPLICATED" not in out and "OK: nothing lost, nothing delivered twice" in out
 
     strict = mq_here(config, "verify", "--strict")
