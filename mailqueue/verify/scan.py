@@ -14,11 +14,13 @@ where stores share a root or one store's root lies inside another's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from mailqueue.errors import MailqueueError
 from mailqueue.mailbox.maildir import unique_part
@@ -27,6 +29,8 @@ from mailqueue.mailbox.maildir import unique_part
 class ScanError(MailqueueError):
     """A mailbox directory or file cannot be read."""
 
+
+T = TypeVar("T")
 
 _TRACE = (b"return-path:", b"delivered-to:", b"received:", b"x-mailqueue-id:")
 _MAX_TRACE_LINES = 32
@@ -111,34 +115,36 @@ def mailbox_files(root: Path, skip: Collection[Path] = ()) -> Iterator[Path]:
                 yield path
 
 
-def scan_root(store: str, root: Path, skip: Collection[Path] = ()) -> list[DeliveredCopy]:
-    """Every file in the Maildirs under ``root``, taken apart (blocking).
+def read_files(root: Path, read: Callable[[Path], T],
+               skip: Collection[Path] = ()) -> list[tuple[Path, T]]:
+    """``read(path)`` for every message file under ``root`` (see :func:`mailbox_files`).
 
     A file a reader moves while the walk goes on (``new/`` to ``cur/``, flags added) is
-    looked for again under its unique part in the same Maildir."""
-    copies: list[DeliveredCopy] = []
+    looked for again under its unique part in the same Maildir, so it is neither skipped
+    nor read twice. An unreadable file raises :class:`ScanError`."""
+    done: list[tuple[Path, T]] = []
     vanished: list[Path] = []
     for path in mailbox_files(root, skip):
-        copy = _read(store, path)
-        if copy is None:
+        try:
+            done.append((path, _read(read, path)))
+        except FileNotFoundError:
             vanished.append(path)
-        else:
-            copies.append(copy)
-    read = {c.path for c in copies}
+    seen = {path for path, _ in done}
     for path in vanished:
         for moved in _moved(path):
-            if moved not in read and (copy := _read(store, moved)) is not None:
-                read.add(moved)
-                copies.append(copy)
-    return copies
+            if moved in seen:
+                continue
+            seen.add(moved)
+            with contextlib.suppress(FileNotFoundError):
+                done.append((moved, _read(read, moved)))
+    return done
 
 
-def _read(store: str, path: Path) -> DeliveredCopy | None:
-    """:func:`read_copy`; None if the file is gone, :class:`ScanError` if unreadable."""
+def _read(read: Callable[[Path], T], path: Path) -> T:
     try:
-        return read_copy(store, path)
+        return read(path)
     except FileNotFoundError:
-        return None
+        raise
     except OSError as exc:
         raise ScanError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
@@ -149,11 +155,16 @@ def _moved(path: Path) -> list[Path]:
     found = []
     for sub in ("cur", "new"):
         try:
-            names = os.listdir(path.parent.parent / sub)
+            names = sorted(os.listdir(path.parent.parent / sub))
         except FileNotFoundError:
             continue
         found += [path.parent.parent / sub / n for n in names if unique_part(n) == base]
     return found
+
+
+def scan_root(store: str, root: Path, skip: Collection[Path] = ()) -> list[DeliveredCopy]:
+    """Every file in the Maildirs under ``root``, taken apart (blocking)."""
+    return [copy for _, copy in read_files(root, lambda path: read_copy(store, path), skip)]
 
 
 def store_roots(stores: Mapping[str, Path]) -> dict[str, Path]:
@@ -162,16 +173,22 @@ def store_roots(stores: Mapping[str, Path]) -> dict[str, Path]:
     return {name: Path(os.path.realpath(root)) for name, root in stores.items()}
 
 
-def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
-    """Every file in the stores' Maildirs (``roots`` from :func:`store_roots`), each once:
-    stores that share a root are read once, under the first of them, and a root inside
-    another's is read as its own store's only (blocking)."""
-    copies: list[DeliveredCopy] = []
+def distinct_roots(roots: Mapping[str, Path]) -> list[tuple[str, Path, set[Path]]]:
+    """(store, root, roots inside it) to walk so that each file is read once: stores that
+    share a root (``roots`` resolved, from :func:`store_roots`) are walked once, under the
+    first of their names in sorted order, and a root inside another's is left out of the
+    outer walk (it is walked as its own store's)."""
+    out: list[tuple[str, Path, set[Path]]] = []
     done: set[Path] = set()
-    for store, root in roots.items():
-        if root in done:
-            continue
-        done.add(root)
-        inner = {r for r in roots.values() if root in r.parents}
-        copies += scan_root(store, root, inner)
-    return copies
+    for store, root in sorted(roots.items()):
+        if root not in done:
+            done.add(root)
+            out.append((store, root, {r for r in roots.values() if root in r.parents}))
+    return out
+
+
+def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
+    """Every file in the stores' Maildirs (``roots`` from :func:`store_roots`), each once
+    (blocking)."""
+    return [copy for store, root, inner in distinct_roots(roots)
+            for copy in scan_root(store, root, inner)]

@@ -23,7 +23,7 @@ from typing import Any
 
 from mailqueue.errors import MailqueueError
 from mailqueue.mailbox.maildir import unique_part
-from mailqueue.verify.scan import mailbox_files
+from mailqueue.verify.scan import distinct_roots, read_files, store_roots
 
 FORMAT = "mailqueue-snapshot/1"
 
@@ -143,14 +143,10 @@ def _digest(path: Path) -> tuple[str, int]:
 
 
 def take_snapshot(stores: Mapping[str, Path]) -> Manifest:
-    """Record every message file under each store's root (blocking file reads)."""
+    """Record every message file under each store's root, each file once (blocking)."""
     files: dict[str, FileRecord] = {}
-    for store, root in stores.items():
-        for path in mailbox_files(root):
-            try:
-                digest, size = _digest(path)
-            except FileNotFoundError:
-                continue  # moved by a reader while we walked
+    for store, root, inner in distinct_roots(store_roots(stores)):
+        for path, (digest, size) in read_files(root, _digest, inner):
             key = _key(store, root, path)
             if key in files:  # one unique part twice in a Maildir: keep both apart
                 key = f"{store}:{path.parent.parent.relative_to(root).as_posix()}/{path.name}"

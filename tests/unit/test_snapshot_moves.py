@@ -80,3 +80,12 @@ def test_a_snapshot_that_cannot_be_written_is_one_clear_error(tmp_path: Path) ->
     with pytest.raises(SnapshotError, match=r"no-such-dir/snap.json: cannot write the "
                                             r"snapshot: No such file or directory"):
         manifest.dump(tmp_path / "no-such-dir" / "snap.json")
+
+
+def test_stores_sharing_a_root_record_each_file_once(tmp_path: Path) -> None:
+    box = maildir(tmp_path, "alice@basic.example")
+    (box / "cur" / "1500000000.M1P1.old:2,S").write_bytes(b"one")
+    manifest = take_snapshot({"b": tmp_path, "a": tmp_path / "."})
+    assert list(manifest.files) == ["a:basic.example/alice/1500000000.M1P1.old"]
+    again = take_snapshot({"a": tmp_path, "b": tmp_path})  # the order of the config
+    assert compare_snapshot(manifest, again).ok and compare_snapshot(manifest, again).added == 0
