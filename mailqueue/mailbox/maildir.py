@@ -241,15 +241,15 @@ class _Present:
 
     def __init__(self, box: Path) -> None:
         self.keys: set[CopyKey] = set()
-        self.others: list[Path] = []  # names that carry no key (foreign, or renamed)
+        self.others: list[str] = []  # files whose names carry no key (foreign, renamed)
         self.error: OSError | None = None
-        self._sizes: dict[int, list[Path]] | None = None
+        self._sizes: dict[int, list[str]] | None = None
         self._lock = threading.Lock()
         try:
-            for path in _message_files(box):
-                key = copy_key(path.name)
+            for folder, name in _message_names(box):
+                key = copy_key(name)
                 if key is None:
-                    self.others.append(path)
+                    self.others.append(os.path.join(folder, name))
                 else:
                     self.keys.add(key)
         except OSError as exc:
@@ -265,35 +265,36 @@ class _Present:
             return True
         for path in self._by_size().get(len(data), ()):
             try:
-                if path.read_bytes() == data:
-                    return True
+                with open(path, "rb") as handle:
+                    if handle.read() == data:
+                        return True
             except FileNotFoundError:
                 continue  # moved on by a reader meanwhile
         return False
 
-    def _by_size(self) -> dict[int, list[Path]]:
+    def _by_size(self) -> dict[int, list[str]]:
         with self._lock:
             if self._sizes is None:
-                sizes: dict[int, list[Path]] = {}
+                sizes: dict[int, list[str]] = {}
                 for path in self.others:
                     try:
-                        sizes.setdefault(path.stat().st_size, []).append(path)
+                        sizes.setdefault(os.stat(path).st_size, []).append(path)
                     except FileNotFoundError:
                         continue
                 self._sizes = sizes
             return self._sizes
 
 
-def _message_files(box: Path) -> Iterator[Path]:
-    """Every file in a ``new/`` or ``cur/`` directory under ``box`` (its own and its
-    folders'); nothing if ``box`` does not exist."""
+def _message_names(box: Path) -> Iterator[tuple[str, str]]:
+    """(directory, name) of every file in a ``new/`` or ``cur/`` directory under ``box``
+    (its own and its folders'); nothing if ``box`` does not exist."""
     def fail(exc: OSError) -> None:
         if not isinstance(exc, FileNotFoundError):
             raise exc
 
     for dirpath, _, filenames in os.walk(box, onerror=fail):
         if os.path.basename(dirpath) in ("new", "cur"):
-            yield from (Path(dirpath) / n for n in filenames if not n.startswith("."))
+            yield from ((dirpath, n) for n in filenames if not n.startswith("."))
 
 
 def _try_fsync_dir(path: Path) -> DeliveryOutcome:
