@@ -45,7 +45,6 @@ from typing import Any
 import aiosmtplib
 
 _QUEUED_RE = re.compile(r"queued as ([0-9A-Za-z]+)")
-_NAME_RE = re.compile(r"\.Q([0-9A-Za-z]+)_R")
 
 
 # --- configuration and the spawned server ------------------------------------------------
@@ -435,6 +434,8 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
 def scan_maildirs(stores: list[dict[str, Any]], want_mtime: bool = False,
                   ) -> dict[tuple[str, str], list[float]]:
     """(queue id, address) -> one mtime per file found, over every store's Maildirs."""
+    from mailqueue.mailbox.maildir import copy_key
+
     found: dict[tuple[str, str], list[float]] = {}
     for store in stores:
         root = Path(store["path"])
@@ -449,11 +450,11 @@ def scan_maildirs(stores: list[dict[str, Any]], want_mtime: bool = False,
                     with contextlib.suppress(FileNotFoundError), \
                             os.scandir(os.path.join(box.path, sub)) as entries:
                         for entry in entries:
-                            match = _NAME_RE.search(entry.name)
-                            if match is None:
+                            key = copy_key(entry.name)
+                            if key is None:
                                 continue
                             mtime = entry.stat().st_mtime if want_mtime else 0.0
-                            found.setdefault((match.group(1), address), []).append(mtime)
+                            found.setdefault((key[0], address), []).append(mtime)
     return found
 
 

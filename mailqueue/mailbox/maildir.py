@@ -6,8 +6,13 @@ recipient, and its content from the queued message alone, so a delivery repeated
 crash writes the same file under the same name, never a second copy: write ``tmp/NAME``,
 fsync it, ``rename`` it to ``new/NAME``, and fsync each ``new/`` directory once per batch
 before reporting success. (A rename is one directory change where a link and an unlink are
-two; on a repeat it replaces the earlier, identical copy. A copy a reader already moved to
-``cur/`` is looked for before a repeated attempt writes anything.)
+two; on a repeat it replaces the earlier, identical copy.)
+
+A repeated attempt first looks for a copy already in the mailbox: readers move files from
+``new/`` to ``cur/`` and add to their names (``:2,S`` flags, GNU mailutils' ``,u=N``), so a
+copy is known by the (queue id, recipient) in the unique part of its name, the part before
+the first ``,`` or ``:``, whichever form of the name wrote it; a file whose name a reader
+replaced altogether is known by its content.
 
 A batch is written by a small pool of threads (``writers``): each copy costs an fsync of its
 own, and fsyncs of different files proceed in parallel on the disk, so the pool, not the
@@ -18,10 +23,12 @@ time, so a batch costs a handful of hand-offs between threads rather than one pe
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
+import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
@@ -34,11 +41,61 @@ from mailqueue.queue.models import Claim
 
 _PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL}
 
+# A copy's (queue id, recipient hash): what its file name is derived from.
+CopyKey = tuple[str, str]
+
+# The unique part of a name mailqueue wrote: ``time.q<queue id>_r<recipient hash>.host``,
+# or ``time.Q<QUEUE ID>_R<hash>.host`` as earlier versions wrote it.
+_NAME_RE = re.compile(r"\d+\.[qQ]([0-9A-Za-z]+)_[rR]([0-9a-f]{12})\.")
+_HOST_MAX = 64
+
 
 def maildir_name(claim: Claim, hostname: str) -> str:
-    """The stable file name of ``claim``'s copy: ``time.Qqueueid_R<hash>.host``."""
-    rcpt = hashlib.sha256(claim.address.lower().encode("utf-8", "surrogateescape"))
-    return f"{int(claim.received_at)}.Q{claim.queue_id}_R{rcpt.hexdigest()[:12]}.{hostname}"
+    """The stable file name of ``claim``'s copy: ``time.q<queue id>_r<hash>.host``.
+
+    A Maildir unique name (``time.id.host``) in lower case after the time: readers that
+    parse names (GNU mailutils orders and tells apart messages of one second by upper-case
+    ``M`` and ``Q`` markers) find none to misread, and lower-casing is one-to-one on the
+    queue id's alphabet (digits and upper-case consonants).
+    """
+    return (f"{int(claim.received_at)}.q{claim.queue_id.lower()}_r{_rcpt_hash(claim.address)}"
+            f".{name_host(hostname)}")
+
+
+@functools.lru_cache(maxsize=16)
+def name_host(hostname: str) -> str:
+    """``hostname`` as the last part of a file name: lower case, letters, digits, ``.``,
+    ``-`` and ``_`` only (never ``/``, ``:`` or ``,``, which end or split a Maildir name),
+    at most 64 characters so that a long one cannot make every name too long."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in ".-_") else "_"
+                   for c in hostname.lower()[:_HOST_MAX])
+    return safe or "localhost"
+
+
+def unique_part(name: str) -> str:
+    """A Maildir file name without what readers append: up to the first ``,`` or ``:``."""
+    end = len(name)
+    for mark in (",", ":"):
+        at = name.find(mark)
+        if 0 <= at < end:
+            end = at
+    return name[:end]
+
+
+def copy_key(name: str) -> CopyKey | None:
+    """The (queue id, recipient hash) of a file name mailqueue wrote, in either form and
+    whatever a reader appended; None for any other name."""
+    match = _NAME_RE.match(unique_part(name))
+    return None if match is None else (match.group(1).upper(), match.group(2))
+
+
+def claim_key(claim: Claim) -> CopyKey:
+    """The (queue id, recipient hash) ``claim``'s copy is named by."""
+    return claim.queue_id.upper(), _rcpt_hash(claim.address)
+
+
+def _rcpt_hash(address: str) -> str:
+    return hashlib.sha256(address.lower().encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 def mailbox_path(root: Path, address: str) -> Path:
@@ -96,7 +153,10 @@ class MaildirStore:
         return None
 
     def deliver(self, claims: Sequence[Claim]) -> list[DeliveryOutcome]:
-        tried = self._map(self._try_one, claims)
+        # Repeated claims may have a copy already: list each of their mailboxes once.
+        present = {box: _Present(box) for box in {mailbox_path(self.root, c.address)
+                                                  for c in claims if c.attempts > 1}}
+        tried = self._map(lambda claim: self._try_one(claim, present), claims)
         outcomes: list[DeliveryOutcome] = [outcome for outcome, _ in tried]
         written: dict[Path, list[int]] = {}
         for index, (_, new_dir) in enumerate(tried):
@@ -135,17 +195,19 @@ class MaildirStore:
             results[share::shares] = outcomes
         return results
 
-    def _try_one(self, claim: Claim) -> tuple[DeliveryOutcome, Path | None]:
+    def _try_one(self, claim: Claim, present: dict[Path, _Present],
+                 ) -> tuple[DeliveryOutcome, Path | None]:
         try:
-            return None, self._deliver_one(claim)
+            return None, self._deliver_one(claim, present)
         except OSError as exc:
             return _os_error(exc), None
 
-    def _deliver_one(self, claim: Claim) -> Path | None:
+    def _deliver_one(self, claim: Claim, present: dict[Path, _Present]) -> Path | None:
         """Write one copy; the ``new/`` dir to fsync, or None if it was already there."""
         box = mailbox_path(self.root, claim.address)
         name = maildir_name(claim, self.hostname)
-        if claim.attempts > 1 and _already_delivered(box, name):
+        data = render(claim, self.hostname)
+        if claim.attempts > 1 and present[box].holds(claim_key(claim), data):
             return None
         if box not in self._known:
             ensure_maildir(box)
@@ -158,7 +220,6 @@ class MaildirStore:
             raise
         try:
             try:
-                data = render(claim, self.hostname)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
@@ -173,14 +234,67 @@ class MaildirStore:
         return box / "new"
 
 
-def _already_delivered(box: Path, name: str) -> bool:
-    """A copy in new/, or in cur/ with any flags after a reader moved it."""
-    if (box / "new" / name).exists():
-        return True
-    try:
-        return any(entry.split(":", 1)[0] == name for entry in os.listdir(box / "cur"))
-    except FileNotFoundError:
+class _Present:
+    """The copies one mailbox (``new/`` and ``cur/``, its folders' too) held when a batch
+    began, for the batch's repeated claims: mailqueue's copies by the key in their names,
+    every other file by its content, read only when a name does not answer."""
+
+    def __init__(self, box: Path) -> None:
+        self.keys: set[CopyKey] = set()
+        self.others: list[str] = []  # files whose names carry no key (foreign, renamed)
+        self.error: OSError | None = None
+        self._sizes: dict[int, list[str]] | None = None
+        self._lock = threading.Lock()
+        try:
+            for folder, name in _message_names(box):
+                key = copy_key(name)
+                if key is None:
+                    self.others.append(os.path.join(folder, name))
+                else:
+                    self.keys.add(key)
+        except OSError as exc:
+            self.error = exc
+
+    def holds(self, key: CopyKey, data: bytes) -> bool:
+        """Whether a copy named by ``key``, or a file holding exactly ``data``, is here.
+        Raises the error that kept the mailbox from being listed: without the listing a
+        second copy cannot be ruled out, so the attempt fails (and is retried)."""
+        if self.error is not None:
+            raise OSError(self.error.errno, self.error.strerror, self.error.filename)
+        if key in self.keys:
+            return True
+        for path in self._by_size().get(len(data), ()):
+            try:
+                with open(path, "rb") as handle:
+                    if handle.read() == data:
+                        return True
+            except FileNotFoundError:
+                continue  # moved on by a reader meanwhile
         return False
+
+    def _by_size(self) -> dict[int, list[str]]:
+        with self._lock:
+            if self._sizes is None:
+                sizes: dict[int, list[str]] = {}
+                for path in self.others:
+                    try:
+                        sizes.setdefault(os.stat(path).st_size, []).append(path)
+                    except FileNotFoundError:
+                        continue
+                self._sizes = sizes
+            return self._sizes
+
+
+def _message_names(box: Path) -> Iterator[tuple[str, str]]:
+    """(directory, name) of every file in a ``new/`` or ``cur/`` directory under ``box``
+    (its own and its folders'); nothing if ``box`` does not exist."""
+    def fail(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            raise exc
+
+    for dirpath, _, filenames in os.walk(box, onerror=fail):
+        if os.path.basename(dirpath) in ("new", "cur"):
+            yield from ((dirpath, n) for n in filenames if not n.startswith("."))
 
 
 def _try_fsync_dir(path: Path) -> DeliveryOutcome:

@@ -15,11 +15,12 @@ from mailqueue.app import MailqueueApp
 from mailqueue.clock import ManualClock
 from mailqueue.config import Config
 from mailqueue.control import set_nodes
+from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.mailbox.router import Route, Router
 from mailqueue.nodes import MAX_NODES, NodeMode, NodeState, find_node, node_index, node_name
 from mailqueue.queue.models import QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
-from mailqueue.verify.scan import DeliveredCopy, scan_root
+from mailqueue.verify.scan import DeliveredCopy, scan_root, scan_stores, store_roots
 from mailqueue.windows import Inbound, Window, WindowState
 
 START_TIMEOUT = 10.0
@@ -37,14 +38,16 @@ def _seconds(span: timedelta | float) -> float:
 
 
 def read_mailbox(config: Config, address: str) -> list[EmailMessage]:
-    """The messages delivered to ``address``, oldest first (blocking file reads)."""
+    """The messages delivered to ``address`` that are in its mailbox (and its folders),
+    oldest first: in the order of acceptance their queue ids keep, whatever a reader
+    renamed the files to (blocking file reads)."""
     route = Router(config.stores).route(address)
     if not isinstance(route, Route):
         raise ValueError(f"{address!r}: no mailbox for it ({route})")
-    root = config.store(route.store).path
-    copies = [c for c in scan_root(route.store, root)
+    box = mailbox_path(config.store(route.store).path, route.address)
+    copies = [c for c in scan_root(route.store, box)
               if (c.recipient or "").lower() == route.address]
-    copies.sort(key=lambda c: (c.path.name.split(".", 1)[0], c.path.name))
+    copies.sort(key=lambda c: (c.queue_id or "", c.path.name))
     out = []
     for copy in copies:
         message = email.message_from_bytes(copy.path.read_bytes(), policy=email.policy.default)
@@ -69,9 +72,11 @@ def with_nodes(config: Config, nodes: Mapping[str, int] | None) -> Config:
         s.model_copy(update={"nodes": nodes.get(s.name, s.nodes)}) for s in config.stores]})
 
 
-def scan_mailboxes(config: Config) -> list[DeliveredCopy]:
-    """Every file in every store's Maildirs (blocking)."""
-    return [c for s in config.stores for c in scan_root(s.name, s.path)]
+def scan_mailboxes(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
+    """Every file in every store's Maildirs, each once, and the store roots they were found
+    under (blocking)."""
+    roots = store_roots({s.name: s.path for s in config.stores})
+    return scan_stores(roots), roots
 
 
 class AsyncMailbox:
@@ -290,8 +295,8 @@ class AsyncMailqueue:
     async def ledger(self) -> Ledger:
         """What was accepted, compared with the Maildir files as they are now."""
         entries = await self.app.queue.ledger()
-        copies = await asyncio.to_thread(scan_mailboxes, self.config)
-        return Ledger(entries, copies)
+        copies, roots = await asyncio.to_thread(scan_mailboxes, self.config)
+        return Ledger(entries, copies, roots)
 
     def maildir_root(self, store: str | None = None) -> Path:
         """Where a store's (by default the first store's) Maildirs are."""

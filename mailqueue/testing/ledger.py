@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from mailqueue.queue.models import LedgerEntry
 from mailqueue.verify.audit import Audit, Finding, audit
@@ -15,11 +16,13 @@ class MailLossError(AssertionError):
 
 class Ledger:
     """Every message mailqueue accepted (queue id, Message-ID, recipients, body digest),
-    compared with the files actually found in the Maildirs when it was taken."""
+    compared with the files actually found in the Maildirs when it was taken (``roots``:
+    each store's root, to check that every copy is in its recipient's mailbox)."""
 
-    def __init__(self, entries: Sequence[LedgerEntry], copies: Sequence[DeliveredCopy]) -> None:
+    def __init__(self, entries: Sequence[LedgerEntry], copies: Sequence[DeliveredCopy],
+                 roots: Mapping[str, Path] | None = None) -> None:
         self.entries: tuple[LedgerEntry, ...] = tuple(entries)
-        self.audit: Audit = audit(entries, copies)
+        self.audit: Audit = audit(entries, copies, roots)
 
     def __len__(self) -> int:
         """How many messages were accepted."""
@@ -37,35 +40,58 @@ class Ledger:
     def assert_no_loss(self, *, allow_bounced: bool = False) -> None:
         """Every accepted recipient has its message in its mailbox, intact.
 
-        Fails naming each message that is missing, corrupted, still queued (end the window
-        and ``drained()`` first) or bounced (unless ``allow_bounced``).
+        Fails naming each message that is missing, in another mailbox than its recipient's,
+        corrupted, still queued (end the window and ``drained()`` first) or bounced (unless
+        ``allow_bounced``).
         """
         __tracebackhide__ = True  # pytest: show the message, not this frame
+        kinds = ("missing", "misplaced", "corrupted")
         pending = [("not delivered", self.audit.pending)]
         bounced: list[tuple[str, Sequence[Finding]]] = [] if allow_bounced else \
             [("bounced", self.audit.bounces)]
-        failing = self.audit.of_kind("missing") or self.audit.of_kind("corrupted") or \
+        failing = any(self.audit.of_kind(k) for k in kinds) or \
             self.audit.unaccounted or self.audit.pending or (bounced and self.audit.bounces)
         if failing:
             hint = "\n  (end the window, advance() the clock or await drained() first)" \
                 if self.audit.pending else ""
             raise MailLossError("mailqueue: accepted mail is not in the mailboxes\n" +
-                                self.audit.report(("missing", "corrupted"), pending + bounced) +
-                                hint)
+                                self.audit.report(kinds, pending + bounced) + hint)
 
-    def assert_no_duplicates(self) -> None:
-        """No message is in a mailbox twice, and no mailbox holds mail nobody sent it."""
+    def assert_no_duplicates(self, *, allow_sent_twice: bool = False) -> None:
+        """No message is in a mailbox twice, and no mailbox holds mail nobody sent it.
+
+        Also fails when one Message-ID was accepted as several messages for one recipient:
+        mailqueue delivered each once, so the code under test sent it more than once
+        (``allow_sent_twice`` when it may, as a list copy and a direct copy of one post).
+        """
         __tracebackhide__ = True  # pytest: show the message, not this frame
-        if self.audit.of_kind("duplicated") or self.audit.of_kind("unexpected"):
-            raise MailLossError("mailqueue: mail delivered more than once or unexpectedly\n" +
-                                self.audit.report(("duplicated", "unexpected")))
+        kinds = ("duplicated", "misplaced", "unexpected")
+        parts = []
+        if any(self.audit.of_kind(k) for k in kinds):
+            parts.append("mailqueue: mail delivered more than once or unexpectedly\n" +
+                         self.audit.report(kinds))
+        if self.audit.same_message_id and not allow_sent_twice:
+            parts.append(_sent_twice(self.audit.same_message_id))
+        if parts:
+            raise MailLossError("\n".join(parts))
 
-    def assert_ok(self, *, allow_bounced: bool = False) -> None:
+    def assert_ok(self, *, allow_bounced: bool = False, allow_sent_twice: bool = False) -> None:
         """Both: nothing lost and nothing twice."""
         __tracebackhide__ = True  # pytest: show the message, not this frame
         self.assert_no_loss(allow_bounced=allow_bounced)
-        self.assert_no_duplicates()
+        self.assert_no_duplicates(allow_sent_twice=allow_sent_twice)
 
     def report(self) -> str:
         """The conservation equation and every exception, as ``mailqueue verify`` prints."""
         return self.audit.report()
+
+
+def _sent_twice(groups: Sequence[Finding]) -> str:
+    """One paragraph per Message-ID accepted as several messages for one recipient."""
+    lines = []
+    for group in groups:
+        lines.append(f"mailqueue: sent twice: the same Message-ID was accepted as "
+                     f"{len(group.paths)} messages for {group.recipient}")
+        lines.append(f"  {group.message_id}: {group.detail}")
+        lines += [f"      {path}" for path in group.paths]
+    return "\n".join(lines)

@@ -3,28 +3,38 @@
 Per recipient, ``accepted = delivered + bounced + still queued``: *accepted* counts what
 each message had when the front end said 250, the other terms count the recipient rows by
 state, so a row lost from the queue shows as a gap. Each recipient the queue marks
-delivered must then be in its mailbox exactly once, intact (digest equal). Exceptions:
+delivered must then be in its mailbox exactly once, intact (digest equal). A copy is known
+by its trace headers (queue id and recipient), whatever its file is called. Exceptions:
 
 - **missing** — marked delivered, no file holds it (or the queue lost the recipient);
-- **duplicated** — more than one file for one queue id and recipient, or the same
-  Message-ID delivered to one recipient under several queue ids;
+- **duplicated** — more than one file for one queue id and recipient in its mailbox;
+- **misplaced** — a copy outside the mailbox of its recipient (another user's Maildir,
+  another store's tree); the recipient's own folders count as its mailbox;
 - **corrupted** — a file whose message no longer has the digest recorded at acceptance;
 - **unexpected** — a file the ledger cannot account for (unknown queue id, a recipient the
   message did not have, or one that bounced).
+
+One Message-ID accepted as several messages for one recipient (a list copy and a direct
+copy of one post, a client sending again after a timeout) is not an exception: each is an
+accepted message delivered once. Such groups are listed apart, as information
+(:attr:`Audit.same_message_id`); ``verify --strict`` fails on them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.queue.models import LedgerEntry, LedgerRecipient, RecipientState
 from mailqueue.verify.scan import DeliveredCopy
 
 _PENDING = (RecipientState.QUEUED, RecipientState.ACTIVE, RecipientState.HELD)
-KINDS = ("missing", "duplicated", "corrupted", "unexpected")
+KINDS = ("missing", "duplicated", "misplaced", "corrupted", "unexpected")
+SAME_MESSAGE_ID = "same Message-ID"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +72,8 @@ class Audit:
     pending: tuple[Finding, ...]  # recipients not delivered yet
     foreign_files: tuple[str, ...]  # files without a mailqueue trace (existing content)
     by_store: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    # One Message-ID accepted as several messages for one recipient: information only.
+    same_message_id: tuple[Finding, ...] = ()
 
     def of_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]
@@ -74,6 +86,11 @@ class Audit:
     def ok(self) -> bool:
         """Nothing lost, nothing twice, nothing damaged, nothing unexplained."""
         return not self.findings and self.unaccounted == 0
+
+    def passed(self, strict: bool = False) -> bool:
+        """:attr:`ok`; with ``strict``, also no Message-ID accepted more than once for one
+        recipient."""
+        return self.ok and not (strict and self.same_message_id)
 
     def equation(self) -> str:
         sign = "=" if self.unaccounted == 0 else "!="
@@ -98,6 +115,16 @@ class Audit:
                 lines.extend(f"  {f.describe()}" for f in found)
         return "\n".join(lines)
 
+    def notes(self) -> str:
+        """The informational groups (empty when there are none)."""
+        if not self.same_message_id:
+            return ""
+        return "\n".join([f"{SAME_MESSAGE_ID.upper()} ({len(self.same_message_id)}, "
+                          "information: separate accepted messages, each delivered on its "
+                          "own; --strict fails on them):"] +
+                         [f"  {f.message_id} -> {f.recipient}: {f.detail}"
+                          for f in self.same_message_id])
+
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "accepted": self.accepted, "delivered": self.delivered,
                 "bounced": self.bounced, "queued": self.queued,
@@ -105,11 +132,17 @@ class Audit:
                 "by_store": self.by_store,
                 **{kind: [f.as_dict() for f in self.of_kind(kind)] for kind in KINDS},
                 "bounces": [f.as_dict() for f in self.bounces],
-                "foreign_files": list(self.foreign_files)}
+                "foreign_files": list(self.foreign_files),
+                "same_message_id": [f.as_dict() for f in self.same_message_id]}
 
 
-def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy]) -> Audit:
-    """Compare ``ledger`` with the ``copies`` found in the mailboxes."""
+def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy],
+          roots: Mapping[str, Path] | None = None) -> Audit:
+    """Compare ``ledger`` with the ``copies`` found in the mailboxes.
+
+    ``roots`` (store name to root, as the copies' paths were found under them) places each
+    recipient's mailbox, so that a copy anywhere else is *misplaced*; without it, where a
+    copy lies is not checked."""
     entries = {e.queue_id: e for e in ledger}
     by_key: dict[tuple[str, str], list[DeliveredCopy]] = defaultdict(list)
     foreign: list[str] = []
@@ -120,9 +153,8 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy]) -> Aud
             by_key[copy.key].append(copy)
     findings: list[Finding] = []
     findings += _unaccounted(ledger)
-    intact = _check_expected(ledger, by_key, findings)
+    intact = _check_expected(ledger, by_key, findings, roots)
     findings += _unexpected(entries, by_key)
-    findings += _same_message_id(entries, by_key)
     rows = [(e, r) for e in ledger for r in e.recipients]
     return Audit(
         accepted=sum(e.rcpt_count for e in ledger),
@@ -134,7 +166,8 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy]) -> Aud
                       for e, r in rows if r.state is RecipientState.BOUNCED),
         pending=tuple(_finding("pending", e, r, f"still {r.state.value}")
                       for e, r in rows if r.state in _PENDING),
-        foreign_files=tuple(foreign), by_store=_by_store(rows))
+        foreign_files=tuple(foreign), by_store=_by_store(rows),
+        same_message_id=tuple(_same_message_id(entries, by_key)))
 
 
 def _by_store(rows: Sequence[tuple[LedgerEntry, LedgerRecipient]]) -> dict[str, dict[str, int]]:
@@ -160,8 +193,9 @@ def _unaccounted(ledger: Sequence[LedgerEntry]) -> list[Finding]:
 
 def _check_expected(ledger: Sequence[LedgerEntry],
                     by_key: dict[tuple[str, str], list[DeliveredCopy]],
-                    findings: list[Finding]) -> int:
-    """Each delivered recipient: one intact copy. Returns how many were intact."""
+                    findings: list[Finding], roots: Mapping[str, Path] | None) -> int:
+    """Each delivered recipient: one intact copy, in its mailbox. Returns how many were
+    intact."""
     intact = 0
     for entry in ledger:
         for rcpt in entry.recipients:
@@ -172,19 +206,43 @@ def _check_expected(ledger: Sequence[LedgerEntry],
                 findings.append(_finding("missing", entry, rcpt, "marked delivered; no file "
                                          "in the mailbox holds it"))
                 continue
-            good = [c for c in found if c.digest == entry.digest]
+            home = _home(roots, rcpt)
+            here = [c for c in found if roots is None or _inside(c.path, home)]
+            for away in (c for c in found if c not in here):
+                findings.append(_finding("misplaced", entry, rcpt, _where(away, rcpt, home),
+                                         [away]))
+            good = [c for c in here if c.digest == entry.digest]
             for bad in (c for c in found if c.digest != entry.digest):
                 findings.append(_finding("corrupted", entry, rcpt, "content differs from "
                                          "what was accepted (digest mismatch)", [bad]))
-            if len(found) > 1:
+            if len(here) > 1:
                 findings.append(_finding("duplicated", entry, rcpt,
-                                         f"{len(found)} copies in the mailbox", found))
+                                         f"{len(here)} copies in the mailbox", here))
             if rcpt.state is RecipientState.BOUNCED:
                 findings.append(_finding("unexpected", entry, rcpt, "bounced, yet a copy is "
                                          "in the mailbox", found))
             elif rcpt.state is RecipientState.DELIVERED and good:
                 intact += 1
     return intact
+
+
+def _home(roots: Mapping[str, Path] | None, rcpt: LedgerRecipient) -> Path | None:
+    """The recipient's mailbox; None if its store is not among ``roots``."""
+    root = None if roots is None else roots.get(rcpt.store)
+    return None if root is None else mailbox_path(root, rcpt.address)
+
+
+def _inside(path: Path, home: Path | None) -> bool:
+    """Whether the file ``path`` (``.../new/NAME`` or ``.../cur/NAME``) is in the mailbox
+    ``home``, in its own ``new/``/``cur/`` or in a folder of it."""
+    maildir = path.parent.parent
+    return home is not None and (maildir == home or home in maildir.parents)
+
+
+def _where(copy: DeliveredCopy, rcpt: LedgerRecipient, home: Path | None) -> str:
+    belongs = f"the mailbox of {rcpt.address} ({home})" if home is not None else \
+        f"the mailbox of {rcpt.address} (store {rcpt.store!r} is not configured)"
+    return f"in {copy.path.parent.parent}, not in {belongs}"
 
 
 def _unexpected(entries: dict[str, LedgerEntry],
@@ -204,7 +262,8 @@ def _unexpected(entries: dict[str, LedgerEntry],
 
 def _same_message_id(entries: dict[str, LedgerEntry],
                      by_key: dict[tuple[str, str], list[DeliveredCopy]]) -> list[Finding]:
-    """The same Message-ID delivered to one mailbox under several queue ids."""
+    """One Message-ID delivered to one recipient under several queue ids: several accepted
+    messages, each with its own copy (information, not an exception)."""
     groups: dict[tuple[str, str], list[DeliveredCopy]] = defaultdict(list)
     for (queue_id, recipient), found in by_key.items():
         entry = entries.get(queue_id)
@@ -214,7 +273,7 @@ def _same_message_id(entries: dict[str, LedgerEntry],
     for (message_id, recipient), found in sorted(groups.items()):
         if len(found) > 1:
             ids = ", ".join(sorted(c.queue_id or "?" for c in found))
-            out.append(Finding("duplicated", None, recipient, message_id,
-                               f"delivered {len(found)} times (accepted as {ids})",
+            out.append(Finding(SAME_MESSAGE_ID, None, recipient, message_id,
+                               f"accepted as {len(found)} messages ({ids})",
                                tuple(str(c.path) for c in found)))
     return out

@@ -16,7 +16,7 @@ from mailqueue.errors import QueueError
 from mailqueue.queue.models import LedgerEntry
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.verify.audit import Audit, audit
-from mailqueue.verify.scan import DeliveredCopy, scan_root
+from mailqueue.verify.scan import DeliveredCopy, scan_stores, store_roots
 from mailqueue.verify.snapshot import Manifest, compare_snapshot, take_snapshot
 
 
@@ -30,9 +30,11 @@ async def read_ledger(url: str) -> list[LedgerEntry]:
         await store.close()
 
 
-def scan_stores(config: Config) -> list[DeliveredCopy]:
-    """Every file in every configured store's Maildirs (blocking)."""
-    return [copy for s in config.stores for copy in scan_root(s.name, s.path)]
+def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
+    """Every file in every configured store's Maildirs, each once, and the store roots they
+    were found under (blocking)."""
+    roots = store_roots({s.name: s.path for s in config.stores})
+    return scan_stores(roots), roots
 
 
 def audit_instance(config: Config) -> Audit:
@@ -43,7 +45,8 @@ def audit_instance(config: Config) -> Audit:
         if database and database != ":memory:" and not Path(database).exists():
             raise QueueError(f"no queue database at {database} (check [queue] url)")
     ledger = asyncio.run(read_ledger(url))
-    return audit(ledger, scan_stores(config))
+    copies, roots = scan_config(config)
+    return audit(ledger, copies, roots)
 
 
 def _echo_json(data: object) -> None:
@@ -57,13 +60,17 @@ def _echo_json(data: object) -> None:
               path_type=Path), help="Write a manifest of the mailbox files and digests.")
 @click.option("--against", "against", metavar="FILE", type=click.Path(dir_okay=False,
               path_type=Path), help="Report mailbox files changed or missing since a snapshot.")
+@click.option("--strict", is_flag=True, help="Also fail when one Message-ID was accepted as "
+              "several messages for one recipient.")
 def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
-           against: Path | None) -> None:
+           against: Path | None, strict: bool) -> None:
     """Check that nothing accepted was lost or delivered twice.
 
     Prints the conservation equation (accepted = delivered + bounced + still queued, per
-    recipient) and every exception; exits 1 on any loss, duplicate, corruption or
-    unexplained file.
+    recipient) and every exception; exits 1 on any loss, duplicate, misplaced copy,
+    corruption or unexplained file. One Message-ID accepted as several messages for one
+    recipient is listed for information (each was accepted and delivered once); --strict
+    fails on it too.
     """
     if snapshot and against:
         raise click.UsageError("give --snapshot or --against, not both")
@@ -85,13 +92,17 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
         _exit(diff.ok)
         return
     result = audit_instance(config)
+    passed = result.passed(strict)
     if as_json:
-        _echo_json(result.as_dict())
+        _echo_json(result.as_dict() | {"ok": passed, "strict": strict})
     else:
         click.echo(result.report())
-        click.echo("OK: nothing lost, nothing delivered twice" if result.ok else
-                   "FAILED: see the exceptions above")
-    _exit(result.ok)
+        if result.same_message_id:
+            click.echo(result.notes())
+        click.echo("OK: nothing lost, nothing delivered twice" if passed else
+                   "FAILED: see the exceptions above" if not result.ok else
+                   "FAILED (--strict): a Message-ID was accepted as several messages")
+    _exit(passed)
 
 
 def _exit(ok: bool) -> None:

@@ -7,16 +7,30 @@ continuation lines, ending at ``X-Mailqueue-Id``) and turns LF back into CRLF, s
 SHA-256 of the result equals the digest the front end recorded when it said 250.
 
 Only the files are trusted here, never the queue's bookkeeping: the mailbox is found by
-walking every ``new/`` and ``cur/`` directory under a store's root, whatever the layout.
+walking every ``new/`` and ``cur/`` directory under a store's root, whatever the layout, and
+a copy is known by its trace, whatever a reader renamed it to. Each file is read once, also
+where stores share a root or one store's root lies inside another's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+from mailqueue.errors import MailqueueError
+from mailqueue.mailbox.maildir import unique_part
+
+
+class ScanError(MailqueueError):
+    """A mailbox directory or file cannot be read."""
+
+
+T = TypeVar("T")
 
 _TRACE = (b"return-path:", b"delivered-to:", b"received:", b"x-mailqueue-id:")
 _MAX_TRACE_LINES = 32
@@ -83,10 +97,16 @@ def read_copy(store: str, path: Path) -> DeliveredCopy:
                          hashlib.sha256(restored.message).hexdigest())
 
 
-def mailbox_files(root: Path) -> Iterator[Path]:
-    """Every message file under ``root``: regular files in any ``new/`` or ``cur/``."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+def mailbox_files(root: Path, skip: Collection[Path] = ()) -> Iterator[Path]:
+    """Every message file under ``root``: regular files in any ``new/`` or ``cur/``, not
+    below the directories in ``skip``. Nothing if ``root`` does not exist; a directory that
+    cannot be read raises :class:`ScanError` (its files would otherwise pass for lost)."""
+    def fail(exc: OSError) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            raise ScanError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+        dirnames[:] = sorted(d for d in dirnames if Path(dirpath, d) not in skip)
         if os.path.basename(dirpath) not in ("new", "cur"):
             continue
         for name in sorted(filenames):
@@ -95,6 +115,80 @@ def mailbox_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def scan_root(store: str, root: Path) -> list[DeliveredCopy]:
+def read_files(root: Path, read: Callable[[Path], T],
+               skip: Collection[Path] = ()) -> list[tuple[Path, T]]:
+    """``read(path)`` for every message file under ``root`` (see :func:`mailbox_files`).
+
+    A file a reader moves while the walk goes on (``new/`` to ``cur/``, flags added) is
+    looked for again under its unique part in the same Maildir, so it is neither skipped
+    nor read twice. An unreadable file raises :class:`ScanError`."""
+    done: list[tuple[Path, T]] = []
+    vanished: list[Path] = []
+    for path in mailbox_files(root, skip):
+        try:
+            done.append((path, _read(read, path)))
+        except FileNotFoundError:
+            vanished.append(path)
+    seen = {path for path, _ in done}
+    for path in vanished:
+        for moved in _moved(path):
+            if moved in seen:
+                continue
+            seen.add(moved)
+            with contextlib.suppress(FileNotFoundError):
+                done.append((moved, _read(read, moved)))
+    return done
+
+
+def _read(read: Callable[[Path], T], path: Path) -> T:
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ScanError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _moved(path: Path) -> list[Path]:
+    """Where a file of the same unique part as ``path`` is now, in its Maildir."""
+    base = unique_part(path.name)
+    found = []
+    for sub in ("cur", "new"):
+        try:
+            names = sorted(os.listdir(path.parent.parent / sub))
+        except FileNotFoundError:
+            continue
+        found += [path.parent.parent / sub / n for n in names if unique_part(n) == base]
+    return found
+
+
+def scan_root(store: str, root: Path, skip: Collection[Path] = ()) -> list[DeliveredCopy]:
     """Every file in the Maildirs under ``root``, taken apart (blocking)."""
-    return [read_copy(store, path) for path in mailbox_files(root)]
+    return [copy for _, copy in read_files(root, lambda path: read_copy(store, path), skip)]
+
+
+def store_roots(stores: Mapping[str, Path]) -> dict[str, Path]:
+    """Each store's root, absolute with links resolved (blocking): the form in which copies
+    are found and compared with where they belong."""
+    return {name: Path(os.path.realpath(root)) for name, root in stores.items()}
+
+
+def distinct_roots(roots: Mapping[str, Path]) -> list[tuple[str, Path, set[Path]]]:
+    """(store, root, roots inside it) to walk so that each file is read once: stores that
+    share a root (``roots`` resolved, from :func:`store_roots`) are walked once, under the
+    first of their names in sorted order, and a root inside another's is left out of the
+    outer walk (it is walked as its own store's)."""
+    out: list[tuple[str, Path, set[Path]]] = []
+    done: set[Path] = set()
+    for store, root in sorted(roots.items()):
+        if root not in done:
+            done.add(root)
+            out.append((store, root, {r for r in roots.values() if root in r.parents}))
+    return out
+
+
+def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
+    """Every file in the stores' Maildirs (``roots`` from :func:`store_roots`), each once
+    (blocking)."""
+    return [copy for store, root, inner in distinct_roots(roots)
+            for copy in scan_root(store, root, inner)]

@@ -2,12 +2,17 @@
 
 :func:`take_snapshot` records every message file under the stores' roots with its SHA-256;
 :func:`compare_snapshot` reports files that are gone or whose content changed since. A
-file is known by its store, its mailbox and its Maildir base name (the part before
-``:``), so a reader moving it from ``new/`` to ``cur/`` or setting flags is not a change.
+file is known by its store, its Maildir and the unique part of its name (up to the first
+``,`` or ``:``), so a reader moving it from ``new/`` to ``cur/``, setting flags (``:2,S``)
+or adding attributes (mailutils' ``,u=N``) is not a change. A file whose name is gone is
+looked for by content in the rest of the same mailbox (its Maildir and its folders): a
+reader that renamed it altogether, or filed it in a folder, *moved* it; only a file found
+nowhere is *missing*.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mailqueue.errors import MailqueueError
-from mailqueue.verify.scan import mailbox_files
+from mailqueue.mailbox.maildir import unique_part
+from mailqueue.verify.scan import distinct_roots, read_files, store_roots
 
 FORMAT = "mailqueue-snapshot/1"
 
@@ -44,8 +50,14 @@ class Manifest:
         data = {"format": FORMAT, "created_at": self.created_at,
                 "files": {k: dataclasses.asdict(v) for k, v in sorted(self.files.items())}}
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(target)
+        try:
+            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            tmp.replace(target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise SnapshotError(f"{target}: cannot write the snapshot: "
+                                f"{exc.strerror or exc}") from None
 
     @classmethod
     def load(cls, source: Path) -> Manifest:
@@ -59,7 +71,7 @@ class Manifest:
             raise SnapshotError(f"{source}: not a mailqueue snapshot (expected format "
                                 f"{FORMAT!r}; write one with --snapshot)")
         try:
-            files = {k: FileRecord(**v) for k, v in data["files"].items()}
+            files = {_rekey(k): FileRecord(**v) for k, v in data["files"].items()}
         except (KeyError, TypeError, AttributeError) as exc:
             raise SnapshotError(f"{source}: damaged snapshot ({exc})") from None
         return cls(str(data.get("created_at", "")), files)
@@ -67,20 +79,23 @@ class Manifest:
 
 @dataclasses.dataclass(frozen=True)
 class SnapshotDiff:
-    """What changed since a snapshot: ``missing`` and ``changed`` fail, ``added`` does not."""
+    """What changed since a snapshot: ``missing`` and ``changed`` fail; ``moved`` (the same
+    content under another name in the same mailbox) and ``added`` do not."""
 
     missing: tuple[FileRecord, ...]
     changed: tuple[tuple[FileRecord, FileRecord], ...]  # (before, now)
     added: int
     checked: int
+    moved: tuple[tuple[FileRecord, FileRecord], ...] = ()  # (before, now)
 
     @property
     def ok(self) -> bool:
         return not self.missing and not self.changed
 
     def report(self, since: str) -> str:
+        moved = f", {len(self.moved)} moved by a reader" if self.moved else ""
         lines = [f"snapshot of {since}: {self.checked} files checked, {len(self.missing)} "
-                 f"missing, {len(self.changed)} changed, {self.added} new since"]
+                 f"missing, {len(self.changed)} changed, {self.added} new since{moved}"]
         if self.missing:
             lines.append(f"MISSING ({len(self.missing)}):")
             lines += [f"  {r.path}" for r in self.missing]
@@ -88,18 +103,38 @@ class SnapshotDiff:
             lines.append(f"CHANGED ({len(self.changed)}):")
             lines += [f"  {before.path} (sha256 {before.sha256[:12]} -> {now.sha256[:12]}, "
                       f"{before.size} -> {now.size} bytes)" for before, now in self.changed]
+        if self.moved:
+            lines.append(f"MOVED ({len(self.moved)}, renamed or filed by a reader, content "
+                         "unchanged):")
+            lines += [f"  {before.path} -> {now.path}" for before, now in self.moved]
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked, "added": self.added,
                 "missing": [dataclasses.asdict(r) for r in self.missing],
                 "changed": [{"before": dataclasses.asdict(b), "now": dataclasses.asdict(n)}
-                            for b, n in self.changed]}
+                            for b, n in self.changed],
+                "moved": [{"before": dataclasses.asdict(b), "now": dataclasses.asdict(n)}
+                          for b, n in self.moved]}
 
 
 def _key(store: str, root: Path, path: Path) -> str:
-    mailbox = path.parent.parent.relative_to(root).as_posix()
-    return f"{store}:{mailbox}/{path.name.split(':', 1)[0]}"
+    maildir = path.parent.parent.relative_to(root).as_posix()
+    return f"{store}:{maildir}/{unique_part(path.name)}"
+
+
+def _rekey(key: str) -> str:
+    """A key as :func:`_key` makes it now, from one an earlier snapshot wrote (which kept
+    the name up to ``:`` only)."""
+    prefix, _, name = key.rpartition("/")
+    return f"{prefix}/{unique_part(name)}"
+
+
+def _mailbox(key: str) -> str:
+    """``store:domain/local`` of a key: the mailbox its Maildir (or folder) belongs to."""
+    store, _, rest = key.partition(":")
+    maildir = rest.rpartition("/")[0]
+    return f"{store}:{'/'.join(maildir.split('/')[:2])}"
 
 
 def _digest(path: Path) -> tuple[str, int]:
@@ -108,22 +143,32 @@ def _digest(path: Path) -> tuple[str, int]:
 
 
 def take_snapshot(stores: Mapping[str, Path]) -> Manifest:
-    """Record every message file under each store's root (blocking file reads)."""
+    """Record every message file under each store's root, each file once (blocking)."""
     files: dict[str, FileRecord] = {}
-    for store, root in stores.items():
-        for path in mailbox_files(root):
-            try:
-                digest, size = _digest(path)
-            except FileNotFoundError:
-                continue  # moved by a reader while we walked
-            files[_key(store, root, path)] = FileRecord(str(path), digest, size)
+    for store, root, inner in distinct_roots(store_roots(stores)):
+        for path, (digest, size) in read_files(root, _digest, inner):
+            key = _key(store, root, path)
+            if key in files:  # one unique part twice in a Maildir: keep both apart
+                key = f"{store}:{path.parent.parent.relative_to(root).as_posix()}/{path.name}"
+            files[key] = FileRecord(str(path), digest, size)
     return Manifest(datetime.now(UTC).isoformat(timespec="seconds"), files)
 
 
 def compare_snapshot(before: Manifest, now: Manifest) -> SnapshotDiff:
-    """What of ``before`` is missing or changed in ``now``."""
-    missing = tuple(r for k, r in sorted(before.files.items()) if k not in now.files)
+    """What of ``before`` is missing, changed or moved in ``now``."""
+    gone = {k: r for k, r in sorted(before.files.items()) if k not in now.files}
+    new = {k: r for k, r in now.files.items() if k not in before.files}
+    # A file whose name is gone, found by content among the new ones of its mailbox.
+    unclaimed: dict[tuple[str, str], list[str]] = {}
+    for key, record in sorted(new.items()):
+        unclaimed.setdefault((_mailbox(key), record.sha256), []).append(key)
+    missing, moved = [], []
+    for key, record in gone.items():
+        candidates = unclaimed.get((_mailbox(key), record.sha256))
+        if candidates:
+            moved.append((record, new.pop(candidates.pop(0))))
+        else:
+            missing.append(record)
     changed = tuple((r, now.files[k]) for k, r in sorted(before.files.items())
                     if k in now.files and now.files[k].sha256 != r.sha256)
-    added = sum(1 for k in now.files if k not in before.files)
-    return SnapshotDiff(missing, changed, added, len(before.files))
+    return SnapshotDiff(tuple(missing), changed, len(new), len(before.files), tuple(moved))

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, event
 from mailqueue.clock import ManualClock
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome
-from mailqueue.mailbox.maildir import MaildirStore
+from mailqueue.mailbox.maildir import MaildirStore, copy_key
 from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.models import Claim, NewMessage, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
@@ -70,7 +70,7 @@ def acked_ids(replies: Sequence[str]) -> list[str]:
 
 
 def delivered_ids(root: Path) -> Counter[str]:
-    return Counter(f.name.split(".Q", 1)[1].split("_", 1)[0] for f in all_files(root))
+    return Counter(key[0] for f in all_files(root) if (key := copy_key(f.name)))
 
 
 class FlakyStore(SqlQueueStore):

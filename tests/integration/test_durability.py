@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiosmtplib
 
+from mailqueue.mailbox.maildir import copy_key
 from tests.helpers import all_files, message, wait_for
 from tests.served import free_port, start, wait_listening, write_config
 
@@ -59,5 +60,5 @@ async def test_sigkill_after_250_loses_nothing(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     files = all_files(tmp_path / "mail")
-    ids = sorted(f.name.split(".Q", 1)[1].split("_", 1)[0] for f in files)
+    ids = sorted(key[0] for f in files if (key := copy_key(f.name)))
     assert ids == sorted(accepted)  # every acknowledged message, exactly once

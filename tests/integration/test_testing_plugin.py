@@ -149,8 +149,9 @@ def test_failures_name_the_messages(pytester: pytest.Pytester) -> None:
                      r"in the mailbox\n[E ]+\S+/new/\S+\n[E ]+\S+/new/copy-of-", out), out
     assert re.search(rf"CORRUPTED \(1\):\n[E ]+{qid} <m\d@test> -> bob@example.com: content "
                      r"differs from what was accepted", out), out
-    assert re.search(r"DUPLICATED \(1\):\n[E ]+\? <once@test> -> bob@example.com: delivered 2 "
-                     rf"times \(accepted as {qid}, {qid}\)", out), out
+    assert re.search(r"sent twice: the same Message-ID was accepted as 2 messages for "
+                     rf"bob@example.com\n[E ]+<once@test>: accepted as 2 messages \({qid}, "
+                     rf"{qid}\)", out), out
     assert re.search(rf"NOT DELIVERED \(1\):\n[E ]+{qid} <m9@test> -> bob@example.com: still "
                      r"queued\n[E ]+\(end the window, advance\(\) the clock or await drained\(\) "
                      r"first\)", out), out

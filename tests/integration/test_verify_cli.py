@@ -15,6 +15,7 @@ from pathlib import Path
 import aiosmtplib
 
 from mailqueue.cli import main
+from mailqueue.mailbox.maildir import copy_key
 from tests.helpers import all_files, message, wait_for
 from tests.served import free_port, start, wait_listening, write_config
 
@@ -95,7 +96,7 @@ def test_verify_a_served_instance(tmp_path: Path) -> None:
     assert "1 files checked, 0 missing, 0 changed, 4 new since" in against.stdout
 
     # Damage the mailboxes: one lost, one twice, one altered, one nobody sent.
-    files = sorted(p for p in all_files(tmp_path / "mail" / "basic") if ".Q" in p.name)
+    files = sorted(p for p in all_files(tmp_path / "mail" / "basic") if copy_key(p.name))
     lost, doubled, altered = files[0], files[1], files[2]
     lost.unlink()
     shutil.copy(doubled, doubled.with_name("dup-" + doubled.name))
@@ -106,7 +107,7 @@ def test_verify_a_served_instance(tmp_path: Path) -> None:
     result = mq(config, "verify")
     assert result.returncode == 1
     out = result.stdout
-    lost_id = lost.name.split(".Q", 1)[1].split("_", 1)[0]
+    lost_id = (copy_key(lost.name) or ("?",))[0]
     assert f"MISSING (1):\n  {lost_id} " in out and "marked delivered; no file" in out
     assert "DUPLICATED (1):" in out and f"dup-{doubled.name}" in out
     assert "CORRUPTED (1):" in out and str(altered) in out
