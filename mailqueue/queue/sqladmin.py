@@ -93,7 +93,8 @@ def _delay_warned() -> ColumnElement[bool]:
                           recipient_events.c.kind == EventKind.DELAY_WARNING.value)
 
 
-def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
+def chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
+    """``values`` in slices short enough for one statement's IN (...) list."""
     return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
 
 
@@ -222,7 +223,7 @@ class SqlAdminMixin:
         async with self._tx(write=True) as conn:
             ids = await _resolve(conn, queue_ids)
             changes: list[Change] = []
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 result = await conn.execute(
                     update(recipients)
                     .where(recipients.c.queue_id.in_(chunk), recipients.c.state.in_(sources))
@@ -239,7 +240,7 @@ class SqlAdminMixin:
         async with self._tx(write=True) as conn:
             ids = await _resolve(conn, queue_ids)
             changes: list[Change] = []
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 rows = await conn.execute(
                     select(recipients.c.queue_id, recipients.c.address, recipients.c.state)
                     .where(recipients.c.queue_id.in_(chunk)))
@@ -256,7 +257,7 @@ class SqlAdminMixin:
         async with self._tx(write=True) as conn:
             ids = await _resolve(conn, queue_ids)
             before: dict[int, str] = {}  # recipient id -> its state before the bounce
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 before.update((r.id, r.state) for r in await conn.execute(
                     select(recipients.c.id, recipients.c.state)
                     .where(recipients.c.queue_id.in_(chunk),
@@ -276,7 +277,7 @@ class SqlAdminMixin:
     async def _bounce_in(self, conn: AsyncConnection, reasons: Mapping[int, str], now: float,
                          kind: EventKind, notify: Notify | None) -> list[BouncedRecipient]:
         bounced: list[BouncedRecipient] = []
-        for chunk in _chunks(list(reasons)):
+        for chunk in chunks(list(reasons)):
             # Only recipients nobody is delivering: an active one settles on its own.
             taken = list((await conn.execute(
                 update(recipients)
@@ -343,7 +344,7 @@ class SqlAdminMixin:
             if conn.dialect.name == "postgresql":
                 await postgres.delay_warning_lock(conn)
             warned_already: set[int] = set()
-            for chunk in _chunks([p.id for p in due]):
+            for chunk in chunks([p.id for p in due]):
                 warned_already.update((await conn.execute(
                     select(recipients.c.id).where(recipients.c.id.in_(chunk), _delay_warned())
                 )).scalars())
@@ -357,7 +358,7 @@ class SqlAdminMixin:
     async def record_settlement(self, conn: AsyncConnection, settlement: Settlement,
                                 now: float) -> None:
         """History rows for one settled batch, and the notices it carries."""
-        for chunk in _chunks(settlement.delivered):
+        for chunk in chunks(settlement.delivered):
             # The hot path: one INSERT ... SELECT, no round trip for the queue ids.
             await conn.execute(insert(recipient_events).from_select(
                 ["queue_id", "recipient_id", "at", "kind"],
@@ -368,7 +369,7 @@ class SqlAdminMixin:
         rows += [(i, err, EventKind.DEFERRED) for i, _, err in settlement.deferred]
         rows += [(i, err, EventKind.BOUNCED) for i, err in settlement.bounced]
         queue_of: dict[int, str] = {}
-        for chunk in _chunks([i for i, _, _ in rows]):
+        for chunk in chunks([i for i, _, _ in rows]):
             queue_of.update((r.id, r.queue_id) for r in await conn.execute(
                 select(recipients.c.id, recipients.c.queue_id)
                 .where(recipients.c.id.in_(chunk))))
@@ -435,7 +436,7 @@ def _message_conditions(query: QueueFilter) -> list[ColumnElement[bool]]:
 async def _recipients_of(conn: AsyncConnection, queue_ids: Sequence[str],
                          ) -> dict[str, tuple[RecipientView, ...]]:
     found: dict[str, list[RecipientView]] = defaultdict(list)
-    for chunk in _chunks(list(queue_ids)):
+    for chunk in chunks(list(queue_ids)):
         rows = await conn.execute(select(recipients).where(recipients.c.queue_id.in_(chunk))
                                   .order_by(recipients.c.id))
         for r in rows:
@@ -462,7 +463,7 @@ async def _resolve(conn: AsyncConnection, queue_ids: Sequence[str] | None) -> li
                                         .order_by(messages.c.received_at))).scalars())
     wanted = list(dict.fromkeys(queue_ids))
     known: set[str] = set()
-    for chunk in _chunks(wanted):
+    for chunk in chunks(wanted):
         known.update((await conn.execute(select(messages.c.queue_id)
                                          .where(messages.c.queue_id.in_(chunk)))).scalars())
     unknown = [q for q in wanted if q not in known]

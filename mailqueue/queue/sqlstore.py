@@ -52,7 +52,13 @@ from mailqueue.queue.models import (
     Settlement,
 )
 from mailqueue.queue.schema import messages, nodes, recipients, windows
-from mailqueue.queue.sqladmin import SqlAdminMixin, insert_messages, message_rows, recipient_rows
+from mailqueue.queue.sqladmin import (
+    SqlAdminMixin,
+    chunks,
+    insert_messages,
+    message_rows,
+    recipient_rows,
+)
 from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
 from mailqueue.queue.writerproc import WriterProcess
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
@@ -348,15 +354,18 @@ class SqlQueueStore(SqlAdminMixin):
 
     async def _finish_messages(self, conn: AsyncConnection, recipient_ids: list[int],
                                now: float) -> None:
-        """Mark messages whose recipients are all final as done and drop their bodies."""
-        touched = select(recipients.c.queue_id).where(recipients.c.id.in_(recipient_ids))
+        """Mark messages whose recipients are all final as done and drop their bodies.
+        The ids go in slices: an operator action may touch more recipients than a
+        statement may have parameters."""
         open_rcpt = exists().where(recipients.c.queue_id == messages.c.queue_id,
                                    recipients.c.state.not_in([s.value for s in FINAL_STATES]))
-        await conn.execute(
-            update(messages)
-            .where(messages.c.queue_id.in_(touched.scalar_subquery()),
-                   messages.c.done_at.is_(None), ~open_rcpt)
-            .values(done_at=now, body=None))
+        for chunk in chunks(recipient_ids):
+            touched = select(recipients.c.queue_id).where(recipients.c.id.in_(chunk))
+            await conn.execute(
+                update(messages)
+                .where(messages.c.queue_id.in_(touched.scalar_subquery()),
+                       messages.c.done_at.is_(None), ~open_rcpt)
+                .values(done_at=now, body=None))
 
     async def reclaim_expired(self, now: float) -> int:
         async with self._tx(write=True) as conn:
