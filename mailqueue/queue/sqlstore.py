@@ -64,6 +64,8 @@ from mailqueue.queue.writerproc import WriterProcess
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
+# Final states a delivery recorded (a settle never overwrites them).
+_OUTCOMES = (RecipientState.DELIVERED.value, RecipientState.BOUNCED.value)
 
 
 # Rough WAL bytes per claimed and per settled recipient (a settle rewrites the message's
@@ -324,11 +326,14 @@ class SqlQueueStore(SqlAdminMixin):
         async with self._tx(write=True) as conn:
             if settlement.delivered:
                 # A delivered file exists: record it even if the lease was lost meanwhile,
-                # but never over a final state another worker recorded (never both).
+                # but never over a delivery or bounce another worker recorded (never both).
+                # It is recorded over a delete: an operator may delete a recipient whose
+                # lease expired and was reclaimed while this worker still delivered it, and
+                # the ledger says where the mail is.
                 await conn.execute(
                     update(recipients).where(
                         recipients.c.id.in_(settlement.delivered),
-                        recipients.c.state.not_in([s.value for s in FINAL_STATES]))
+                        recipients.c.state.not_in(_OUTCOMES))
                     .values(state=RecipientState.DELIVERED.value, settled_at=now,
                             last_error=None, **released))
             if settlement.deferred:

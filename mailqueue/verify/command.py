@@ -61,9 +61,9 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
            against: Path | None) -> None:
     """Check that nothing accepted was lost or delivered twice.
 
-    Prints the conservation equation (accepted = delivered + bounced + still queued, per
-    recipient) and every exception; exits 1 on any loss, duplicate, corruption or
-    unexplained file.
+    Prints the conservation equation (accepted = delivered + bounced + deleted + still
+    queued, per recipient) and every exception; exits 1 on any loss, duplicate,
+    corruption or unexplained file.
     """
     if snapshot and against:
         raise click.UsageError("give --snapshot or --against, not both")
