@@ -8,6 +8,7 @@ the ledger cannot account for, and no total may go down.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +20,7 @@ from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.metrics import Metrics
 from mailqueue.queue.admin import Action, ActionResult, Change
 from mailqueue.queue.models import Claim, NewMessage, QueueStore, Settlement, new_queue_id
+from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.testing.ledger import Ledger, MailLossError
 from mailqueue.verify.audit import Audit, audit
 from mailqueue.verify.scan import scan_root
@@ -254,6 +256,50 @@ async def test_metrics_show_deleted_recipients(store: QueueStore) -> None:
     text = metrics.render().decode()
     assert 'mailqueue_queue_recipients{state="deleted",store="basic"} 2.0' in text
 
+
+async def test_delete_all_racing_a_worker_never_takes_its_claims(store: QueueStore) -> None:
+    """A worker (its own connection, as another process) claims and delivers while an
+    operator deletes, a few messages at a time in the order the worker takes them, then
+    with ``--all`` until nothing is left: no recipient the worker claimed is deleted, and
+    every recipient ends delivered or deleted."""
+    assert isinstance(store, SqlQueueStore)
+    total = 300
+    batch = [new_message(f"u{i}@basic.example") for i in range(total)]
+    await store.enqueue(batch)
+    claimed: set[int] = set()
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        async with opened_store(store.url) as queue:
+            while not stop.is_set():
+                claims = await queue.claim(["basic"], 7, "w1", T0 + 1, T0 + 1 + LEASE)
+                claimed.update(c.recipient_id for c in claims)
+                await asyncio.sleep(0)
+                await queue.settle(Settlement(delivered=[c.recipient_id for c in claims]),
+                                   "w1", T0 + 2)
+                if not claims:
+                    return
+
+    async def operator() -> None:
+        async with opened_store(store.url) as queue:
+            for start in range(0, total, 3):
+                await queue.delete([m.queue_id for m in batch[start:start + 3]], T0 + 3)
+                await asyncio.sleep(0)
+            while True:
+                result = await queue.delete(None, T0 + 3)
+                if not result.changed and not result.in_delivery:
+                    stop.set()
+                    return
+                await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(asyncio.gather(worker(), operator()), 60)
+    outcomes = await store.outcomes()
+    states = {o.state.value for o in outcomes}
+    assert states <= {"delivered", "deleted"}, states
+    report = await store.report(T0 + 4)
+    assert report.accepted == total and report.delivered + report.deleted == total
+    assert report.delivered == len(claimed)  # every claim delivered, none deleted
+    assert claimed and report.deleted  # both sides took part
 
 async def test_delete_all_on_more_recipients_than_a_statement_has_parameters(
         pg_url: str) -> None:
