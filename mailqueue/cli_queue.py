@@ -168,8 +168,10 @@ def queue_show(config_path: str | None, queue_id: str, raw: bool, as_json: bool)
         raise UnknownQueueIdError(f"no such queue id: {queue_id}")
     if raw:
         if detail.body is None:
+            delivered = any(r.state == RecipientState.DELIVERED
+                            for r in detail.message.recipients)
             raise UnknownQueueIdError(f"message {queue_id} is done: its content is no longer "
-                                      "kept (see the mailboxes)")
+                                      "kept" + (" (see the mailboxes)" if delivered else ""))
         sys.stdout.buffer.write(detail.body)
         sys.stdout.buffer.flush()
         return

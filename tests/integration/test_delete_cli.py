@@ -115,6 +115,9 @@ async def test_delete_all_mid_drain_leaves_the_delivery_and_keeps_the_totals(
         shown = (await run_cli(path, "queue", "show", ids[1])).stdout
         assert "alice@basic.example  store=basic state=deleted" in shown
         assert "alice@basic.example  deleted  by operator" in shown.split("history:")[1]
+        raw = await run_cli(path, "queue", "show", ids[1], "--raw")
+        assert raw.returncode == 1 and raw.stderr == (
+            f"mailqueue: error: message {ids[1]} is done: its content is no longer kept\n")
         listed = await run_cli(path, "queue", "list", "--state", "deleted", "--ids")
         assert listed.stdout.split() == ids[1:]
 
