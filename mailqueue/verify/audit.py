@@ -1,9 +1,8 @@
 """Compare the queue's ledger with the mailbox files and state the conservation equation.
 
-Per recipient, ``accepted = delivered + bounced + deleted + still queued``: *accepted*
-counts what each message had when the front end said 250, the other terms count the
-recipient rows by state (*deleted*: by an operator), so a row lost from the queue shows as
-a gap. Each recipient the queue marks
+Per recipient, ``accepted = delivered + bounced + deleted + still queued``: *accepted* is
+what each message had at 250, the others count recipient rows by state (deleted: by an
+operator), so a row lost from the queue shows as a gap. Each recipient the queue marks
 delivered must then be in its mailbox exactly once, intact (digest equal). Exceptions:
 
 - **missing** — marked delivered, no file holds it (or the queue lost the recipient);
