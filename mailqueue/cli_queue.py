@@ -5,7 +5,9 @@ Every command works through the queue database, so it sees and changes the queue
 running server (which follows within its poll interval). Ids come as arguments, or ``-``
 reads them from standard input (whitespace-separated, as ``queue list --ids`` prints them);
 ``--all`` means every message not yet done. An unknown id is a one-line error and a
-non-zero exit, and then nothing is changed.
+non-zero exit, and then nothing is changed. A verb that stops delivery (hold, delete,
+bounce) never takes a recipient from a worker delivering it: it names each such recipient
+and exits 3 (:data:`IN_DELIVERY_EXIT`), so a script can run it again once they settle.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from mailqueue.mailbox.router import Router
 from mailqueue.queue.admin import (
     SHAPE_EDGES_MINUTES,
     Action,
-    Change,
+    ActionResult,
     MessageDetail,
     MessageView,
     QueueFilter,
 )
 from mailqueue.queue.models import QueueStore, RecipientState
 from mailqueue.timeparse import format_duration, format_time, parse_duration
+
+# The exit status of hold, delete and bounce when they left recipients to the worker
+# delivering them (as ``window end --wait --timeout`` exits 3 when mail is still queued).
+IN_DELIVERY_EXIT = 3
 
 
 @click.group("queue")
@@ -67,7 +73,7 @@ def _due(ts: float, now: float) -> str:
 @click.option("--state", "states", multiple=True,
               type=click.Choice([s.value for s in RecipientState]),
               help="Only messages with a recipient in this state (repeatable). A final "
-                   "state (delivered, bounced) includes finished messages.")
+                   "state (delivered, bounced, deleted) includes finished messages.")
 @click.option("--store", metavar="NAME", help="Only messages with a recipient in this store.")
 @click.option("--sender", metavar="TEXT", help="Sender contains TEXT (case-insensitive).")
 @click.option("--recipient", metavar="TEXT", help="A recipient contains TEXT.")
@@ -162,8 +168,10 @@ def queue_show(config_path: str | None, queue_id: str, raw: bool, as_json: bool)
         raise UnknownQueueIdError(f"no such queue id: {queue_id}")
     if raw:
         if detail.body is None:
+            delivered = any(r.state == RecipientState.DELIVERED
+                            for r in detail.message.recipients)
             raise UnknownQueueIdError(f"message {queue_id} is done: its content is no longer "
-                                      "kept (see the mailboxes)")
+                                      "kept" + (" (see the mailboxes)" if delivered else ""))
         sys.stdout.buffer.write(detail.body)
         sys.stdout.buffer.flush()
         return
@@ -232,15 +240,26 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _report(verb: str, changes: list[Change], ids: list[str] | None, what: str) -> None:
-    for c in changes:
+def _report(verb: str, result: ActionResult, ids: list[str] | None, what: str) -> None:
+    """One line per recipient changed or left in delivery, one per given id left alone,
+    a total; exit :data:`IN_DELIVERY_EXIT` if a recipient was left in delivery."""
+    for c in result.changed:
         click.echo(f"{verb} {c.queue_id} {c.address} ({c.before or '?'} -> {c.after})")
-    touched = {c.queue_id for c in changes}
+    for c in result.in_delivery:
+        click.echo(f"skipped {c.queue_id} {c.address} (in delivery; not {verb})")
+    touched = {c.queue_id for c in result.changed + result.in_delivery}
     for queue_id in dict.fromkeys(ids or ()):
         if queue_id not in touched:
             click.echo(f"unchanged {queue_id}: no {what} recipients")
-    click.echo(f"{verb} {_count(len(changes), 'recipient')} of "
-               f"{_count(len(touched), 'message')}")
+    total = (f"{verb} {_count(len(result.changed), 'recipient')} of "
+             f"{_count(len({c.queue_id for c in result.changed}), 'message')}")
+    if result.in_delivery:
+        left = len(result.in_delivery)
+        total += (f"; {_count(left, 'recipient')} in delivery, not {verb}: run again once "
+                  f"{'it settles' if left == 1 else 'they settle'}")
+    click.echo(total)
+    if result.in_delivery:
+        sys.exit(IN_DELIVERY_EXIT)
 
 
 def _action_command(action: Action, verb: str, what: str, doc: str) -> click.Command:
@@ -252,7 +271,7 @@ def _action_command(action: Action, verb: str, what: str, doc: str) -> click.Com
         wanted = _ids(ids, every)
         now = SystemClock().now()
 
-        async def run(q: QueueStore) -> list[Change]:
+        async def run(q: QueueStore) -> ActionResult:
             return await q.change(action, wanted, now)
 
         _report(verb, in_queue(config, run), wanted, what)
@@ -263,8 +282,10 @@ def _action_command(action: Action, verb: str, what: str, doc: str) -> click.Com
 
 _action_command(Action.HOLD, "held", "queued",
                 "Hold messages: not delivered until released (postsuper -h).\n\n"
-                "Queued recipients become held. Recipients being delivered right now are\n"
-                "left alone. Held recipients neither expire nor get delay warnings.")
+                "Queued recipients become held. Held recipients neither expire nor get\n"
+                "delay warnings. A recipient being delivered right now is left to its\n"
+                "worker and listed as 'in delivery; not held'; the command then exits 3,\n"
+                "so a script can run it again once it settles.")
 _action_command(Action.RELEASE, "released", "held",
                 "Release held messages; they are due at once (postsuper -H).")
 _action_command(Action.RETRY, "retried", "queued",
@@ -280,16 +301,20 @@ _action_command(Action.RETRY, "retried", "queued",
 def queue_delete(config_path: str | None, ids: tuple[str, ...], every: bool) -> None:
     """Delete messages, with no notice to anyone (postsuper -d).
 
-    The messages, their recipients and their history are removed; a recipient being
-    delivered at that moment may still arrive.
+    Queued and held recipients become deleted: never delivered, and still counted as
+    accepted (stats, verify and queue show account for them). A recipient being
+    delivered right now is left to its worker and listed as 'in delivery; not deleted';
+    the command then exits 3, so a script can run it again once it settles. A message
+    whose recipients are all delivered, bounced or deleted is left as it is.
     """
     config: Config = load(config_path)
     wanted = _ids(ids, every)
-    changes: list[Change] = in_queue(config, lambda q: q.delete(wanted))
-    for c in changes:
-        click.echo(f"deleted {c.queue_id} {c.address} (was {c.before})")
-    click.echo(f"deleted {_count(len({c.queue_id for c in changes}), 'message')} "
-               f"({_count(len(changes), 'recipient')})")
+    now = SystemClock().now()
+
+    async def run(q: QueueStore) -> ActionResult:
+        return await q.delete(wanted, now)
+
+    _report("deleted", in_queue(config, run), wanted, "queued or held")
 
 
 @queue.command("bounce")
@@ -304,13 +329,15 @@ def queue_bounce(config_path: str | None, ids: tuple[str, ...], every: bool,
 
     Queued and held recipients bounce; a local sender gets a delivery status
     notification (RFC 3464) in the same commit. Null-sender mail is never bounced back.
+    A recipient being delivered right now is left to its worker and listed as 'in
+    delivery; not bounced'; the command then exits 3, so a script can run it again.
     """
     config: Config = load(config_path)
     wanted = _ids(ids, every)
     now = SystemClock().now()
     notifier = Notifier(Router(config.stores), config.smtp.hostname, config.queue.max_lifetime)
 
-    async def run(q: QueueStore) -> list[Change]:
+    async def run(q: QueueStore) -> ActionResult:
         return await q.bounce(wanted, reason, now, notifier)
 
     _report("bounced", in_queue(config, run), wanted, "queued or held")

@@ -34,6 +34,7 @@ class DrainSummary:
     remaining: int
     seconds: float
     timed_out: bool
+    deleted: int = 0
 
     @property
     def rate(self) -> float:
@@ -47,6 +48,8 @@ class DrainSummary:
             text += f"; gave up waiting with {self.remaining} still queued"
         if self.held:
             text += f"; {self.held} held by an operator (not waited for)"
+        if self.deleted:
+            text += f"; {self.deleted} deleted by an operator"
         return text
 
 
@@ -81,4 +84,5 @@ async def watch_drain(queue: QueueAdmin, stores: Sequence[str], since: float,
             await asyncio.sleep(poll)
     seconds = max(0.0, (state.last_settled or since) - since) if not timed_out else elapsed
     return DrainSummary(delivered=state.delivered, bounced=state.bounced, held=state.held,
-                        remaining=state.remaining, seconds=seconds, timed_out=timed_out)
+                        remaining=state.remaining, seconds=seconds, timed_out=timed_out,
+                        deleted=state.deleted)

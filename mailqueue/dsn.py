@@ -6,10 +6,10 @@ headers as ``text/rfc822-headers``. Where the original headers or a diagnostic a
 ASCII, the parts say so as RFC 6533 has them: ``message/global-headers`` and
 ``message/global-delivery-status`` (UTF-8, ``8bit``), and a UTF-8 readable part; original
 headers that are not even UTF-8 are kept byte for byte in a base64 ``text/rfc822-headers``
-part, so the notice never carries unlabelled 8-bit data. It is sent with a null sender (``MAIL FROM:<>``), so a
-notice that cannot be delivered is never bounced in turn. A notice only goes to a sender
-whose address is a local mailbox (the queue delivers it like any message, durably); for
-other senders the bounce is only recorded.
+part, so the notice never carries unlabelled 8-bit data. It is sent with a null sender
+(``MAIL FROM:<>``), so a notice that cannot be delivered is never bounced in turn. A
+notice only goes to a sender whose address is a local mailbox (the queue delivers it like
+any message, durably); for other senders the bounce is only recorded.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ def render_stats(report: QueueReport, now: float, as_json: bool = False) -> str:
             "accepted": report.accepted,
             "delivered": report.delivered,
             "bounced": report.bounced,
+            "deleted": report.deleted,
             "drain_rate_per_second": round(report.drain_rate, 3),
             "drain_rate_window_seconds": report.recent_seconds,
             "by_store": {f"{store}/{state}": count
@@ -32,7 +33,7 @@ def render_stats(report: QueueReport, now: float, as_json: bool = False) -> str:
              f"accepted in all: {report.accepted}",
              f"oldest pending: {format_duration(oldest) if oldest is not None else '-'}",
              f"totals: accepted={report.accepted} delivered={report.delivered} "
-             f"bounced={report.bounced}",
+             f"bounced={report.bounced} deleted={report.deleted}",
              f"drain rate: {report.drain_rate:.2f} recipients/s "
              f"(delivered in the last {format_duration(report.recent_seconds)}: "
              f"{report.delivered_recent})"]

@@ -34,6 +34,7 @@ class EventKind(StrEnum):
     HELD = "held"
     RELEASED = "released"
     RETRY = "retry"
+    DELETED = "deleted"
     DELAY_WARNING = "delay_warning"
     NOTICE_QUEUED = "notice_queued"
     NOTICE_NOT_SENT = "notice_not_sent"
@@ -96,12 +97,27 @@ class MessageDetail:
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """One recipient an operator action changed."""
+    """One recipient an operator action changed (or, in ``ActionResult.in_delivery``, left
+    alone: then ``before`` and ``after`` are both the state it was found in)."""
 
     queue_id: str
     address: str
     before: str
     after: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionResult:
+    """What one operator action did, read in the transaction that did it.
+
+    ``in_delivery`` names the recipients the action would have changed but found leased to
+    a worker (``active``): an operator verb never races a delivery, so they are left for
+    their worker to settle. Running the action again once they settle applies it to any
+    that are queued again (a deferral) and changes nothing for delivered ones.
+    """
+
+    changed: tuple[Change, ...] = ()
+    in_delivery: tuple[Change, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,9 +166,10 @@ class QueueReport:
     messages_pending: int
     bytes_pending: int
     oldest_pending: float | None
-    accepted: int
+    accepted: int  # messages accepted: never goes down (deleted mail stays in the ledger)
     delivered: int
     bounced: int
+    deleted: int
     delivered_recent: int
     recent_seconds: float
 
@@ -170,4 +187,5 @@ class DrainProgress:
     held: int  # held by an operator: not waited for
     delivered: int
     bounced: int
-    last_settled: float | None
+    last_settled: float | None  # the last delivery or bounce
+    deleted: int = 0  # deleted by an operator since the moment

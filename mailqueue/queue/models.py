@@ -15,8 +15,8 @@ from mailqueue.windows import Window
 if TYPE_CHECKING:
     from mailqueue.queue.admin import (
         Action,
+        ActionResult,
         BouncedRecipient,
-        Change,
         DrainProgress,
         MessageDetail,
         MessageView,
@@ -35,9 +35,12 @@ class RecipientState(StrEnum):
     HELD = "held"
     DELIVERED = "delivered"
     BOUNCED = "bounced"
+    DELETED = "deleted"  # removed by an operator: never delivered, no notice sent
 
 
-FINAL_STATES = (RecipientState.DELIVERED, RecipientState.BOUNCED)
+# A recipient in one of these is settled for good; a message is done when all of its
+# recipients are. A deleted recipient stays in the ledger (accepted totals never shrink).
+FINAL_STATES = (RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.DELETED)
 
 
 def new_queue_id(now: float | None = None) -> str:
@@ -222,17 +225,20 @@ class QueueAdmin(Protocol):
         ...
 
     async def change(self, action: Action, queue_ids: Sequence[str] | None,
-                     now: float) -> list[Change]:
-        """Hold, release or retry (None: every pending message); unknown id: nothing done."""
+                     now: float) -> ActionResult:
+        """Hold, release or retry (None: every pending message); unknown id: nothing done.
+        A hold leaves recipients a worker is delivering alone and names them."""
         ...
 
-    async def delete(self, queue_ids: Sequence[str] | None) -> list[Change]:
-        """Remove messages, their recipients and their history."""
+    async def delete(self, queue_ids: Sequence[str] | None, now: float) -> ActionResult:
+        """Mark queued and held recipients deleted (kept in the ledger, never delivered);
+        recipients a worker is delivering are left alone and named."""
         ...
 
     async def bounce(self, queue_ids: Sequence[str] | None, reason: str, now: float,
-                     notify: Notify | None = None) -> list[Change]:
-        """Give up on queued and held recipients now; notices enqueued in the same commit."""
+                     notify: Notify | None = None) -> ActionResult:
+        """Give up on queued and held recipients now; notices enqueued in the same commit.
+        Recipients a worker is delivering are left alone and named."""
         ...
 
     async def expire(self, reasons: Mapping[int, str], now: float,

@@ -17,7 +17,6 @@ from sqlalchemy import (
     ColumnElement,
     bindparam,
     case,
-    delete,
     exists,
     func,
     insert,
@@ -33,6 +32,7 @@ from mailqueue.queue import postgres
 from mailqueue.queue.admin import (
     SHAPE_EDGES_MINUTES,
     Action,
+    ActionResult,
     BouncedRecipient,
     Change,
     DrainProgress,
@@ -52,6 +52,8 @@ from mailqueue.queue.schema import messages, recipient_events, recipients
 _FINAL = [s.value for s in FINAL_STATES]
 _QUEUED, _HELD, _ACTIVE = (RecipientState.QUEUED.value, RecipientState.HELD.value,
                            RecipientState.ACTIVE.value)
+_DELIVERED, _BOUNCED, _DELETED = (RecipientState.DELIVERED.value,
+                                  RecipientState.BOUNCED.value, RecipientState.DELETED.value)
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's and PostgreSQL's limits
 
 # Which recipients each action touches, and the state it leaves them in.
@@ -62,6 +64,9 @@ _TRANSITIONS: dict[Action, tuple[tuple[str, ...], str]] = {
 }
 _EVENT_OF = {Action.HOLD: EventKind.HELD, Action.RELEASE: EventKind.RELEASED,
              Action.RETRY: EventKind.RETRY}
+# Actions that stop delivery name the recipients they found in delivery and left alone;
+# release and retry have nothing to say about a recipient a worker is delivering.
+_STOPS_DELIVERY = (Action.HOLD,)
 
 
 def message_rows(batch: Sequence[NewMessage]) -> list[dict[str, Any]]:
@@ -93,7 +98,8 @@ def _delay_warned() -> ColumnElement[bool]:
                           recipient_events.c.kind == EventKind.DELAY_WARNING.value)
 
 
-def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
+def chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
+    """``values`` in slices short enough for one statement's IN (...) list."""
     return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
 
 
@@ -184,9 +190,9 @@ class SqlAdminMixin:
         return QueueReport(
             by_state=by_state, depth=depth, bytes=size, messages_pending=int(pending[0]),
             bytes_pending=int(pending[1]), oldest_pending=pending[2], accepted=int(accepted or 0),
-            delivered=by_state[RecipientState.DELIVERED.value],
-            bounced=by_state[RecipientState.BOUNCED.value],
-            delivered_recent=int(recent or 0), recent_seconds=recent_seconds)
+            delivered=by_state[_DELIVERED], bounced=by_state[_BOUNCED],
+            deleted=by_state[_DELETED], delivered_recent=int(recent or 0),
+            recent_seconds=recent_seconds)
 
     async def drain_progress(self, stores: Sequence[str], since: float) -> DrainProgress:
         """Recipients of ``stores`` still to go, and those settled since ``since``."""
@@ -201,28 +207,33 @@ class SqlAdminMixin:
                 .where(in_stores, recipients.c.state.in_(_FINAL),
                        recipients.c.settled_at >= since)
                 .group_by(recipients.c.state))}
-        lasts = [last for _, last in settled.values() if last is not None]
+        # The drain ends with its last delivery or bounce, not with an operator's delete.
+        lasts = [last for state, (_, last) in settled.items()
+                 if state != _DELETED and last is not None]
         return DrainProgress(
             remaining=open_counts.get(_QUEUED, 0) + open_counts.get(_ACTIVE, 0),
             held=open_counts.get(_HELD, 0),
-            delivered=settled.get(RecipientState.DELIVERED.value, (0, None))[0],
-            bounced=settled.get(RecipientState.BOUNCED.value, (0, None))[0],
-            last_settled=max(lasts) if lasts else None)
+            delivered=settled.get(_DELIVERED, (0, None))[0],
+            bounced=settled.get(_BOUNCED, (0, None))[0],
+            last_settled=max(lasts) if lasts else None,
+            deleted=settled.get(_DELETED, (0, None))[0])
 
     # --- operator actions ------------------------------------------------------------
 
     async def change(self, action: Action, queue_ids: Sequence[str] | None,
-                     now: float) -> list[Change]:
+                     now: float) -> ActionResult:
         """Hold, release or retry the recipients of ``queue_ids`` (None: every message).
 
         Raises :class:`UnknownQueueIdError` (and changes nothing) if an id does not exist.
-        Recipients being delivered right now (``active``) and final ones are left alone.
+        Recipients being delivered right now (``active``) and final ones are left alone; a
+        hold names the active ones in ``in_delivery``.
         """
         sources, target = _TRANSITIONS[action]
         async with self._tx(write=True) as conn:
             ids = await _resolve(conn, queue_ids)
             changes: list[Change] = []
-            for chunk in _chunks(ids):
+            left: list[Change] = []
+            for chunk in chunks(ids):
                 result = await conn.execute(
                     update(recipients)
                     .where(recipients.c.queue_id.in_(chunk), recipients.c.state.in_(sources))
@@ -230,42 +241,59 @@ class SqlAdminMixin:
                     .returning(recipients.c.id, recipients.c.queue_id, recipients.c.address))
                 rows = list(result)
                 changes += [Change(r.queue_id, r.address, sources[0], target) for r in rows]
-                await _add_events(conn, [(r.queue_id, r.id) for r in rows], now,
+                await add_events(conn, [(r.queue_id, r.id) for r in rows], now,
                                   _EVENT_OF[action], "by operator")
-            return sorted(changes, key=lambda c: (c.queue_id, c.address))
+                if action in _STOPS_DELIVERY:
+                    left += await _left_in_delivery(conn, chunk, {r.id for r in rows},
+                                                    keep=(target,))
+            return _result(changes, left)
 
-    async def delete(self, queue_ids: Sequence[str] | None) -> list[Change]:
-        """Remove messages and their recipients and history (as ``postsuper -d``)."""
+    async def delete(self, queue_ids: Sequence[str] | None, now: float) -> ActionResult:
+        """Delete the queued and held recipients of ``queue_ids`` (None: every message not
+        yet done), as ``postsuper -d`` does, telling no one.
+
+        A deleted recipient keeps its row in the final state ``deleted`` with a history
+        entry, so the ledger still counts it as accepted; its message is done (and its
+        content dropped) once every recipient is final. A recipient a worker is delivering
+        (``active``) is not taken from it: it is named in ``in_delivery`` and settles as
+        its delivery goes. Raises :class:`UnknownQueueIdError` (changing nothing) for an
+        unknown id.
+        """
         async with self._tx(write=True) as conn:
             ids = await _resolve(conn, queue_ids)
             changes: list[Change] = []
-            for chunk in _chunks(ids):
-                rows = await conn.execute(
-                    select(recipients.c.queue_id, recipients.c.address, recipients.c.state)
-                    .where(recipients.c.queue_id.in_(chunk)))
-                changes += [Change(r.queue_id, r.address, r.state, "deleted") for r in rows]
-                await conn.execute(delete(recipient_events)
-                                   .where(recipient_events.c.queue_id.in_(chunk)))
-                await conn.execute(delete(recipients).where(recipients.c.queue_id.in_(chunk)))
-                await conn.execute(delete(messages).where(messages.c.queue_id.in_(chunk)))
-            return sorted(changes, key=lambda c: (c.queue_id, c.address))
+            left: list[Change] = []
+            deleted: list[int] = []
+            for chunk in chunks(ids):
+                taken = await _mark_deleted(conn, chunk, now)
+                changes += [c for _, c in taken]
+                deleted += [rid for rid, _ in taken]
+                await add_events(conn, [(c.queue_id, rid) for rid, c in taken], now,
+                                  EventKind.DELETED, "by operator")
+                left += await _left_in_delivery(conn, chunk, {rid for rid, _ in taken})
+            await self._finish_messages(conn, deleted, now)
+            return _result(changes, left)
 
     async def bounce(self, queue_ids: Sequence[str] | None, reason: str, now: float,
-                     notify: Notify | None = None) -> list[Change]:
-        """Give up on the queued and held recipients of ``queue_ids`` now (``exim -Mg``)."""
+                     notify: Notify | None = None) -> ActionResult:
+        """Give up on the queued and held recipients of ``queue_ids`` now (``exim -Mg``);
+        recipients a worker is delivering are left to it and named in ``in_delivery``."""
         async with self._tx(write=True) as conn:
             ids = await _resolve(conn, queue_ids)
             before: dict[int, str] = {}  # recipient id -> its state before the bounce
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 before.update((r.id, r.state) for r in await conn.execute(
                     select(recipients.c.id, recipients.c.state)
                     .where(recipients.c.queue_id.in_(chunk),
                            recipients.c.state.in_([_QUEUED, _HELD]))))
             bounced = await self._bounce_in(conn, dict.fromkeys(before, reason), now,
                                             EventKind.BOUNCED, notify)
-            return sorted((Change(b.queue_id, b.address, before.get(b.recipient_id, ""),
-                                  RecipientState.BOUNCED.value) for b in bounced),
-                          key=lambda c: (c.queue_id, c.address))
+            taken = {b.recipient_id for b in bounced}
+            left: list[Change] = []
+            for chunk in chunks(ids):
+                left += await _left_in_delivery(conn, chunk, taken)
+            return _result([Change(b.queue_id, b.address, before.get(b.recipient_id, ""),
+                                   _BOUNCED) for b in bounced], left)
 
     async def expire(self, reasons: Mapping[int, str], now: float,
                      notify: Notify | None = None) -> list[BouncedRecipient]:
@@ -276,7 +304,7 @@ class SqlAdminMixin:
     async def _bounce_in(self, conn: AsyncConnection, reasons: Mapping[int, str], now: float,
                          kind: EventKind, notify: Notify | None) -> list[BouncedRecipient]:
         bounced: list[BouncedRecipient] = []
-        for chunk in _chunks(list(reasons)):
+        for chunk in chunks(list(reasons)):
             # Only recipients nobody is delivering: an active one settles on its own.
             taken = list((await conn.execute(
                 update(recipients)
@@ -290,7 +318,7 @@ class SqlAdminMixin:
                 .values(last_error=bindparam("err")),
                 [{"rid": rid, "err": reasons[rid]} for rid in taken])
             bounced += await _bounced_details(conn, taken, reasons)
-        await _add_events(conn, [(b.queue_id, b.recipient_id, b.reason) for b in bounced],
+        await add_events(conn, [(b.queue_id, b.recipient_id, b.reason) for b in bounced],
                           now, kind)
         await self._notify(conn, bounced, now, notify)
         await self._finish_messages(conn, [b.recipient_id for b in bounced], now)
@@ -343,21 +371,21 @@ class SqlAdminMixin:
             if conn.dialect.name == "postgresql":
                 await postgres.delay_warning_lock(conn)
             warned_already: set[int] = set()
-            for chunk in _chunks([p.id for p in due]):
+            for chunk in chunks([p.id for p in due]):
                 warned_already.update((await conn.execute(
                     select(recipients.c.id).where(recipients.c.id.in_(chunk), _delay_warned())
                 )).scalars())
             fresh = [p for p in due if p.id not in warned_already]
             if fresh:
                 await insert_messages(conn, list(notices_for(fresh)))
-                await _add_events(conn, [(p.queue_id, p.id, f"sender <{p.mail_from}>")
+                await add_events(conn, [(p.queue_id, p.id, f"sender <{p.mail_from}>")
                                          for p in fresh], now, EventKind.DELAY_WARNING)
             return fresh
 
     async def record_settlement(self, conn: AsyncConnection, settlement: Settlement,
                                 now: float) -> None:
         """History rows for one settled batch, and the notices it carries."""
-        for chunk in _chunks(settlement.delivered):
+        for chunk in chunks(settlement.delivered):
             # The hot path: one INSERT ... SELECT, no round trip for the queue ids.
             await conn.execute(insert(recipient_events).from_select(
                 ["queue_id", "recipient_id", "at", "kind"],
@@ -368,7 +396,7 @@ class SqlAdminMixin:
         rows += [(i, err, EventKind.DEFERRED) for i, _, err in settlement.deferred]
         rows += [(i, err, EventKind.BOUNCED) for i, err in settlement.bounced]
         queue_of: dict[int, str] = {}
-        for chunk in _chunks([i for i, _, _ in rows]):
+        for chunk in chunks([i for i, _, _ in rows]):
             queue_of.update((r.id, r.queue_id) for r in await conn.execute(
                 select(recipients.c.id, recipients.c.queue_id)
                 .where(recipients.c.id.in_(chunk))))
@@ -398,8 +426,8 @@ async def _note_notices(conn: AsyncConnection, bounced: Sequence[tuple[Any, ...]
         else:
             missing.append((queue_id, rid, "null sender: never bounce a bounce" if not sender
                             else f"sender <{sender}> is not local"))
-    await _add_events(conn, done, now, EventKind.NOTICE_QUEUED)
-    await _add_events(conn, missing, now, EventKind.NOTICE_NOT_SENT)
+    await add_events(conn, done, now, EventKind.NOTICE_QUEUED)
+    await add_events(conn, missing, now, EventKind.NOTICE_NOT_SENT)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -435,7 +463,7 @@ def _message_conditions(query: QueueFilter) -> list[ColumnElement[bool]]:
 async def _recipients_of(conn: AsyncConnection, queue_ids: Sequence[str],
                          ) -> dict[str, tuple[RecipientView, ...]]:
     found: dict[str, list[RecipientView]] = defaultdict(list)
-    for chunk in _chunks(list(queue_ids)):
+    for chunk in chunks(list(queue_ids)):
         rows = await conn.execute(select(recipients).where(recipients.c.queue_id.in_(chunk))
                                   .order_by(recipients.c.id))
         for r in rows:
@@ -453,6 +481,48 @@ def _message_view(row: Any, rcpts: Sequence[RecipientView]) -> MessageView:
                        recipients=tuple(rcpts))
 
 
+def _result(changes: Sequence[Change], left: Sequence[Change]) -> ActionResult:
+    def order(c: Change) -> tuple[str, str]:
+        return c.queue_id, c.address
+    return ActionResult(changed=tuple(sorted(changes, key=order)),
+                        in_delivery=tuple(sorted(left, key=order)))
+
+
+async def _mark_deleted(conn: AsyncConnection, queue_ids: Sequence[str],
+                        now: float) -> list[tuple[int, Change]]:
+    """Mark the queued and held recipients of ``queue_ids`` deleted; (recipient id, change)
+    for each. Only those: an active recipient is its worker's to settle, and the UPDATE
+    re-checks the state, so one claimed since the SELECT is skipped rather than taken."""
+    before = {r.id: r.state for r in await conn.execute(
+        select(recipients.c.id, recipients.c.state)
+        .where(recipients.c.queue_id.in_(queue_ids),
+               recipients.c.state.in_([_QUEUED, _HELD])))}
+    if not before:
+        return []
+    rows = await conn.execute(
+        update(recipients)
+        .where(recipients.c.queue_id.in_(queue_ids), recipients.c.state.in_([_QUEUED, _HELD]))
+        .values(state=_DELETED, settled_at=now)
+        .returning(recipients.c.id, recipients.c.queue_id, recipients.c.address))
+    return [(r.id, Change(r.queue_id, r.address, before.get(r.id, "?"), _DELETED))
+            for r in rows]
+
+
+async def _left_in_delivery(conn: AsyncConnection, queue_ids: Sequence[str],
+                            changed: set[int], keep: Sequence[str] = ()) -> list[Change]:
+    """The recipients of ``queue_ids`` an action left alone because a worker held them:
+    read after the action's UPDATE in its transaction, every one neither changed, nor
+    final, nor already where the action puts it (``keep``). That is ``active``; on
+    PostgreSQL also one its worker deferred between the UPDATE and this read."""
+    rows = await conn.execute(
+        select(recipients.c.id, recipients.c.queue_id, recipients.c.address,
+               recipients.c.state)
+        .where(recipients.c.queue_id.in_(queue_ids),
+               recipients.c.state.not_in([*_FINAL, *keep])))
+    return [Change(r.queue_id, r.address, r.state, r.state) for r in rows
+            if r.id not in changed]
+
+
 async def _resolve(conn: AsyncConnection, queue_ids: Sequence[str] | None) -> list[str]:
     """The ids to act on: all pending messages for None, else ``queue_ids`` once each,
     after checking that every one exists."""
@@ -462,7 +532,7 @@ async def _resolve(conn: AsyncConnection, queue_ids: Sequence[str] | None) -> li
                                         .order_by(messages.c.received_at))).scalars())
     wanted = list(dict.fromkeys(queue_ids))
     known: set[str] = set()
-    for chunk in _chunks(wanted):
+    for chunk in chunks(wanted):
         known.update((await conn.execute(select(messages.c.queue_id)
                                          .where(messages.c.queue_id.in_(chunk)))).scalars())
     unknown = [q for q in wanted if q not in known]
@@ -487,7 +557,7 @@ async def _bounced_details(conn: AsyncConnection, ids: Sequence[int],
                              body=r.body or b"") for r in rows]
 
 
-async def _add_events(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], now: float,
+async def add_events(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]], now: float,
                       kind: EventKind, detail: str | None = None) -> None:
     """Insert history rows from (queue_id, recipient_id[, detail]) tuples."""
     if rows:

@@ -55,7 +55,8 @@ from mailqueue.queue.models import (
 from mailqueue.queue.schema import messages, nodes, recipients, windows
 from mailqueue.queue.sqladmin import (
     SqlAdminMixin,
-    _add_events,
+    add_events,
+    chunks,
     insert_messages,
     message_rows,
     recipient_rows,
@@ -65,7 +66,8 @@ from mailqueue.queue.writerproc import WriterProcess
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
-_ID_CHUNK = 500  # ids per IN (...) list: well under SQLite's and PostgreSQL's limits
+# Final states a delivery recorded (a settle never overwrites them).
+_OUTCOMES = (RecipientState.DELIVERED.value, RecipientState.BOUNCED.value)
 
 
 # Rough WAL bytes per claimed and per settled recipient (a settle rewrites the message's
@@ -326,11 +328,14 @@ class SqlQueueStore(SqlAdminMixin):
         async with self._tx(write=True) as conn:
             if settlement.delivered:
                 # A delivered file exists: record it even if the lease was lost meanwhile,
-                # but never over a final state another worker recorded (never both).
+                # but never over a delivery or bounce another worker recorded (never both).
+                # It is recorded over a delete: an operator may delete a recipient whose
+                # lease expired and was reclaimed while this worker still delivered it, and
+                # the ledger says where the mail is.
                 await conn.execute(
                     update(recipients).where(
                         recipients.c.id.in_(settlement.delivered),
-                        recipients.c.state.not_in([s.value for s in FINAL_STATES]))
+                        recipients.c.state.not_in(_OUTCOMES))
                     .values(state=RecipientState.DELIVERED.value, settled_at=now,
                             last_error=None, **released))
             if settlement.deferred:
@@ -356,15 +361,18 @@ class SqlQueueStore(SqlAdminMixin):
 
     async def _finish_messages(self, conn: AsyncConnection, recipient_ids: list[int],
                                now: float) -> None:
-        """Mark messages whose recipients are all final as done and drop their bodies."""
-        touched = select(recipients.c.queue_id).where(recipients.c.id.in_(recipient_ids))
+        """Mark messages whose recipients are all final as done and drop their bodies.
+        The ids go in slices: an operator action may touch more recipients than a
+        statement may have parameters."""
         open_rcpt = exists().where(recipients.c.queue_id == messages.c.queue_id,
                                    recipients.c.state.not_in([s.value for s in FINAL_STATES]))
-        await conn.execute(
-            update(messages)
-            .where(messages.c.queue_id.in_(touched.scalar_subquery()),
-                   messages.c.done_at.is_(None), ~open_rcpt)
-            .values(done_at=now, body=None))
+        for chunk in chunks(recipient_ids):
+            touched = select(recipients.c.queue_id).where(recipients.c.id.in_(chunk))
+            await conn.execute(
+                update(messages)
+                .where(messages.c.queue_id.in_(touched.scalar_subquery()),
+                       messages.c.done_at.is_(None), ~open_rcpt)
+                .values(done_at=now, body=None))
 
     async def reclaim_expired(self, now: float) -> int:
         async with self._tx(write=True) as conn:
@@ -488,13 +496,13 @@ class SqlQueueStore(SqlAdminMixin):
                        recipients.c.state == RecipientState.QUEUED.value,
                        recipients.c.next_attempt_at > now))
             chosen = [(r.queue_id, r.id) for r in rows if pick(r.address)]
-            for start in range(0, len(chosen), _ID_CHUNK):
-                ids = [rid for _, rid in chosen[start:start + _ID_CHUNK]]
+            for part in chunks(chosen):
+                ids = [rid for _, rid in part]
                 await conn.execute(update(recipients)
                                    .where(recipients.c.id.in_(ids),
                                           recipients.c.state == RecipientState.QUEUED.value)
                                    .values(next_attempt_at=now))
-            await _add_events(conn, chosen, now, EventKind.RETRY, reason)
+            await add_events(conn, chosen, now, EventKind.RETRY, reason)
             if chosen and not self._sqlite:
                 await postgres.notify(conn, postgres.QUEUE_CHANNEL)
             return len(chosen)

@@ -2,7 +2,8 @@
 
 Lost and duplicated mail is counted from the Maildirs themselves, not from the queue's
 own bookkeeping: every file is read for its ``X-Rehearsal-Id`` and ``Delivered-To``, and
-each recipient the server acknowledged with 250 must be there exactly once (or bounced).
+each recipient the server acknowledged with 250 must be there exactly once (or bounced, or
+deleted by an operator).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mailqueue.queue.models import RecipientState
+from mailqueue.queue.models import FINAL_STATES, RecipientState
 from mailqueue.rehearsal.runner import Observations, drain_complete, last_window_end
 from mailqueue.timeparse import format_duration, get_zone
 
@@ -65,10 +66,14 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
     by_queue_id = {a.queue_id: a.seq for a in accepted}
     bounced = {(by_queue_id.get(o.queue_id, -1), o.address.lower()): o for o in obs.outcomes
                if o.state is RecipientState.BOUNCED}
+    deleted = {(by_queue_id.get(o.queue_id, -1), o.address.lower()) for o in obs.outcomes
+               if o.state is RecipientState.DELETED}
     pending = {(by_queue_id.get(o.queue_id, -1), o.address.lower()) for o in obs.outcomes
-               if o.state not in (RecipientState.DELIVERED, RecipientState.BOUNCED)}
-    in_mailbox = {key for key in files if key in expected}
-    lost = expected - in_mailbox - set(bounced) - pending
+               if o.state not in FINAL_STATES}
+    # A file for a recipient that bounced or was deleted is unexpected, not a delivery.
+    given_up = set(bounced) | deleted
+    in_mailbox = {key for key in files if key in expected and key not in given_up}
+    lost = expected - in_mailbox - given_up - pending
     delays = [o.settled_at - o.received_at for o in obs.outcomes
               if o.state is RecipientState.DELIVERED and o.settled_at is not None]
     peak = max(obs.samples, key=lambda s: s.depth, default=None)
@@ -86,10 +91,12 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
         "delivered": len(in_mailbox),
         "bounced": len(bounced),
         "expired": sum(1 for o in bounced.values() if "expired" in (o.last_error or "")),
+        "deleted": len(deleted),
         "pending": len(pending),
         "lost": len(lost),
         "duplicated": sum(n - 1 for key, n in files.items() if n > 1),
-        "unexpected_files": sum(n for key, n in files.items() if key not in expected),
+        "unexpected_files": sum(n for key, n in files.items()
+                                if key not in expected or key in given_up),
         "peak_depth": peak.depth if peak else 0,
         "peak_depth_at": obs.scenario.time(peak.at) if peak else None,
         "peak_bytes": peak_bytes,
@@ -172,7 +179,8 @@ def figures_text(figures: dict[str, Any]) -> str:
         ("accepted", f"{figures['accepted_messages']} messages, "
                      f"{figures['accepted_recipients']} recipients"),
         ("delivered", f"{figures['delivered']}   bounced {figures['bounced']}   "
-                      f"expired {figures['expired']}   pending {figures['pending']}"),
+                      f"expired {figures['expired']}   deleted {figures['deleted']}   "
+                      f"pending {figures['pending']}"),
         ("lost", f"{figures['lost']}   duplicated {figures['duplicated']}"),
         ("peak queue", f"{figures['peak_depth']} messages, {figures['peak_bytes']} bytes "
                        f"({figures['peak_depth_at']})"),

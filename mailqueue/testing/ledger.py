@@ -37,25 +37,31 @@ class Ledger:
         """How many recipients were accepted, over all messages."""
         return self.audit.accepted
 
-    def assert_no_loss(self, *, allow_bounced: bool = False) -> None:
+    def assert_no_loss(self, *, allow_bounced: bool = False,
+                       allow_deleted: bool = False) -> None:
         """Every accepted recipient has its message in its mailbox, intact.
 
         Fails naming each message that is missing, in another mailbox than its recipient's,
-        corrupted, still queued (end the window and ``drained()`` first) or bounced (unless
-        ``allow_bounced``).
+        corrupted, still queued (end the window and ``drained()`` first), bounced (unless
+        ``allow_bounced``) or deleted by an operator (unless ``allow_deleted``). A bounced or
+        deleted recipient is accounted for in the equation either way; the options say
+        whether the test expects them.
         """
         __tracebackhide__ = True  # pytest: show the message, not this frame
         kinds = ("missing", "misplaced", "corrupted")
         pending = [("not delivered", self.audit.pending)]
-        bounced: list[tuple[str, Sequence[Finding]]] = [] if allow_bounced else \
-            [("bounced", self.audit.bounces)]
+        given_up: list[tuple[str, Sequence[Finding]]] = []
+        if not allow_bounced:
+            given_up.append(("bounced", self.audit.bounces))
+        if not allow_deleted:
+            given_up.append(("deleted", self.audit.deletions))
         failing = any(self.audit.of_kind(k) for k in kinds) or \
-            self.audit.unaccounted or self.audit.pending or (bounced and self.audit.bounces)
+            self.audit.unaccounted or self.audit.pending or any(f for _, f in given_up)
         if failing:
             hint = "\n  (end the window, advance() the clock or await drained() first)" \
                 if self.audit.pending else ""
             raise MailLossError("mailqueue: accepted mail is not in the mailboxes\n" +
-                                self.audit.report(kinds, pending + bounced) + hint)
+                                self.audit.report(kinds, pending + given_up) + hint)
 
     def assert_no_duplicates(self, *, allow_sent_twice: bool = False) -> None:
         """No message is in a mailbox twice, and no mailbox holds mail nobody sent it.
@@ -75,10 +81,11 @@ class Ledger:
         if parts:
             raise MailLossError("\n".join(parts))
 
-    def assert_ok(self, *, allow_bounced: bool = False, allow_sent_twice: bool = False) -> None:
+    def assert_ok(self, *, allow_bounced: bool = False, allow_deleted: bool = False,
+                  allow_sent_twice: bool = False) -> None:
         """Both: nothing lost and nothing twice."""
         __tracebackhide__ = True  # pytest: show the message, not this frame
-        self.assert_no_loss(allow_bounced=allow_bounced)
+        self.assert_no_loss(allow_bounced=allow_bounced, allow_deleted=allow_deleted)
         self.assert_no_duplicates(allow_sent_twice=allow_sent_twice)
 
     def report(self) -> str:

@@ -5,7 +5,7 @@ is compared with what the Maildirs actually hold, found by scanning the files:
 
 - :mod:`mailqueue.verify.scan` reads delivered files back into (queue id, recipient, digest);
 - :mod:`mailqueue.verify.audit` compares them with the ledger and states the conservation
-  equation (accepted = delivered + bounced + still queued, per recipient);
+  equation (accepted = delivered + bounced + deleted + still queued, per recipient);
 - :mod:`mailqueue.verify.snapshot` records existing mailbox content and reports changes.
 """
 

@@ -1,8 +1,8 @@
 """Compare the queue's ledger with the mailbox files and state the conservation equation.
 
-Per recipient, ``accepted = delivered + bounced + still queued``: *accepted* counts what
-each message had when the front end said 250, the other terms count the recipient rows by
-state, so a row lost from the queue shows as a gap. Each recipient the queue marks
+Per recipient, ``accepted = delivered + bounced + deleted + still queued``: *accepted* is
+what each message had at 250, the others count recipient rows by state (deleted: by an
+operator), so a row lost from the queue shows as a gap. Each recipient the queue marks
 delivered must then be in its mailbox exactly once, intact (digest equal). A copy is known
 by its trace headers (queue id and recipient), whatever its file is called. Exceptions:
 
@@ -12,7 +12,7 @@ by its trace headers (queue id and recipient), whatever its file is called. Exce
   another store's tree); the recipient's own folders count as its mailbox;
 - **corrupted** — a file whose message no longer has the digest recorded at acceptance;
 - **unexpected** — a file the ledger cannot account for (unknown queue id, a recipient the
-  message did not have, or one that bounced).
+  message did not have, or one that bounced or was deleted).
 
 One Message-ID accepted as several messages for one recipient (a list copy and a direct
 copy of one post, a client sending again after a timeout) is not an exception: each is an
@@ -72,6 +72,8 @@ class Audit:
     pending: tuple[Finding, ...]  # recipients not delivered yet
     foreign_files: tuple[str, ...]  # files without a mailqueue trace (existing content)
     by_store: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    deleted: int = 0  # recipients an operator deleted: accounted for, never delivered
+    deletions: tuple[Finding, ...] = ()
     # One Message-ID accepted as several messages for one recipient: information only.
     same_message_id: tuple[Finding, ...] = ()
 
@@ -80,7 +82,7 @@ class Audit:
 
     @property
     def unaccounted(self) -> int:
-        return self.accepted - self.delivered - self.bounced - self.queued
+        return self.accepted - self.delivered - self.bounced - self.deleted - self.queued
 
     @property
     def ok(self) -> bool:
@@ -95,7 +97,8 @@ class Audit:
     def equation(self) -> str:
         sign = "=" if self.unaccounted == 0 else "!="
         text = (f"accepted {self.accepted} {sign} delivered {self.delivered} + bounced "
-                f"{self.bounced} + still queued {self.queued}  (recipients)")
+                f"{self.bounced} + deleted {self.deleted} + still queued {self.queued}  "
+                "(recipients)")
         if self.unaccounted:
             text += f"; {self.unaccounted} unaccounted for"
         return text
@@ -104,8 +107,9 @@ class Audit:
                Sequence[Finding]]] = ()) -> str:
         """A readable account: the equation, then each non-empty list of exceptions."""
         lines = [self.equation()]
-        lines += [f"  {store}: delivered {n['delivered']} + bounced {n['bounced']} + still "
-                  f"queued {n['queued']}" for store, n in sorted(self.by_store.items())]
+        lines += [f"  {store}: delivered {n['delivered']} + bounced {n['bounced']} + deleted "
+                  f"{n['deleted']} + still queued {n['queued']}"
+                  for store, n in sorted(self.by_store.items())]
         lines.append(f"mailboxes: {self.delivered} delivered copies expected, {self.intact} "
                      f"found intact")
         sections = [(kind, self.of_kind(kind)) for kind in kinds] + list(extra)
@@ -127,11 +131,12 @@ class Audit:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "accepted": self.accepted, "delivered": self.delivered,
-                "bounced": self.bounced, "queued": self.queued,
+                "bounced": self.bounced, "deleted": self.deleted, "queued": self.queued,
                 "unaccounted": self.unaccounted, "intact": self.intact,
                 "by_store": self.by_store,
                 **{kind: [f.as_dict() for f in self.of_kind(kind)] for kind in KINDS},
                 "bounces": [f.as_dict() for f in self.bounces],
+                "deletions": [f.as_dict() for f in self.deletions],
                 "foreign_files": list(self.foreign_files),
                 "same_message_id": [f.as_dict() for f in self.same_message_id]}
 
@@ -167,13 +172,17 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy],
         pending=tuple(_finding("pending", e, r, f"still {r.state.value}")
                       for e, r in rows if r.state in _PENDING),
         foreign_files=tuple(foreign), by_store=_by_store(rows),
+        deleted=sum(1 for _, r in rows if r.state is RecipientState.DELETED),
+        deletions=tuple(_finding("deleted", e, r, "deleted by an operator")
+                        for e, r in rows if r.state is RecipientState.DELETED),
         same_message_id=tuple(_same_message_id(entries, by_key)))
 
 
 def _by_store(rows: Sequence[tuple[LedgerEntry, LedgerRecipient]]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for _, rcpt in rows:
-        counts = out.setdefault(rcpt.store, {"delivered": 0, "bounced": 0, "queued": 0})
+        counts = out.setdefault(rcpt.store, {"delivered": 0, "bounced": 0, "deleted": 0,
+                                             "queued": 0})
         key = "queued" if rcpt.state in _PENDING else rcpt.state.value
         counts[key] += 1
     return out
@@ -218,9 +227,9 @@ def _check_expected(ledger: Sequence[LedgerEntry],
             if len(here) > 1:
                 findings.append(_finding("duplicated", entry, rcpt,
                                          f"{len(here)} copies in the mailbox", here))
-            if rcpt.state is RecipientState.BOUNCED:
-                findings.append(_finding("unexpected", entry, rcpt, "bounced, yet a copy is "
-                                         "in the mailbox", found))
+            if rcpt.state in (RecipientState.BOUNCED, RecipientState.DELETED):
+                findings.append(_finding("unexpected", entry, rcpt, f"{rcpt.state.value}, yet "
+                                         "a copy is in the mailbox", found))
             elif rcpt.state is RecipientState.DELIVERED and good:
                 intact += 1
     return intact

@@ -66,11 +66,11 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
            against: Path | None, strict: bool) -> None:
     """Check that nothing accepted was lost or delivered twice.
 
-    Prints the conservation equation (accepted = delivered + bounced + still queued, per
-    recipient) and every exception; exits 1 on any loss, duplicate, misplaced copy,
-    corruption or unexplained file. One Message-ID accepted as several messages for one
-    recipient is listed for information (each was accepted and delivered once); --strict
-    fails on it too.
+    Prints the conservation equation (accepted = delivered + bounced + deleted + still
+    queued, per recipient) and every exception; exits 1 on any loss, duplicate, misplaced
+    copy, corruption or unexplained file. One Message-ID accepted as several messages for
+    one recipient is listed for information (each was accepted and delivered once);
+    --strict fails on it too.
     """
     if snapshot and against:
         raise click.UsageError("give --snapshot or --against, not both")

@@ -64,18 +64,18 @@ async def test_hold_release_retry_and_unknown_ids(store: QueueStore) -> None:
     with pytest.raises(UnknownQueueIdError, match="NOPE"):
         await store.change(Action.HOLD, [msg.queue_id, "NOPE"], T0)
     assert (await store.report(T0)).by_state["held"] == 0  # nothing changed
-    held = await store.change(Action.HOLD, [msg.queue_id], T0)
+    held = (await store.change(Action.HOLD, [msg.queue_id], T0)).changed
     assert [(c.address, c.after) for c in held] == [("a@b.example", "held"),
                                                     ("c@b.example", "held")]
     assert await store.claim(["basic"], 10, "w", T0 + 1, T0 + 60) == []
-    assert await store.change(Action.RETRY, None, T0 + 2) == []
-    released = await store.change(Action.RELEASE, None, T0 + 3)
+    assert (await store.change(Action.RETRY, None, T0 + 2)).changed == ()
+    released = (await store.change(Action.RELEASE, None, T0 + 3)).changed
     assert len(released) == 2
     claims = await store.claim(["basic"], 10, "w", T0 + 3, T0 + 60)
     assert len(claims) == 2
     await store.settle(Settlement(deferred=[(claims[0].recipient_id, T0 + 999, "busy")],
                                   delivered=[claims[1].recipient_id]), "w", T0 + 4)
-    retried = await store.change(Action.RETRY, [msg.queue_id], T0 + 5)
+    retried = (await store.change(Action.RETRY, [msg.queue_id], T0 + 5)).changed
     assert [c.address for c in retried] == [claims[0].address]
     assert len(await store.claim(["basic"], 10, "w", T0 + 5, T0 + 60)) == 1
     detail = await store.message(msg.queue_id)
@@ -94,18 +94,19 @@ async def test_bounce_notify_and_delete(store: QueueStore) -> None:
         seen.extend(bounced)
         return [new_message(("a@src.test", "basic"), now=now, sender="")]
 
-    changes = await store.bounce([msg.queue_id], "gone", T0 + 10, notify)
+    changes = (await store.bounce([msg.queue_id], "gone", T0 + 10, notify)).changed
     assert {c.address for c in changes} == {"a@b.example", "c@b.example"}
     assert {b.reason for b in seen} == {"gone"} and seen[0].body.startswith(b"Subject")
     report = await store.report(T0 + 10)
     assert report.bounced == 2 and report.accepted == 2 and report.by_state["queued"] == 1
     detail = await store.message(msg.queue_id)
     assert detail is not None and detail.message.done_at == T0 + 10
-    deleted = await store.delete(None)
+    deleted = (await store.delete(None, T0 + 11)).changed
     assert len(deleted) == 1  # only the notice was still pending
     assert await store.message(msg.queue_id) is not None
-    await store.delete([msg.queue_id])
-    assert await store.message(msg.queue_id) is None
+    # A done message: nothing to delete, and nothing of its history is lost.
+    assert (await store.delete([msg.queue_id], T0 + 12)).changed == ()
+    assert await store.message(msg.queue_id) == detail
 
 
 async def test_shape_report_drain_and_sweep_reads(store: QueueStore) -> None:

@@ -130,7 +130,7 @@ async def test_hold_release_retry_delete(tmp_path: Path) -> None:
         assert f"unchanged {ids[0]}: no queued recipients" in again.stdout
 
         deleted = await run_cli(path, "queue", "delete", ids[2])
-        assert deleted.stdout.splitlines()[-1] == "deleted 1 message (1 recipient)"
+        assert deleted.stdout.splitlines()[-1] == "deleted 1 recipient of 1 message"
 
         await app.queue.save_window(window.ended_now(SystemClock().now()))
         await app.control.refresh()
@@ -209,7 +209,8 @@ async def test_hold_all_while_the_worker_drains(tmp_path: Path) -> None:
         await app.queue.save_window(window.ended_now(SystemClock().now()))
         await app.control.refresh()
         held = await run_cli(path, "queue", "hold", "--all")
-        assert held.returncode == 0
+        # 3: a recipient the worker was delivering was left to it (and named).
+        assert held.returncode in (0, 3), held.stdout
 
         async def settled() -> bool:
             report = await app.queue.report(SystemClock().now())

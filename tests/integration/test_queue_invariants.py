@@ -158,7 +158,8 @@ class QueueMachine(RuleBasedStateMachine):
     def counts_match(self) -> None:
         stats = self.run(self.store.stats())
         unknown = sum(1 for rid in self.keys.values() if rid == -1)
-        expected = {state: 0 for state in ("queued", "active", "held", "delivered", "bounced")}
+        expected = {state: 0 for state in ("queued", "active", "held", "delivered", "bounced",
+                                           "deleted")}
         for rcpt in self.model.values():
             expected[rcpt.state] += 1
         expected["queued"] += unknown

@@ -87,9 +87,10 @@ def test_verify_a_served_instance(tmp_path: Path) -> None:
     asyncio.run(serve_and_send(tmp_path, config, port))
     clean = mq_here(config, "verify")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert "accepted 7 = delivered 4 + bounced 0 + still queued 3  (recipients)\n" \
-        "  basic: delivered 4 + bounced 0 + still queued 0\n" \
-        "  hosted-exchange: delivered 0 + bounced 0 + still queued 3\n" in clean.stdout
+    assert "accepted 7 = delivered 4 + bounced 0 + deleted 0 + still queued 3  (recipients)\n" \
+        "  basic: delivered 4 + bounced 0 + deleted 0 + still queued 0\n" \
+        "  hosted-exchange: delivered 0 + bounced 0 + deleted 0 + still queued 3\n" \
+        in clean.stdout
     assert "OK: nothing lost, nothing delivered twice" in clean.stdout
     against = mq_here(config, "verify", "--against", str(tmp_path / "before.json"))
     assert against.returncode == 0, against.stdout

@@ -76,7 +76,8 @@ def test_audit_clean_and_equation() -> None:
     result = audit(ledger, [copy("A", "a@x"), copy("A", "b@x"), copy(None, None, None)])
     assert result.ok, result.report()
     assert (result.accepted, result.delivered, result.bounced, result.queued) == (3, 1, 1, 1)
-    assert result.equation().startswith("accepted 3 = delivered 1 + bounced 1 + still queued 1")
+    assert result.equation().startswith(
+        "accepted 3 = delivered 1 + bounced 1 + deleted 0 + still queued 1")
     assert result.foreign_files == ("f",) and len(result.pending) == 1
 
 
@@ -93,7 +94,7 @@ def test_audit_names_every_kind() -> None:
                      ("unexpected", "Z", "z@x"), ("unexpected", "A", "q@x"),
                      ("missing", "E", None)}
     assert result.unaccounted == 1 and not result.ok
-    assert "accepted 6 != delivered 4 + bounced 1 + still queued 0" in result.report()
+    assert "accepted 6 != delivered 4 + bounced 1 + deleted 0 + still queued 0" in result.report()
 
 
 def test_same_message_id_twice_is_information() -> None:
