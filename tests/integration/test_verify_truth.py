@@ -163,7 +163,7 @@ def test_files_renamed_by_a_reader_still_verify(tmp_path: Path) -> None:
 
     result = mq_here(config, "verify")
     assert result.returncode == 0, result.stdout
-    assert "accepted 3 = delivered 3 + bounced 0 + still queued 0" in result.stdout
+    assert "accepted 3 = delivered 3 + bounced 0 + deleted 0 + still queued 0" in result.stdout
     against = mq_here(config, "verify", "--against", snapshot)
     assert against.returncode == 0, against.stdout
     assert "3 files checked, 0 missing, 0 changed, 3 new since, 1 moved by a reader" in \
