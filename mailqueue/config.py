@@ -44,15 +44,26 @@ def _size(value: Any) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+# A duration where zero cannot work (a timeout, an interval, a lease).
+PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_FORM = "use letters, digits, '.', '_' or '-', starting with a letter or digit"
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
                         r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 def _name(value: str) -> str:
     if not _NAME_RE.match(value):
-        raise ValueError("use letters, digits, '.', '_' or '-'")
+        raise ValueError(_NAME_FORM)
+    return value
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a valid store, window or node name (the rule the config file
+    applies); otherwise ValueError saying ``what`` it is and the form it takes."""
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{what} {value!r}: {_NAME_FORM}")
     return value
 
 
@@ -105,11 +116,14 @@ def cpu_list(text: str) -> tuple[int, ...] | None:
     return cpus
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ConfigModel(BaseModel):
+    """The base of every config and scenario table: unknown keys are errors; values are
+    strict (``port = true`` is not port 1, ``"5"`` is not 5) and numbers finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-class SmtpConfig(_Model):
+class SmtpConfig(ConfigModel):
     """The SMTP front end."""
 
     host: str = "127.0.0.1"
@@ -119,26 +133,28 @@ class SmtpConfig(_Model):
     max_recipients: int = Field(100, ge=1)
     max_connections: int = Field(500, ge=1)
     max_connections_per_ip: int = Field(100, ge=1)
-    timeout: Duration = 300.0
+    timeout: PositiveDuration = 300.0
+    # How long in-flight sessions and deliveries get at SIGTERM (at most 100 years, as
+    # every duration; "1d" waits for practically every session).
     shutdown_grace: Duration = 10.0
 
 
-class RetryConfig(_Model):
+class RetryConfig(ConfigModel):
     """Backoff for temporary delivery failures."""
 
-    initial_delay: Duration = 60.0
+    initial_delay: PositiveDuration = 60.0
     multiplier: float = Field(2.0, ge=1.0)
-    max_delay: Duration = 3600.0
+    max_delay: PositiveDuration = 3600.0
     jitter: float = Field(0.1, ge=0.0, le=1.0)
 
 
-class QueueConfig(_Model):
+class QueueConfig(ConfigModel):
     """The durable queue."""
 
     url: str = DEFAULT_URL
     max_messages: int = Field(1_000_000, ge=1)
-    max_bytes: Size = 10 * 1024**3
-    max_lifetime: Duration = 5 * 86400.0
+    max_bytes: Annotated[Size, Field(ge=1)] = 10 * 1024**3
+    max_lifetime: Duration = 5 * 86400.0  # 0: try once, then bounce (as Postfix's)
     window_time_counts: bool = False
     delay_warning: Duration = 0.0  # 0: off; else warn a local sender once after this long
     retry: RetryConfig = RetryConfig()
@@ -172,22 +188,22 @@ class QueueConfig(_Model):
         return url
 
 
-class DeliveryConfig(_Model):
+class DeliveryConfig(ConfigModel):
     """The delivery worker."""
 
     batch_size: int = Field(250, ge=1)
     # A claim also stops at this many bytes of bodies (0: no limit): a lane holds them.
     batch_bytes: Size = 64 * 1024 * 1024
     concurrency: int = Field(4, ge=1, le=64)
-    lease: Duration = 300.0
-    poll_interval: Duration = 1.0
-    reclaim_interval: Duration = 30.0
+    lease: PositiveDuration = 300.0
+    poll_interval: PositiveDuration = 1.0
+    reclaim_interval: PositiveDuration = 30.0
     ramp: Duration = 0.0  # after a window ends, delivery rises to full over this long
     ramp_from: float = Field(0.1, gt=0.0, le=1.0)  # the share of full speed it starts at
     max_rate: float = Field(0.0, ge=0.0)  # recipients per clock hour at full speed; 0: no cap
 
 
-class AdminConfig(_Model):
+class AdminConfig(ConfigModel):
     """The admin HTTP endpoint: metrics, health, mailbox access (off unless configured)."""
 
     enabled: bool = True
@@ -212,19 +228,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class LoggingConfig(_Model):
+class LoggingConfig(ConfigModel):
     """Structured logs on stderr."""
 
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class StoreConfig(_Model):
+class StoreConfig(ConfigModel):
     """A mailbox store: Maildirs at ``{path}/{domain}/{local_part}/``."""
 
     name: Name
     kind: Literal["maildir"] = "maildir"
-    path: Path
+    path: Annotated[Path, Field(strict=False)]  # relative: to the config file's directory
     domains: list[str] = Field(min_length=1)
     mailboxes: list[str] | None = None
     # Threads writing this store's copies at once: each copy waits on its own fsync.
@@ -249,15 +265,23 @@ class StoreConfig(_Model):
         return [v.lower() for v in values]
 
 
-class WindowConfig(_Model):
+class WindowConfig(ConfigModel):
     """A planned maintenance window."""
 
     name: Name
-    stores: list[str] | None = None
+    stores: list[str] | None = None  # absent: every store; never empty
     start: str
     end: str
     timezone: Zone | None = None
     inbound: Literal["queue", "tempfail", "reject"] = "queue"
+
+    @field_validator("stores", mode="before")
+    @classmethod
+    def _some_stores(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list names no store: list the stores the window "
+                             "covers, or leave the key out for every store")
+        return value
 
     @model_validator(mode="after")
     def _times(self) -> WindowConfig:
@@ -279,14 +303,14 @@ class WindowConfig(_Model):
         return parse_time(self.end, self.timezone)
 
 
-class ServerConfig(_Model):
+class ServerConfig(ConfigModel):
     """``[server]``: the ``mailqueue serve`` process."""
 
     # CPUs the process (every one of its threads) may run on; None: wherever the OS likes.
     cpus: CpuSet = None
 
 
-class Config(_Model):
+class Config(ConfigModel):
     """The whole configuration."""
 
     server: ServerConfig = ServerConfig()
