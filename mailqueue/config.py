@@ -1,9 +1,18 @@
 """Typed configuration, validated at load.
 
-A TOML file (``-c FILE`` or ``MAILQUEUE_CONFIG``) is read, ``MAILQUEUE_<SECTION>_<KEY>``
+A TOML file (``-c FILE`` or ``MAILQUEUE_CONFIG``) is read, ``MAILQUEUE_<KEY>``
 environment variables override single keys (``MAILQUEUE_SMTP_PORT=2526``,
-``MAILQUEUE_QUEUE_URL=...``), and the result is validated into frozen models. An error
-names the file, the key and what is allowed.
+``MAILQUEUE_QUEUE_RETRY_INITIAL_DELAY=5s``, ``MAILQUEUE_STORES_0_PATH=/srv/mail``), and the
+result is validated into frozen models. An error names the file, the key and what is
+allowed.
+
+Relative paths written in the file (the SQLite queue's, the stores') are relative to the
+file's own directory, so every command run with the same ``-c`` sees the same queue
+wherever it runs; a path given in an environment override is relative to the current
+directory, as a path typed on a command line is.
+
+Values are strict: an integer key takes an integer (not ``true``), a number is finite, and
+a key where zero or an empty list cannot work refuses them.
 """
 
 from __future__ import annotations
@@ -25,13 +34,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
 
 from mailqueue.errors import ConfigError, TimeParseError
+from mailqueue.overrides import ENV_PREFIX, Key, apply_overrides
 from mailqueue.timeparse import get_zone, parse_duration, parse_size, parse_time
 
-ENV_PREFIX = "MAILQUEUE_"
-# MAILQUEUE_* variables that are not key overrides (the config path; mailqueue.faults).
-_NOT_OVERRIDES = {ENV_PREFIX + "CONFIG", ENV_PREFIX + "FAULTS"}
 DEFAULT_URL = "sqlite+aiosqlite:///var/queue.db"
 
 
@@ -353,7 +361,10 @@ def no_duplicates(what: str, values: list[str]) -> None:
 
 def load_config(path: str | Path | None = None,
                 environ: dict[str, str] | None = None) -> Config:
-    """Read, override and validate; raise :class:`ConfigError` naming what to fix."""
+    """Read, override and validate; raise :class:`ConfigError` naming what to fix.
+
+    Relative paths in the file are made absolute against the file's directory; those set by
+    an environment override against the current directory."""
     env = dict(os.environ if environ is None else environ)
     if path is None:
         path = env.get(ENV_PREFIX + "CONFIG")
@@ -361,9 +372,10 @@ def load_config(path: str | Path | None = None,
         raise ConfigError("no config file: pass -c FILE or set MAILQUEUE_CONFIG")
     source = Path(path)
     data = read_toml(source, "config")
-    applied = _apply_env(data, env, source)
+    applied = apply_overrides(data, env, source, Config)
     # an error in an overridden key names the override too, not only the file
-    return config_from_dict(data, " + ".join([str(source), *applied]))
+    config = config_from_dict(data, " + ".join([str(source), *applied]))
+    return resolve_paths(config, source.absolute().parent, set(applied.values()))
 
 
 def read_toml(source: Path, what: str,
@@ -407,27 +419,35 @@ def describe_errors(exc: ValidationError) -> str:
     return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> list[str]:
-    """Apply MAILQUEUE_<SECTION>_<KEY> overrides to ``data``; return the names applied."""
-    sections = set(Config.model_fields) - {"stores", "windows"}
-    applied = []
-    for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDES:
-            continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
-        if section not in sections or not key:
-            raise ConfigError(f"{name}: unknown override (use MAILQUEUE_<SECTION>_<KEY> with "
-                              f"a section of {', '.join(sorted(sections))})")
-        target = data.setdefault(section, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-        target[key] = _env_value(raw)
-        applied.append(name)
-    return applied
+# --- paths ---------------------------------------------------------------------------------
+
+def resolve_paths(config: Config, base: Path, from_cwd: set[Key] | frozenset[Key] = frozenset()
+                  ) -> Config:
+    """``config`` with its relative paths (the SQLite queue's, each store's) made absolute
+    against ``base``, or against the current directory for the keys in ``from_cwd``."""
+    def root(key: Key) -> Path:
+        return Path.cwd() if key in from_cwd else base
+
+    queue = config.queue.model_copy(
+        update={"url": sqlite_url_against(config.queue.url, root(("queue", "url")))})
+    stores = [store.model_copy(update={"path": _against(store.path, root(("stores", i, "path")))})
+              for i, store in enumerate(config.stores)]
+    return config.model_copy(update={"queue": queue, "stores": stores})
 
 
-def _env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+def _against(path: Path, root: Path) -> Path:
+    return path if path.is_absolute() else Path(os.path.normpath(root / path))
+
+
+def sqlite_url_against(url: str, root: Path) -> str:
+    """``url`` with a relative SQLite database path made absolute against ``root`` (other
+    URLs, in-memory databases and absolute paths as they are)."""
+    if not url.startswith("sqlite"):
+        return url
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:") or \
+            os.path.isabs(database):
+        return url
+    absolute = os.path.normpath(root / database)
+    return parsed.set(database=absolute).render_as_string(hide_password=False)
