@@ -32,11 +32,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def with_queue(config: Config, action: Callable[[QueueStore], Awaitable[T]]) -> T:
-    """Open the queue, add configured windows it does not know, run ``action``, close."""
+    """Open the queue (which must exist: a command never creates one), add configured
+    windows it does not know, run ``action``, close."""
     from mailqueue.control import seed_windows
 
     store = SqlQueueStore(config.queue.url)
-    await store.open()
+    await store.open(create=False)
     try:
         await seed_windows(store, config.windows)
         return await action(store)
