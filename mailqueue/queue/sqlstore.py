@@ -155,6 +155,11 @@ class SqlQueueStore(SqlAdminMixin):
                 if revision is None and not await conn.run_sync(migrate.holds_queue):
                     raise QueueError(self._no_tables())
                 return revision
+        except QueueError as exc:
+            if not str(exc).startswith("queue database error: "):
+                raise
+            reason = str(exc).removeprefix("queue database error: ")
+            raise QueueError(f"cannot open queue {self.safe_url}: {reason}") from exc
         finally:
             await self.close()
 

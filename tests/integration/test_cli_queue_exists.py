@@ -119,6 +119,15 @@ def test_a_postgres_database_without_the_queue_is_refused_and_left_empty(
     assert _tables(fresh_pg_url) == []
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=IDS)
+def test_a_postgres_database_that_does_not_exist_is_one_line_naming_it(
+        tmp_path: Path, mq: Mq, pg_url: str, command: list[str]) -> None:
+    absent = pg_url.rsplit("/", 1)[0] + "/mq_absent_database"
+    config = write_config(tmp_path, f'[queue]\nurl = "{absent}"\n')
+    one_line_error(mq(*command, "-c", config), f"cannot open queue {absent}: ",
+                   'database "mq_absent_database" does not exist')
+
+
 def test_db_upgrade_creates_the_queue_the_other_commands_then_use(
         tmp_path: Path, mq: Mq, monkeypatch: pytest.MonkeyPatch) -> None:
     """Commands run from three directories with the same -c share one queue, beside the
