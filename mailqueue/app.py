@@ -25,10 +25,11 @@ from mailqueue.delivery.ramp import DrainRamp
 from mailqueue.delivery.retry import RetryPolicy
 from mailqueue.delivery.worker import DeliveryWorker
 from mailqueue.dsn import Notifier
-from mailqueue.errors import QueueError
+from mailqueue.errors import ConfigError, QueueError
 from mailqueue.mailbox.base import MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.mailbox.nodes import NodeAwareStore, build_mailboxes
+from mailqueue.mailbox.placement import never_holds_maildirs
 from mailqueue.mailbox.router import Router
 from mailqueue.metrics import Metrics
 from mailqueue.nodes import FaultModel
@@ -130,16 +131,25 @@ class MailqueueApp:
             await self.queue.close()
 
     async def _check_stores(self) -> None:
-        """Say at start-up which Maildir stores cannot be written, rather than only as
-        deferred deliveries later. Not fatal: a store may well be down during the very
+        """Refuse to start for a Maildir store whose path can never hold Maildirs (a file in
+        the way, a pseudo filesystem such as /proc), naming the store, its key and path.
+        Say which other stores cannot be written now, rather than only as deferred
+        deliveries later; that is not fatal: a store may well be down during the very
         maintenance this server queues mail for; its mail waits and is retried."""
-        for name, store in self.mailboxes.items():
-            maildir = store.inner if isinstance(store, NodeAwareStore) else store
-            if isinstance(maildir, MaildirStore):
-                problem = await asyncio.to_thread(maildir.check_writable)
-                if problem is not None:
-                    log.warning("store_not_writable", store=name, path=str(maildir.root),
-                                error=problem)
+        keys = {s.name: f"stores[{i}].path" for i, s in enumerate(self.config.stores)}
+        maildirs = {name: inner for name, store in self.mailboxes.items()
+                    if isinstance(inner := store.inner if isinstance(store, NodeAwareStore)
+                                  else store, MaildirStore)}
+        for name, store in maildirs.items():  # all of them before any directory is made
+            never = await asyncio.to_thread(never_holds_maildirs, store.root)
+            if never is not None:
+                raise ConfigError(f"store {name!r} ({keys.get(name, 'path')}): {never}; "
+                                  "point it at a directory Maildirs can be written in")
+        for name, store in maildirs.items():
+            problem = await asyncio.to_thread(store.check_writable)
+            if problem is not None:
+                log.warning("store_not_writable", store=name, path=str(store.root),
+                            error=problem)
 
     async def _run_tasks(self) -> None:
         async with asyncio.TaskGroup() as group:

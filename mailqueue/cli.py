@@ -13,15 +13,22 @@ import click
 import structlog
 
 from mailqueue import __version__
-from mailqueue.cli_common import config_option, in_queue, load
+from mailqueue.cli_common import FiniteFloatRange, config_option, in_queue, load, name_argument
 from mailqueue.cli_db import db
 from mailqueue.cli_queue import queue as queue_group
 from mailqueue.clock import SystemClock
+from mailqueue.config import Config
 from mailqueue.errors import MailqueueError, WindowError
 from mailqueue.logs import configure_logging
 from mailqueue.loops import LOOPS
 from mailqueue.queue.models import ControlState
-from mailqueue.timeparse import format_duration, format_time, parse_duration, parse_time
+from mailqueue.timeparse import (
+    format_duration,
+    format_time,
+    get_zone,
+    parse_duration,
+    parse_time,
+)
 from mailqueue.verify.command import verify
 from mailqueue.windows import Inbound, Window
 
@@ -135,6 +142,22 @@ def window_list(config_path: str | None, as_json: bool) -> None:
             click.echo(w.describe(now))
 
 
+def _stores(stores: str | None, config: Config) -> tuple[str, ...]:
+    """The stores ``--stores A,B`` names (each one known); () when the option is absent."""
+    if stores is None:
+        return ()
+    chosen = tuple(dict.fromkeys(s.strip() for s in stores.split(",") if s.strip()))
+    if not chosen:
+        raise click.UsageError("--stores: name at least one store (leave the option out for "
+                               "every store)")
+    known = [s.name for s in config.stores]
+    for store in chosen:
+        if store not in known:
+            raise click.UsageError(f"--stores: unknown store {store!r} (known: "
+                                   f"{', '.join(known)})")
+    return chosen
+
+
 def _until(until: str | None, duration: str | None, now: float, zone: str | None,
            what: str = "--for") -> float | None:
     if until and duration:
@@ -160,14 +183,12 @@ def window_start(config_path: str | None, name: str, until: str | None, duration
                  stores: str | None, inbound: str | None, timezone: str | None) -> None:
     """Start window NAME now (creating it when --until or --for is given)."""
     config = load(config_path)
+    name_argument(name, "window name")
+    if timezone is not None:
+        get_zone(timezone)
     now = SystemClock().now()
     end = _until(until, duration, now, timezone)
-    known = [s.name for s in config.stores]
-    chosen = tuple(s.strip() for s in stores.split(",") if s.strip()) if stores else ()
-    for store in chosen:
-        if store not in known:
-            raise click.UsageError(f"--stores: unknown store {store!r} (known: "
-                                   f"{', '.join(known)})")
+    chosen = _stores(stores, config)
 
     async def action(queue: ControlState) -> Window:
         current = _find(await queue.windows(), name)
@@ -180,7 +201,7 @@ def window_start(config_path: str | None, name: str, until: str | None, duration
             started = fresh.started_now(now, end)
             await queue.save_window(started)
             return started
-        if stores or inbound:
+        if stores is not None or inbound:
             raise click.UsageError("--stores and --inbound only apply to a new window")
         started = current.started_now(now, end)
         await queue.save_window(started)
@@ -237,14 +258,16 @@ def window_extend(config_path: str | None, name: str, until: str | None, duratio
     now = SystemClock().now()
     if not until and not duration:
         raise click.UsageError("give --until TIME or --by DURATION")
+    if until and duration:
+        raise click.UsageError("give --until or --by, not both")
+    if timezone is not None:
+        get_zone(timezone)
+    by = parse_duration(duration) if duration else 0.0
 
     async def action(queue: ControlState) -> Window:
         current = _require(await queue.windows(), name)
         zone = timezone or current.timezone
-        if until and duration:
-            raise click.UsageError("give --until or --by, not both")
-        end = parse_time(until, zone, now=now) if until else \
-            current.end + parse_duration(duration or "0")
+        end = parse_time(until, zone, now=now) if until else current.end + by
         extended = current.extended(now, end)
         await queue.save_window(extended)
         return extended
@@ -294,7 +317,7 @@ cli.add_command(verify)
 
 @cli.command(short_help="Replay a scenario file; write a report.")
 @click.argument("scenario", metavar="SCENARIO")
-@click.option("--speed", type=click.FloatRange(min=0, min_open=True),
+@click.option("--speed", type=FiniteFloatRange(min=0, min_open=True),
               help="Simulated seconds per real second (default: the scenario's).")
 @click.option("--seed", type=int, help="Seed for traffic and node faults (default: the "
               "scenario's).")

@@ -33,12 +33,14 @@ def db_upgrade(config_path: str | None) -> None:
 @db.command("status", short_help="Show the schema revision, and the needed one.")
 @config_option
 def db_status(config_path: str | None) -> None:
-    """Show the database's schema revision and the one this version needs."""
+    """Show the database's schema revision and the one this version needs.
+
+    Reads only: a database that holds no queue is an error, and nothing is created."""
     store = SqlQueueStore(load_config(config_path).queue.url)
     revision = asyncio.run(store.schema_revision())
     newest = migrate.head()
     state = "up to date" if revision == newest else "behind: run mailqueue db upgrade"
     if revision is None:
-        state = "no version (empty, or made before migrations)"
+        state = "no version (made before migrations): run mailqueue db upgrade"
     click.echo(f"{store.safe_url}: revision {revision or 'none'}, this mailqueue needs "
                f"{newest}: {state}")

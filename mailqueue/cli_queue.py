@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from mailqueue.cli_common import config_option, in_queue, load
+from mailqueue.cli_common import MAX_COUNT, config_option, in_queue, load
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config
 from mailqueue.dsn import Notifier
@@ -79,7 +79,8 @@ def _due(ts: float, now: float) -> str:
 @click.option("--recipient", metavar="TEXT", help="A recipient contains TEXT.")
 @click.option("--older-than", metavar="DURATION", help="Only messages older than this (2h).")
 @click.option("--all", "include_done", is_flag=True, help="Include finished messages.")
-@click.option("--limit", type=click.IntRange(1), metavar="N", help="Show at most N messages.")
+@click.option("--limit", type=click.IntRange(1, MAX_COUNT), metavar="N",
+              help="Show at most N messages.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per message and line (like postqueue -j).")
 @click.option("--ids", "ids_only", is_flag=True,

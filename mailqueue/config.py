@@ -1,9 +1,18 @@
 """Typed configuration, validated at load.
 
-A TOML file (``-c FILE`` or ``MAILQUEUE_CONFIG``) is read, ``MAILQUEUE_<SECTION>_<KEY>``
+A TOML file (``-c FILE`` or ``MAILQUEUE_CONFIG``) is read, ``MAILQUEUE_<KEY>``
 environment variables override single keys (``MAILQUEUE_SMTP_PORT=2526``,
-``MAILQUEUE_QUEUE_URL=...``), and the result is validated into frozen models. An error
-names the file, the key and what is allowed.
+``MAILQUEUE_QUEUE_RETRY_INITIAL_DELAY=5s``, ``MAILQUEUE_STORES_0_PATH=/srv/mail``), and the
+result is validated into frozen models. An error names the file, the key and what is
+allowed.
+
+Relative paths written in the file (the SQLite queue's, the stores') are relative to the
+file's own directory, so every command run with the same ``-c`` sees the same queue
+wherever it runs; a path given in an environment override is relative to the current
+directory, as a path typed on a command line is.
+
+Values are strict: an integer key takes an integer (not ``true``), a number is finite, and
+a key where zero or an empty list cannot work refuses them.
 """
 
 from __future__ import annotations
@@ -25,14 +34,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
 
 from mailqueue.errors import ConfigError, TimeParseError
 from mailqueue.nodes import MAX_NODES
+from mailqueue.overrides import ENV_PREFIX, Key, apply_overrides
 from mailqueue.timeparse import get_zone, parse_duration, parse_size, parse_time
 
-ENV_PREFIX = "MAILQUEUE_"
-# MAILQUEUE_* variables that are not key overrides (the config path; mailqueue.faults).
-_NOT_OVERRIDES = {ENV_PREFIX + "CONFIG", ENV_PREFIX + "FAULTS"}
 DEFAULT_URL = "sqlite+aiosqlite:///var/queue.db"
 
 
@@ -45,15 +53,26 @@ def _size(value: Any) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+# A duration where zero cannot work (a timeout, an interval, a lease).
+PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_FORM = "use letters, digits, '.', '_' or '-', starting with a letter or digit"
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
                         r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 def _name(value: str) -> str:
     if not _NAME_RE.match(value):
-        raise ValueError("use letters, digits, '.', '_' or '-'")
+        raise ValueError(_NAME_FORM)
+    return value
+
+
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a valid store, window or node name (the rule the config file
+    applies); otherwise ValueError saying ``what`` it is and the form it takes."""
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{what} {value!r}: {_NAME_FORM}")
     return value
 
 
@@ -106,11 +125,14 @@ def cpu_list(text: str) -> tuple[int, ...] | None:
     return cpus
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ConfigModel(BaseModel):
+    """The base of every config and scenario table: unknown keys are errors; values are
+    strict (``port = true`` is not port 1, ``"5"`` is not 5) and numbers finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-class SmtpConfig(_Model):
+class SmtpConfig(ConfigModel):
     """The SMTP front end."""
 
     host: str = "127.0.0.1"
@@ -120,26 +142,28 @@ class SmtpConfig(_Model):
     max_recipients: int = Field(100, ge=1)
     max_connections: int = Field(500, ge=1)
     max_connections_per_ip: int = Field(100, ge=1)
-    timeout: Duration = 300.0
+    timeout: PositiveDuration = 300.0
+    # How long in-flight sessions and deliveries get at SIGTERM (at most 100 years, as
+    # every duration; "1d" waits for practically every session).
     shutdown_grace: Duration = 10.0
 
 
-class RetryConfig(_Model):
+class RetryConfig(ConfigModel):
     """Backoff for temporary delivery failures."""
 
-    initial_delay: Duration = 60.0
+    initial_delay: PositiveDuration = 60.0
     multiplier: float = Field(2.0, ge=1.0)
-    max_delay: Duration = 3600.0
+    max_delay: PositiveDuration = 3600.0
     jitter: float = Field(0.1, ge=0.0, le=1.0)
 
 
-class QueueConfig(_Model):
+class QueueConfig(ConfigModel):
     """The durable queue."""
 
     url: str = DEFAULT_URL
     max_messages: int = Field(1_000_000, ge=1)
-    max_bytes: Size = 10 * 1024**3
-    max_lifetime: Duration = 5 * 86400.0
+    max_bytes: Annotated[Size, Field(ge=1)] = 10 * 1024**3
+    max_lifetime: Duration = 5 * 86400.0  # 0: try once, then bounce (as Postfix's)
     window_time_counts: bool = False
     delay_warning: Duration = 0.0  # 0: off; else warn a local sender once after this long
     retry: RetryConfig = RetryConfig()
@@ -173,22 +197,22 @@ class QueueConfig(_Model):
         return url
 
 
-class DeliveryConfig(_Model):
+class DeliveryConfig(ConfigModel):
     """The delivery worker."""
 
     batch_size: int = Field(250, ge=1)
     # A claim also stops at this many bytes of bodies (0: no limit): a lane holds them.
     batch_bytes: Size = 64 * 1024 * 1024
     concurrency: int = Field(4, ge=1, le=64)
-    lease: Duration = 300.0
-    poll_interval: Duration = 1.0
-    reclaim_interval: Duration = 30.0
+    lease: PositiveDuration = 300.0
+    poll_interval: PositiveDuration = 1.0
+    reclaim_interval: PositiveDuration = 30.0
     ramp: Duration = 0.0  # after a window ends, delivery rises to full over this long
     ramp_from: float = Field(0.1, gt=0.0, le=1.0)  # the share of full speed it starts at
     max_rate: float = Field(0.0, ge=0.0)  # recipients per clock hour at full speed; 0: no cap
 
 
-class AdminConfig(_Model):
+class AdminConfig(ConfigModel):
     """The admin HTTP endpoint: metrics, health, mailbox access (off unless configured)."""
 
     enabled: bool = True
@@ -213,19 +237,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class LoggingConfig(_Model):
+class LoggingConfig(ConfigModel):
     """Structured logs on stderr."""
 
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class StoreConfig(_Model):
+class StoreConfig(ConfigModel):
     """A mailbox store: Maildirs at ``{path}/{domain}/{local_part}/``."""
 
     name: Name
     kind: Literal["maildir"] = "maildir"
-    path: Path
+    path: Annotated[Path, Field(strict=False)]  # relative: to the config file's directory
     domains: list[str] = Field(min_length=1)
     mailboxes: list[str] | None = None
     # Threads writing this store's copies at once: each copy waits on its own fsync.
@@ -254,15 +278,23 @@ class StoreConfig(_Model):
         return [v.lower() for v in values]
 
 
-class WindowConfig(_Model):
+class WindowConfig(ConfigModel):
     """A planned maintenance window."""
 
     name: Name
-    stores: list[str] | None = None
+    stores: list[str] | None = None  # absent: every store; never empty
     start: str
     end: str
     timezone: Zone | None = None
     inbound: Literal["queue", "tempfail", "reject"] = "queue"
+
+    @field_validator("stores", mode="before")
+    @classmethod
+    def _some_stores(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list names no store: list the stores the window "
+                             "covers, or leave the key out for every store")
+        return value
 
     @model_validator(mode="after")
     def _times(self) -> WindowConfig:
@@ -284,14 +316,14 @@ class WindowConfig(_Model):
         return parse_time(self.end, self.timezone)
 
 
-class ServerConfig(_Model):
+class ServerConfig(ConfigModel):
     """``[server]``: the ``mailqueue serve`` process."""
 
     # CPUs the process (every one of its threads) may run on; None: wherever the OS likes.
     cpus: CpuSet = None
 
 
-class Config(_Model):
+class Config(ConfigModel):
     """The whole configuration."""
 
     server: ServerConfig = ServerConfig()
@@ -334,7 +366,10 @@ def no_duplicates(what: str, values: list[str]) -> None:
 
 def load_config(path: str | Path | None = None,
                 environ: dict[str, str] | None = None) -> Config:
-    """Read, override and validate; raise :class:`ConfigError` naming what to fix."""
+    """Read, override and validate; raise :class:`ConfigError` naming what to fix.
+
+    Relative paths in the file are made absolute against the file's directory; those set by
+    an environment override against the current directory."""
     env = dict(os.environ if environ is None else environ)
     if path is None:
         path = env.get(ENV_PREFIX + "CONFIG")
@@ -342,9 +377,10 @@ def load_config(path: str | Path | None = None,
         raise ConfigError("no config file: pass -c FILE or set MAILQUEUE_CONFIG")
     source = Path(path)
     data = read_toml(source, "config")
-    applied = _apply_env(data, env, source)
+    applied = apply_overrides(data, env, source, Config)
     # an error in an overridden key names the override too, not only the file
-    return config_from_dict(data, " + ".join([str(source), *applied]))
+    config = config_from_dict(data, " + ".join([str(source), *applied]))
+    return resolve_paths(config, source.absolute().parent, set(applied.values()))
 
 
 def read_toml(source: Path, what: str,
@@ -388,27 +424,35 @@ def describe_errors(exc: ValidationError) -> str:
     return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _apply_env(data: dict[str, Any], env: dict[str, str], source: Path) -> list[str]:
-    """Apply MAILQUEUE_<SECTION>_<KEY> overrides to ``data``; return the names applied."""
-    sections = set(Config.model_fields) - {"stores", "windows"}
-    applied = []
-    for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDES:
-            continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
-        if section not in sections or not key:
-            raise ConfigError(f"{name}: unknown override (use MAILQUEUE_<SECTION>_<KEY> with "
-                              f"a section of {', '.join(sorted(sections))})")
-        target = data.setdefault(section, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
-        target[key] = _env_value(raw)
-        applied.append(name)
-    return applied
+# --- paths ---------------------------------------------------------------------------------
+
+def resolve_paths(config: Config, base: Path, from_cwd: set[Key] | frozenset[Key] = frozenset()
+                  ) -> Config:
+    """``config`` with its relative paths (the SQLite queue's, each store's) made absolute
+    against ``base``, or against the current directory for the keys in ``from_cwd``."""
+    def root(key: Key) -> Path:
+        return Path.cwd() if key in from_cwd else base
+
+    queue = config.queue.model_copy(
+        update={"url": sqlite_url_against(config.queue.url, root(("queue", "url")))})
+    stores = [store.model_copy(update={"path": _against(store.path, root(("stores", i, "path")))})
+              for i, store in enumerate(config.stores)]
+    return config.model_copy(update={"queue": queue, "stores": stores})
 
 
-def _env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+def _against(path: Path, root: Path) -> Path:
+    return path if path.is_absolute() else Path(os.path.normpath(root / path))
+
+
+def sqlite_url_against(url: str, root: Path) -> str:
+    """``url`` with a relative SQLite database path made absolute against ``root`` (other
+    URLs, in-memory databases and absolute paths as they are)."""
+    if not url.startswith("sqlite"):
+        return url
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:") or \
+            os.path.isabs(database):
+        return url
+    absolute = os.path.normpath(root / database)
+    return parsed.set(database=absolute).render_as_string(hide_password=False)

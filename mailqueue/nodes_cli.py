@@ -12,7 +12,7 @@ import json
 
 import click
 
-from mailqueue.cli_common import config_option, in_queue, load
+from mailqueue.cli_common import MAX_COUNT, FiniteFloatRange, config_option, in_queue, load
 from mailqueue.clock import SystemClock
 from mailqueue.control import set_nodes
 from mailqueue.nodes import NodeMode, NodeState, find_node, node_name
@@ -47,9 +47,9 @@ def node_list(config_path: str | None, as_json: bool) -> None:
 @click.argument("mode", type=click.Choice([m.value for m in NodeMode]))
 @click.option("--latency", metavar="DURATION", default="0",
               help="Added time per delivery (slow, flaky), e.g. 30s.")
-@click.option("--failure-rate", type=click.FloatRange(0, 1), default=0.0,
+@click.option("--failure-rate", type=FiniteFloatRange(0, 1), default=0.0,
               help="Share of deliveries that fail (flaky).")
-@click.option("--fail-next", type=click.IntRange(min=0), default=0,
+@click.option("--fail-next", type=click.IntRange(0, MAX_COUNT), default=0,
               help="Fail this many deliveries, then succeed (flaky).")
 def node_set(config_path: str | None, name: str, mode: str, latency: str,
              failure_rate: float, fail_next: int) -> None:

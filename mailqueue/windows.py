@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 from mailqueue.errors import WindowError
-from mailqueue.timeparse import format_duration, format_time
+from mailqueue.timeparse import TIME_RANGE, format_duration, format_time, time_in_range
 
 
 class WindowState(StrEnum):
@@ -80,6 +80,7 @@ class Window:
         if state is WindowState.CANCELLED:
             raise WindowError(f"window {self.name!r} was cancelled; create a new one")
         end = self.end if until is None else until
+        self._check_end(end)
         if end <= now:
             raise WindowError(f"window {self.name!r} would end at {format_time(end)}, which "
                               "is not in the future: give --until or --for")
@@ -98,10 +99,18 @@ class Window:
         state = self.effective_state(now)
         if state in (WindowState.ENDED, WindowState.CANCELLED):
             raise WindowError(f"window {self.name!r} is {state}; start it again with --until")
+        self._check_end(until)
         if until <= max(now, self.start):
             raise WindowError(f"new end {format_time(until)} must be after now and after the "
                               "window's start")
         return dataclasses.replace(self, end=until)
+
+    def _check_end(self, end: float) -> None:
+        """Refuse an end no calendar can show, before it is stored (where every later read
+        would have to show it)."""
+        if not time_in_range(end):
+            raise WindowError(f"window {self.name!r} would end at {format_time(end)}, out of "
+                              f"range: {TIME_RANGE}")
 
     def cancelled(self, now: float) -> Window:
         state = self.effective_state(now)
@@ -111,7 +120,8 @@ class Window:
                                    ended_at=now if state is WindowState.ACTIVE else None)
 
     def describe(self, now: float) -> str:
-        """One line for ``window list`` and command results."""
+        """One line for ``window list`` and command results; any stored times (one out of
+        range shows as such, an unknown zone as UTC) give a line, never an error."""
         state = self.effective_state(now)
         stores = ",".join(self.stores) or "*"
         text = (f"{self.name}: {state} stores={stores} inbound={self.inbound} "

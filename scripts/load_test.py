@@ -108,6 +108,19 @@ def spawn_config(source: Path, workdir: Path) -> Path:
     return path
 
 
+def make_target(config: Path, host: str | None, port: int, pid: int | None) -> Target:
+    """The server ``config`` describes, its paths resolved as the server resolves them
+    (relative to the config file's directory)."""
+    from mailqueue.config import load_config
+
+    loaded = load_config(config)
+    stores = [{"name": s.name, "path": str(s.path), "domains": s.domains,
+               "mailboxes": s.mailboxes}
+              for s in loaded.stores]
+    return Target(host=host or loaded.smtp.host, port=port or loaded.smtp.port,
+                  stores=stores, config_path=config, queue_url=loaded.queue.url, pid=pid)
+
+
 class Server:
     """``python -m mailqueue serve`` in a child process, its log in the work dir."""
 
@@ -779,12 +792,7 @@ def main(argv: list[str] | None = None) -> int:
             pid: int | None = server.proc.pid
         else:
             config, port, pid = args.config, 0, args.server_pid
-        data = tomllib.loads(config.read_text())
-        smtp = data.get("smtp", {})
-        target = Target(host=args.host or smtp.get("host", "127.0.0.1"),
-                        port=args.port or port or int(smtp.get("port", 2525)),
-                        stores=data.get("stores", []), config_path=config,
-                        queue_url=data.get("queue", {}).get("url", ""), pid=pid)
+        target = make_target(config, args.host, args.port or port, pid)
         if not args.spawn:
             args.baseline_files = count_files(target.stores)
         client_cpus = pin_client(args.cpus, pid if args.spawn else None)

@@ -92,7 +92,8 @@ def current(conn: Connection) -> str | None:
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def _has_queue_tables(conn: Connection) -> bool:
+def holds_queue(conn: Connection) -> bool:
+    """Whether the database has any of the queue's tables (at whatever revision)."""
     return bool(set(inspect(conn).get_table_names()) & set(metadata.tables))
 
 
@@ -101,18 +102,22 @@ def _lock(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
 
 
-def prepare(conn: Connection) -> None:
-    """Create an empty database at the newest revision; refuse one that is not at it."""
+def prepare(conn: Connection, create: bool = True) -> bool:
+    """Refuse a database that is not at the newest revision; with ``create``, make an empty
+    one a queue at the newest revision first. False: the database is empty (and stays so,
+    ``create`` being false)."""
     _lock(conn)
     revision, newest = current(conn), head()
     if revision == newest:
-        return
-    if revision is None and not _has_queue_tables(conn):
+        return True
+    if revision is None and not holds_queue(conn):
+        if not create:
+            return False
         from alembic import command
 
         metadata.create_all(conn)
         command.stamp(alembic_config(conn), newest)
-        return
+        return True
     if revision is None:
         raise SchemaError(f"queue schema has no version (made before migrations); "
                           f"{UPGRADE_HINT}")
@@ -130,7 +135,7 @@ def upgrade(conn: Connection, revision: str = "head") -> tuple[str | None, str |
     _lock(conn)
     before = current(conn)
     config = alembic_config(conn)
-    if before is None and _has_queue_tables(conn):
+    if before is None and holds_queue(conn):
         # Tables from before migrations existed: they are the first revision's.
         command.stamp(config, FIRST_REVISION)
     command.upgrade(config, revision)

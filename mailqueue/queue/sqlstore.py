@@ -61,6 +61,7 @@ from mailqueue.queue.sqladmin import (
     message_rows,
     recipient_rows,
 )
+from mailqueue.queue.sqlitefile import CREATE_HINT, queue_file_problem
 from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
 from mailqueue.queue.writerproc import WriterProcess
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
@@ -98,14 +99,22 @@ class SqlQueueStore(SqlAdminMixin):
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
+        """Connect and check the schema. With ``create`` (the server, ``db upgrade``, tests)
+        an empty database, and a SQLite file's directory, are made into a queue; without
+        it (every other command) a database that holds no queue is refused with one line
+        naming it, and nothing is created."""
         if self._engine is not None:
             return
+        if create:
+            await asyncio.to_thread(self._make_folder)
+        else:
+            await self._require_queue()
         self._engine = self._create_engine()
         try:
             # A write transaction: an empty database is created here, by one process.
             async with self._tx(write=True) as conn:
-                await conn.run_sync(migrate.prepare)
+                found = await conn.run_sync(migrate.prepare, create)
         except SchemaError:
             await self.close()
             raise
@@ -113,6 +122,9 @@ class SqlQueueStore(SqlAdminMixin):
             await self.close()
             reason = str(exc).removeprefix("queue database error: ")
             raise QueueError(f"cannot open queue {self.safe_url}: {reason}") from exc
+        if not found:
+            await self.close()
+            raise QueueError(self._no_tables())
         if self._threaded_writer:
             self._writer = SqliteWriter(self.url, self._busy_timeout, self._instrument)
             self._writer.open()
@@ -130,6 +142,7 @@ class SqlQueueStore(SqlAdminMixin):
     async def upgrade_schema(self) -> tuple[str | None, str | None]:
         """Apply the packaged migrations (``mailqueue db upgrade``); (before, after)."""
         await self.close()
+        await asyncio.to_thread(self._make_folder)
         self._engine = self._create_engine()
         try:
             async with self._tx(write=True) as conn:
@@ -141,14 +154,36 @@ class SqlQueueStore(SqlAdminMixin):
             await self.close()
 
     async def schema_revision(self) -> str | None:
-        """The database's schema revision (None: empty, or made before migrations)."""
+        """The database's schema revision (None: made before migrations). A database that
+        holds no queue is refused as :meth:`open` without ``create`` refuses it."""
         await self.close()
+        await self._require_queue()
         self._engine = self._create_engine()
         try:
             async with self._tx() as conn:
-                return await conn.run_sync(migrate.current)
+                revision = await conn.run_sync(migrate.current)
+                if revision is None and not await conn.run_sync(migrate.holds_queue):
+                    raise QueueError(self._no_tables())
+                return revision
+        except QueueError as exc:
+            if not str(exc).startswith("queue database error: "):
+                raise
+            reason = str(exc).removeprefix("queue database error: ")
+            raise QueueError(f"cannot open queue {self.safe_url}: {reason}") from exc
         finally:
             await self.close()
+
+    async def _require_queue(self) -> None:
+        """Refuse a SQLite queue file that is missing, empty or another program's."""
+        database = make_url(self.url).database
+        if not self._sqlite or database in (None, "", ":memory:"):
+            return
+        problem = await asyncio.to_thread(queue_file_problem, database, self._busy_timeout)
+        if problem is not None:
+            raise QueueError(problem)
+
+    def _no_tables(self) -> str:
+        return f"queue database {self.safe_url} has no mailqueue tables ({CREATE_HINT})"
 
     async def close(self) -> None:
         if self._writer_process is not None:
@@ -168,15 +203,26 @@ class SqlQueueStore(SqlAdminMixin):
     def _instrument(self, engine: Engine) -> None:
         """Called with every engine this store creates (a seam for fault-injecting tests)."""
 
+    def _make_folder(self) -> None:
+        """Create a SQLite queue file's directory (blocking), or say why it cannot be."""
+        database = make_url(self.url).database
+        if not self._sqlite or database in (None, "", ":memory:"):
+            return
+        folder = Path(database).absolute().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = "a file is in the way" if isinstance(exc, FileExistsError) else \
+                exc.strerror or str(exc)
+            raise QueueError(f"cannot create the directory {folder} for the queue "
+                             f"database: {reason} (check [queue] url)") from exc
+
     def _create_engine(self) -> AsyncEngine:
         if not self._sqlite:
             engine = create_async_engine(self.url, pool_pre_ping=True,
                                          connect_args=postgres.connect_args(self.url))
             self._instrument(engine.sync_engine)
             return engine
-        database = make_url(self.url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(self.url, connect_args={"timeout": self._busy_timeout})
         configure_sqlite(engine.sync_engine, self._busy_timeout,
                          immediate=lambda conn: conn.get_execution_options().get(_IMMEDIATE, False))

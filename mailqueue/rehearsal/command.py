@@ -7,29 +7,70 @@ import sys
 import tempfile
 from pathlib import Path
 
+import click
+
+from mailqueue.errors import MailqueueError
 from mailqueue.logs import configure_logging
+from mailqueue.mailbox.placement import never_holds_maildirs
 from mailqueue.rehearsal.scenario import load_scenario
 
 
 def rehearse(scenario_path: str, speed: float | None, seed: int | None, out: str | None,
              workdir: str | None, keep: bool) -> int:
-    """Run ``scenario_path``; print the figures; the exit status (1 if lost or duplicated)."""
+    """Run ``scenario_path``; print the figures; the exit status (1 if lost or duplicated).
+
+    The report and work directories (relative to the current directory) are checked
+    before the rehearsal runs, so a path that cannot be written is one line at once rather
+    than a failure after the whole rehearsal."""
     from mailqueue.rehearsal.report import figures_text, write_report
     from mailqueue.rehearsal.runner import run_rehearsal
 
     scenario = load_scenario(scenario_path)
+    target = Path(out or Path("var") / "rehearsal" / Path(scenario_path).stem).absolute()
+    directories = {"--out" if out else "report directory (--out)": target}
+    if workdir:
+        directories["--workdir"] = Path(workdir).absolute()
+    writable_directories(directories)
+    work = directories.get("--workdir") or _temporary_workdir()
     configure_logging("console", "warning")
-    target = Path(out) if out else Path("var") / "rehearsal" / Path(scenario_path).stem
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mailqueue-rehearsal-"))
-    work.mkdir(parents=True, exist_ok=True)
     print(f"rehearsing {scenario.info.name} at {speed or scenario.info.speed:g}x "
           f"(work dir {work})", file=sys.stderr)
     try:
         obs = run_rehearsal(scenario, work, speed, seed)
-        figures = write_report(obs, target)
+        try:
+            figures = write_report(obs, target)
+        except OSError as exc:
+            raise MailqueueError(f"cannot write the report to {target}: "
+                                 f"{exc.strerror or exc}") from exc
     finally:
         if not workdir and not keep:
             shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write(figures_text(figures))
     print(f"report: {target}/ (timeline.md, queue.png, series.csv, report.json)")
     return 1 if figures["lost"] or figures["duplicated"] or figures["pending"] else 0
+
+
+def writable_directories(directories: dict[str, Path]) -> None:
+    """Make each directory (with its parents) and write a file in it, or raise a usage
+    error naming the option and the path; none is made when one can never be."""
+    for what, path in directories.items():
+        reason = never_holds_maildirs(path)
+        if reason is not None:
+            raise click.UsageError(f"{what}: {reason}")
+    for what, path in directories.items():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            raise click.UsageError(f"{what}: cannot write to {path}: {exc.strerror or exc}"
+                                   ) from exc
+
+
+def _temporary_workdir() -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix="mailqueue-rehearsal-"))
+    except OSError as exc:
+        raise click.UsageError(f"cannot make a temporary work directory: "
+                               f"{exc.strerror or exc} (give --workdir DIR, or set TMPDIR)"
+                               ) from exc

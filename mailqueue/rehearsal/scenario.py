@@ -12,11 +12,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from mailqueue.config import (
+    ConfigModel,
     Duration,
     Name,
+    PositiveDuration,
     Size,
     WindowConfig,
     Zone,
@@ -38,11 +40,7 @@ class ScenarioError(ConfigError):
     """A scenario file is invalid."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScenarioInfo(_Model):
+class ScenarioInfo(ConfigModel):
     """``[scenario]``: the simulated clock."""
 
     name: str
@@ -52,10 +50,10 @@ class ScenarioInfo(_Model):
     end: str
     speed: float = Field(3600.0, gt=0)  # simulated seconds per real second
     seed: int = 1
-    sample: Duration = 600.0  # simulated seconds between two points of the series
+    sample: PositiveDuration = 600.0  # simulated seconds between two points of the series
 
 
-class StoreSpec(_Model):
+class StoreSpec(ConfigModel):
     """``[[stores]]``: a Maildir store sharded over ``nodes``, with ``users`` mailboxes."""
 
     name: Name
@@ -64,7 +62,7 @@ class StoreSpec(_Model):
     users: int = Field(100, ge=1)
 
 
-class TrafficSpec(_Model):
+class TrafficSpec(ConfigModel):
     """``[traffic]``: inbound mail, sent over real SMTP."""
 
     rate: float = Field(60.0, ge=0)  # messages per simulated hour (mean over a day)
@@ -99,24 +97,24 @@ class TrafficSpec(_Model):
         return value
 
 
-class EventSpec(_Model):
+class EventSpec(ConfigModel):
     """``[[events]]``: something that happens at a simulated time."""
 
     at: str
     action: Action = "note"
     note: str = ""
-    window: str | None = None
+    window: Name | None = None
     until: str | None = None  # window.extend / window.start
     store: str | None = None  # node.*: every node of this store
     nodes: list[str] | None = None  # node.*: these nodes
     latency: Duration = 0.0  # node.slow / node.flaky (simulated seconds per delivery)
     failure_rate: float = Field(0.0, ge=0.0, le=1.0)  # node.flaky
-    fail_next: int = Field(0, ge=0)  # node.flaky
+    fail_next: int = Field(0, ge=0, le=2**31 - 1)  # node.flaky
     rate: float | None = Field(None, ge=0)  # traffic: new mean rate
     factor: float | None = Field(None, ge=0)  # traffic: multiply the configured rate
 
 
-class ScenarioFile(_Model):
+class ScenarioFile(ConfigModel):
     """The whole file."""
 
     scenario: ScenarioInfo

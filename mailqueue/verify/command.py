@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import click
-from sqlalchemy.engine import make_url
 
 from mailqueue.cli_common import config_option
 from mailqueue.config import Config, load_config
-from mailqueue.errors import QueueError
 from mailqueue.queue.models import LedgerEntry
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.verify.audit import Audit, audit
@@ -21,9 +19,9 @@ from mailqueue.verify.snapshot import Manifest, compare_snapshot, take_snapshot
 
 
 async def read_ledger(url: str) -> list[LedgerEntry]:
-    """The ledger of the queue at ``url``."""
+    """The ledger of the queue at ``url`` (which must exist: nothing is created)."""
     store = SqlQueueStore(url)
-    await store.open()
+    await store.open(create=False)
     try:
         return await store.ledger()
     finally:
@@ -39,12 +37,7 @@ def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
 
 def audit_instance(config: Config) -> Audit:
     """Read the ledger, then the mailboxes (after, so a delivery in between is not missed)."""
-    url = config.queue.url
-    if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:" and not Path(database).exists():
-            raise QueueError(f"no queue database at {database} (check [queue] url)")
-    ledger = asyncio.run(read_ledger(url))
+    ledger = asyncio.run(read_ledger(config.queue.url))
     copies, roots = scan_config(config)
     return audit(ledger, copies, roots)
 

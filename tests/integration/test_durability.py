@@ -24,6 +24,7 @@ def cli(config: Path, *args: str) -> None:
 async def test_sigkill_after_250_loses_nothing(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
+    cli(config, "db", "upgrade")  # the queue the server will use: commands never create one
     cli(config, "window", "start", "drill", "--for", "1h")
     proc = start(config)
     try:

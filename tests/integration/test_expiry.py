@@ -105,7 +105,7 @@ async def test_window_time_excluded_by_default(tmp_path: Path) -> None:
 async def test_failing_store_expires_with_dsn_and_null_sender_gets_none(
         tmp_path: Path) -> None:
     clock = ManualClock()
-    blocked = tmp_path / "mail" / "basic"
+    blocked = tmp_path / "mail" / "basic" / "basic.example"  # where its Maildirs go
     blocked.parent.mkdir(parents=True)
     blocked.write_text("not a directory")  # every delivery to basic fails temporarily
     config = make_config(tmp_path, queue={"max_lifetime": "5d"})
@@ -156,7 +156,7 @@ async def test_permanent_failure_bounces_with_dsn(tmp_path: Path) -> None:
 
 async def test_delay_warning_once(tmp_path: Path) -> None:
     clock = ManualClock()
-    blocked = tmp_path / "mail" / "basic"
+    blocked = tmp_path / "mail" / "basic" / "basic.example"  # where its Maildirs go
     blocked.parent.mkdir(parents=True)
     blocked.write_text("not a directory")  # deliveries to basic fail temporarily
     config = make_config(tmp_path, queue={"delay_warning": "4h"})

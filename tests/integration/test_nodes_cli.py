@@ -30,6 +30,7 @@ def mailqueue(*args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_node_set_from_the_cli_reaches_the_control_plane(tmp_path: Path) -> None:
     path = write_config(tmp_path)
+    assert mailqueue("db", "upgrade", "-c", str(path)).returncode == 0  # the server's queue
     result = mailqueue("node", "set", "basic-1", "flaky", "--failure-rate", "0.25",
                        "-c", str(path))
     assert result.returncode == 0, result.stderr

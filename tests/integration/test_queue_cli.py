@@ -152,7 +152,7 @@ async def test_hold_release_retry_delete(tmp_path: Path) -> None:
 
 async def test_retry_makes_deferred_mail_due(tmp_path: Path) -> None:
     path, config = write_config(tmp_path)
-    blocked = tmp_path / "mail" / "basic"
+    blocked = tmp_path / "mail" / "basic" / "basic.example"  # where its Maildirs go
     blocked.parent.mkdir(parents=True)
     blocked.write_text("not a directory")  # the store fails temporarily
     async with running(config) as app:

@@ -82,6 +82,7 @@ def test_verify_a_served_instance(tmp_path: Path) -> None:
     snap = mq_here(config, "verify", "--snapshot", str(tmp_path / "before.json"))
     assert snap.returncode == 0 and "snapshot: 1 mailbox files in 2 stores" in snap.stdout
 
+    assert mq_here(config, "db", "upgrade").returncode == 0  # the queue the server will use
     assert mq_here(config, "window", "start", "upgrade", "--for", "1h",
                    "--stores", "hosted-exchange").returncode == 0
     asyncio.run(serve_and_send(tmp_path, config, port))

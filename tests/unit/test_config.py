@@ -40,7 +40,9 @@ def test_env_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
     config = load_config(path, environ={"MAILQUEUE_SMTP_PORT": "2600",
                                         "MAILQUEUE_QUEUE_URL": "sqlite+aiosqlite:///x.db"})
-    assert config.smtp.port == 2600 and config.queue.url == "sqlite+aiosqlite:///x.db"
+    # a relative path from the environment is relative to the current directory
+    assert config.smtp.port == 2600
+    assert config.queue.url == f"sqlite+aiosqlite:///{Path.cwd() / 'x.db'}"
     config = load_config(environ={"MAILQUEUE_CONFIG": str(path)})
     assert config.stores[0].name == "basic"
 
