@@ -266,7 +266,10 @@ async def test_an_unknown_node_leaves_an_existing_queue_alone(
 
 async def test_node_list_shows_every_configured_node(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_config(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'queue.db'}")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'queue.db'}"
+    path = write_config(tmp_path, url)
+    async with opened_store(url):  # the server's queue
+        pass
     code, out, err = await asyncio.to_thread(cli, capsys, "node", "list", "-c", str(path))
     assert code == 0, err
     assert out.splitlines() == ["basic-1 up", "basic-2 up", "basic-3 up", "hosted-exchange-1 up"]
