@@ -30,6 +30,8 @@ from mailqueue.timeparse import format_duration, parse_time
 from mailqueue.windows import Inbound, Window, WindowState
 
 HOSTNAME = "mx.rehearsal.test"
+# Real seconds before its moment that an extension due as its window ends is applied.
+EXTEND_LEAD = 0.1
 _NODE_MODES = {"node.up": NodeMode.UP, "node.down": NodeMode.DOWN,
                "node.slow": NodeMode.SLOW, "node.flaky": NodeMode.FLAKY}
 
@@ -194,7 +196,10 @@ class Rehearsal:
     async def _timeline(self, app: MailqueueApp) -> None:
         self._phase = "running"
         for event in self.scenario.events:
-            await self._sleep_until(event.at)
+            # An extension due as its window ends goes in just before, or the window
+            # would lapse (and its stores drain) for the moment it takes to apply.
+            lead = EXTEND_LEAD * self.speed if event.at_window_end else 0.0
+            await self._sleep_until(event.at - lead)
             kind = "event"
             try:
                 await self._apply(app, event)

@@ -133,6 +133,9 @@ class Event:
     at: float
     spec: EventSpec
     nodes: tuple[str, ...] = ()
+    # An extension due at the very moment its window is planned to end: the runner applies
+    # it just before, so that the window does not lapse in between.
+    at_window_end: bool = False
 
     @property
     def action(self) -> str:
@@ -236,11 +239,12 @@ def _events(parsed: ScenarioFile, start: float, end: float) -> tuple[Event, ...]
                              f"comes before the previous event)")
         previous = at
         nodes = _event_nodes(parsed, spec, key)
+        at_end = False
         if spec.action in WINDOW_ACTIONS:
-            _window_event(spec, key, at, zone, ends, states)
+            at_end = _window_event(spec, key, at, zone, ends, states)
         if spec.action == "traffic" and spec.rate is None and spec.factor is None:
             raise ValueError(f"{key}: a traffic event needs rate or factor")
-        out.append(Event(at=at, spec=spec, nodes=nodes))
+        out.append(Event(at=at, spec=spec, nodes=nodes, at_window_end=at_end))
     return tuple(out)
 
 
@@ -268,8 +272,10 @@ def _event_nodes(parsed: ScenarioFile, spec: EventSpec, key: str) -> tuple[str, 
 
 
 def _window_event(spec: EventSpec, key: str, at: float, zone: str,
-                  ends: dict[str, float], states: dict[str, str]) -> None:
-    """Check a window event against the window's state at that time, as planned so far."""
+                  ends: dict[str, float], states: dict[str, str]) -> bool:
+    """Check a window event against the window's state at that time, as planned so far;
+    whether it is an extension due at the very moment the window is planned to end (as an
+    operator extends a window when its planned end comes and the work is not done)."""
     if spec.window is None:
         raise ValueError(f"{key}: {spec.action} needs window = NAME")
     name = spec.window
@@ -279,11 +285,13 @@ def _window_event(spec: EventSpec, key: str, at: float, zone: str,
             states[name] = "active"
             if ends[name] <= at:
                 raise ValueError(f"{key}.until: must be after the event")
-            return
+            return False
         _known(f"{key}.window", "window", name, list(ends))
-    if states[name] in ("ended", "cancelled") or at >= ends[name]:
+    at_end = at == ends[name] and spec.action == "window.extend"
+    if states[name] in ("ended", "cancelled") or (at >= ends[name] and not at_end):
         raise ValueError(f"{key}: window {name!r} has already ended at "
-                         f"{format_time(ends[name], zone)}; act on it before its end")
+                         f"{format_time(ends[name], zone)}; act on it before its end (an "
+                         "extension may come at the very moment it is planned to end)")
     if spec.action in ("window.extend", "window.start") and spec.until:
         until = parse_time(spec.until, zone)
         if until <= at:
@@ -294,3 +302,4 @@ def _window_event(spec: EventSpec, key: str, at: float, zone: str,
     if spec.action in ("window.end", "window.cancel"):
         states[name] = "ended" if spec.action == "window.end" else "cancelled"
         ends[name] = at
+    return at_end

@@ -49,9 +49,41 @@ def test_june_scenario_tells_the_story() -> None:
     assert window.start_ts == 1561586400  # Wed 26 June 2019 5:00 PM CDT
     assert window.end_ts == 1561759200  # Fri 28 June 2019 5:00 PM CDT
     assert sorted(window.stores or []) == ["basic", "hosted-exchange"]
-    extends = [e for e in june.events if e.action == "window.extend"]
-    assert extends[-1].spec.until == "2019-06-30 00:30"
     assert june.info.name and "basic-1" in june.node_names()
+
+
+# The provider's status updates (shared upgrade notice), Central time: every one of them is
+# an event of the scenario, at its hour.
+NOTICE_UPDATES = ["2019-06-26 19:00", "2019-06-27 05:00", "2019-06-27 12:00",
+                  "2019-06-27 21:00", "2019-06-28 04:00", "2019-06-28 17:00",
+                  "2019-06-28 20:00", "2019-06-29 01:00", "2019-06-29 07:00",
+                  "2019-06-29 08:00", "2019-06-30 00:30"]
+
+
+def test_june_scenario_follows_the_notice_to_the_hour() -> None:
+    june = load_scenario(SCENARIOS / "june-2019-upgrade.toml")
+    times = {june.time(e.at) for e in june.events}
+    for update in NOTICE_UPDATES:
+        assert update.replace(" ", "T") + ":00-05:00" in times, update
+    # Extended at the announced end, not before; Exchange back at 12:30 AM Sunday.
+    extends = [e for e in june.events if e.action == "window.extend"]
+    assert june.time(extends[0].at) == "2019-06-28T17:00:00-05:00"
+    assert extends[0].at_window_end
+    [end] = [e for e in june.events if e.action == "window.end"]
+    assert june.time(end.at) == "2019-06-30T00:30:00-05:00"
+    assert end.at - june.file.windows[0].end_ts == 31.5 * 3600  # the overrun
+
+
+def test_an_extension_may_come_at_the_planned_end_but_nothing_after() -> None:
+    loaded = scenario_from_dict(scenario(
+        {"at": "2019-06-26 23:00", "action": "window.extend", "window": "upgrade",
+         "until": "2019-06-27 02:00"}), "s.toml")
+    assert loaded.events[0].at_window_end
+    assert "has already ended" in error(scenario(
+        {"at": "2019-06-26 23:00", "action": "window.end", "window": "upgrade"}))
+    assert "has already ended" in error(scenario(
+        {"at": "2019-06-26 23:01", "action": "window.extend", "window": "upgrade",
+         "until": "2019-06-27 02:00"}))
 
 
 def test_local_times_take_the_scenario_zone() -> None:
