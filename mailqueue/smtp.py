@@ -12,7 +12,7 @@ import hashlib
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
 import structlog
@@ -21,7 +21,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from mailqueue import smtpdata
 from mailqueue.clock import Clock
 from mailqueue.config import SmtpConfig
-from mailqueue.errors import QueueError, QueueFullError
+from mailqueue.errors import QueueError, QueueFullError, QueueLostError
 from mailqueue.mailbox.router import Route, RouteError, Router
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, new_queue_id
@@ -336,7 +336,8 @@ class MailqueueHandler:
 
     def __init__(self, config: SmtpConfig, router: Router, windows: Callable[[], WindowSet],
                  committer: GroupCommitter, capacity: Capacity, clock: Clock,
-                 on_accepted: Callable[[NewMessage], None] | None = None) -> None:
+                 on_accepted: Callable[[NewMessage], None] | None = None,
+                 queue_lost: Callable[[], Awaitable[str | None]] | None = None) -> None:
         self.config = config
         self.router = router
         self.windows = windows
@@ -344,6 +345,8 @@ class MailqueueHandler:
         self.capacity = capacity
         self.clock = clock
         self.on_accepted = on_accepted
+        # Why the queue's file is lost, if it is (see mailqueue.queue.queuefile).
+        self.queue_lost = queue_lost
         self.on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
@@ -352,6 +355,9 @@ class MailqueueHandler:
         # non-empty mail_from to allow RCPT, so it is kept as "<>" until DATA.
         if address != NULL_SENDER and not _plausible_address(address):
             return "553 5.1.7 Malformed sender address"
+        # A lost queue file refuses every commit: say so before the message is sent.
+        if self.queue_lost is not None and await self.queue_lost() is not None:
+            return "451 4.3.0 Temporary queue failure, try again later"
         if self.capacity.full(_declared_size(mail_options)):
             log.warning("queue_full", messages=self.capacity.messages, bytes=self.capacity.bytes)
             return "452 4.3.1 Queue full, try again later"
@@ -406,6 +412,10 @@ class MailqueueHandler:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
             self.capacity.storage_full()
             return "452 4.3.1 Insufficient system storage, try again later"
+        except QueueLostError as exc:  # logged once, as queue_file_lost
+            log.warning("message_not_queued", error=str(exc),
+                        recipients=len(message.recipients))
+            return "451 4.3.0 Temporary queue failure, try again later"
         except QueueError as exc:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
             return "451 4.3.0 Temporary queue failure, try again later"
