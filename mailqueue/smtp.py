@@ -202,7 +202,23 @@ class MailqueueSMTP(SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
+        session = self._handler_coroutine
         super().connection_made(transport)
+        if self._handler_coroutine is not session and self._handler_coroutine is not None:
+            self._handler_coroutine.add_done_callback(self._session_ended)
+
+    def _session_ended(self, _task: asyncio.Task[None]) -> None:
+        """The session's task is over, however it ended: close its connection, so that
+        ``connection_lost`` follows and gives the slot back.
+
+        aiosmtpd closes the connection where the task ends at a command, but not where it
+        ends before its first step, nor during the greeting. uvloop delivers a connection
+        and its end of file in one pass of the loop: a client that connects and closes at
+        once (a load balancer's TCP check, a port scan) has its task cancelled (by
+        ``eof_received``) before it ever ran, and the half-closed transport stayed open
+        until the idle timeout, holding the address's slot and holding up a stop."""
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted_ip is not None:
