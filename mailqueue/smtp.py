@@ -321,8 +321,19 @@ class MailqueueSMTP(SMTP):
         if not await self._junk_refused():
             await super().smtp_EXPN(arg)
 
+    def data_received(self, data: bytes) -> None:
+        """Every chunk the client sends restarts the idle timeout: idle means no bytes.
+
+        aiosmtpd restarts it only when a whole command line has arrived, so a client on a
+        slow line was cut off with 421 in the middle of a long command or of a message it
+        was still sending (DATA is one command, however long it takes)."""
+        if self._admitted_ip is not None:  # a refused connection has no session to time
+            self._reset_timeout()
+        super().data_received(data)
+
     def _reset_timeout(self, duration: float | None = None) -> None:
-        """Push the idle deadline back (aiosmtpd calls this after every command).
+        """Push the idle deadline back (on every chunk received, and aiosmtpd calls it
+        after every command).
 
         aiosmtpd cancels its timer and schedules a new one each time: four or five timer
         handles a message, about 7% of the event loop's time under load. Here the
