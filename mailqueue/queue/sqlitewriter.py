@@ -236,8 +236,9 @@ class SqliteWriter:
         frames the PASSIVE one left and waits for readers to leave the WAL (for at most
         RESTART_WAIT_MS; then it gives up, as PASSIVE would): 14-38 ms, four times in a
         drain of 30,000 messages, against a WAL that now stays under 73 MiB. A failure
-        only leaves the WAL longer; the next checkpoint tries again. None while the queue's
-        file is lost: its connection would make a new database at the path."""
+        only leaves the WAL longer; the next checkpoint tries again. While the queue's file
+        is lost it does nothing: a connection opened then would make a new, empty database
+        at the path."""
         try:
             if self._file is not None and self._file.lost is not None:
                 return

@@ -21,7 +21,8 @@ import pytest
 import pytest_asyncio
 
 from tests.drills.harness import Server
-from tests.helpers import wait_for
+from tests.helpers import opened_store, wait_for
+from tests.integration.test_sqlite_writer import batch
 from tests.served import free_port
 from tests.smtpraw import RawSmtp
 
@@ -212,3 +213,14 @@ async def test_a_queue_file_moved_back_is_found_again(
               if e["event"] in ("queue_file_lost", "queue_file_found")]
     assert events == ["queue_file_lost", "queue_file_found"]
     assert [e["event"] for e in served.errors()] == ["queue_file_lost"]
+
+
+@pytest.mark.parametrize("where", ["postgresql", "sqlite in memory"])
+async def test_a_queue_without_a_file_has_nothing_to_lose(where: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url") if where == "postgresql" \
+        else "sqlite+aiosqlite:///:memory:"
+    async with opened_store(url) as store:
+        assert await store.file_lost() is None
+        await store.enqueue(batch(3))
+        assert (await store.stats()).messages_total == 3
