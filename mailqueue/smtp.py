@@ -202,9 +202,9 @@ class MailqueueSMTP(SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
-        session = self._handler_coroutine
+        before = self._handler_coroutine  # a STARTTLS handshake keeps the session's task
         super().connection_made(transport)
-        if self._handler_coroutine is not session and self._handler_coroutine is not None:
+        if self._handler_coroutine is not before and self._handler_coroutine is not None:
             self._handler_coroutine.add_done_callback(self._session_ended)
 
     def _session_ended(self, _task: asyncio.Task[None]) -> None:
@@ -215,8 +215,9 @@ class MailqueueSMTP(SMTP):
         ends before its first step, nor during the greeting. uvloop delivers a connection
         and its end of file in one pass of the loop: a client that connects and closes at
         once (a load balancer's TCP check, a port scan) has its task cancelled (by
-        ``eof_received``) before it ever ran, and the half-closed transport stayed open
-        until the idle timeout, holding the address's slot and holding up a stop."""
+        ``eof_received``) before it runs at all. Without this, the half-closed transport
+        would stay open until the idle timeout, holding the address's slot and a stop's
+        drain."""
         if self.transport is not None:
             self.transport.close()
 
@@ -324,9 +325,9 @@ class MailqueueSMTP(SMTP):
     def data_received(self, data: bytes) -> None:
         """Every chunk the client sends restarts the idle timeout: idle means no bytes.
 
-        aiosmtpd restarts it only when a whole command line has arrived, so a client on a
-        slow line was cut off with 421 in the middle of a long command or of a message it
-        was still sending (DATA is one command, however long it takes)."""
+        aiosmtpd restarts it only when a whole command line has arrived, which would cut a
+        client on a slow line off with 421 in the middle of a long command or of a message
+        it is still sending (DATA is one command, however long it takes)."""
         if self._admitted_ip is not None:  # a refused connection has no session to time
             self._reset_timeout()
         super().data_received(data)
