@@ -193,7 +193,8 @@ class MailqueueApp:
     async def _start_smtp(self) -> asyncio.Server:
         handler = MailqueueHandler(self.config.smtp, Router(self.config.stores),
                                    self.control.current, self.committer, self.capacity,
-                                   self.clock, on_accepted=self._accepted)
+                                   self.clock, on_accepted=self._accepted,
+                                   queue_lost=getattr(self.queue, "file_lost", None))
         handler.on_reply = self.metrics.observe_reply
         server = await start_server(handler, self.gate, self.config.smtp)
         self.smtp_server = server

@@ -10,6 +10,7 @@ carries a message that says what to fix::
     ├── NodeError            a name that is not one of the configured mailbox nodes
     ├── QueueError           the durable queue failed (wraps database errors)
     │   ├── QueueFullError   the queue is at its configured capacity, or its disk is full
+    │   ├── QueueLostError   the queue file is no longer the one at its path (deleted, replaced)
     │   └── SchemaError      the queue database's schema is not at this version's revision
     ├── UnknownQueueIdError  a queue id does not exist
     └── DeliveryError        a mailbox store could not take a message
@@ -46,6 +47,12 @@ class QueueError(MailqueueError):
 
 class QueueFullError(QueueError):
     """The queue holds its configured maximum of messages or bytes, or has no disk space."""
+
+
+class QueueLostError(QueueError):
+    """The SQLite file the queue has open is no longer the one at its path: deleted,
+    replaced by another file, or its directory is gone. What is written into it now is
+    lost at the next start, so nothing is acknowledged until the file is back."""
 
 
 class SchemaError(QueueError):

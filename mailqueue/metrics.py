@@ -46,7 +46,8 @@ class Metrics:
         self.oldest = Gauge("mailqueue_oldest_message_age_seconds", "Age of the oldest "
                             "message not yet done (0 when the queue is empty).", registry=r)
         self.queue_up = Gauge("mailqueue_queue_up", "1 if the queue database answered the "
-                              "last scrape.", registry=r)
+                              "last scrape (0 also while an SQLite queue's file is not the "
+                              "one at its path).", registry=r)
         self.window = StateSet("mailqueue_window_state", "Each window's current state.",
                                ["window"], states=[s.value for s in WindowState], registry=r)
 

@@ -12,7 +12,7 @@ import hashlib
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
 import structlog
@@ -21,7 +21,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from mailqueue import smtpdata
 from mailqueue.clock import Clock
 from mailqueue.config import SmtpConfig
-from mailqueue.errors import QueueError, QueueFullError
+from mailqueue.errors import QueueError, QueueFullError, QueueLostError
 from mailqueue.mailbox.router import Route, RouteError, Router
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.models import NewMessage, new_queue_id
@@ -202,7 +202,24 @@ class MailqueueSMTP(SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
+        before = self._handler_coroutine  # a STARTTLS handshake keeps the session's task
         super().connection_made(transport)
+        if self._handler_coroutine is not before and self._handler_coroutine is not None:
+            self._handler_coroutine.add_done_callback(self._session_ended)
+
+    def _session_ended(self, _task: asyncio.Task[None]) -> None:
+        """The session's task is over, however it ended: close its connection, so that
+        ``connection_lost`` follows and gives the slot back.
+
+        aiosmtpd closes the connection where the task ends at a command, but not where it
+        ends before its first step, nor during the greeting. uvloop delivers a connection
+        and its end of file in one pass of the loop: a client that connects and closes at
+        once (a load balancer's TCP check, a port scan) has its task cancelled (by
+        ``eof_received``) before it runs at all. Without this, the half-closed transport
+        would stay open until the idle timeout, holding the address's slot and a stop's
+        drain."""
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted_ip is not None:
@@ -305,8 +322,19 @@ class MailqueueSMTP(SMTP):
         if not await self._junk_refused():
             await super().smtp_EXPN(arg)
 
+    def data_received(self, data: bytes) -> None:
+        """Every chunk the client sends restarts the idle timeout: idle means no bytes.
+
+        aiosmtpd restarts it only when a whole command line has arrived, which would cut a
+        client on a slow line off with 421 in the middle of a long command or of a message
+        it is still sending (DATA is one command, however long it takes)."""
+        if self._admitted_ip is not None:  # a refused connection has no session to time
+            self._reset_timeout()
+        super().data_received(data)
+
     def _reset_timeout(self, duration: float | None = None) -> None:
-        """Push the idle deadline back (aiosmtpd calls this after every command).
+        """Push the idle deadline back (on every chunk received, and aiosmtpd calls it
+        after every command).
 
         aiosmtpd cancels its timer and schedules a new one each time: four or five timer
         handles a message, about 7% of the event loop's time under load. Here the
@@ -336,7 +364,8 @@ class MailqueueHandler:
 
     def __init__(self, config: SmtpConfig, router: Router, windows: Callable[[], WindowSet],
                  committer: GroupCommitter, capacity: Capacity, clock: Clock,
-                 on_accepted: Callable[[NewMessage], None] | None = None) -> None:
+                 on_accepted: Callable[[NewMessage], None] | None = None,
+                 queue_lost: Callable[[], Awaitable[str | None]] | None = None) -> None:
         self.config = config
         self.router = router
         self.windows = windows
@@ -344,6 +373,8 @@ class MailqueueHandler:
         self.capacity = capacity
         self.clock = clock
         self.on_accepted = on_accepted
+        # Why the queue's file is lost, if it is (see mailqueue.queue.queuefile).
+        self.queue_lost = queue_lost
         self.on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
@@ -352,6 +383,9 @@ class MailqueueHandler:
         # non-empty mail_from to allow RCPT, so it is kept as "<>" until DATA.
         if address != NULL_SENDER and not _plausible_address(address):
             return "553 5.1.7 Malformed sender address"
+        # A lost queue file refuses every commit: say so before the message is sent.
+        if self.queue_lost is not None and await self.queue_lost() is not None:
+            return "451 4.3.0 Temporary queue failure, try again later"
         if self.capacity.full(_declared_size(mail_options)):
             log.warning("queue_full", messages=self.capacity.messages, bytes=self.capacity.bytes)
             return "452 4.3.1 Queue full, try again later"
@@ -406,6 +440,10 @@ class MailqueueHandler:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
             self.capacity.storage_full()
             return "452 4.3.1 Insufficient system storage, try again later"
+        except QueueLostError as exc:  # logged once, as queue_file_lost
+            log.warning("message_not_queued", error=str(exc),
+                        recipients=len(message.recipients))
+            return "451 4.3.0 Temporary queue failure, try again later"
         except QueueError as exc:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
             return "451 4.3.0 Temporary queue failure, try again later"

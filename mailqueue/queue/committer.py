@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from mailqueue import faults, loops
-from mailqueue.errors import QueueError
+from mailqueue.errors import QueueError, QueueLostError
 from mailqueue.queue.models import MessageQueue, NewMessage
 
 log = structlog.get_logger("mailqueue.queue")
@@ -206,6 +206,8 @@ class GroupCommitter:
         if error is None:
             self.commits += 1
             self.committed += len(batch)
+        elif isinstance(error, QueueLostError):  # logged once, as queue_file_lost
+            log.warning("queue_commit_refused", messages=len(batch), error=str(error))
         else:
             log.error("queue_commit_failed", messages=len(batch), error=str(error))
             if not isinstance(error, QueueError):

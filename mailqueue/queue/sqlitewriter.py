@@ -33,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mailqueue import faults, loops
 from mailqueue.errors import QueueError
 from mailqueue.queue.dberrors import database_error
+from mailqueue.queue.queuefile import QueueFile
 from mailqueue.queue.schema import messages, recipients
 
 log = structlog.get_logger("mailqueue.queue")
@@ -81,10 +82,13 @@ class SqliteWriter:
     """
 
     def __init__(self, url: str, busy_timeout: float = 30.0,
-                 instrument: Callable[[Engine], None] | None = None) -> None:
+                 instrument: Callable[[Engine], None] | None = None,
+                 file: QueueFile | None = None) -> None:
         self._url = make_url(url).set(drivername="sqlite")
         self._busy_timeout = busy_timeout
         self._instrument = instrument
+        # The queue's file, checked after every commit (None: not checked).
+        self._file = file
         self._engine: Engine | None = None
         # The writer's own connection (a pool entry held for the writer's life) and the
         # lock that keeps its transactions one at a time (the committer's thread and
@@ -152,7 +156,15 @@ class SqliteWriter:
 
     def write_blocking(self, message_rows: list[dict[str, Any]],
                        recipient_rows: list[dict[str, Any]]) -> None:
-        """:meth:`write` for a thread of the caller's own (the group committer's)."""
+        """:meth:`write` for a thread of the caller's own (the group committer's).
+
+        Raises :class:`QueueLostError` when the queue's file is not at its path: before
+        the transaction if it was lost at the last check (and still is), and after the
+        COMMIT if it is lost now, since a commit into that file does not survive a
+        restart."""
+        file = self._file
+        if file is not None and file.lost is not None:
+            file.verify()  # lost at the last check: write nothing into it unless it is back
         with self._driver_connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -165,8 +177,10 @@ class SqliteWriter:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
-        # Committed: from here on nothing may turn the batch into a failure (its sessions
-        # would resend mail that is queued already).
+        if file is not None:
+            file.verify()
+        # Committed into the queue's file: from here on nothing may turn the batch into a
+        # failure (its sessions would resend mail that is queued already).
         try:
             self.wrote(sum(row["size"] + _ROW_OVERHEAD for row in message_rows))
         except RuntimeError as exc:  # the checkpoint thread is shutting down
@@ -182,6 +196,9 @@ class SqliteWriter:
                 raise QueueError("queue writer is not open")
             try:
                 if self._connection is None:
+                    # SQLite would make a new, empty database where the file is missing.
+                    if self._file is not None:
+                        self._file.verify()
                     self._connection = self._engine.raw_connection()
                 yield self._connection.driver_connection
             except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
@@ -219,10 +236,16 @@ class SqliteWriter:
         frames the PASSIVE one left and waits for readers to leave the WAL (for at most
         RESTART_WAIT_MS; then it gives up, as PASSIVE would): 14-38 ms, four times in a
         drain of 30,000 messages, against a WAL that now stays under 73 MiB. A failure
-        only leaves the WAL longer; the next checkpoint tries again."""
+        only leaves the WAL longer; the next checkpoint tries again. While the queue's file
+        is lost it does nothing: a connection opened then would make a new, empty database
+        at the path."""
         try:
+            if self._file is not None and self._file.lost is not None:
+                return
             if self._checkpoint_conn is None:
                 assert self._engine is not None
+                if self._file is not None:
+                    self._file.verify()
                 self._checkpoint_conn = self._engine.raw_connection()
             conn = self._checkpoint_conn.driver_connection
             _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -233,7 +256,7 @@ class SqliteWriter:
                     conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                 finally:
                     conn.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
-        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        except (SQLAlchemyError, sqlite3.Error, OSError, QueueError) as exc:
             log.warning("queue_checkpoint_failed", error=str(exc))
         finally:
             self._checkpoint_running.clear()

@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailqueue import logs
-from mailqueue.errors import QueueError, SchemaError
+from mailqueue.errors import QueueError, QueueLostError, SchemaError
 from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue import migrate, postgres
 from mailqueue.queue.admin import EventKind
@@ -52,6 +52,7 @@ from mailqueue.queue.models import (
     RecipientState,
     Settlement,
 )
+from mailqueue.queue.queuefile import QueueFile
 from mailqueue.queue.schema import messages, nodes, recipients, windows
 from mailqueue.queue.sqladmin import (
     SqlAdminMixin,
@@ -96,6 +97,8 @@ class SqlQueueStore(SqlAdminMixin):
         self._writer_process_wanted = writer_process and self._threaded_writer
         self._writer_cpus = writer_cpus
         self._writer_process: WriterProcess | None = None
+        # An SQLite file's identity, pinned at open: see mailqueue.queue.queuefile.
+        self._file: QueueFile | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -125,14 +128,20 @@ class SqlQueueStore(SqlAdminMixin):
         if not found:
             await self.close()
             raise QueueError(self._no_tables())
+        database = make_url(self.url).database
+        if self._sqlite and database and database != ":memory:" and \
+                not database.startswith("file:"):
+            self._file = await asyncio.to_thread(QueueFile.pin, database)
         if self._threaded_writer:
-            self._writer = SqliteWriter(self.url, self._busy_timeout, self._instrument)
+            self._writer = SqliteWriter(self.url, self._busy_timeout, self._instrument,
+                                        file=self._file)
             self._writer.open()
         if self._writer_process_wanted:
             # Known to close() before it starts: a start that fails, or an open cancelled
             # while the child starts, leaves no child behind.
-            self._writer_process = WriterProcess(self.url, self._busy_timeout,
-                                                 self._writer_cpus, *logs.settings())
+            self._writer_process = WriterProcess(
+                self.url, self._busy_timeout, self._writer_cpus, *logs.settings(),
+                identity=self._file.identity if self._file is not None else None)
             try:
                 await asyncio.to_thread(self._writer_process.start)
             except BaseException:
@@ -195,6 +204,18 @@ class SqlQueueStore(SqlAdminMixin):
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        self._file = None
+
+    async def file_lost(self) -> str | None:
+        """Why the queue's file is not the one it opened at its path any more (deleted,
+        replaced, its directory gone), as last checked; None while it is, and always for a
+        queue without a file (PostgreSQL, an in-memory SQLite)."""
+        return None if self._file is None else await self._file.current()
+
+    async def _check_file(self) -> None:
+        problem = await self.file_lost()
+        if problem is not None:
+            raise QueueLostError(problem)
 
     @property
     def safe_url(self) -> str:
@@ -236,6 +257,9 @@ class SqlQueueStore(SqlAdminMixin):
     async def _tx(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
         if self._engine is None:
             raise QueueError("queue is not open")
+        # A file no longer at its path: claims, settles and reads (readiness, metrics)
+        # fail as a database that does not answer would, instead of using the orphan.
+        await self._check_file()
         # SQLite has one writer at a time: this process's writers queue in FIFO order here
         # instead of polling the busy handler, whose sleeps starve some writers under load.
         turn = self._write_turn if write and self._sqlite else contextlib.nullcontext()
@@ -265,7 +289,15 @@ class SqlQueueStore(SqlAdminMixin):
         if not batch:
             return
         if self._writer_process is not None:
-            await self._writer_process.write(message_rows(batch), recipient_rows(batch))
+            await self._check_file()
+            try:
+                await self._writer_process.write(message_rows(batch), recipient_rows(batch))
+            except QueueLostError as exc:  # the child checked after its commit
+                if self._file is not None:
+                    self._file.observe(str(exc))
+                raise
+            if self._file is not None:
+                self._file.observe(None)
             return
         if self._writer is not None:
             await self._writer.write(message_rows(batch), recipient_rows(batch))
@@ -274,6 +306,8 @@ class SqlQueueStore(SqlAdminMixin):
             await insert_messages(conn, batch)
             if not self._sqlite:
                 await postgres.notify(conn, postgres.QUEUE_CHANNEL)
+        if self._file is not None:  # committed: into the file at the path?
+            await asyncio.to_thread(self._file.verify)
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
                     lease_until: float, max_bytes: int = 0) -> list[Claim]:

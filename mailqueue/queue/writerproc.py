@@ -16,6 +16,10 @@ Measured on two cores with the server on one (``benchmarks/checkout_ab.py``, uvl
 from the committer's thread instead (blocking sends and receives) kept the thread's hand-overs
 of the GIL in the loop's way: on asyncio it was slower than no child at all.
 
+After each commit the child checks that the queue's file is still the one the server
+opened (:mod:`mailqueue.queue.queuefile`) and reports a file that is not: the batch gets a
+451, and the server logs the loss.
+
 A child that dies (killed, out of memory) fails the batch it held as a 451: its commit may
 or may not have happened, so the sessions resend and no false 250 is given. The next batch
 starts a new child. The child ignores SIGINT and SIGTERM, which a terminal or a service
@@ -41,7 +45,8 @@ from typing import Any
 import structlog
 
 from mailqueue import faults
-from mailqueue.errors import QueueError, QueueFullError
+from mailqueue.errors import QueueError, QueueFullError, QueueLostError
+from mailqueue.queue.queuefile import FileId, QueueFile, format_id, parse_id
 
 log = structlog.get_logger("mailqueue.queue")
 
@@ -52,15 +57,21 @@ STOP_TIMEOUT = 30.0
 
 _READY = "ready"
 _FULL = "full"
+_LOST = "lost"
 _ERROR = "error"
+_ERRORS: dict[str, type[QueueError]] = {_FULL: QueueFullError, _LOST: QueueLostError}
 
 
 class WriterProcess:
     """The server's end: :meth:`write`, awaited by the group committer's task."""
 
     def __init__(self, url: str, busy_timeout: float, cpus: Sequence[int] | None,
-                 log_format: str = "json", log_level: str = "info") -> None:
+                 log_format: str = "json", log_level: str = "info", *,
+                 identity: FileId | None = None) -> None:
         self._url = url
+        # The queue file's identity when the server opened it: the child checks its path
+        # against it after every commit (see mailqueue.queue.queuefile).
+        self._identity = identity
         self._busy_timeout = busy_timeout
         self._cpus = tuple(cpus) if cpus else None
         self._log = (log_format, log_level)
@@ -84,7 +95,8 @@ class WriterProcess:
         # module that is already imported.
         cmd = [sys.executable, "-c", _CHILD, str(theirs.fileno()),
                self._url, repr(self._busy_timeout),
-               ",".join(map(str, self._cpus)) if self._cpus else "", *self._log]
+               ",".join(map(str, self._cpus)) if self._cpus else "", *self._log,
+               format_id(self._identity)]
         # An armed fault point (MAILQUEUE_FAULTS) fires once per server, as in the server
         # itself: the children started after the first do not inherit it.
         env = None if not self._starts else {
@@ -113,7 +125,9 @@ class WriterProcess:
                              f"{code}); its log says why") from exc
         if reply != _READY:
             self._reap_blocking()
-            raise QueueError(reply[1] if isinstance(reply, tuple) else str(reply))
+            if isinstance(reply, tuple):
+                raise _ERRORS.get(reply[0], QueueError)(reply[1])
+            raise QueueError(str(reply))
         if self._closed:  # closed while this thread was starting it
             self._reap_blocking()
             raise QueueError("queue writer is not open")
@@ -157,7 +171,7 @@ class WriterProcess:
         if reply is None:
             return
         kind, text = reply
-        raise (QueueFullError if kind == _FULL else QueueError)(text)
+        raise _ERRORS.get(kind, QueueError)(text)
 
     async def close(self) -> None:
         """Let the child finish its commit and end; kill it past STOP_TIMEOUT."""
@@ -261,13 +275,24 @@ def child_cpus(writer_cpus: Sequence[int] | None, server_cpus: Sequence[int] | N
 
 # --- the child ---------------------------------------------------------------------------
 
-def _serve(sock: socket.socket, url: str, busy_timeout: float) -> None:
+def _serve(sock: socket.socket, url: str, busy_timeout: float,
+           identity: FileId | None) -> None:
+    from sqlalchemy.engine import make_url
+
     from mailqueue.queue.sqlitewriter import SqliteWriter
 
-    writer = SqliteWriter(url, busy_timeout)
+    # The server logs a lost file; this process only reports it.
+    database = make_url(url).database
+    file = QueueFile(database, identity, announce=False) \
+        if identity is not None and database else None
+    writer = SqliteWriter(url, busy_timeout, file=file)
     try:
         writer.open()
         writer.connect()
+    except QueueLostError as exc:
+        with contextlib.suppress(OSError):
+            sock.sendall(_frame((_LOST, str(exc))))
+        return
     except Exception as exc:  # told to the parent, which raises it
         with contextlib.suppress(OSError):
             sock.sendall(_frame((_ERROR, f"cannot open the queue in the writer process: "
@@ -289,6 +314,8 @@ def _serve(sock: socket.socket, url: str, busy_timeout: float) -> None:
                 writer.write_blocking(*batch)
             except QueueFullError as exc:
                 reply: tuple[str, str] | None = (_FULL, str(exc))
+            except QueueLostError as exc:
+                reply = (_LOST, str(exc))
             except QueueError as exc:
                 reply = (_ERROR, str(exc))
             except Exception as exc:  # a 451 for the batch, not a dead child
@@ -314,7 +341,7 @@ def _close(writer: Any) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    fd, url, busy, cpus, log_format, log_level = argv
+    fd, url, busy, cpus, log_format, log_level, identity = argv
     # A terminal's Ctrl-C and a service manager's SIGTERM reach the whole process group;
     # the server decides when this process ends, by closing the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -332,7 +359,7 @@ def main(argv: Sequence[str]) -> int:
             log.warning("queue_writer_cpus_ignored", cpus=cpus, error=str(exc))
     sock = socket.socket(fileno=int(fd))
     try:
-        _serve(sock, url, float(busy))
+        _serve(sock, url, float(busy), parse_id(identity))
     finally:
         sock.close()
     return 0
