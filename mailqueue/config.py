@@ -135,44 +135,67 @@ class ConfigModel(BaseModel):
 class SmtpConfig(ConfigModel):
     """The SMTP front end."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(2525, ge=0, le=65535)
-    hostname: str = "mailqueue.localdomain"
-    max_message_size: Size = 10 * 1024 * 1024
-    max_recipients: int = Field(100, ge=1)
-    max_connections: int = Field(500, ge=1)
-    max_connections_per_ip: int = Field(100, ge=1)
-    timeout: PositiveDuration = 300.0
-    # How long in-flight sessions and deliveries get at SIGTERM (at most 100 years, as
-    # every duration; "1d" waits for practically every session).
-    shutdown_grace: Duration = 10.0
+    host: str = Field("127.0.0.1", description="Address the SMTP listener binds.")
+    port: int = Field(2525, ge=0, le=65535,
+                      description="Port the SMTP listener binds (0: any free port).")
+    hostname: str = Field("mailqueue.localdomain", description="Name in the greeting, in "
+                          "`Received:` headers and in Maildir file names.")
+    max_message_size: Size = Field(10 * 1024 * 1024, description="Advertised `SIZE`; "
+                                   "larger messages get `552 5.3.4` (0: no limit).")
+    max_recipients: int = Field(100, ge=1, description="Recipients per message; more get "
+                                "`452 4.5.3`.")
+    max_connections: int = Field(500, ge=1, description="Open sessions in all; more get "
+                                 "`421 4.7.0` at connect.")
+    max_connections_per_ip: int = Field(100, ge=1, description="Open sessions per client "
+                                        "address; more get `421 4.7.0` at connect.")
+    timeout: PositiveDuration = Field(300.0, description="How long a client may send "
+                                      "nothing before `421 4.4.2 Idle timeout`; every byte "
+                                      "received restarts it, also inside a message.")
+    shutdown_grace: Duration = Field(10.0, description="How long in-flight sessions and "
+                                     "deliveries get at SIGTERM before they are closed "
+                                     "(`\"1d\"` waits for practically every session).")
 
 
 class RetryConfig(ConfigModel):
     """Backoff for temporary delivery failures."""
 
-    initial_delay: PositiveDuration = 60.0
-    multiplier: float = Field(2.0, ge=1.0)
-    max_delay: PositiveDuration = 3600.0
-    jitter: float = Field(0.1, ge=0.0, le=1.0)
+    initial_delay: PositiveDuration = Field(60.0, description="Wait after the first "
+                                            "failed attempt.")
+    multiplier: float = Field(2.0, ge=1.0, description="Each further failure waits this "
+                              "many times longer: `initial_delay * multiplier^(n-1)`.")
+    max_delay: PositiveDuration = Field(3600.0, description="The longest wait between "
+                                        "attempts.")
+    jitter: float = Field(0.1, ge=0.0, le=1.0, description="Each wait is spread by ± this "
+                          "share, so a store coming back is not hit all at once.")
 
 
 class QueueConfig(ConfigModel):
     """The durable queue."""
 
-    url: str = DEFAULT_URL
-    max_messages: int = Field(1_000_000, ge=1)
-    max_bytes: Annotated[Size, Field(ge=1)] = 10 * 1024**3
-    max_lifetime: Duration = 5 * 86400.0  # 0: try once, then bounce (as Postfix's)
-    window_time_counts: bool = False
-    delay_warning: Duration = 0.0  # 0: off; else warn a local sender once after this long
-    retry: RetryConfig = RetryConfig()
-    commit_batch: int = Field(256, ge=1)
-    # Where the group commit's transaction runs (SQLite files): "thread", a thread of the
-    # server's own; "process", a child process on writer_cpus (README, Performance).
-    writer: Literal["thread", "process"] = "thread"
-    # The child's CPUs; None: those [server] cpus leaves free (all when it names them all).
-    writer_cpus: CpuSet = None
+    url: str = Field(DEFAULT_URL, description="SQLAlchemy URL of the queue: "
+                     "`sqlite+aiosqlite:///PATH` (three slashes before a relative path, "
+                     "four before an absolute one) or `postgresql+asyncpg://USER@HOST/DB`.")
+    max_messages: int = Field(1_000_000, ge=1, description="Messages not yet done the "
+                              "queue holds; beyond it new mail gets `452 4.3.1`.")
+    max_bytes: Annotated[Size, Field(ge=1)] = Field(
+        10 * 1024**3, description="Bytes of messages not yet done the queue holds; beyond "
+        "it new mail gets `452 4.3.1`.")
+    max_lifetime: Duration = Field(5 * 86400.0, description="A recipient still failing "
+                                   "after this long bounces (0: try once, then bounce).")
+    window_time_counts: bool = Field(False, description="Whether time a recipient's store "
+                                     "spends inside a window counts against `max_lifetime`.")
+    delay_warning: Duration = Field(0.0, description="After this long, a local sender gets "
+                                    "one delay notice per message (0: off).")
+    retry: RetryConfig = Field(RetryConfig(), description="Backoff after temporary "
+                               "delivery failures.")
+    commit_batch: int = Field(256, ge=1, description="Most messages one group commit "
+                              "takes.")
+    writer: Literal["thread", "process"] = Field(
+        "thread", description="Where an SQLite file queue's group commit runs: a thread of "
+        "the server's, or a child process of its own on the CPUs `writer_cpus` names.")
+    writer_cpus: CpuSet = Field(None, description="With `writer = \"process\"`: the CPUs "
+                                "the child runs on (default: those `[server] cpus` leaves "
+                                "free).")
 
     @model_validator(mode="after")
     def _writer_fits(self) -> QueueConfig:
@@ -200,25 +223,38 @@ class QueueConfig(ConfigModel):
 class DeliveryConfig(ConfigModel):
     """The delivery worker."""
 
-    batch_size: int = Field(250, ge=1)
-    # A claim also stops at this many bytes of bodies (0: no limit): a lane holds them.
-    batch_bytes: Size = 64 * 1024 * 1024
-    concurrency: int = Field(4, ge=1, le=64)
-    lease: PositiveDuration = 300.0
-    poll_interval: PositiveDuration = 1.0
-    reclaim_interval: PositiveDuration = 30.0
-    ramp: Duration = 0.0  # after a window ends, delivery rises to full over this long
-    ramp_from: float = Field(0.1, gt=0.0, le=1.0)  # the share of full speed it starts at
-    max_rate: float = Field(0.0, ge=0.0)  # recipients per clock hour at full speed; 0: no cap
+    batch_size: int = Field(250, ge=1, description="Recipients one claim takes.")
+    batch_bytes: Size = Field(64 * 1024 * 1024, description="A claim also stops before its "
+                              "bodies pass this size (one recipient is claimed however "
+                              "large; 0: no limit); `concurrency` x `batch_bytes` bounds "
+                              "the bodies in memory.")
+    concurrency: int = Field(4, ge=1, le=64, description="Delivery lanes, each claiming and "
+                             "writing its own batch.")
+    lease: PositiveDuration = Field(300.0, description="How long a claim is held before it "
+                                    "returns to the queue.")
+    poll_interval: PositiveDuration = Field(1.0, description="Fallback poll; new mail, "
+                                            "window and node changes wake the worker at "
+                                            "once.")
+    reclaim_interval: PositiveDuration = Field(30.0, description="How often expired leases "
+                                               "are returned and lifetimes checked.")
+    ramp: Duration = Field(0.0, description="After a window ends, delivery rises from "
+                           "`ramp_from` to full speed over this long (0: no ramp).")
+    ramp_from: float = Field(0.1, gt=0.0, le=1.0, description="The share of full speed a "
+                             "ramp starts at.")
+    max_rate: float = Field(0.0, ge=0.0, description="Recipients per clock hour at full "
+                            "speed (0: no cap; a ramp then limits the lanes instead).")
 
 
 class AdminConfig(ConfigModel):
     """The admin HTTP endpoint: metrics, health, mailbox access (off unless configured)."""
 
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(8025, ge=0, le=65535)
-    token: str | None = None
+    enabled: bool = Field(True, description="Serve the endpoint (the section being "
+                          "present turns it on).")
+    host: str = Field("127.0.0.1", description="Address the endpoint binds; anything but "
+                      "loopback needs a `token`.")
+    port: int = Field(8025, ge=0, le=65535, description="Port the endpoint binds.")
+    token: str | None = Field(None, description="When set, every path but the health checks "
+                              "needs `Authorization: Bearer TOKEN`.")
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AdminConfig:
@@ -240,24 +276,31 @@ def _is_loopback(host: str) -> bool:
 class LoggingConfig(ConfigModel):
     """Structured logs on stderr."""
 
-    format: Literal["console", "json"] = "console"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = Field("console", description="`json` for one "
+                                               "object per line.")
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="The least severe events logged.")
 
 
 class StoreConfig(ConfigModel):
     """A mailbox store: Maildirs at ``{path}/{domain}/{local_part}/``."""
 
-    name: Name
-    kind: Literal["maildir"] = "maildir"
-    path: Annotated[Path, Field(strict=False)]  # relative: to the config file's directory
-    domains: list[str] = Field(min_length=1)
-    mailboxes: list[str] | None = None
-    # Threads writing this store's copies at once: each copy waits on its own fsync.
-    writers: int = Field(16, ge=1, le=256)
-    # Mailbox nodes the store is sharded over (NAME-1 .. NAME-N), each of which can be set
-    # down, slow or flaky at run time (``mailqueue node``); a mailbox's node is a stable
-    # hash of its address.
-    nodes: int = Field(1, ge=1, le=MAX_NODES, strict=True)
+    name: Name = Field(description="The store's name (letters, digits, `.`, `_`, `-`).")
+    kind: Literal["maildir"] = Field("maildir", description="How mail is stored.")
+    path: Annotated[Path, Field(strict=False)] = Field(
+        description="Root of the Maildirs: mail for `local@domain` lands in "
+        "`{path}/{domain}/{local}/new/`; relative to the config file's directory.")
+    domains: list[str] = Field(min_length=1, description="Domains this store serves; "
+                               "others get `550 5.7.1 Relay access denied`.")
+    mailboxes: list[str] | None = Field(None, description="The local parts that exist "
+                                        "(others get `550 5.1.1`); any is accepted when "
+                                        "absent.")
+    writers: int = Field(16, ge=1, le=256, description="Copies written at once, each "
+                         "waiting on its own fsync.")
+    nodes: int = Field(1, ge=1, le=MAX_NODES, strict=True, description="Mailbox nodes the "
+                       "store is sharded over (`NAME-1` … `NAME-N`), each of which can be "
+                       "set down, slow or flaky (`mailqueue node`); a mailbox's node is a "
+                       "stable hash of its address.")
 
     @field_validator("domains")
     @classmethod
@@ -281,12 +324,17 @@ class StoreConfig(ConfigModel):
 class WindowConfig(ConfigModel):
     """A planned maintenance window."""
 
-    name: Name
-    stores: list[str] | None = None  # absent: every store; never empty
-    start: str
-    end: str
-    timezone: Zone | None = None
-    inbound: Literal["queue", "tempfail", "reject"] = "queue"
+    name: Name = Field(description="The window's name.")
+    stores: list[str] | None = Field(None, description="Stores the window covers; leave it "
+                                     "out for every store (an empty list is an error).")
+    start: str = Field(description="Planned start: RFC 3339 with an offset, or a local time "
+                       "with `timezone`.")
+    end: str = Field(description="Planned end, as `start`.")
+    timezone: Zone | None = Field(None, description="IANA zone of local times "
+                                  "(`America/Chicago`); daylight saving is honoured.")
+    inbound: Literal["queue", "tempfail", "reject"] = Field(
+        "queue", description="New mail for a covered store while the window is active: "
+        "queued, `451 4.3.2`, or `554 5.3.2`.")
 
     @field_validator("stores", mode="before")
     @classmethod
@@ -319,8 +367,9 @@ class WindowConfig(ConfigModel):
 class ServerConfig(ConfigModel):
     """``[server]``: the ``mailqueue serve`` process."""
 
-    # CPUs the process (every one of its threads) may run on; None: wherever the OS likes.
-    cpus: CpuSet = None
+    cpus: CpuSet = Field(None, description="CPUs `mailqueue serve` and all its threads run "
+                         "on, as `taskset` lists them (`\"0\"`, `\"0,2\"`, `\"0-3\"`); "
+                         "unset: wherever the OS puts them.")
 
 
 class Config(ConfigModel):
