@@ -71,6 +71,9 @@ def build_report(*, hostname: str, queue_id: str, sender: str, received_at: floa
     for status in statuses:
         report += ["", *_recipient_block(status, retry_until)]
     headers_part, original = _original_part(original)
+    status_head = _text_part_head("message/delivery-status", report)
+    # RFC 6522: report-type names the subtype of the second part.
+    report_type = status_head[0].removeprefix("Content-Type: message/")
     head = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{sender}>",
@@ -79,7 +82,7 @@ def build_report(*, hostname: str, queue_id: str, sender: str, received_at: floa
         f"Message-ID: {message_id}",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        f'Content-Type: multipart/report; report-type={report_type}; boundary="{boundary}"',
         "",
         "This is a MIME-encapsulated message.",
         "",
@@ -90,7 +93,7 @@ def build_report(*, hostname: str, queue_id: str, sender: str, received_at: floa
         *human,
         "",
         f"--{boundary}",
-        *_text_part_head("message/delivery-status", report),
+        *status_head,
         "Content-Description: Delivery report",
         "",
         *report,
@@ -151,7 +154,9 @@ def _human_text(hostname: str, queue_id: str, statuses: Sequence[RecipientStatus
 
 
 def _recipient_block(status: RecipientStatus, retry_until: float | None) -> list[str]:
-    block = [f"Final-Recipient: rfc822; {status.address}",
+    # RFC 6533: an address that is not ASCII is of type utf-8.
+    kind = "rfc822" if status.address.isascii() else "utf-8"
+    block = [f"Final-Recipient: {kind}; {status.address}",
              f"Action: {status.action}",
              f"Status: {status.status}",
              f"Diagnostic-Code: X-Mailqueue; {one_line(status.diagnostic)}"]

@@ -131,6 +131,18 @@ def test_non_ascii_diagnostic_is_global_delivery_status() -> None:
     assert b"charset=utf-8" in text_head and "rejeté".encode() in text
     assert b"Content-Type: message/global-delivery-status" in status_head
     assert "Diagnostic-Code: X-Mailqueue; rejeté".encode() in status
+    # RFC 6522: the report type names the second part's subtype.
+    assert parse(data).get_param("report-type") == "global-delivery-status"
+    assert parse(_report(BODY)).get_param("report-type") == "delivery-status"
+
+
+def test_a_non_ascii_recipient_is_of_type_utf8() -> None:
+    data = build_report(hostname="mx.test", queue_id="Q1", sender="carol@exchange.example",
+                        received_at=T0, now=T0 + 10, message_id="<n@mx.test>",
+                        statuses=[RecipientStatus("jörg@b.example", "failed", "5.0.0", "no")],
+                        original=original_headers(BODY))
+    assert "Final-Recipient: utf-8; jörg@b.example".encode() in data
+    assert parse(data).get_param("report-type") == "global-delivery-status"
 
 
 def test_a_bounce_parser_finds_the_recipient_in_every_form() -> None:
