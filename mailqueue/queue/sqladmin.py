@@ -491,21 +491,18 @@ def _result(changes: Sequence[Change], left: Sequence[Change]) -> ActionResult:
 async def _mark_deleted(conn: AsyncConnection, queue_ids: Sequence[str],
                         now: float) -> list[tuple[int, Change]]:
     """Mark the queued and held recipients of ``queue_ids`` deleted; (recipient id, change)
-    for each. Only those: an active recipient is its worker's to settle, and the UPDATE
-    re-checks the state, so one claimed since the SELECT is skipped rather than taken."""
-    before = {r.id: r.state for r in await conn.execute(
-        select(recipients.c.id, recipients.c.state)
-        .where(recipients.c.queue_id.in_(queue_ids),
-               recipients.c.state.in_([_QUEUED, _HELD])))}
-    if not before:
-        return []
-    rows = await conn.execute(
-        update(recipients)
-        .where(recipients.c.queue_id.in_(queue_ids), recipients.c.state.in_([_QUEUED, _HELD]))
-        .values(state=_DELETED, settled_at=now)
-        .returning(recipients.c.id, recipients.c.queue_id, recipients.c.address))
-    return [(r.id, Change(r.queue_id, r.address, before.get(r.id, "?"), _DELETED))
-            for r in rows]
+    for each. Only those: an active recipient is its worker's to settle. One UPDATE per
+    state it leaves, each re-checking the state, so every change knows its state before and
+    a recipient claimed meanwhile is skipped rather than taken."""
+    marked: list[tuple[int, Change]] = []
+    for state in (_QUEUED, _HELD):
+        rows = await conn.execute(
+            update(recipients)
+            .where(recipients.c.queue_id.in_(queue_ids), recipients.c.state == state)
+            .values(state=_DELETED, settled_at=now)
+            .returning(recipients.c.id, recipients.c.queue_id, recipients.c.address))
+        marked += [(r.id, Change(r.queue_id, r.address, state, _DELETED)) for r in rows]
+    return marked
 
 
 async def _left_in_delivery(conn: AsyncConnection, queue_ids: Sequence[str],
