@@ -19,6 +19,7 @@ def render_stats(report: QueueReport, now: float, as_json: bool = False) -> str:
             "oldest_pending_seconds": oldest,
             "messages_total": report.accepted,
             "accepted": report.accepted,
+            "recipients_accepted": report.recipients_accepted,
             "delivered": report.delivered,
             "bounced": report.bounced,
             "deleted": report.deleted,
@@ -32,8 +33,9 @@ def render_stats(report: QueueReport, now: float, as_json: bool = False) -> str:
              f"messages pending: {report.messages_pending} ({report.bytes_pending} bytes); "
              f"accepted in all: {report.accepted}",
              f"oldest pending: {format_duration(oldest) if oldest is not None else '-'}",
-             f"totals: accepted={report.accepted} delivered={report.delivered} "
-             f"bounced={report.bounced} deleted={report.deleted}",
+             f"totals (recipients): accepted={report.recipients_accepted} "
+             f"delivered={report.delivered} bounced={report.bounced} "
+             f"deleted={report.deleted}",
              f"drain rate: {report.drain_rate:.2f} recipients/s "
              f"(delivered in the last {format_duration(report.recent_seconds)}: "
              f"{report.delivered_recent})"]

@@ -174,6 +174,11 @@ class QueueReport:
     recent_seconds: float
 
     @property
+    def recipients_accepted(self) -> int:
+        """Recipients of every accepted message, in whatever state."""
+        return sum(self.by_state.values())
+
+    @property
     def drain_rate(self) -> float:
         """Recipients delivered per second over the last ``recent_seconds``."""
         return self.delivered_recent / self.recent_seconds if self.recent_seconds else 0.0

@@ -102,7 +102,7 @@ async def test_delete_all_mid_drain_leaves_the_delivery_and_keeps_the_totals(
         assert stats["recipients"]["deleted"] == 2 and stats["messages_pending"] == 0
         assert stats["by_store"]["basic/deleted"] == 2
         text = (await run_cli(path, "stats")).stdout
-        assert "totals: accepted=3 delivered=1 bounced=0 deleted=2" in text
+        assert "totals (recipients): accepted=3 delivered=1 bounced=0 deleted=2" in text
 
         again = await run_cli(path, "queue", "delete", "--all")
         assert (again.returncode, again.stdout) == (0, "deleted 0 recipients of 0 messages\n")

@@ -89,7 +89,7 @@ async def test_list_show_and_json(tmp_path: Path) -> None:
         assert stats["messages_pending"] == 2 and stats["bytes_pending"] > 0
         assert stats["oldest_pending_seconds"] >= 0 and stats["drain_rate_per_second"] == 0
         text = await run_cli(path, "stats")
-        assert "totals: accepted=2 delivered=0 bounced=0" in text.stdout
+        assert "totals (recipients): accepted=3 delivered=0 bounced=0" in text.stdout
 
 
 async def test_unknown_ids_are_one_line_errors(tmp_path: Path) -> None:
