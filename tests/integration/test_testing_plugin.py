@@ -22,12 +22,11 @@ asyncio_default_fixture_loop_scope = function
 """
 
 
-def readme_example() -> str:
-    """The example test file of the README's "Testing your own system" section."""
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split(
-        "## Testing your own system", 1)[1]
-    match = re.search(r"```python\n(# test_mail_upgrade\.py\n.*?)```", section, re.S)
-    assert match, "README: the example test file is gone from 'Testing your own system'"
+def docs_example() -> str:
+    """The example test file of the docs' "Testing your own system" page."""
+    page = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    match = re.search(r"```python\n(# test_mail_upgrade\.py\n.*?)```", page, re.S)
+    assert match, "docs/testing.md: the example test file is gone"
     return match.group(1)
 
 
@@ -63,8 +62,8 @@ def run(pytester: pytest.Pytester, extra: str = "", *args: str,
 
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])
-def test_readme_example_passes(pytester: pytest.Pytester, mode: str) -> None:
-    pytester.makepyfile(test_mail_upgrade=readme_example())
+def test_docs_example_passes(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(test_mail_upgrade=docs_example())
     result = run(pytester, f"asyncio_mode = {mode}", subprocess=mode == "strict")
     result.assert_outcomes(passed=2)
 
