@@ -103,6 +103,12 @@ def node_index(address: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
+def node_of(store: str, count: int, address: str) -> str:
+    """The name of the node of ``store`` (on ``count`` nodes) that ``address``'s mailbox
+    lives on: ``basic-2``."""
+    return node_name(store, node_index(address, count))
+
+
 # How much of its mail a node turns away, by mode: deliveries to a node that turns away
 # less than before need not wait for their retry.
 _TURNS_AWAY = {NodeMode.UP: 0, NodeMode.SLOW: 0, NodeMode.FLAKY: 1, NodeMode.DOWN: 2}

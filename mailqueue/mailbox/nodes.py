@@ -22,7 +22,7 @@ from mailqueue.config import Config
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.nodes import FaultModel, NodeState, node_index, node_name
+from mailqueue.nodes import FaultModel, NodeState, node_of
 from mailqueue.queue.models import Claim
 
 
@@ -42,7 +42,7 @@ class NodeAwareStore:
 
     def node_for(self, address: str) -> NodeState:
         """The node ``address`` lives on, in its current state (up when never set)."""
-        name = node_name(self.name, node_index(address, self.count))
+        name = node_of(self.name, self.count, address)
         return self._nodes().get(name) or NodeState(name=name, store=self.name)
 
     def _nth(self, node: NodeState) -> int:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+from mailqueue.access import Closed, mailbox_closed
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import ManualClock
 from mailqueue.config import Config
@@ -18,7 +19,7 @@ from mailqueue.control import set_nodes
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.mailbox.router import Route, Router
 from mailqueue.nodes import MAX_NODES, NodeMode, NodeState, find_node, node_index, node_name
-from mailqueue.queue.models import QueueStats, RecipientState
+from mailqueue.queue.models import LedgerRecipient, QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
 from mailqueue.verify.scan import DeliveredCopy, scan_root, scan_stores, store_roots
 from mailqueue.windows import Inbound, Window, WindowState
@@ -259,32 +260,37 @@ class AsyncMailqueue:
             await asyncio.sleep(0.02)
 
     async def _why_not_drained(self, timeout: float) -> str:
-        blocked = self.app.control.current()
         lines = [f"mailqueue: queue not drained after {timeout}s"]
         for entry in await self.app.queue.ledger():
             for rcpt in entry.recipients:
                 if rcpt.state.value not in _PENDING:
                     continue
-                window = blocked.blocking(rcpt.store)
-                node = self._down_node(rcpt.store, rcpt.address)
-                why = f"held by active window {window.name!r} (end_window())" if window else \
-                    f"its node is down ({node})" if node else \
-                    f"waiting to retry: {rcpt.last_error} (advance() the clock)" \
-                    if rcpt.last_error else f"{rcpt.state.value}"
                 lines.append(f"  {entry.queue_id} {entry.message_id or ''} -> "
-                             f"{rcpt.address}: {why}")
+                             f"{rcpt.address}: {self._why_waiting(rcpt)}")
         return "\n".join(lines[:51])
 
-    def _down_node(self, store: str, address: str) -> str | None:
-        """``node_up(STORE, N)`` when ``address``'s node is down, else None."""
-        count = self.nodes.get(store)
-        if count is None:
-            return None
-        index = node_index(address, count)
-        node = self.app.control.nodes().get(node_name(store, index))
-        if node is None or node.mode is not NodeMode.DOWN:
-            return None
-        return f"node_up({store!r}, {index + 1})"
+    def _why_waiting(self, rcpt: LedgerRecipient) -> str:
+        """Why a recipient is still pending, and what the test can do about it."""
+        closed = self._closed(rcpt.store, rcpt.address)
+        if closed is not None and closed.window is not None:
+            return f"held by active window {closed.window.name!r} (end_window())"
+        if closed is not None and closed.node is not None:
+            store, index = find_node(closed.node, self.nodes)
+            return f"its node is down (node_up({store!r}, {index + 1}))"
+        if rcpt.last_error:
+            return f"waiting to retry: {rcpt.last_error} (advance() the clock)"
+        return rcpt.state.value
+
+    def _closed(self, store: str, address: str) -> Closed | None:
+        """Why ``address``'s mailbox (of ``store``) is closed now: the one decision of
+        :func:`~mailqueue.access.mailbox_closed` (only a window's, for a store that is
+        not configured)."""
+        windows = self.app.control.current()
+        config = next((s for s in self.config.stores if s.name == store), None)
+        if config is not None:
+            return mailbox_closed(config, address, windows, self.app.control.nodes())
+        window = windows.blocking(store)
+        return None if window is None else Closed(store=store, window=window)
 
     # --- what arrived --------------------------------------------------------------------
 
