@@ -23,7 +23,7 @@ import structlog
 from mailqueue.clock import Clock
 from mailqueue.config import WindowConfig
 from mailqueue.errors import NodeError, QueueError
-from mailqueue.nodes import NodeMode, NodeState, came_back, find_node, node_of
+from mailqueue.nodes import NodeMode, NodeState, came_back, find_node, mode_needs, node_of
 from mailqueue.queue.models import ControlState
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
@@ -45,12 +45,18 @@ async def seed_windows(store: ControlState, configs: Sequence[WindowConfig]) -> 
 
 
 async def set_nodes(store: ControlState, names: Sequence[str], mode: NodeMode, now: float, *,
-                    latency: float = 0.0, failure_rate: float = 0.0,
-                    fail_next: int = 0) -> list[NodeState]:
-    """Set the nodes ``names`` (``STORE-N``, already checked) to ``mode`` from ``now`` on,
-    in one transaction; a running server follows within a second."""
+                    counts: Mapping[str, int], latency: float = 0.0,
+                    failure_rate: float = 0.0, fail_next: int = 0) -> list[NodeState]:
+    """Set the nodes ``names`` (``STORE-N``) to ``mode`` from ``now`` on, in one
+    transaction; a running server follows within a second. ``counts`` gives each store's
+    number of nodes. Raises :class:`NodeError`, changing nothing, for a name that is not
+    one of those nodes or a mode without the setting it needs."""
+    stores = {name: find_node(name, counts)[0] for name in names}
+    needs = mode_needs(mode, latency=latency, failure_rate=failure_rate, fail_next=fail_next)
+    if needs:
+        raise NodeError(f"a {mode.value} node needs {' or '.join(needs)}")
     current = {node.name: node for node in await store.nodes()}
-    changed = [(current.get(name) or NodeState(name=name, store=name.rpartition("-")[0]))
+    changed = [(current.get(name) or NodeState(name=name, store=stores[name]))
                .changed(mode, now, latency=latency, failure_rate=failure_rate,
                         fail_next=fail_next) for name in names]
     if changed:

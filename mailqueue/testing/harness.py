@@ -228,9 +228,9 @@ class AsyncMailqueue:
         return await self._set_node(store, node, NodeMode.UP)
 
     async def _set_node(self, store: str, node: int, mode: NodeMode) -> NodeState:
-        name = node_name(store, node - 1)
-        find_node(name, self.nodes)  # a NodeError (a ValueError) names the nodes there are
-        changed = await set_nodes(self.app.queue, [name], mode, self.clock.now())
+        # A NodeError (a ValueError) names the nodes there are.
+        changed = await set_nodes(self.app.queue, [node_name(store, node - 1)], mode,
+                                  self.clock.now(), counts=self.nodes)
         await self.app.control.refresh()
         return changed[0]
 
