@@ -18,9 +18,10 @@ from mailqueue.config import Config
 from mailqueue.control import set_nodes
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.mailbox.router import Route, Router
-from mailqueue.nodes import MAX_NODES, NodeMode, NodeState, find_node, node_index, node_name
+from mailqueue.nodes import NodeMode, NodeState, find_node, node_index, node_name
 from mailqueue.queue.models import LedgerRecipient, QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
+from mailqueue.testing.options import with_nodes
 from mailqueue.verify.scan import DeliveredCopy, scan_root, scan_stores, store_roots
 from mailqueue.windows import Inbound, Window, WindowState
 
@@ -55,22 +56,6 @@ def read_mailbox(config: Config, address: str) -> list[EmailMessage]:
         assert isinstance(message, EmailMessage)
         out.append(message)
     return out
-
-
-def with_nodes(config: Config, nodes: Mapping[str, int] | None) -> Config:
-    """``config`` with each store of ``nodes`` on that many nodes (its ``nodes`` key)."""
-    known = [s.name for s in config.stores]
-    for store, count in (nodes or {}).items():
-        if store not in known:
-            raise ValueError(f"nodes: unknown store {store!r} (known: {', '.join(known)})")
-        if isinstance(count, bool) or not isinstance(count, int) or \
-                not 1 <= count <= MAX_NODES:
-            raise ValueError(f"nodes: store {store!r} needs a whole number of nodes from 1 "
-                             f"to {MAX_NODES}")
-    if not nodes:
-        return config
-    return config.model_copy(update={"stores": [
-        s.model_copy(update={"nodes": nodes.get(s.name, s.nodes)}) for s in config.stores]})
 
 
 def scan_mailboxes(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:

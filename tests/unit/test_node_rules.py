@@ -1,6 +1,6 @@
 """The node rules each written once: which node a mailbox lives on, which settings a mode
-needs, and which names are nodes. Every caller (the CLI, scenarios, the control plane, the
-test harness) asks the same function."""
+needs, which names are nodes, and how many nodes a store may have. Every caller (the CLI,
+scenarios, the control plane, the test harness) asks the same function."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from mailqueue.access import mailbox_closed
+from mailqueue.config import Config
 from mailqueue.control import set_nodes
-from mailqueue.errors import NodeError
+from mailqueue.errors import ConfigError, NodeError
 from mailqueue.nodes import MAX_NODES, NodeMode, NodeState, mode_needs, node_index, node_of
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.rehearsal.scenario import ScenarioError, scenario_from_dict
+from mailqueue.testing.options import MailqueueOptions, with_nodes
 from mailqueue.windows import WindowSet
 from tests.helpers import make_config, opened_store
 from tests.unit.test_scenario import BASE
@@ -95,3 +97,42 @@ def test_a_scenario_node_event_needs_what_its_mode_needs() -> None:
     with pytest.raises(ScenarioError, match=r"events\[0\]: node\.flaky needs failure_rate "
                                             r"or fail_next$"):
         scenario_from_dict(data, "s.toml")
+
+
+def options_config(tmp_path: Path) -> Config:
+    return MailqueueOptions(stores={"basic": ["basic.example"],
+                                    "exchange": ["exchange.example"]}).build(tmp_path)
+
+
+@pytest.mark.parametrize(("count", "problem"), [
+    (0, "Input should be greater than or equal to 1"),
+    (MAX_NODES + 1, f"Input should be less than or equal to {MAX_NODES}"),
+    (True, "Input should be a valid integer"),
+    (2.0, "Input should be a valid integer"),
+    ("2", "Input should be a valid integer"),
+])
+def test_node_counts_are_checked_by_the_config_model(tmp_path: Path, count: Any,
+                                                     problem: str) -> None:
+    config = options_config(tmp_path)
+    expected = f"mailqueue test options: nodes: store 'basic': {problem}"
+    with pytest.raises(ConfigError) as info:
+        with_nodes(config, {"basic": count})
+    assert str(info.value) == expected
+    with pytest.raises(ConfigError) as info:
+        MailqueueOptions(stores={"basic": ["basic.example"]},
+                         nodes={"basic": count}).build(tmp_path)
+    assert str(info.value) == expected
+
+
+def test_with_nodes_changes_only_the_stores_it_names(tmp_path: Path) -> None:
+    config = options_config(tmp_path)
+    changed = with_nodes(config, {"exchange": MAX_NODES})
+    assert [(s.name, s.nodes) for s in changed.stores] == [("basic", 1),
+                                                            ("exchange", MAX_NODES)]
+    assert changed.stores[0] is config.stores[0]
+    assert changed.stores[1].model_dump() == {**config.stores[1].model_dump(),
+                                              "nodes": MAX_NODES}
+    assert with_nodes(config, None) is config and with_nodes(config, {}) is config
+    with pytest.raises(ConfigError, match=r"^mailqueue test options: nodes: unknown store "
+                                          r"'ghost' \(known: basic, exchange\)$"):
+        with_nodes(config, {"ghost": 2})
