@@ -56,7 +56,7 @@ def node_set(config_path: str | None, name: str, mode: str, latency: str,
     """Set node NAME (STORE-N, e.g. basic-2) to MODE."""
     config = load(config_path)
     counts = {s.name: s.nodes for s in config.stores}
-    find_node(name, counts)
+    find_node(name, counts)  # a wrong name is named before the queue is opened
     delay = parse_duration(latency)
     needs = mode_needs(NodeMode(mode), latency=delay, failure_rate=failure_rate,
                        fail_next=fail_next)
