@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from mailqueue.config import StoreConfig
-from mailqueue.nodes import NodeMode, NodeState, node_index, node_name
+from mailqueue.nodes import NodeMode, NodeState, node_of
 from mailqueue.windows import Window, WindowSet
 
 
@@ -31,7 +31,7 @@ def mailbox_closed(store: StoreConfig, address: str, windows: WindowSet,
     window = windows.blocking(store.name)
     if window is not None:
         return Closed(store=store.name, window=window)
-    name = node_name(store.name, node_index(address, store.nodes))
+    name = node_of(store.name, store.nodes, address)
     node = nodes.get(name)
     if node is not None and node.mode is NodeMode.DOWN:
         return Closed(store=store.name, node=name)

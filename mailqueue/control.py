@@ -23,7 +23,7 @@ import structlog
 from mailqueue.clock import Clock
 from mailqueue.config import WindowConfig
 from mailqueue.errors import NodeError, QueueError
-from mailqueue.nodes import NodeMode, NodeState, came_back, find_node, node_index
+from mailqueue.nodes import NodeMode, NodeState, came_back, find_node, mode_needs, node_of
 from mailqueue.queue.models import ControlState
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
@@ -45,12 +45,18 @@ async def seed_windows(store: ControlState, configs: Sequence[WindowConfig]) -> 
 
 
 async def set_nodes(store: ControlState, names: Sequence[str], mode: NodeMode, now: float, *,
-                    latency: float = 0.0, failure_rate: float = 0.0,
-                    fail_next: int = 0) -> list[NodeState]:
-    """Set the nodes ``names`` (``STORE-N``, already checked) to ``mode`` from ``now`` on,
-    in one transaction; a running server follows within a second."""
+                    counts: Mapping[str, int], latency: float = 0.0,
+                    failure_rate: float = 0.0, fail_next: int = 0) -> list[NodeState]:
+    """Set the nodes ``names`` (``STORE-N``) to ``mode`` from ``now`` on, in one
+    transaction; a running server follows within a second. ``counts`` gives each store's
+    number of nodes. Raises :class:`NodeError`, changing nothing, for a name that is not
+    one of those nodes or a mode without the setting it needs."""
+    stores = {name: find_node(name, counts)[0] for name in names}
+    needs = mode_needs(mode, latency=latency, failure_rate=failure_rate, fail_next=fail_next)
+    if needs:
+        raise NodeError(f"a {mode.value} node needs {' or '.join(needs)}")
     current = {node.name: node for node in await store.nodes()}
-    changed = [(current.get(name) or NodeState(name=name, store=name.rpartition("-")[0]))
+    changed = [(current.get(name) or NodeState(name=name, store=stores[name]))
                .changed(mode, now, latency=latency, failure_rate=failure_rate,
                         fail_next=fail_next) for name in names]
     if changed:
@@ -58,8 +64,9 @@ async def set_nodes(store: ControlState, names: Sequence[str], mode: NodeMode, n
     return changed
 
 
-def _on_node(count: int, index: int) -> Callable[[str], bool]:
-    return lambda address: node_index(address, count) == index
+def _on_node(store: str, count: int, name: str) -> Callable[[str], bool]:
+    """Whether an address of ``store`` (on ``count`` nodes) lives on node ``name``."""
+    return lambda address: node_of(store, count, address) == name
 
 
 class ControlPlane:
@@ -158,21 +165,20 @@ class ControlPlane:
         released = 0
         for name in sorted(self._back):
             node = self.nodes().get(name)
-            place = self._place(name)
-            if node is not None and node.mode is not NodeMode.DOWN and place is not None:
-                store, index = place
+            store = self._store_of(name)
+            if node is not None and node.mode is not NodeMode.DOWN and store is not None:
                 count = await self._store.retry_deferred(
-                    store, self._clock.now(), _on_node(self._counts[store], index),
+                    store, self._clock.now(), _on_node(store, self._counts[store], name),
                     f"node {name} is {node.mode.value}")
                 log.info("node_back", node=name, recipients=count)
                 released += count
             self._back.discard(name)
         return released
 
-    def _place(self, name: str) -> tuple[str, int] | None:
-        """The store and index of configured node ``name``; None for any other name."""
+    def _store_of(self, name: str) -> str | None:
+        """The store of configured node ``name``; None for any other name."""
         try:
-            return find_node(name, self._counts)
+            return find_node(name, self._counts)[0]
         except NodeError:
             return None
 

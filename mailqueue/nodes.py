@@ -64,6 +64,17 @@ class NodeState:
         return text
 
 
+def mode_needs(mode: NodeMode, *, latency: float = 0.0, failure_rate: float = 0.0,
+               fail_next: int = 0) -> tuple[str, ...]:
+    """The settings of which ``mode`` needs one and is given none: a slow node needs a
+    ``latency``, a flaky one a ``failure_rate`` or a ``fail_next``; () when it has them."""
+    if mode is NodeMode.SLOW and latency <= 0:
+        return ("latency",)
+    if mode is NodeMode.FLAKY and not (failure_rate or fail_next):
+        return ("failure_rate", "fail_next")
+    return ()
+
+
 def node_name(store: str, index: int) -> str:
     """The name of node ``index`` (0-based) of ``store``: ``basic-1``, ``basic-2``, ..."""
     return f"{store}-{index + 1}"
@@ -101,6 +112,12 @@ def node_index(address: str, count: int) -> int:
         return 0
     digest = hashlib.sha256(address.lower().encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") % count
+
+
+def node_of(store: str, count: int, address: str) -> str:
+    """The name of the node of ``store`` (on ``count`` nodes) that ``address``'s mailbox
+    lives on: ``basic-2``."""
+    return node_name(store, node_index(address, count))
 
 
 # How much of its mail a node turns away, by mode: deliveries to a node that turns away

@@ -15,7 +15,7 @@ import click
 from mailqueue.cli_common import MAX_COUNT, FiniteFloatRange, config_option, in_queue, load
 from mailqueue.clock import SystemClock
 from mailqueue.control import set_nodes
-from mailqueue.nodes import NodeMode, NodeState, find_node, node_name
+from mailqueue.nodes import NodeMode, NodeState, find_node, mode_needs, node_name
 from mailqueue.queue.models import ControlState
 from mailqueue.timeparse import parse_duration
 
@@ -55,16 +55,19 @@ def node_set(config_path: str | None, name: str, mode: str, latency: str,
              failure_rate: float, fail_next: int) -> None:
     """Set node NAME (STORE-N, e.g. basic-2) to MODE."""
     config = load(config_path)
-    find_node(name, {s.name: s.nodes for s in config.stores})
+    counts = {s.name: s.nodes for s in config.stores}
+    find_node(name, counts)  # a wrong name is named before the queue is opened
     delay = parse_duration(latency)
-    if mode == "slow" and delay <= 0:
-        raise click.UsageError("a slow node needs --latency (e.g. 30s)")
-    if mode == "flaky" and not (failure_rate or fail_next):
-        raise click.UsageError("a flaky node needs --failure-rate or --fail-next")
+    needs = mode_needs(NodeMode(mode), latency=delay, failure_rate=failure_rate,
+                       fail_next=fail_next)
+    if needs:
+        options = " or ".join(f"--{key.replace('_', '-')}" for key in needs)
+        example = " (e.g. 30s)" if "latency" in needs else ""
+        raise click.UsageError(f"a {mode} node needs {options}{example}")
 
     async def action(queue: ControlState) -> NodeState:
         changed = await set_nodes(queue, [name], NodeMode(mode), SystemClock().now(),
-                                  latency=delay, failure_rate=failure_rate,
+                                  counts=counts, latency=delay, failure_rate=failure_rate,
                                   fail_next=fail_next)
         return changed[0]
 

@@ -13,6 +13,7 @@ harness and rehearsals alike: a store of one node (the default) is the whole sto
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,12 +23,20 @@ from mailqueue.config import Config
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.nodes import FaultModel, NodeState, node_index, node_name
+from mailqueue.nodes import Fault, FaultModel, NodeMode, NodeState, node_name, node_of
 from mailqueue.queue.models import Claim
+
+_NONE = Fault()  # what an up node does to a delivery
+_UP = NodeMode.UP  # a plain name: an enum member's lookup costs more than the test itself
 
 
 class NodeAwareStore:
-    """A :class:`MailboxStore` whose mailboxes live on ``count`` nodes."""
+    """A :class:`MailboxStore` whose mailboxes live on ``count`` nodes.
+
+    While every node of the store is up (the usual case) a batch goes straight to the
+    inner store; otherwise only the claims on a node that is not up are put to the fault
+    model.
+    """
 
     def __init__(self, inner: MailboxStore, store: str, count: int, clock: Clock,
                  nodes: Callable[[], Mapping[str, NodeState]], faults: FaultModel) -> None:
@@ -37,13 +46,21 @@ class NodeAwareStore:
         self._clock = clock
         self._nodes = nodes
         self._faults = faults
+        self._names = frozenset(node_name(store, index) for index in range(count))
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[int, int]] = {}  # node -> (version, deliveries since)
 
     def node_for(self, address: str) -> NodeState:
         """The node ``address`` lives on, in its current state (up when never set)."""
-        name = node_name(self.name, node_index(address, self.count))
+        name = node_of(self.name, self.count, address)
         return self._nodes().get(name) or NodeState(name=name, store=self.name)
+
+    def _not_up(self) -> dict[str, NodeState]:
+        """This store's nodes that are not up now, by name (a node not listed is up; a
+        listed name that is not one of this store's nodes is another store's, or an old
+        row)."""
+        return {name: node for name, node in self._nodes().items()
+                if node.mode is not _UP and name in self._names}
 
     def _nth(self, node: NodeState) -> int:
         """Count this delivery to ``node`` since its last change (threads share the count)."""
@@ -54,26 +71,44 @@ class NodeAwareStore:
             self._seen[node.name] = (node.version, count + 1)
             return count + 1
 
+    def _fault(self, node: NodeState, claim: Claim) -> Fault:
+        """What ``node`` (not up) does to the delivery of ``claim``. Only a flaky node's
+        decision depends on the delivery: its key and its number since the change."""
+        if node.mode is not NodeMode.FLAKY:
+            return self._faults.decide(node, "", 0)
+        key = f"{claim.queue_id}/{claim.address}/{claim.attempts}"
+        return self._faults.decide(node, key, self._nth(node))
+
     def deliver(self, claims: Sequence[Claim]) -> list[DeliveryOutcome]:
+        not_up = self._not_up()
+        if not not_up:
+            return self.inner.deliver(claims)
         outcomes: list[DeliveryOutcome] = [None] * len(claims)
         passing: list[int] = []
         delay = 0.0
         for index, claim in enumerate(claims):
-            node = self.node_for(claim.address)
-            key = f"{claim.queue_id}/{claim.address}/{claim.attempts}"
-            fault = self._faults.decide(node, key, self._nth(node))
+            node = not_up.get(node_of(self.name, self.count, claim.address))
+            fault = _NONE if node is None else self._fault(node, claim)
             delay += fault.delay
             if fault.error is None:
                 passing.append(index)
             else:
                 outcomes[index] = TemporaryDeliveryError(fault.error)
         if delay:
-            time.sleep(self._clock.real_seconds(delay))
+            self._wait(delay)
         if passing:
             done = self.inner.deliver([claims[i] for i in passing])
             for index, outcome in zip(passing, done, strict=True):
                 outcomes[index] = outcome
         return outcomes
+
+    def _wait(self, delay: float) -> None:
+        """Take ``delay`` clock seconds, in real time. A clock whose time does not pass on
+        its own (a test's manual clock) has none to give: the delivery goes on at once."""
+        seconds = self._clock.real_seconds(delay)
+        if math.isfinite(seconds):
+            time.sleep(seconds)
+
 
 
 def build_mailboxes(config: Config, clock: Clock,

@@ -76,6 +76,8 @@ _OUTCOMES = (RecipientState.DELIVERED.value, RecipientState.BOUNCED.value)
 # page to drop its body), counted towards the next checkpoint.
 _CLAIM_WAL_BYTES = 256
 _SETTLE_WAL_BYTES = 4096
+# Rows fetched at a time by a long read, so that the event loop runs between two slices.
+_READ_SLICE = 1000
 
 
 class SqlQueueStore(SqlAdminMixin):
@@ -567,25 +569,48 @@ class SqlQueueStore(SqlAdminMixin):
 
     async def retry_deferred(self, store: str, now: float, pick: Callable[[str], bool],
                              reason: str) -> int:
+        # The node of an address is a hash SQL cannot compute, and a backlog can be deep:
+        # the waiting recipients are read outside any write transaction and their
+        # addresses hashed on a thread, so neither the event loop nor the writer's lock
+        # is held meanwhile; the write transaction then only updates the chosen ids.
+        ids, addresses = await self._waiting(store, now)
+        chosen = await asyncio.to_thread(_picked, ids, addresses, pick)
+        if not chosen:
+            return 0
+        released = 0
         async with self._tx(write=True) as conn:
-            # The node of an address is a hash SQL cannot compute: read the store's
-            # waiting recipients (the due index), choose here, update by id.
-            rows = await conn.execute(
-                select(recipients.c.id, recipients.c.queue_id, recipients.c.address)
+            for part in chunks(chosen):
+                # Still waiting: one claimed, held or made due since the read is left be.
+                rows = await conn.execute(
+                    update(recipients)
+                    .where(recipients.c.id.in_(part),
+                           recipients.c.state == RecipientState.QUEUED.value,
+                           recipients.c.next_attempt_at > now)
+                    .values(next_attempt_at=now)
+                    .returning(recipients.c.queue_id, recipients.c.id))
+                made = [(r.queue_id, r.id) for r in rows]
+                await add_events(conn, made, now, EventKind.RETRY, reason)
+                released += len(made)
+            if released and not self._sqlite:
+                await postgres.notify(conn, postgres.QUEUE_CHANNEL)
+        return released
+
+    async def _waiting(self, store: str, now: float) -> tuple[list[int], list[str]]:
+        """The ids and addresses of ``store``'s queued recipients whose next attempt is
+        after ``now`` (the due index), read in slices so that the loop runs between two,
+        into flat lists (of ints and strings, which the garbage collector does not track)."""
+        ids: list[int] = []
+        addresses: list[str] = []
+        async with self._tx() as conn:
+            result = await conn.stream(
+                select(recipients.c.id, recipients.c.address)
                 .where(recipients.c.store == store,
                        recipients.c.state == RecipientState.QUEUED.value,
                        recipients.c.next_attempt_at > now))
-            chosen = [(r.queue_id, r.id) for r in rows if pick(r.address)]
-            for part in chunks(chosen):
-                ids = [rid for _, rid in part]
-                await conn.execute(update(recipients)
-                                   .where(recipients.c.id.in_(ids),
-                                          recipients.c.state == RecipientState.QUEUED.value)
-                                   .values(next_attempt_at=now))
-            await add_events(conn, chosen, now, EventKind.RETRY, reason)
-            if chosen and not self._sqlite:
-                await postgres.notify(conn, postgres.QUEUE_CHANNEL)
-            return len(chosen)
+            async for part in result.partitions(_READ_SLICE):
+                ids += [row[0] for row in part]
+                addresses += [row[1] for row in part]
+        return ids, addresses
 
     async def outcomes(self) -> list[RecipientOutcome]:
         async with self._tx() as conn:
@@ -603,6 +628,13 @@ class SqlQueueStore(SqlAdminMixin):
     async def _notify_control(self, conn: AsyncConnection) -> None:
         if not self._sqlite:
             await postgres.notify(conn, postgres.CONTROL_CHANNEL)
+
+
+def _picked(ids: Sequence[int], addresses: Sequence[str],
+            pick: Callable[[str], bool]) -> list[int]:
+    """Those of ``ids`` whose address ``pick`` chooses (run on a thread: ``pick`` hashes
+    every address)."""
+    return [rid for rid, address in zip(ids, addresses, strict=True) if pick(address)]
 
 
 def _window_to_row(window: Window) -> dict[str, Any]:

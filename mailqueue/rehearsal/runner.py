@@ -22,7 +22,7 @@ from mailqueue.clock import ScaledClock
 from mailqueue.config import Config, config_from_dict
 from mailqueue.control import set_nodes
 from mailqueue.errors import MailqueueError
-from mailqueue.nodes import NodeMode, NodeState
+from mailqueue.nodes import NodeMode, NodeState, node_name
 from mailqueue.queue.models import RecipientOutcome
 from mailqueue.rehearsal.scenario import Event, Scenario, ScenarioError
 from mailqueue.rehearsal.traffic import TrafficSender, plan_traffic
@@ -161,8 +161,9 @@ class Rehearsal:
             raise MailqueueError("the server did not start within 30 s")
 
     async def _seed_nodes(self, app: MailqueueApp) -> None:
-        await app.queue.save_nodes([NodeState(name=name, store=name.rsplit("-", 1)[0])
-                                    for name in self.scenario.node_names()])
+        await app.queue.save_nodes([NodeState(name=node_name(store, index), store=store)
+                                    for store, count in self.scenario.node_counts().items()
+                                    for index in range(count)])
         await app.control.refresh()
 
     async def _main(self, app: MailqueueApp, sender: TrafficSender, drain_limit: float) -> None:
@@ -218,8 +219,8 @@ class Rehearsal:
             await self._apply_window(app, event, now)
         if event.nodes:
             await set_nodes(app.queue, event.nodes, _NODE_MODES[spec.action], now,
-                            latency=spec.latency, failure_rate=spec.failure_rate,
-                            fail_next=spec.fail_next)
+                            counts=self.scenario.node_counts(), latency=spec.latency,
+                            failure_rate=spec.failure_rate, fail_next=spec.fail_next)
         await app.control.refresh()
         app.worker.wake()
 

@@ -26,8 +26,8 @@ from mailqueue.config import (
     no_duplicates,
     read_toml,
 )
-from mailqueue.errors import ConfigError, TimeParseError
-from mailqueue.nodes import node_name
+from mailqueue.errors import ConfigError, NodeError, TimeParseError
+from mailqueue.nodes import NodeMode, find_node, mode_needs, node_name
 from mailqueue.timeparse import format_time, parse_time
 
 WINDOW_ACTIONS = ("window.start", "window.extend", "window.end", "window.cancel")
@@ -173,6 +173,10 @@ class Scenario:
     def node_names(self) -> list[str]:
         return [node_name(s.name, i) for s in self.file.stores for i in range(s.nodes)]
 
+    def node_counts(self) -> dict[str, int]:
+        """Each store's number of nodes."""
+        return {s.name: s.nodes for s in self.file.stores}
+
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; raise :class:`ScenarioError` naming what to fix."""
@@ -253,21 +257,24 @@ def _event_nodes(parsed: ScenarioFile, spec: EventSpec, key: str) -> tuple[str, 
         if spec.store or spec.nodes:
             raise ValueError(f"{key}: store/nodes only apply to node.* actions")
         return ()
-    stores = {s.name: s for s in parsed.stores}
+    counts = {s.name: s.nodes for s in parsed.stores}
     names: list[str] = []
     if spec.store is not None:
-        _known(f"{key}.store", "store", spec.store, list(stores))
-        names += [node_name(spec.store, n) for n in range(stores[spec.store].nodes)]
-    known = [node_name(s.name, n) for s in parsed.stores for n in range(s.nodes)]
+        _known(f"{key}.store", "store", spec.store, list(counts))
+        names += [node_name(spec.store, n) for n in range(counts[spec.store])]
     for name in spec.nodes or []:
-        _known(f"{key}.nodes", "node", name, known)
+        try:
+            find_node(name, counts)
+        except NodeError as exc:
+            raise ValueError(f"{key}.nodes: {exc}") from None
         names.append(name)
     if not names:
         raise ValueError(f"{key}: {spec.action} needs store = NAME or nodes = [...]")
-    if spec.action == "node.slow" and spec.latency <= 0:
-        raise ValueError(f"{key}: node.slow needs latency (e.g. \"30s\")")
-    if spec.action == "node.flaky" and not (spec.failure_rate or spec.fail_next):
-        raise ValueError(f"{key}: node.flaky needs failure_rate or fail_next")
+    needs = mode_needs(NodeMode(spec.action.removeprefix("node.")), latency=spec.latency,
+                       failure_rate=spec.failure_rate, fail_next=spec.fail_next)
+    if needs:
+        example = ' (e.g. "30s")' if "latency" in needs else ""
+        raise ValueError(f"{key}: {spec.action} needs {' or '.join(needs)}{example}")
     return tuple(dict.fromkeys(names))
 
 

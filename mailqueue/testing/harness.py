@@ -11,15 +11,17 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+from mailqueue.access import Closed, mailbox_closed
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import ManualClock
 from mailqueue.config import Config
 from mailqueue.control import set_nodes
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.mailbox.router import Route, Router
-from mailqueue.nodes import MAX_NODES, NodeMode, NodeState, find_node, node_index, node_name
-from mailqueue.queue.models import QueueStats, RecipientState
+from mailqueue.nodes import NodeMode, NodeState, find_node, node_index, node_name
+from mailqueue.queue.models import LedgerRecipient, QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
+from mailqueue.testing.options import with_nodes
 from mailqueue.verify.scan import DeliveredCopy, scan_root, scan_stores, store_roots
 from mailqueue.windows import Inbound, Window, WindowState
 
@@ -54,22 +56,6 @@ def read_mailbox(config: Config, address: str) -> list[EmailMessage]:
         assert isinstance(message, EmailMessage)
         out.append(message)
     return out
-
-
-def with_nodes(config: Config, nodes: Mapping[str, int] | None) -> Config:
-    """``config`` with each store of ``nodes`` on that many nodes (its ``nodes`` key)."""
-    known = [s.name for s in config.stores]
-    for store, count in (nodes or {}).items():
-        if store not in known:
-            raise ValueError(f"nodes: unknown store {store!r} (known: {', '.join(known)})")
-        if isinstance(count, bool) or not isinstance(count, int) or \
-                not 1 <= count <= MAX_NODES:
-            raise ValueError(f"nodes: store {store!r} needs a whole number of nodes from 1 "
-                             f"to {MAX_NODES}")
-    if not nodes:
-        return config
-    return config.model_copy(update={"stores": [
-        s.model_copy(update={"nodes": nodes.get(s.name, s.nodes)}) for s in config.stores]})
 
 
 def scan_mailboxes(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
@@ -227,9 +213,9 @@ class AsyncMailqueue:
         return await self._set_node(store, node, NodeMode.UP)
 
     async def _set_node(self, store: str, node: int, mode: NodeMode) -> NodeState:
-        name = node_name(store, node - 1)
-        find_node(name, self.nodes)  # a NodeError (a ValueError) names the nodes there are
-        changed = await set_nodes(self.app.queue, [name], mode, self.clock.now())
+        # A NodeError (a ValueError) names the nodes there are.
+        changed = await set_nodes(self.app.queue, [node_name(store, node - 1)], mode,
+                                  self.clock.now(), counts=self.nodes)
         await self.app.control.refresh()
         return changed[0]
 
@@ -259,32 +245,37 @@ class AsyncMailqueue:
             await asyncio.sleep(0.02)
 
     async def _why_not_drained(self, timeout: float) -> str:
-        blocked = self.app.control.current()
         lines = [f"mailqueue: queue not drained after {timeout}s"]
         for entry in await self.app.queue.ledger():
             for rcpt in entry.recipients:
                 if rcpt.state.value not in _PENDING:
                     continue
-                window = blocked.blocking(rcpt.store)
-                node = self._down_node(rcpt.store, rcpt.address)
-                why = f"held by active window {window.name!r} (end_window())" if window else \
-                    f"its node is down ({node})" if node else \
-                    f"waiting to retry: {rcpt.last_error} (advance() the clock)" \
-                    if rcpt.last_error else f"{rcpt.state.value}"
                 lines.append(f"  {entry.queue_id} {entry.message_id or ''} -> "
-                             f"{rcpt.address}: {why}")
+                             f"{rcpt.address}: {self._why_waiting(rcpt)}")
         return "\n".join(lines[:51])
 
-    def _down_node(self, store: str, address: str) -> str | None:
-        """``node_up(STORE, N)`` when ``address``'s node is down, else None."""
-        count = self.nodes.get(store)
-        if count is None:
-            return None
-        index = node_index(address, count)
-        node = self.app.control.nodes().get(node_name(store, index))
-        if node is None or node.mode is not NodeMode.DOWN:
-            return None
-        return f"node_up({store!r}, {index + 1})"
+    def _why_waiting(self, rcpt: LedgerRecipient) -> str:
+        """Why a recipient is still pending, and what the test can do about it."""
+        closed = self._closed(rcpt.store, rcpt.address)
+        if closed is not None and closed.window is not None:
+            return f"held by active window {closed.window.name!r} (end_window())"
+        if closed is not None and closed.node is not None:
+            store, index = find_node(closed.node, self.nodes)
+            return f"its node is down (node_up({store!r}, {index + 1}))"
+        if rcpt.last_error:
+            return f"waiting to retry: {rcpt.last_error} (advance() the clock)"
+        return rcpt.state.value
+
+    def _closed(self, store: str, address: str) -> Closed | None:
+        """Why ``address``'s mailbox (of ``store``) is closed now: the one decision of
+        :func:`~mailqueue.access.mailbox_closed` (only a window's, for a store that is
+        not configured)."""
+        windows = self.app.control.current()
+        config = next((s for s in self.config.stores if s.name == store), None)
+        if config is not None:
+            return mailbox_closed(config, address, windows, self.app.control.nodes())
+        window = windows.blocking(store)
+        return None if window is None else Closed(store=store, window=window)
 
     # --- what arrived --------------------------------------------------------------------
 

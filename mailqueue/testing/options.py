@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DOMAINS = ("example.com",)
 DEFAULT_STORE = "mail"
+SOURCE = "mailqueue test options"  # what an error names as the source of a bad value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,19 +73,11 @@ class MailqueueOptions:
     def build(self, root: Path) -> Config:
         """A complete config with its queue file and Maildirs under ``root``."""
         from mailqueue.config import config_from_dict
-        from mailqueue.errors import ConfigError
 
         mailboxes = dict(self.mailboxes or {})
-        nodes = dict(self.nodes or {})
-        known = self.store_domains()
-        for name in nodes:
-            if name not in known:
-                raise ConfigError(f"mailqueue test options: nodes: unknown store {name!r} "
-                                  f"(known: {', '.join(known)})")
         stores = [{"name": name, "path": str(root / "mail" / name), "domains": domains,
-                   **({"mailboxes": list(mailboxes[name])} if name in mailboxes else {}),
-                   **({"nodes": nodes[name]} if name in nodes else {})}
-                  for name, domains in known.items()]
+                   **({"mailboxes": list(mailboxes[name])} if name in mailboxes else {})}
+                  for name, domains in self.store_domains().items()]
         data: dict[str, Any] = {
             "smtp": {"host": "127.0.0.1", "port": 0, "hostname": self.hostname,
                      "max_message_size": self.max_message_size,
@@ -101,4 +94,34 @@ class MailqueueOptions:
                 data[section] = {**data[section], **values}
             else:
                 data[section] = values
-        return config_from_dict(data, "mailqueue test options")
+        return with_nodes(config_from_dict(data, SOURCE), self.nodes)
+
+
+def with_nodes(config: Config, nodes: Mapping[str, int] | None) -> Config:
+    """``config`` with each store named in ``nodes`` on that many nodes (its ``nodes``
+    key), validated again by the config model. Raises :class:`ConfigError` naming an
+    unknown store, or a count the model refuses."""
+    from pydantic import ValidationError
+
+    from mailqueue.config import StoreConfig, describe_errors
+    from mailqueue.errors import ConfigError
+
+    if not nodes:
+        return config
+    known = [s.name for s in config.stores]
+    for name in nodes:
+        if name not in known:
+            raise ConfigError(f"{SOURCE}: nodes: unknown store {name!r} "
+                              f"(known: {', '.join(known)})")
+    stores = []
+    for store in config.stores:
+        if store.name in nodes:
+            try:
+                store = StoreConfig.model_validate({**store.model_dump(),
+                                                    "nodes": nodes[store.name]})
+            except ValidationError as exc:
+                problem = describe_errors(exc).removeprefix("nodes: ")
+                raise ConfigError(f"{SOURCE}: nodes: store {store.name!r}: {problem}") \
+                    from None
+        stores.append(store)
+    return config.model_copy(update={"stores": stores})

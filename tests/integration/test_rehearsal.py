@@ -103,5 +103,5 @@ def test_bad_scenario_is_one_line(tmp_path: Path) -> None:
     result = rehearse(tmp_path, text)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"mailqueue: error: {tmp_path / 'scenario.toml'}: events[1].nodes: unknown node "
-        "'basic-7' (known: basic-1, basic-2)"]
+        f"mailqueue: error: {tmp_path / 'scenario.toml'}: events[1].nodes: no node "
+        "'basic-7' (basic has nodes basic-1..basic-2)"]

@@ -102,7 +102,7 @@ def test_node_event_expands_a_store_to_its_nodes() -> None:
     ([{"at": "2019-06-26 18:00", "action": "node.down", "store": "mystery"}],
      "events[0].store: unknown store 'mystery' (known: basic, hosted-exchange)"),
     ([{"at": "2019-06-26 18:00", "action": "node.down", "nodes": ["basic-9"]}],
-     "unknown node 'basic-9'"),
+     "events[0].nodes: no node 'basic-9' (basic has nodes basic-1..basic-3)"),
     ([{"at": "2019-06-26 19:00", "note": "b"}, {"at": "2019-06-26 18:00", "note": "a"}],
      "events[1].at: events must be in time order"),
     ([{"at": "2019-06-28 18:00", "note": "late"}], "events[0].at: 2019-06-28T18:00:00-05:00 "
