@@ -47,6 +47,7 @@ import structlog
 from mailqueue import faults
 from mailqueue.errors import QueueError, QueueFullError, QueueLostError
 from mailqueue.queue.queuefile import FileId, QueueFile, format_id, parse_id
+from mailqueue.sqliteurl import sqlite_path
 
 log = structlog.get_logger("mailqueue.queue")
 
@@ -277,14 +278,12 @@ def child_cpus(writer_cpus: Sequence[int] | None, server_cpus: Sequence[int] | N
 
 def _serve(sock: socket.socket, url: str, busy_timeout: float,
            identity: FileId | None) -> None:
-    from sqlalchemy.engine import make_url
-
     from mailqueue.queue.sqlitewriter import SqliteWriter
 
     # The server logs a lost file; this process only reports it.
-    database = make_url(url).database
-    file = QueueFile(database, identity, announce=False) \
-        if identity is not None and database else None
+    path = sqlite_path(url)
+    file = QueueFile(path, identity, announce=False) \
+        if identity is not None and path is not None else None
     writer = SqliteWriter(url, busy_timeout, file=file)
     try:
         writer.open()
