@@ -165,8 +165,9 @@ class SqliteWriter:
 
         Raises :class:`QueueLostError` when the queue's file is not at its path: before
         the transaction if it was lost at the last check (and still is), and after the
-        COMMIT if it is lost now, since a commit into that file does not survive a
-        restart."""
+        COMMIT if it is lost now (deleted, replaced, its directory gone), since a commit
+        into that file does not survive a restart. A path that cannot be looked at says
+        nothing of the file: the commit stands (see :class:`QueueFile`)."""
         file = self._file
         if file is not None and file.lost is not None:
             file.verify()  # lost at the last check: write nothing into it unless it is back

@@ -306,13 +306,14 @@ class SqlQueueStore(SqlAdminMixin):
         if self._writer_process is not None:
             await self._check_file()
             try:
-                await self._writer_process.write(message_rows(batch), recipient_rows(batch))
+                unchecked = await self._writer_process.write(message_rows(batch),
+                                                             recipient_rows(batch))
             except QueueLostError as exc:  # the child checked after its commit
                 if self._file is not None:
                     self._file.observe(str(exc))
                 raise
             if self._file is not None:
-                self._file.observe(None)
+                self._file.observe(None, unchecked)
             return
         if self._writer is not None:
             await self._writer.write(message_rows(batch), recipient_rows(batch))
