@@ -7,7 +7,8 @@ and those commits are gone at the next start. :class:`QueueFile` remembers the i
 now: one ``stat`` a check. The writers check after every commit, before its sessions hear
 250 (see :class:`~mailqueue.queue.sqlitewriter.SqliteWriter`); every other transaction
 looks at the last result, checked again off the event loop once it is older than
-:data:`MAX_AGE`.
+:data:`MAX_AGE` (by the control plane's refresh, at least every half second). The SMTP
+front end reads the last result without waiting (:attr:`QueueFile.lost`).
 
 The file is *lost* from the first check that finds the path naming nothing or another file
 until one finds the same file at the path again (moved back by the operator). A path that
@@ -76,6 +77,7 @@ class QueueFile:
         self._lost: str | None = None
         self._unchecked: str | None = None
         self._checked_at = time.monotonic()
+        self._checking: asyncio.Future[str | None] | None = None  # current()'s, on the loop
 
     @classmethod
     def pin(cls, path: str) -> QueueFile:
@@ -105,10 +107,19 @@ class QueueFile:
 
     async def current(self) -> str | None:
         """On the event loop: the last check's result, checked again on a thread when it
-        is older than ``max_age``."""
+        is older than ``max_age``. Callers that come while a check is under way wait for
+        that one: a burst of transactions starts one ``stat``, not one each."""
         if time.monotonic() - self._checked_at < self._max_age:
             return self._lost
-        return await asyncio.to_thread(self.check)
+        if self._checking is None:
+            self._checking = asyncio.ensure_future(self._check_on_thread())
+        return await asyncio.shield(self._checking)
+
+    async def _check_on_thread(self) -> str | None:
+        try:
+            return await asyncio.to_thread(self.check)
+        finally:
+            self._checking = None
 
     def observe(self, lost: str | None, unchecked: str | None = None) -> None:
         """Record a look at the path (made here, or by the writer process): ``lost``, why

@@ -223,14 +223,15 @@ class SqlQueueStore(SqlAdminMixin):
             self._engine = None
         self._file = None
 
-    async def file_lost(self) -> str | None:
+    def file_lost(self) -> str | None:
         """Why the queue's file is not the one it opened at its path any more (deleted,
         replaced, its directory gone), as last checked; None while it is, and always for a
-        queue without a file (PostgreSQL, an in-memory SQLite)."""
-        return None if self._file is None else await self._file.current()
+        queue without a file (PostgreSQL, an in-memory SQLite). Reads what the last check
+        found, without looking: every transaction and commit looks when that is old."""
+        return None if self._file is None else self._file.lost
 
     async def _check_file(self) -> None:
-        problem = await self.file_lost()
+        problem = None if self._file is None else await self._file.current()
         if problem is not None:
             raise QueueLostError(problem)
 
