@@ -441,9 +441,10 @@ class MailqueueHandler:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
             self.capacity.storage_full()
             return "452 4.3.1 Insufficient system storage, try again later"
-        except QueueLostError as exc:  # logged once, as queue_file_lost
-            log.warning("message_not_queued", error=str(exc),
-                        recipients=len(message.recipients))
+        except QueueLostError as exc:
+            # The loss is the operator's news once (queue_file_lost), not once a message.
+            log.debug("message_not_queued", error=str(exc),
+                      recipients=len(message.recipients))
             return "451 4.3.0 Temporary queue failure, try again later"
         except QueueError as exc:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))

@@ -27,13 +27,13 @@ from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.writerproc import WriterProcess
 from tests.cli_run import Mq, cli_runner, tree, write_config
 from tests.helpers import opened_store
-from tests.integration.test_queue_file_lost import WRITERS, Served, make_served  # noqa: F401
+from tests.integration.test_queue_file_lost import (  # noqa: F401
+    WRITERS,
+    Served,
+    _delete,
+    make_served,
+)
 from tests.integration.test_sqlite_writer import batch
-
-
-def _delete(queue: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{queue}{suffix}").unlink(missing_ok=True)
 
 
 def _left(folder: Path) -> list[str]:
