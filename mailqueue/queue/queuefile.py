@@ -105,11 +105,13 @@ class QueueFile:
         if problem is not None:
             raise QueueLostError(problem)
 
-    async def current(self) -> str | None:
+    async def current(self, max_age: float | None = None) -> str | None:
         """On the event loop: the last check's result, checked again on a thread when it
-        is older than ``max_age``. Callers that come while a check is under way wait for
-        that one: a burst of transactions starts one ``stat``, not one each."""
-        if time.monotonic() - self._checked_at < self._max_age:
+        is older than ``max_age`` (default: the one given at construction; 0: check now).
+        Callers that come while a check is under way wait for that one: a burst of
+        transactions starts one ``stat``, not one each."""
+        limit = self._max_age if max_age is None else max_age
+        if time.monotonic() - self._checked_at < limit:
             return self._lost
         if self._checking is None:
             self._checking = asyncio.ensure_future(self._check_on_thread())

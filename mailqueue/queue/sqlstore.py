@@ -284,7 +284,7 @@ class SqlQueueStore(SqlAdminMixin):
         it now says so (a connection cannot open a file deleted since the last look), else
         the database's own."""
         if self._file is not None:
-            problem = await asyncio.to_thread(self._file.check)
+            problem = await self._file.current(max_age=0)
             if problem is not None:
                 return QueueLostError(problem)
         return database_error(exc)
