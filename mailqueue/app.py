@@ -194,7 +194,7 @@ class MailqueueApp:
         handler = MailqueueHandler(self.config.smtp, Router(self.config.stores),
                                    self.control.current, self.committer, self.capacity,
                                    self.clock, on_accepted=self._accepted,
-                                   queue_lost=getattr(self.queue, "file_lost", None))
+                                   queue_lost=self.queue.file_lost)
         handler.on_reply = self.metrics.observe_reply
         server = await start_server(handler, self.gate, self.config.smtp)
         self.smtp_server = server

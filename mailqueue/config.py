@@ -39,6 +39,7 @@ from sqlalchemy.engine import make_url
 from mailqueue.errors import ConfigError, TimeParseError
 from mailqueue.nodes import MAX_NODES
 from mailqueue.overrides import ENV_PREFIX, Key, apply_overrides
+from mailqueue.sqliteurl import sqlite_path
 from mailqueue.timeparse import get_zone, parse_duration, parse_size, parse_time
 
 DEFAULT_URL = "sqlite+aiosqlite:///var/queue.db"
@@ -199,8 +200,7 @@ class QueueConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _writer_fits(self) -> QueueConfig:
-        if self.writer == "process" and (not self.url.startswith("sqlite") or
-                                         self.url.endswith((":memory:", ":///"))):
+        if self.writer == "process" and sqlite_path(self.url) is None:
             raise ValueError('writer = "process" is for a queue in an SQLite file; '
                              'remove it, or set it to "thread"')
         if self.writer_cpus is not None and self.writer != "process":
@@ -495,13 +495,9 @@ def _against(path: Path, root: Path) -> Path:
 
 def sqlite_url_against(url: str, root: Path) -> str:
     """``url`` with a relative SQLite database path made absolute against ``root`` (other
-    URLs, in-memory databases and absolute paths as they are)."""
-    if not url.startswith("sqlite"):
-        return url
-    parsed = make_url(url)
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:") or \
-            os.path.isabs(database):
+    URLs, in-memory databases, SQLite URIs and absolute paths as they are)."""
+    database = sqlite_path(url)
+    if database is None or os.path.isabs(database):
         return url
     absolute = os.path.normpath(root / database)
-    return parsed.set(database=absolute).render_as_string(hide_password=False)
+    return make_url(url).set(database=absolute).render_as_string(hide_password=False)

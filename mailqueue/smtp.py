@@ -12,7 +12,7 @@ import hashlib
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, AnyStr
 
 import structlog
@@ -365,7 +365,7 @@ class MailqueueHandler:
     def __init__(self, config: SmtpConfig, router: Router, windows: Callable[[], WindowSet],
                  committer: GroupCommitter, capacity: Capacity, clock: Clock,
                  on_accepted: Callable[[NewMessage], None] | None = None,
-                 queue_lost: Callable[[], Awaitable[str | None]] | None = None) -> None:
+                 queue_lost: Callable[[], str | None] | None = None) -> None:
         self.config = config
         self.router = router
         self.windows = windows
@@ -373,7 +373,8 @@ class MailqueueHandler:
         self.capacity = capacity
         self.clock = clock
         self.on_accepted = on_accepted
-        # Why the queue's file is lost, if it is (see mailqueue.queue.queuefile).
+        # Why the queue's file is lost, if it is, as last seen (a read, never a look at the
+        # file: see mailqueue.queue.queuefile).
         self.queue_lost = queue_lost
         self.on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
 
@@ -384,7 +385,7 @@ class MailqueueHandler:
         if address != NULL_SENDER and not _plausible_address(address):
             return "553 5.1.7 Malformed sender address"
         # A lost queue file refuses every commit: say so before the message is sent.
-        if self.queue_lost is not None and await self.queue_lost() is not None:
+        if self.queue_lost is not None and self.queue_lost() is not None:
             return "451 4.3.0 Temporary queue failure, try again later"
         if self.capacity.full(_declared_size(mail_options)):
             log.warning("queue_full", messages=self.capacity.messages, bytes=self.capacity.bytes)
@@ -440,9 +441,10 @@ class MailqueueHandler:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
             self.capacity.storage_full()
             return "452 4.3.1 Insufficient system storage, try again later"
-        except QueueLostError as exc:  # logged once, as queue_file_lost
-            log.warning("message_not_queued", error=str(exc),
-                        recipients=len(message.recipients))
+        except QueueLostError as exc:
+            # The loss is the operator's news once (queue_file_lost), not once a message.
+            log.debug("message_not_queued", error=str(exc),
+                      recipients=len(message.recipients))
             return "451 4.3.0 Temporary queue failure, try again later"
         except QueueError as exc:
             log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))

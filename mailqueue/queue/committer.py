@@ -206,8 +206,9 @@ class GroupCommitter:
         if error is None:
             self.commits += 1
             self.committed += len(batch)
-        elif isinstance(error, QueueLostError):  # logged once, as queue_file_lost
-            log.warning("queue_commit_refused", messages=len(batch), error=str(error))
+        elif isinstance(error, QueueLostError):
+            # The loss is the operator's news once (queue_file_lost), not once a batch.
+            log.debug("queue_commit_refused", messages=len(batch), error=str(error))
         else:
             log.error("queue_commit_failed", messages=len(batch), error=str(error))
             if not isinstance(error, QueueError):

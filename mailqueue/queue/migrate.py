@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,16 +86,22 @@ def known_revisions() -> set[str]:
     return set(_scripts())
 
 
-def current(conn: Connection) -> str | None:
-    """The database's revision, or None when it has no version table."""
-    if "alembic_version" not in inspect(conn).get_table_names():
+def table_names(conn: Connection) -> set[str]:
+    """The names of the database's tables."""
+    return set(inspect(conn).get_table_names())
+
+
+def current(conn: Connection, tables: Collection[str] | None = None) -> str | None:
+    """The database's revision, or None when it has no version table. ``tables``: the
+    database's table names, where the caller has read them already."""
+    if "alembic_version" not in (table_names(conn) if tables is None else tables):
         return None
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def holds_queue(conn: Connection) -> bool:
+def holds_queue(conn: Connection, tables: Collection[str] | None = None) -> bool:
     """Whether the database has any of the queue's tables (at whatever revision)."""
-    return bool(set(inspect(conn).get_table_names()) & set(metadata.tables))
+    return bool(set(table_names(conn) if tables is None else tables) & set(metadata.tables))
 
 
 def _lock(conn: Connection) -> None:
@@ -102,15 +109,19 @@ def _lock(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
 
 
-def prepare(conn: Connection, create: bool = True) -> bool:
+def prepare(conn: Connection, create: bool = True,
+            tables: Collection[str] | None = None) -> bool:
     """Refuse a database that is not at the newest revision; with ``create``, make an empty
     one a queue at the newest revision first. False: the database is empty (and stays so,
-    ``create`` being false)."""
+    ``create`` being false). ``tables``: the database's table names, where the caller has
+    read them already (they are read once either way)."""
     _lock(conn)
-    revision, newest = current(conn), head()
+    if tables is None:
+        tables = table_names(conn)
+    revision, newest = current(conn, tables), head()
     if revision == newest:
         return True
-    if revision is None and not holds_queue(conn):
+    if revision is None and not holds_queue(conn, tables):
         if not create:
             return False
         from alembic import command

@@ -184,6 +184,12 @@ class MessageQueue(Protocol):
 
     async def stats(self) -> QueueStats: ...
 
+    def file_lost(self) -> str | None:
+        """Why the queue's storage is known to be lost (an SQLite file deleted or replaced
+        under the server), as last seen: new mail is refused while it is. Never waits:
+        the store looks again on its own. None for a queue with no file to lose."""
+        ...
+
 
 class ControlState(Protocol):
     """Windows and mailbox node states, shared through the queue database by every process."""

@@ -8,16 +8,17 @@ table, which no hot path may do: claiming must cost O(batch) whatever the queue 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 
 from mailqueue.queue.models import NewMessage, Settlement
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.sqliteurl import file_uri, sqlite_path
 
 
 @contextmanager
@@ -47,9 +48,11 @@ async def hot_path_plans(store: SqlQueueStore, message: NewMessage, store_name: 
                                    max_bytes=len(message.body) * 64)  # the byte check too
         await store.settle(Settlement(delivered=[c.recipient_id for c in claims]), "plans",
                            now)
-    database = make_url(store.url).database
+    path = sqlite_path(store.url)
+    if path is None:
+        raise RuntimeError("query plans are read from a queue in an SQLite file")
     plans: dict[str, list[str]] = {}
-    with sqlite3.connect(str(database)) as conn:
+    with contextlib.closing(sqlite3.connect(file_uri(path), uri=True)) as conn:
         for statement, parameters in seen:
             if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "INSERT",
                                                           "DELETE")):

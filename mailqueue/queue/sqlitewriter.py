@@ -31,10 +31,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailqueue import faults, loops
-from mailqueue.errors import QueueError
+from mailqueue.errors import QueueError, QueueLostError
 from mailqueue.queue.dberrors import database_error
 from mailqueue.queue.queuefile import QueueFile
 from mailqueue.queue.schema import messages, recipients
+from mailqueue.queue.sqlitefile import open_without_creating
+from mailqueue.sqliteurl import sqlite_path
 
 log = structlog.get_logger("mailqueue.queue")
 
@@ -85,6 +87,7 @@ class SqliteWriter:
                  instrument: Callable[[Engine], None] | None = None,
                  file: QueueFile | None = None) -> None:
         self._url = make_url(url).set(drivername="sqlite")
+        self._path = sqlite_path(url)
         self._busy_timeout = busy_timeout
         self._instrument = instrument
         # The queue's file, checked after every commit (None: not checked).
@@ -109,6 +112,8 @@ class SqliteWriter:
             return
         self._engine = create_engine(self._url, connect_args={
             "timeout": self._busy_timeout, "check_same_thread": False})
+        if self._path is not None:
+            open_without_creating(self._engine, self._path)
         # The pragmas on every connection (the writer's own issues its BEGIN IMMEDIATE
         # itself; the checkpoint thread's runs no transaction).
         configure_sqlite(self._engine, self._busy_timeout, immediate=lambda _conn: True)
@@ -160,8 +165,9 @@ class SqliteWriter:
 
         Raises :class:`QueueLostError` when the queue's file is not at its path: before
         the transaction if it was lost at the last check (and still is), and after the
-        COMMIT if it is lost now, since a commit into that file does not survive a
-        restart."""
+        COMMIT if it is lost now (deleted, replaced, its directory gone), since a commit
+        into that file does not survive a restart. A path that cannot be looked at says
+        nothing of the file: the commit stands (see :class:`QueueFile`)."""
         file = self._file
         if file is not None and file.lost is not None:
             file.verify()  # lost at the last check: write nothing into it unless it is back
@@ -189,20 +195,21 @@ class SqliteWriter:
     @contextlib.contextmanager
     def _driver_connection(self) -> Iterator[sqlite3.Connection]:
         """The writer's own ``sqlite3`` connection, one user at a time. A driver error
-        raises :class:`QueueError` and drops it: the next user starts on a fresh one,
-        whatever state this one is in."""
+        raises :class:`QueueError` (:class:`QueueLostError` if the queue's file is lost,
+        which a connection that cannot open it is the first to notice) and drops it: the
+        next user starts on a fresh one, whatever state this one is in."""
         with self._connection_lock:
             if self._engine is None:
                 raise QueueError("queue writer is not open")
             try:
                 if self._connection is None:
-                    # SQLite would make a new, empty database where the file is missing.
-                    if self._file is not None:
-                        self._file.verify()
                     self._connection = self._engine.raw_connection()
                 yield self._connection.driver_connection
             except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
                 self._drop_connection()
+                problem = self._file.check() if self._file is not None else None
+                if problem is not None:
+                    raise QueueLostError(problem) from exc
                 raise database_error(exc) from exc
 
     def _drop_connection(self) -> None:
@@ -237,15 +244,12 @@ class SqliteWriter:
         RESTART_WAIT_MS; then it gives up, as PASSIVE would): 14-38 ms, four times in a
         drain of 30,000 messages, against a WAL that now stays under 73 MiB. A failure
         only leaves the WAL longer; the next checkpoint tries again. While the queue's file
-        is lost it does nothing: a connection opened then would make a new, empty database
-        at the path."""
+        is lost it does nothing: the file at the path, if any, is not the queue's."""
         try:
             if self._file is not None and self._file.lost is not None:
                 return
             if self._checkpoint_conn is None:
                 assert self._engine is not None
-                if self._file is not None:
-                    self._file.verify()
                 self._checkpoint_conn = self._engine.raw_connection()
             conn = self._checkpoint_conn.driver_connection
             _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -256,7 +260,7 @@ class SqliteWriter:
                     conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                 finally:
                     conn.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
-        except (SQLAlchemyError, sqlite3.Error, OSError, QueueError) as exc:
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             log.warning("queue_checkpoint_failed", error=str(exc))
         finally:
             self._checkpoint_running.clear()

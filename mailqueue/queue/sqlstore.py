@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -62,9 +61,15 @@ from mailqueue.queue.sqladmin import (
     message_rows,
     recipient_rows,
 )
-from mailqueue.queue.sqlitefile import CREATE_HINT, queue_file_problem
+from mailqueue.queue.sqlitefile import (
+    CREATE_HINT,
+    create_file,
+    open_without_creating,
+    queue_tables,
+)
 from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
 from mailqueue.queue.writerproc import WriterProcess
+from mailqueue.sqliteurl import sqlite_path
 from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
@@ -88,12 +93,13 @@ class SqlQueueStore(SqlAdminMixin):
                  writer_cpus: Sequence[int] | None = None) -> None:
         self.url = url
         self._sqlite = url.startswith("sqlite")
+        # The SQLite file the queue lives in (None: PostgreSQL, in memory, an SQLite URI).
+        self._path = sqlite_path(url)
         self._busy_timeout = busy_timeout
         self._engine: AsyncEngine | None = None
         self._write_turn = asyncio.Lock()
         # SQLite files: enqueue commits on a dedicated thread (see sqlitewriter.py).
-        self._threaded_writer = threaded_writer and self._sqlite and \
-            make_url(url).database not in (None, "", ":memory:")
+        self._threaded_writer = threaded_writer and self._path is not None
         self._writer: SqliteWriter | None = None
         # [queue] writer = "process": the group commit's transaction in a child process.
         self._writer_process_wanted = writer_process and self._threaded_writer
@@ -106,20 +112,22 @@ class SqlQueueStore(SqlAdminMixin):
 
     async def open(self, *, create: bool = True) -> None:
         """Connect and check the schema. With ``create`` (the server, ``db upgrade``, tests)
-        an empty database, and a SQLite file's directory, are made into a queue; without
-        it (every other command) a database that holds no queue is refused with one line
-        naming it, and nothing is created."""
+        an empty database, and a SQLite file and its directory, are made into a queue;
+        without it (every other command) a database that holds no queue is refused with one
+        line naming it, and nothing is created."""
         if self._engine is not None:
             return
+        tables = None
         if create:
-            await asyncio.to_thread(self._make_folder)
+            await self._make_file()
         else:
-            await self._require_queue()
-        self._engine = self._create_engine()
+            tables = await self._require_queue()
         try:
-            # A write transaction: an empty database is created here, by one process.
+            await self._pin()
+            self._engine = self._create_engine()
+            # A write transaction: an empty database is made a queue here, by one process.
             async with self._tx(write=True) as conn:
-                found = await conn.run_sync(migrate.prepare, create)
+                found = await conn.run_sync(migrate.prepare, create, tables)
         except SchemaError:
             await self.close()
             raise
@@ -130,10 +138,6 @@ class SqlQueueStore(SqlAdminMixin):
         if not found:
             await self.close()
             raise QueueError(self._no_tables())
-        database = make_url(self.url).database
-        if self._sqlite and database and database != ":memory:" and \
-                not database.startswith("file:"):
-            self._file = await asyncio.to_thread(QueueFile.pin, database)
         if self._threaded_writer:
             self._writer = SqliteWriter(self.url, self._busy_timeout, self._instrument,
                                         file=self._file)
@@ -153,7 +157,7 @@ class SqlQueueStore(SqlAdminMixin):
     async def upgrade_schema(self) -> tuple[str | None, str | None]:
         """Apply the packaged migrations (``mailqueue db upgrade``); (before, after)."""
         await self.close()
-        await asyncio.to_thread(self._make_folder)
+        await self._make_file()
         self._engine = self._create_engine()
         try:
             async with self._tx(write=True) as conn:
@@ -168,12 +172,12 @@ class SqlQueueStore(SqlAdminMixin):
         """The database's schema revision (None: made before migrations). A database that
         holds no queue is refused as :meth:`open` without ``create`` refuses it."""
         await self.close()
-        await self._require_queue()
+        tables = await self._require_queue()
         self._engine = self._create_engine()
         try:
             async with self._tx() as conn:
-                revision = await conn.run_sync(migrate.current)
-                if revision is None and not await conn.run_sync(migrate.holds_queue):
+                revision = await conn.run_sync(migrate.current, tables)
+                if revision is None and not await conn.run_sync(migrate.holds_queue, tables):
                     raise QueueError(self._no_tables())
                 return revision
         except QueueError as exc:
@@ -184,14 +188,27 @@ class SqlQueueStore(SqlAdminMixin):
         finally:
             await self.close()
 
-    async def _require_queue(self) -> None:
-        """Refuse a SQLite queue file that is missing, empty or another program's."""
-        database = make_url(self.url).database
-        if not self._sqlite or database in (None, "", ":memory:"):
+    async def _require_queue(self) -> set[str] | None:
+        """Refuse a SQLite queue file that is missing, empty or another program's; the
+        file's tables (None: no file to look at)."""
+        if self._path is None:
+            return None
+        return await asyncio.to_thread(queue_tables, self._path, self._busy_timeout)
+
+    async def _make_file(self) -> None:
+        """Create a SQLite queue file and its directory where there are none. This is the
+        one connection that may create the file; every other one opens it without."""
+        if self._path is not None:
+            await asyncio.to_thread(create_file, self._path)
+
+    async def _pin(self) -> None:
+        """Remember the identity of the SQLite file, before any connection opens it."""
+        if self._path is None:
             return
-        problem = await asyncio.to_thread(queue_file_problem, database, self._busy_timeout)
-        if problem is not None:
-            raise QueueError(problem)
+        try:
+            self._file = await asyncio.to_thread(QueueFile.pin, self._path)
+        except OSError as exc:
+            raise QueueError(f"queue database error: {exc.strerror or exc}") from exc
 
     def _no_tables(self) -> str:
         return f"queue database {self.safe_url} has no mailqueue tables ({CREATE_HINT})"
@@ -208,14 +225,15 @@ class SqlQueueStore(SqlAdminMixin):
             self._engine = None
         self._file = None
 
-    async def file_lost(self) -> str | None:
+    def file_lost(self) -> str | None:
         """Why the queue's file is not the one it opened at its path any more (deleted,
         replaced, its directory gone), as last checked; None while it is, and always for a
-        queue without a file (PostgreSQL, an in-memory SQLite)."""
-        return None if self._file is None else await self._file.current()
+        queue without a file (PostgreSQL, an in-memory SQLite). Reads what the last check
+        found, without looking: every transaction and commit looks when that is old."""
+        return None if self._file is None else self._file.lost
 
     async def _check_file(self) -> None:
-        problem = await self.file_lost()
+        problem = None if self._file is None else await self._file.current()
         if problem is not None:
             raise QueueLostError(problem)
 
@@ -226,20 +244,6 @@ class SqlQueueStore(SqlAdminMixin):
     def _instrument(self, engine: Engine) -> None:
         """Called with every engine this store creates (a seam for fault-injecting tests)."""
 
-    def _make_folder(self) -> None:
-        """Create a SQLite queue file's directory (blocking), or say why it cannot be."""
-        database = make_url(self.url).database
-        if not self._sqlite or database in (None, "", ":memory:"):
-            return
-        folder = Path(database).absolute().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            reason = "a file is in the way" if isinstance(exc, FileExistsError) else \
-                exc.strerror or str(exc)
-            raise QueueError(f"cannot create the directory {folder} for the queue "
-                             f"database: {reason} (check [queue] url)") from exc
-
     def _create_engine(self) -> AsyncEngine:
         if not self._sqlite:
             engine = create_async_engine(self.url, pool_pre_ping=True,
@@ -247,6 +251,8 @@ class SqlQueueStore(SqlAdminMixin):
             self._instrument(engine.sync_engine)
             return engine
         engine = create_async_engine(self.url, connect_args={"timeout": self._busy_timeout})
+        if self._path is not None:
+            open_without_creating(engine.sync_engine, self._path)
         configure_sqlite(engine.sync_engine, self._busy_timeout,
                          immediate=lambda conn: conn.get_execution_options().get(_IMMEDIATE, False))
         if self._threaded_writer:
@@ -273,7 +279,17 @@ class SqlQueueStore(SqlAdminMixin):
                     yield conn
         except (SQLAlchemyError, OSError) as exc:
             # OSError: the server did not answer (asyncpg raises it unwrapped on connect).
-            raise database_error(exc) from exc
+            raise await self._failure(exc) from exc
+
+    async def _failure(self, exc: SQLAlchemyError | OSError) -> QueueError:
+        """The error to raise for a driver error: the queue's file being lost if a look at
+        it now says so (a connection cannot open a file deleted since the last look), else
+        the database's own."""
+        if self._file is not None:
+            problem = await self._file.current(max_age=0)
+            if problem is not None:
+                return QueueLostError(problem)
+        return database_error(exc)
 
     # --- the write path --------------------------------------------------------------
 
@@ -293,13 +309,14 @@ class SqlQueueStore(SqlAdminMixin):
         if self._writer_process is not None:
             await self._check_file()
             try:
-                await self._writer_process.write(message_rows(batch), recipient_rows(batch))
+                unchecked = await self._writer_process.write(message_rows(batch),
+                                                             recipient_rows(batch))
             except QueueLostError as exc:  # the child checked after its commit
                 if self._file is not None:
                     self._file.observe(str(exc))
                 raise
             if self._file is not None:
-                self._file.observe(None)
+                self._file.observe(None, unchecked)
             return
         if self._writer is not None:
             await self._writer.write(message_rows(batch), recipient_rows(batch))

@@ -18,7 +18,8 @@ of the GIL in the loop's way: on asyncio it was slower than no child at all.
 
 After each commit the child checks that the queue's file is still the one the server
 opened (:mod:`mailqueue.queue.queuefile`) and reports a file that is not: the batch gets a
-451, and the server logs the loss.
+451, and the server logs the loss. A path it cannot look at is reported with the commit,
+which stands (its sessions hear 250).
 
 A child that dies (killed, out of memory) fails the batch it held as a 451: its commit may
 or may not have happened, so the sessions resend and no false 250 is given. The next batch
@@ -47,6 +48,7 @@ import structlog
 from mailqueue import faults
 from mailqueue.errors import QueueError, QueueFullError, QueueLostError
 from mailqueue.queue.queuefile import FileId, QueueFile, format_id, parse_id
+from mailqueue.sqliteurl import sqlite_path
 
 log = structlog.get_logger("mailqueue.queue")
 
@@ -58,6 +60,7 @@ STOP_TIMEOUT = 30.0
 _READY = "ready"
 _FULL = "full"
 _LOST = "lost"
+_UNCHECKED = "unchecked"
 _ERROR = "error"
 _ERRORS: dict[str, type[QueueError]] = {_FULL: QueueFullError, _LOST: QueueLostError}
 
@@ -135,9 +138,11 @@ class WriterProcess:
                  cpus=",".join(map(str, self._cpus)) if self._cpus else "all")
 
     async def write(self, message_rows: list[dict[str, Any]],
-                    recipient_rows: list[dict[str, Any]]) -> None:
-        """Commit the rows in the child; return once they are on disk. If the child is
-        gone, a new one is started for this batch; if it dies during it, QueueError."""
+                    recipient_rows: list[dict[str, Any]]) -> str | None:
+        """Commit the rows in the child; return once they are on disk: why the child could
+        not look at the queue's path after the commit, or None when it could (or has no
+        file to look at). If the child is gone, a new one is started for this batch; if it
+        dies during it, QueueError."""
         if self._turn is None:
             self._turn = asyncio.Lock()
         payload = pickle.dumps((message_rows, recipient_rows), pickle.HIGHEST_PROTOCOL)
@@ -169,8 +174,10 @@ class WriterProcess:
                 raise QueueError("queue writer process ended during a commit "
                                  f"(exit status {code}); its outcome is unknown") from exc
         if reply is None:
-            return
+            return None
         kind, text = reply
+        if kind == _UNCHECKED:
+            return str(text)
         raise _ERRORS.get(kind, QueueError)(text)
 
     async def close(self) -> None:
@@ -277,14 +284,12 @@ def child_cpus(writer_cpus: Sequence[int] | None, server_cpus: Sequence[int] | N
 
 def _serve(sock: socket.socket, url: str, busy_timeout: float,
            identity: FileId | None) -> None:
-    from sqlalchemy.engine import make_url
-
     from mailqueue.queue.sqlitewriter import SqliteWriter
 
     # The server logs a lost file; this process only reports it.
-    database = make_url(url).database
-    file = QueueFile(database, identity, announce=False) \
-        if identity is not None and database else None
+    path = sqlite_path(url)
+    file = QueueFile(path, identity, announce=False) \
+        if identity is not None and path is not None else None
     writer = SqliteWriter(url, busy_timeout, file=file)
     try:
         writer.open()
@@ -320,8 +325,9 @@ def _serve(sock: socket.socket, url: str, busy_timeout: float,
                 reply = (_ERROR, str(exc))
             except Exception as exc:  # a 451 for the batch, not a dead child
                 reply = (_ERROR, f"queue write failed: {exc}")
-            else:
-                reply = None
+            else:  # committed; the server hears if its file could not be looked at
+                unchecked = file.unchecked if file is not None else None
+                reply = None if unchecked is None else (_UNCHECKED, unchecked)
             try:
                 sock.sendall(_frame(reply))
             except OSError:

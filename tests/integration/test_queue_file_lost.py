@@ -221,6 +221,6 @@ async def test_a_queue_without_a_file_has_nothing_to_lose(where: str,
     url = request.getfixturevalue("pg_url") if where == "postgresql" \
         else "sqlite+aiosqlite:///:memory:"
     async with opened_store(url) as store:
-        assert await store.file_lost() is None
+        assert store.file_lost() is None
         await store.enqueue(batch(3))
         assert (await store.stats()).messages_total == 3
