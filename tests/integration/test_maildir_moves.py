@@ -1,6 +1,6 @@
 """A mail reader moves files from ``new/`` to ``cur/`` while mailqueue lists the Maildir:
-a repeated delivery sees every file exactly once, whichever order the file system lists
-``new/`` and ``cur/`` in.
+``verify``, ``verify --against`` and a repeated delivery see every file exactly once,
+whichever order the file system lists ``new/`` and ``cur/`` in.
 
 The reader's move is made at the worst moment: right after (or right before) ``cur/`` is
 listed, through ``os.scandir``, which every Maildir listing goes through."""
@@ -8,6 +8,7 @@ listed, through ``os.scandir``, which every Maildir listing goes through."""
 from __future__ import annotations
 
 import os
+import shutil
 import smtplib
 import time
 from collections.abc import Iterator
@@ -18,7 +19,10 @@ from types import TracebackType
 import pytest
 
 from mailqueue import faults
+from mailqueue.mailbox.maildir import mailbox_path, unique_part
 from mailqueue.testing import MailLossError, Mailqueue, MailqueueOptions
+from tests.integration.test_verify_cli import mq_here
+from tests.served import free_port, write_config
 
 ALICE = "alice@example.com"
 
@@ -49,12 +53,16 @@ class Listed:
 class Reader:
     """A mail reader that takes every file in ``box``'s ``new/`` to ``cur/`` (``:2,S``
     appended) once, at the moment ``cur/`` is listed: just ``after`` its listing, or just
-    before it. With ``cur_first`` the file system lists ``cur/`` before ``new/`` in
-    ``box`` (as a hashed directory may)."""
+    before it. It renames each file, or with ``link`` links it into ``cur/`` and has yet
+    to remove it from ``new/`` (the first half of a move by link and unlink). With
+    ``cur_first`` the file system lists ``cur/`` before ``new/`` in ``box`` (as a hashed
+    directory may)."""
 
-    def __init__(self, box: Path, *, after: bool = True, cur_first: bool = False) -> None:
+    def __init__(self, box: Path, *, after: bool = True, link: bool = False,
+                 cur_first: bool = False) -> None:
         self.box = Path(os.path.realpath(box))
         self.after = after
+        self.link = link
         self.cur_first = cur_first
         self.moved: list[Path] = []
         self._done = False
@@ -78,7 +86,7 @@ class Reader:
         self._done = True
         for name in sorted(os.listdir(self.box / "new")):
             target = self.box / "cur" / f"{name}:2,S"
-            os.rename(self.box / "new" / name, target)
+            (os.link if self.link else os.rename)(self.box / "new" / name, target)
             self.moved.append(target)
 
 
@@ -96,6 +104,92 @@ def send(mq: Mailqueue, n: int) -> None:
 
 def files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name in ("new", "cur"))
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> tuple[Path, Path]:
+    """Three messages delivered into alice's ``new/``, then mailqueue stopped: the config
+    file of that instance (for ``mailqueue verify``) and her Maildir."""
+    with Mailqueue(MailqueueOptions().build(tmp_path)) as mq:
+        for n in range(3):
+            send(mq, n)
+        mq.drained()
+    box = mailbox_path(tmp_path / "mail" / "mail", ALICE)
+    assert len(os.listdir(box / "new")) == 3
+    return write_config(tmp_path, free_port(), {"mail": "example.com"}), box
+
+
+# --- verify -------------------------------------------------------------------------------
+
+def test_verify_sees_a_file_moved_to_cur_just_after_cur_was_listed(
+        served: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    config, box = served
+    moving = reader(monkeypatch, box)
+    result = mq_here(config, "verify")
+    assert len(moving.moved) == 3
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MISSING" not in result.stdout
+    assert "OK: nothing lost, nothing delivered twice" in result.stdout
+
+
+def test_verify_against_a_snapshot_sees_a_file_moved_during_the_scan(
+        served: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    config, box = served
+    snapshot = config.parent / "before.json"
+    assert mq_here(config, "verify", "--snapshot", str(snapshot)).returncode == 0
+    moving = reader(monkeypatch, box)
+    result = mq_here(config, "verify", "--against", str(snapshot))
+    assert len(moving.moved) == 3
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 files checked, 0 missing, 0 changed, 0 new since" in result.stdout
+
+
+def test_a_file_seen_in_both_listings_is_one_file(
+        served: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Moved after new/ was listed and before cur/ is: in both listings, read once.
+    config, box = served
+    snapshot = config.parent / "before.json"
+    assert mq_here(config, "verify", "--snapshot", str(snapshot)).returncode == 0
+    moving = reader(monkeypatch, box, after=False)
+    result = mq_here(config, "verify")
+    assert len(moving.moved) == 3
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DUPLICATED" not in result.stdout
+
+    monkeypatch.undo()
+    for path in moving.moved:  # a reader takes them back, to be moved again
+        path.rename(box / "new" / unique_part(path.name))
+    moving = reader(monkeypatch, box, after=False)
+    result = mq_here(config, "verify", "--against", str(snapshot))
+    assert len(moving.moved) == 3
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 files checked, 0 missing, 0 changed, 0 new since" in result.stdout
+
+
+def test_a_file_half_moved_by_link_is_one_file(
+        served: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Linked into cur/ and not yet removed from new/: two names, one file, read once.
+    config, box = served
+    snapshot = config.parent / "before.json"
+    assert mq_here(config, "verify", "--snapshot", str(snapshot)).returncode == 0
+    moving = reader(monkeypatch, box, after=False, link=True)
+    result = mq_here(config, "verify")
+    assert len(moving.moved) == 3 and len(os.listdir(box / "new")) == 3
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DUPLICATED" not in result.stdout
+    result = mq_here(config, "verify", "--against", str(snapshot))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 files checked, 0 missing, 0 changed, 0 new since" in result.stdout
+
+
+def test_two_files_under_one_unique_part_are_two_copies(served: tuple[Path, Path]) -> None:
+    # The same name in new/ and (flags appended) in cur/, but two files: a second copy.
+    config, box = served
+    first = sorted((box / "new").iterdir())[0]
+    shutil.copy(first, box / "cur" / f"{first.name}:2,S")
+    result = mq_here(config, "verify")
+    assert result.returncode == 1
+    assert "DUPLICATED (1):" in result.stdout
 
 
 # --- a repeated delivery ------------------------------------------------------------------
