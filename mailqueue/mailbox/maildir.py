@@ -164,7 +164,7 @@ class MaildirStore:
                  writers: int = DEFAULT_WRITERS) -> None:
         self.name = name
         self.root = root
-        self.hostname = hostname.replace("/", "_").replace(":", "_")
+        self.hostname = hostname  # as given in Received:; name_host makes file names of it
         self.writers = max(1, writers)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()

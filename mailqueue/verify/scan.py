@@ -23,10 +23,13 @@ import hashlib
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mailqueue.errors import MailqueueError
 from mailqueue.mailbox.maildir import list_maildir, unique_part
+
+if TYPE_CHECKING:
+    from mailqueue.config import Config
 
 
 class ScanError(MailqueueError):
@@ -202,3 +205,10 @@ def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
     (blocking)."""
     return [copy for store, root, inner in distinct_roots(roots)
             for copy in scan_root(store, root, inner)]
+
+
+def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
+    """Every file in every configured store's Maildirs, each once, and the store roots they
+    were found under (blocking)."""
+    roots = store_roots({s.name: s.path for s in config.stores})
+    return scan_stores(roots), roots

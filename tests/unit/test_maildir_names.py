@@ -105,6 +105,14 @@ def test_a_long_hostname_still_delivers(tmp_path: Path) -> None:
     assert len(files(tmp_path)) == 1
 
 
+def test_the_hostname_is_made_safe_for_the_file_name_only(tmp_path: Path) -> None:
+    store = MaildirStore("basic", tmp_path, "MX/One:2525")
+    assert store.deliver([claim()]) == [None]
+    [path] = files(tmp_path)
+    assert path.name.endswith(".mx_one_2525") and copy_key(path.name) == claim_key(claim())
+    assert b"\tby MX/One:2525 (mailqueue) with ESMTP id K054576PQSPKNM\n" in path.read_bytes()
+
+
 def test_mailutils_tells_apart_every_message_of_one_second() -> None:
     # 300 messages to one mailbox in one second: no two names may compare equal, or
     # mailutils shows one of them only.
