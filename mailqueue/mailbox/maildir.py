@@ -122,7 +122,7 @@ def render(claim: Claim, hostname: str) -> bytes:
 
 def list_maildir(maildir: Path | str) -> list[os.DirEntry[str]]:
     """The message files in ``maildir``'s ``new/`` and ``cur/`` (not its folders'), each
-    once: ``new/`` first, each directory in name order (blocking).
+    once: ``new/``'s first, each directory's in name order (blocking).
 
     ``new/`` is listed before ``cur/``, and both before anything is read: readers move
     files from ``new/`` to ``cur/`` and never back, so a file that is in the Maildir
@@ -135,7 +135,9 @@ def list_maildir(maildir: Path | str) -> list[os.DirEntry[str]]:
     found: dict[tuple[str, int], os.DirEntry[str]] = {}
     for sub in ("new", "cur"):
         for entry in _message_entries(os.path.join(maildir, sub)):
-            found[unique_part(entry.name), entry.inode()] = entry
+            key = unique_part(entry.name), entry.inode()
+            found.pop(key, None)  # listed before under its earlier name: keep this one
+            found[key] = entry
     return list(found.values())
 
 
