@@ -124,14 +124,14 @@ def list_maildir(maildir: Path | str) -> list[os.DirEntry[str]]:
     """The message files in ``maildir``'s ``new/`` and ``cur/`` (not its folders'), each
     once: ``new/``'s first, each directory's in name order (blocking).
 
-    ``new/`` is listed before ``cur/``, and both before anything is read: readers move
-    files from ``new/`` to ``cur/`` and never back, so a file that is in the Maildir
-    throughout is in one listing or in both, whenever a reader moves it. A file in both
-    (one unique part, one inode: the same file, renamed or linked by the reader) is given
-    once, under its ``cur/`` name; two files under one unique part are two. Names beginning
-    with ``.`` and entries that are not regular files are left out. A missing ``new/`` or
-    ``cur/`` lists as empty; any other error is raised (without the listing, a copy cannot
-    be ruled out nor a file be counted)."""
+    ``new/`` is listed before ``cur/``: readers move files from ``new/`` to ``cur/`` and
+    never back, so a file that is in the Maildir throughout is in one listing or in both,
+    whenever a reader moves it. A file in both (one unique part, one inode: the same file,
+    renamed or linked by the reader) is given once, under its ``cur/`` name; two files
+    under one unique part are two. Callers list before they read anything. Names
+    beginning with ``.`` and entries that are not regular files are left out. A ``new/``
+    or ``cur/`` that is missing or not a directory lists as empty; any other error is
+    raised (without the listing, a copy cannot be ruled out nor a file be counted)."""
     found: dict[tuple[str, int], os.DirEntry[str]] = {}
     for sub in ("new", "cur"):
         for entry in _message_entries(os.path.join(maildir, sub)):
@@ -145,7 +145,7 @@ def _message_entries(directory: str) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(directory) as listing:
             entries = [e for e in listing if not e.name.startswith(".") and e.is_file()]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     entries.sort(key=lambda entry: entry.name)
     return entries

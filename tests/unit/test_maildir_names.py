@@ -18,6 +18,7 @@ from mailqueue.mailbox.maildir import (
     MaildirStore,
     claim_key,
     copy_key,
+    list_maildir,
     maildir_name,
     render,
     unique_part,
@@ -261,3 +262,19 @@ def test_first_attempts_do_not_list_the_mailbox(tmp_path: Path,
     assert store.deliver([claim(qid=f"K0545{i:09d}") for i in range(5)]) == [None] * 5
     assert listed == []
     assert re.fullmatch(r"\d+\.q[0-9a-z]+_r[0-9a-f]{12}\.mx\.test", files(tmp_path)[0].name)
+
+
+def test_a_listing_is_empty_without_a_maildir(tmp_path: Path) -> None:
+    assert list_maildir(tmp_path / "absent") == []
+    (tmp_path / "file").write_bytes(b"x")
+    assert list_maildir(tmp_path / "file") == []
+    box = tmp_path / "box"
+    (box / "new").mkdir(parents=True)
+    (box / "cur").write_bytes(b"not a directory")
+    (box / "new" / "1500000000.M1P1.old").write_bytes(b"x")
+    (box / "new" / ".hidden").write_bytes(b"x")
+    (box / "new" / "sub").mkdir()
+    assert [e.name for e in list_maildir(box)] == ["1500000000.M1P1.old"]
+    store = MaildirStore("basic", tmp_path / "file", "mx.test")
+    [outcome] = store.deliver([claim(attempts=2)])  # no Maildir can be made there
+    assert isinstance(outcome, TemporaryDeliveryError)
