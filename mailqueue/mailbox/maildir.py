@@ -8,11 +8,16 @@ fsync it, ``rename`` it to ``new/NAME``, and fsync each ``new/`` directory once 
 before reporting success. (A rename is one directory change where a link and an unlink are
 two; on a repeat it replaces the earlier, identical copy.)
 
-A repeated attempt first looks for a copy already in the mailbox: readers move files from
-``new/`` to ``cur/`` and add to their names (``:2,S`` flags, GNU mailutils' ``,u=N``), so a
-copy is known by the (queue id, recipient) in the unique part of its name, the part before
-the first ``,`` or ``:``, whichever form of the name wrote it; a file whose name a reader
-replaced altogether is known by its content.
+A repeated attempt first looks for a copy already in the recipient's Maildir, by name only:
+readers move files from ``new/`` to ``cur/`` and add to their names (``:2,S`` flags, GNU
+mailutils' ``,u=N``) but keep the unique part, the part before the first ``,`` or ``:``, as
+the Maildir specification requires; so a copy is known by the (queue id, recipient) in the
+unique part of its name, whichever form of the name wrote it, in ``new/`` or ``cur/``
+(:func:`list_maildir`). A copy a reader renamed altogether or filed in a folder before the
+repeat is not known, and a second copy is written; ``mailqueue verify`` knows copies by
+their trace headers and reports it as duplicated. The check reads no file and stats none:
+a repeated batch (the drain after an outage) costs one listing of ``new/`` and ``cur/`` per
+mailbox.
 
 A batch is written by a small pool of threads (``writers``): each copy costs an fsync of its
 own, and fsyncs of different files proceed in parallel on the disk, so the pool, not the
@@ -28,7 +33,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
@@ -74,18 +79,15 @@ def name_host(hostname: str) -> str:
 
 def unique_part(name: str) -> str:
     """A Maildir file name without what readers append: up to the first ``,`` or ``:``."""
-    end = len(name)
-    for mark in (",", ":"):
-        at = name.find(mark)
-        if 0 <= at < end:
-            end = at
-    return name[:end]
+    return name.partition(":")[0].partition(",")[0]
 
 
 def copy_key(name: str) -> CopyKey | None:
     """The (queue id, recipient hash) of a file name mailqueue wrote, in either form and
     whatever a reader appended; None for any other name."""
-    match = _NAME_RE.match(unique_part(name))
+    # What the pattern matches holds no ',' or ':', so it matches a name exactly when it
+    # matches the name's unique part.
+    match = _NAME_RE.match(name)
     return None if match is None else (match.group(1).upper(), match.group(2))
 
 
@@ -118,6 +120,37 @@ def render(claim: Claim, hostname: str) -> bytes:
     return trace + claim.body.replace(b"\r\n", b"\n")
 
 
+def list_maildir(maildir: Path | str) -> list[os.DirEntry[str]]:
+    """The message files in ``maildir``'s ``new/`` and ``cur/`` (not its folders'), each
+    once: ``new/``'s first, each directory's in name order (blocking).
+
+    ``new/`` is listed before ``cur/``: readers move files from ``new/`` to ``cur/`` and
+    never back, so a file that is in the Maildir throughout is in one listing or in both,
+    whenever a reader moves it. A file in both (one unique part, one inode: the same file,
+    renamed or linked by the reader) is given once, under its ``cur/`` name; two files
+    under one unique part are two. Callers list before they read anything. Names
+    beginning with ``.`` and entries that are not regular files are left out. A ``new/``
+    or ``cur/`` that is missing or not a directory lists as empty; any other error is
+    raised (without the listing, a copy cannot be ruled out nor a file be counted)."""
+    found: dict[tuple[str, int], os.DirEntry[str]] = {}
+    for sub in ("new", "cur"):
+        for entry in _message_entries(os.path.join(maildir, sub)):
+            key = unique_part(entry.name), entry.inode()
+            found.pop(key, None)  # listed before under its earlier name: keep this one
+            found[key] = entry
+    return list(found.values())
+
+
+def _message_entries(directory: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as listing:
+            entries = [e for e in listing if not e.name.startswith(".") and e.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    entries.sort(key=lambda entry: entry.name)
+    return entries
+
+
 def ensure_maildir(path: Path) -> None:
     for sub in ("tmp", "new", "cur"):
         (path / sub).mkdir(parents=True, exist_ok=True)
@@ -133,7 +166,7 @@ class MaildirStore:
                  writers: int = DEFAULT_WRITERS) -> None:
         self.name = name
         self.root = root
-        self.hostname = hostname.replace("/", "_").replace(":", "_")
+        self.hostname = hostname  # as given in Received:; name_host makes file names of it
         self.writers = max(1, writers)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -205,10 +238,10 @@ class MaildirStore:
     def _deliver_one(self, claim: Claim, present: dict[Path, _Present]) -> Path | None:
         """Write one copy; the ``new/`` dir to fsync, or None if it was already there."""
         box = mailbox_path(self.root, claim.address)
+        if claim.attempts > 1 and present[box].holds(claim_key(claim)):
+            return None
         name = maildir_name(claim, self.hostname)
         data = render(claim, self.hostname)
-        if claim.attempts > 1 and present[box].holds(claim_key(claim), data):
-            return None
         if box not in self._known:
             ensure_maildir(box)
             self._known.add(box)
@@ -235,66 +268,28 @@ class MaildirStore:
 
 
 class _Present:
-    """The copies one mailbox (``new/`` and ``cur/``, its folders' too) held when a batch
-    began, for the batch's repeated claims: mailqueue's copies by the key in their names,
-    every other file by its content, read only when a name does not answer."""
+    """The copies mailqueue wrote that one mailbox's ``new/`` and ``cur/`` held when a
+    batch began, by the (queue id, recipient) in their names: for the batch's repeated
+    claims."""
 
     def __init__(self, box: Path) -> None:
         self.keys: set[CopyKey] = set()
-        self.others: list[str] = []  # files whose names carry no key (foreign, renamed)
         self.error: OSError | None = None
-        self._sizes: dict[int, list[str]] | None = None
-        self._lock = threading.Lock()
         try:
-            for folder, name in _message_names(box):
-                key = copy_key(name)
-                if key is None:
-                    self.others.append(os.path.join(folder, name))
-                else:
+            for found in list_maildir(box):
+                key = copy_key(found.name)
+                if key is not None:
                     self.keys.add(key)
         except OSError as exc:
             self.error = exc
 
-    def holds(self, key: CopyKey, data: bytes) -> bool:
-        """Whether a copy named by ``key``, or a file holding exactly ``data``, is here.
-        Raises the error that kept the mailbox from being listed: without the listing a
-        second copy cannot be ruled out, so the attempt fails (and is retried)."""
+    def holds(self, key: CopyKey) -> bool:
+        """Whether a copy named by ``key`` is here. Raises the error that kept the mailbox
+        from being listed: without the listing a second copy cannot be ruled out, so the
+        attempt fails (and is retried)."""
         if self.error is not None:
             raise OSError(self.error.errno, self.error.strerror, self.error.filename)
-        if key in self.keys:
-            return True
-        for path in self._by_size().get(len(data), ()):
-            try:
-                with open(path, "rb") as handle:
-                    if handle.read() == data:
-                        return True
-            except FileNotFoundError:
-                continue  # moved on by a reader meanwhile
-        return False
-
-    def _by_size(self) -> dict[int, list[str]]:
-        with self._lock:
-            if self._sizes is None:
-                sizes: dict[int, list[str]] = {}
-                for path in self.others:
-                    try:
-                        sizes.setdefault(os.stat(path).st_size, []).append(path)
-                    except FileNotFoundError:
-                        continue
-                self._sizes = sizes
-            return self._sizes
-
-
-def _message_names(box: Path) -> Iterator[tuple[str, str]]:
-    """(directory, name) of every file in a ``new/`` or ``cur/`` directory under ``box``
-    (its own and its folders'); nothing if ``box`` does not exist."""
-    def fail(exc: OSError) -> None:
-        if not isinstance(exc, FileNotFoundError):
-            raise exc
-
-    for dirpath, _, filenames in os.walk(box, onerror=fail):
-        if os.path.basename(dirpath) in ("new", "cur"):
-            yield from ((dirpath, n) for n in filenames if not n.startswith("."))
+        return key in self.keys
 
 
 def _try_fsync_dir(path: Path) -> DeliveryOutcome:

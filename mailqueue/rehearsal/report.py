@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -21,22 +20,21 @@ from typing import Any
 from mailqueue.queue.models import FINAL_STATES, RecipientState
 from mailqueue.rehearsal.runner import Observations, drain_complete, last_window_end
 from mailqueue.timeparse import format_duration, get_zone
+from mailqueue.verify.scan import read_files
 
 HEADERS_MAX = 8192
 LATE_WARNING = 1.0  # real seconds an event may run behind before the report warns
 
 
 def scan_maildirs(root: Path) -> Counter[tuple[int, str]]:
-    """How many files each (rehearsal id, recipient) has in the Maildirs under ``root``."""
-    found: Counter[tuple[int, str]] = Counter()
-    for dirpath, _dirs, files in os.walk(root):
-        if os.path.basename(dirpath) not in ("new", "cur"):
-            continue
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as handle:
-                head = handle.read(HEADERS_MAX).split(b"\n\n", 1)[0]
-            found[_identify(head)] += 1
-    return found
+    """How many files each (rehearsal id, recipient) has in the Maildirs under ``root``:
+    each file counted once, also one a reader moves during the scan (blocking)."""
+    return Counter(key for _, key in read_files(root, _identify_file))
+
+
+def _identify_file(path: Path) -> tuple[int, str]:
+    with open(path, "rb") as handle:
+        return _identify(handle.read(HEADERS_MAX).split(b"\n\n", 1)[0])
 
 
 def _identify(head: bytes) -> tuple[int, str]:

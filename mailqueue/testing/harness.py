@@ -22,7 +22,7 @@ from mailqueue.nodes import NodeMode, NodeState, find_node, node_index, node_nam
 from mailqueue.queue.models import LedgerRecipient, QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
 from mailqueue.testing.options import with_nodes
-from mailqueue.verify.scan import DeliveredCopy, scan_root, scan_stores, store_roots
+from mailqueue.verify.scan import scan_config, scan_root
 from mailqueue.windows import Inbound, Window, WindowState
 
 START_TIMEOUT = 10.0
@@ -58,11 +58,6 @@ def read_mailbox(config: Config, address: str) -> list[EmailMessage]:
     return out
 
 
-def scan_mailboxes(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
-    """Every file in every store's Maildirs, each once, and the store roots they were found
-    under (blocking)."""
-    roots = store_roots({s.name: s.path for s in config.stores})
-    return scan_stores(roots), roots
 
 
 class AsyncMailbox:
@@ -286,7 +281,7 @@ class AsyncMailqueue:
     async def ledger(self) -> Ledger:
         """What was accepted, compared with the Maildir files as they are now."""
         entries = await self.app.queue.ledger()
-        copies, roots = await asyncio.to_thread(scan_mailboxes, self.config)
+        copies, roots = await asyncio.to_thread(scan_config, self.config)
         return Ledger(entries, copies, roots)
 
     def maildir_root(self, store: str | None = None) -> Path:

@@ -14,7 +14,7 @@ from mailqueue.config import Config, load_config
 from mailqueue.queue.models import LedgerEntry
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.verify.audit import Audit, audit
-from mailqueue.verify.scan import DeliveredCopy, scan_stores, store_roots
+from mailqueue.verify.scan import scan_config
 from mailqueue.verify.snapshot import Manifest, compare_snapshot, take_snapshot
 
 
@@ -26,13 +26,6 @@ async def read_ledger(url: str) -> list[LedgerEntry]:
         return await store.ledger()
     finally:
         await store.close()
-
-
-def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
-    """Every file in every configured store's Maildirs, each once, and the store roots they
-    were found under (blocking)."""
-    roots = store_roots({s.name: s.path for s in config.stores})
-    return scan_stores(roots), roots
 
 
 def audit_instance(config: Config) -> Audit:

@@ -6,10 +6,13 @@ that: it strips the trace block (``Return-Path``, ``Delivered-To``, ``Received``
 continuation lines, ending at ``X-Mailqueue-Id``) and turns LF back into CRLF, so the
 SHA-256 of the result equals the digest the front end recorded when it said 250.
 
-Only the files are trusted here, never the queue's bookkeeping: the mailbox is found by
-walking every ``new/`` and ``cur/`` directory under a store's root, whatever the layout, and
-a copy is known by its trace, whatever a reader renamed it to. Each file is read once, also
-where stores share a root or one store's root lies inside another's.
+Only the files are trusted here, never the queue's bookkeeping: every Maildir under a
+store's root is found by walking it, whatever the layout (folders included), and a copy is
+known by its trace, whatever a reader renamed it to. Each Maildir is listed as a repeated
+delivery lists it (:func:`~mailqueue.mailbox.maildir.list_maildir`: ``new/`` before
+``cur/``, both before any file is read), so a file a reader moves from ``new/`` to ``cur/``
+during the scan is found in one listing or both, and read once. Each file is read once,
+also where stores share a root or one store's root lies inside another's.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import hashlib
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mailqueue.errors import MailqueueError
-from mailqueue.mailbox.maildir import unique_part
+from mailqueue.mailbox.maildir import list_maildir, unique_part
+
+if TYPE_CHECKING:
+    from mailqueue.config import Config
 
 
 class ScanError(MailqueueError):
@@ -97,47 +103,67 @@ def read_copy(store: str, path: Path) -> DeliveredCopy:
                          hashlib.sha256(restored.message).hexdigest())
 
 
-def mailbox_files(root: Path, skip: Collection[Path] = ()) -> Iterator[Path]:
-    """Every message file under ``root``: regular files in any ``new/`` or ``cur/``, not
-    below the directories in ``skip``. Nothing if ``root`` does not exist; a directory that
-    cannot be read raises :class:`ScanError` (its files would otherwise pass for lost)."""
+def maildirs(root: Path, skip: Collection[Path] = ()) -> Iterator[Path]:
+    """Every Maildir under ``root`` (``root`` too, and folders): each directory with a
+    ``new/`` or ``cur/`` in it, in name order, not below the directories in ``skip``.
+    Nothing if ``root`` does not exist; a directory that cannot be read raises
+    :class:`ScanError` (its files would otherwise pass for lost)."""
     def fail(exc: OSError) -> None:
         if not isinstance(exc, FileNotFoundError):
-            raise ScanError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
+            raise _scan_error(exc) from exc
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
+    for dirpath, dirnames, _ in os.walk(root, onerror=fail):
         dirnames[:] = sorted(d for d in dirnames if Path(dirpath, d) not in skip)
-        if os.path.basename(dirpath) not in ("new", "cur"):
-            continue
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.is_file() and not name.startswith("."):
-                yield path
+        if "new" in dirnames or "cur" in dirnames:
+            yield Path(dirpath)
+
+
+def mailbox_files(root: Path, skip: Collection[Path] = ()) -> Iterator[Path]:
+    """Every message file in the Maildirs under ``root`` (see :func:`maildirs`), each
+    Maildir's ``new/`` before its ``cur/``."""
+    for maildir in maildirs(root, skip):
+        yield from (Path(entry.path) for entry in _list(maildir))
 
 
 def read_files(root: Path, read: Callable[[Path], T],
                skip: Collection[Path] = ()) -> list[tuple[Path, T]]:
-    """``read(path)`` for every message file under ``root`` (see :func:`mailbox_files`).
+    """``read(path)`` for every message file under ``root`` (see :func:`maildirs`).
 
-    A file a reader moves while the walk goes on (``new/`` to ``cur/``, flags added) is
-    looked for again under its unique part in the same Maildir, so it is neither skipped
-    nor read twice. An unreadable file raises :class:`ScanError`."""
+    Each Maildir is listed in full (``new/``, then ``cur/``) before its files are read. A
+    file a reader moves on after the listing (flags added, ``new/`` to ``cur/``) is looked
+    for again under its unique part in a second listing of its Maildir, so it is neither
+    skipped nor read twice. An unreadable file raises :class:`ScanError`."""
+    return [done for maildir in maildirs(root, skip) for done in _read_maildir(maildir, read)]
+
+
+def _read_maildir(maildir: Path, read: Callable[[Path], T]) -> list[tuple[Path, T]]:
     done: list[tuple[Path, T]] = []
-    vanished: list[Path] = []
-    for path in mailbox_files(root, skip):
+    vanished: set[str] = set()  # unique parts of files gone between listing and reading
+    for entry in _list(maildir):
         try:
-            done.append((path, _read(read, path)))
+            done.append((Path(entry.path), _read(read, Path(entry.path))))
         except FileNotFoundError:
-            vanished.append(path)
+            vanished.add(unique_part(entry.name))
+    if not vanished:
+        return done
     seen = {path for path, _ in done}
-    for path in vanished:
-        for moved in _moved(path):
-            if moved in seen:
-                continue
-            seen.add(moved)
+    for entry in _list(maildir):
+        moved = Path(entry.path)
+        if unique_part(entry.name) in vanished and moved not in seen:
             with contextlib.suppress(FileNotFoundError):
                 done.append((moved, _read(read, moved)))
     return done
+
+
+def _list(maildir: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list_maildir(maildir)
+    except OSError as exc:
+        raise _scan_error(exc) from exc
+
+
+def _scan_error(exc: OSError) -> ScanError:
+    return ScanError(f"cannot read {exc.filename}: {exc.strerror or exc}")
 
 
 def _read(read: Callable[[Path], T], path: Path) -> T:
@@ -147,19 +173,6 @@ def _read(read: Callable[[Path], T], path: Path) -> T:
         raise
     except OSError as exc:
         raise ScanError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _moved(path: Path) -> list[Path]:
-    """Where a file of the same unique part as ``path`` is now, in its Maildir."""
-    base = unique_part(path.name)
-    found = []
-    for sub in ("cur", "new"):
-        try:
-            names = sorted(os.listdir(path.parent.parent / sub))
-        except FileNotFoundError:
-            continue
-        found += [path.parent.parent / sub / n for n in names if unique_part(n) == base]
-    return found
 
 
 def scan_root(store: str, root: Path, skip: Collection[Path] = ()) -> list[DeliveredCopy]:
@@ -192,3 +205,10 @@ def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
     (blocking)."""
     return [copy for store, root, inner in distinct_roots(roots)
             for copy in scan_root(store, root, inner)]
+
+
+def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
+    """Every file in every configured store's Maildirs, each once, and the store roots they
+    were found under (blocking)."""
+    roots = store_roots({s.name: s.path for s in config.stores})
+    return scan_stores(roots), roots

@@ -1,5 +1,5 @@
-"""Maildir file names: a form readers do not misparse, and copies found again after readers
-renamed them or an earlier version named them."""
+"""Maildir file names: a form readers do not misparse, and copies found again by name after
+readers renamed them or an earlier version named them."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from mailqueue.mailbox.maildir import (
     MaildirStore,
     claim_key,
     copy_key,
+    list_maildir,
     maildir_name,
     render,
     unique_part,
@@ -105,6 +106,14 @@ def test_a_long_hostname_still_delivers(tmp_path: Path) -> None:
     assert len(files(tmp_path)) == 1
 
 
+def test_the_hostname_is_made_safe_for_the_file_name_only(tmp_path: Path) -> None:
+    store = MaildirStore("basic", tmp_path, "MX/One:2525")
+    assert store.deliver([claim()]) == [None]
+    [path] = files(tmp_path)
+    assert path.name.endswith(".mx_one_2525") and copy_key(path.name) == claim_key(claim())
+    assert b"\tby MX/One:2525 (mailqueue) with ESMTP id K054576PQSPKNM\n" in path.read_bytes()
+
+
 def test_mailutils_tells_apart_every_message_of_one_second() -> None:
     # 300 messages to one mailbox in one second: no two names may compare equal, or
     # mailutils shows one of them only.
@@ -164,24 +173,21 @@ def test_a_copy_under_the_old_name_is_found_on_retry(tmp_path: Path) -> None:
     assert len(files(tmp_path)) == 2
 
 
-def test_a_copy_a_reader_renamed_entirely_is_found_by_content(tmp_path: Path) -> None:
+def test_a_repeat_knows_a_copy_by_name_only(tmp_path: Path) -> None:
+    # A file with exactly the content of the copy, under a name that is not its own, is
+    # not taken for it (the check reads no file): the copy is written.
     store = MaildirStore("basic", tmp_path, "mx.test")
-    assert store.deliver([claim()]) == [None]
-    [path] = files(tmp_path)
-    cur = path.parent.parent / "cur"
-    path.rename(cur / "1796629900.M12P34.reader:2,S")
-    # A foreign file of the same size, other content, is not taken for it.
-    lookalike = render(claim(body=b"Subject: y\r\n\r\nbody\r\n"), "mx.test")
-    assert len(lookalike) == len(render(claim(), "mx.test"))
-    (cur / "1500000000.M1P1.old:2,S").write_bytes(lookalike)
+    box = tmp_path / "basic.example" / "alice"
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True)
+    (box / "cur" / "1796629900.M12P34.reader:2,S").write_bytes(render(claim(), "mx.test"))
     assert store.deliver([claim(attempts=2)]) == [None]
     assert len(files(tmp_path)) == 2
-    other = claim(qid="K054576PQSPKNN", attempts=2)
-    assert store.deliver([other]) == [None]  # nothing like it there: written
-    assert len(files(tmp_path)) == 3
 
 
-def test_a_copy_filed_in_a_folder_is_found_on_retry(tmp_path: Path) -> None:
+def test_a_repeat_looks_in_new_and_cur_only(tmp_path: Path) -> None:
+    # A copy filed in a folder before the repeat is not looked for there: a second copy is
+    # written (and verify reports it as duplicated).
     store = MaildirStore("basic", tmp_path, "mx.test")
     assert store.deliver([claim()]) == [None]
     [path] = files(tmp_path)
@@ -189,7 +195,36 @@ def test_a_copy_filed_in_a_folder_is_found_on_retry(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     path.rename(folder / (path.name + ":2,S"))
     assert store.deliver([claim(attempts=2)]) == [None]
-    assert len(files(tmp_path)) == 1
+    assert len(files(tmp_path)) == 2
+
+
+def test_a_repeat_reads_and_stats_no_file(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MaildirStore("basic", tmp_path, "mx.test")
+    box = tmp_path / "basic.example" / "alice"
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True)
+    for n in range(50):
+        (box / "cur" / f"15000000{n:02d}.M{n}P1.old:2,S").write_bytes(b"x" * n)
+    touched: list[str] = []
+    real_stat, real_open = os.stat, os.open
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        touched.append(f"stat {path}")
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def open_(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if not flags & os.O_CREAT:
+            touched.append(f"open {path}")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr("builtins.open", lambda *a, **k: touched.append(f"read {a[0]}"))
+    assert store.deliver([claim(attempts=2)]) == [None]
+    monkeypatch.undo()
+    assert [t for t in touched if "old:2,S" in t] == []
+    assert len(files(tmp_path)) == 51
 
 
 def test_an_unlistable_mailbox_fails_the_retry_temporarily(
@@ -217,13 +252,29 @@ def test_first_attempts_do_not_list_the_mailbox(tmp_path: Path,
     # Only a repeated claim looks for an earlier copy; a first one goes straight to tmp/.
     store = MaildirStore("basic", tmp_path, "mx.test")
     listed: list[str] = []
-    real_walk = os.walk
+    real_scandir = os.scandir
 
-    def walk(top: str, *args: object, **kwargs: object) -> object:
-        listed.append(str(top))
-        return real_walk(top, *args, **kwargs)  # type: ignore[arg-type]
+    def scandir(path: str) -> object:
+        listed.append(str(path))
+        return real_scandir(path)
 
-    monkeypatch.setattr(os, "walk", walk)
+    monkeypatch.setattr(os, "scandir", scandir)
     assert store.deliver([claim(qid=f"K0545{i:09d}") for i in range(5)]) == [None] * 5
     assert listed == []
     assert re.fullmatch(r"\d+\.q[0-9a-z]+_r[0-9a-f]{12}\.mx\.test", files(tmp_path)[0].name)
+
+
+def test_a_listing_is_empty_without_a_maildir(tmp_path: Path) -> None:
+    assert list_maildir(tmp_path / "absent") == []
+    (tmp_path / "file").write_bytes(b"x")
+    assert list_maildir(tmp_path / "file") == []
+    box = tmp_path / "box"
+    (box / "new").mkdir(parents=True)
+    (box / "cur").write_bytes(b"not a directory")
+    (box / "new" / "1500000000.M1P1.old").write_bytes(b"x")
+    (box / "new" / ".hidden").write_bytes(b"x")
+    (box / "new" / "sub").mkdir()
+    assert [e.name for e in list_maildir(box)] == ["1500000000.M1P1.old"]
+    store = MaildirStore("basic", tmp_path / "file", "mx.test")
+    [outcome] = store.deliver([claim(attempts=2)])  # no Maildir can be made there
+    assert isinstance(outcome, TemporaryDeliveryError)
