@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mailqueue.queue.models import NewMessage, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import NewMessage, new_queue_id
 
 BODY = b"Subject: x\r\n\r\n" + b"y" * 4082
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.queue.models import Claim
+from mailqueue.queue.values import Claim
 
 BODY = b"Subject: x\r\n\r\n" + b"y" * 4082
 

@@ -34,9 +34,9 @@ batch_size, sessions, rounds, slow = int(sys.argv[2]), int(sys.argv[3]), int(sys
 from mailqueue.app import MailqueueApp
 from mailqueue.config import config_from_dict
 from mailqueue.logs import configure_logging
-from mailqueue.queue.models import NewMessage, new_queue_id
-from mailqueue.queue.queuefile import QueueFile
-from mailqueue.queue.sqladmin import message_rows, recipient_rows
+from mailqueue.queue.values import new_queue_id, NewMessage
+from mailqueue.queue._queuefile import QueueFile
+from mailqueue.queue._sqladmin import message_rows, recipient_rows
 from mailqueue.queue.sqlstore import SqlQueueStore
 
 configure_logging("console", "error")

@@ -28,8 +28,8 @@ sys.path.insert(0, str(HERE.parent / "scripts"))
 
 import load_test  # noqa: E402
 
-from mailqueue.queue.models import NewMessage, new_queue_id  # noqa: E402
 from mailqueue.queue.sqlstore import SqlQueueStore  # noqa: E402
+from mailqueue.queue.values import NewMessage, new_queue_id  # noqa: E402
 
 BODY = b"Subject: scale\r\nMessage-ID: <x@scale.test>\r\n\r\n" + b"x" * 150 + b"\r\n"
 

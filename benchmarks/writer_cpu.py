@@ -22,8 +22,8 @@ from pathlib import Path
 CHILD = """
 import asyncio, resource, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
-from mailqueue.queue.models import NewMessage, new_queue_id
-from mailqueue.queue.sqladmin import message_rows, recipient_rows
+from mailqueue.queue.values import new_queue_id, NewMessage
+from mailqueue.queue._sqladmin import message_rows, recipient_rows
 from mailqueue.queue.sqlstore import SqlQueueStore
 
 commits, size = int(sys.argv[2]), int(sys.argv[3])

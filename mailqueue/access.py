@@ -12,8 +12,8 @@ import dataclasses
 from collections.abc import Mapping
 
 from mailqueue.config import StoreConfig
-from mailqueue.nodes import NodeMode, NodeState, node_of
-from mailqueue.windows import Window, WindowSet
+from mailqueue.control.nodes import NodeMode, NodeState, node_of
+from mailqueue.control.windows import Window, WindowSet
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,14 +29,14 @@ from aiohttp import web
 from mailqueue.access import Closed, mailbox_closed
 from mailqueue.clock import Clock
 from mailqueue.config import AdminConfig, StoreConfig
+from mailqueue.control.nodes import NodeState
+from mailqueue.control.windows import WindowSet
 from mailqueue.errors import QueueError
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.mailbox.router import Route, Router
 from mailqueue.metrics import Metrics
-from mailqueue.nodes import NodeState
-from mailqueue.queue.models import QueueStore
+from mailqueue.queue.store import QueueStore
 from mailqueue.timeparse import format_time
-from mailqueue.windows import WindowSet
 
 log = structlog.get_logger("mailqueue.admin")
 

@@ -18,10 +18,11 @@ from mailqueue.cli_db import db
 from mailqueue.cli_queue import queue as queue_group
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config
+from mailqueue.control.windows import Inbound, Window
 from mailqueue.errors import MailqueueError, WindowError
 from mailqueue.logs import configure_logging
 from mailqueue.loops import LOOPS
-from mailqueue.queue.models import ControlState
+from mailqueue.queue.store import ControlState
 from mailqueue.timeparse import (
     format_duration,
     format_time,
@@ -30,7 +31,6 @@ from mailqueue.timeparse import (
     parse_time,
 )
 from mailqueue.verify.command import verify
-from mailqueue.windows import Inbound, Window
 
 log = structlog.get_logger("mailqueue.cli")
 

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import click
 
 from mailqueue.config import Config, check_name, load_config
-from mailqueue.queue.models import QueueStore
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.store import QueueStore
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,7 +59,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 async def with_queue(config: Config, action: Callable[[QueueStore], Awaitable[T]]) -> T:
     """Open the queue (which must exist: a command never creates one), add configured
     windows it does not know, run ``action``, close."""
-    from mailqueue.control import seed_windows
+    from mailqueue.control.plane import seed_windows
 
     store = SqlQueueStore(config.queue.url)
     await store.open(create=False)

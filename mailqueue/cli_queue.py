@@ -22,18 +22,19 @@ import click
 from mailqueue.cli_common import MAX_COUNT, config_option, in_queue, load
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config
-from mailqueue.dsn import Notifier
+from mailqueue.delivery.dsn import Notifier
 from mailqueue.errors import UnknownQueueIdError
 from mailqueue.mailbox.router import Router
-from mailqueue.queue.admin import (
+from mailqueue.queue.store import QueueStore
+from mailqueue.queue.values import (
     SHAPE_EDGES_MINUTES,
     Action,
     ActionResult,
     MessageDetail,
     MessageView,
     QueueFilter,
+    RecipientState,
 )
-from mailqueue.queue.models import QueueStore, RecipientState
 from mailqueue.timeparse import format_duration, format_time, parse_duration
 
 # The exit status of hold, delete and bounce when they left recipients to the worker

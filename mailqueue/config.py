@@ -36,9 +36,9 @@ from pydantic import (
 )
 from sqlalchemy.engine import make_url
 
+from mailqueue._overrides import ENV_PREFIX, Key, apply_overrides
+from mailqueue.control.nodes import MAX_NODES
 from mailqueue.errors import ConfigError, TimeParseError
-from mailqueue.nodes import MAX_NODES
-from mailqueue.overrides import ENV_PREFIX, Key, apply_overrides
 from mailqueue.sqliteurl import sqlite_path
 from mailqueue.timeparse import get_zone, parse_duration, parse_size, parse_time
 

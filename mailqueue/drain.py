@@ -21,8 +21,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from mailqueue.queue.admin import DrainProgress
-from mailqueue.queue.models import QueueAdmin
+from mailqueue.queue.store import QueueAdmin
+from mailqueue.queue.values import DrainProgress
 from mailqueue.timeparse import format_duration
 
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from mailqueue.errors import ConfigError
@@ -61,10 +61,9 @@ def pin_cpus(cpus: tuple[int, ...], setting: str = "[server] cpus") -> None:
 
     The event loop, the group committer's thread and the checkpoint thread hand the GIL to
     each other thousands of times a second. On different CPUs every hand-off wakes another
-    CPU and moves the data with it; on one, it is a switch on the spot. Measured on two
-    cores under ``smtp-source`` (``benchmarks/checkout_ab.py``, 2 runs each, user + system):
-    562 / 478 -> 381 / 398 us of server CPU per accepted message, 804 / 914 -> 535 / 572
-    per delivered one."""
+    CPU and moves the data with it; on one, it is a switch on the spot, and the server
+    spends markedly less CPU per accepted and per delivered message
+    (``benchmarks/checkout_ab.py`` compares pinned and unpinned)."""
     setaffinity = getattr(os, "sched_setaffinity", None)
     available = check_cpus(cpus, setting, sorted(os.sched_getaffinity(0))
                            if setaffinity is not None else None)
@@ -109,16 +108,13 @@ def behind_the_loop() -> None:
     real-time loop would starve a batch writer), nothing.
 
     With the server on one CPU (``[server] cpus``), a session handing its message to the
-    queue writer's thread woke that thread on the spot, mid-callback, with the GIL still
-    held by the loop: the writer went straight back to sleep waiting for the GIL, and the
-    loop paid both switches. Batch-scheduled, the writer runs when the loop next waits, or
-    at the scheduler's next tick.
-
-    Measured with ``benchmarks/checkout_ab.py --modes latency,paced`` (load_test.py, 50
-    connections), 13 saturated and 8 paced rounds a side over three runs: p99 median
-    30.2 -> 27.8 ms saturated, 32.6 -> 28.8 ms at 1,000 msg/s. The cost: while the loop
-    has no pause at all (50 connections opening at once), a handed-over batch waited
-    12-27 ms for the writer to start, where it waited under 1 ms."""
+    queue writer's thread would wake that thread on the spot, mid-callback, with the GIL
+    still held by the loop: the writer would go straight back to sleep waiting for the
+    GIL, and the loop would pay both switches. Batch-scheduled, the writer runs when the
+    loop next waits, or at the scheduler's next tick, which lowers the accept latency's
+    p99 (``benchmarks/checkout_ab.py --modes latency,paced``). The cost: while the loop has
+    no pause at all (many connections opening at once), a handed-over batch waits longer
+    for the writer to start."""
     setscheduler = getattr(os, "sched_setscheduler", None)
     policy = getattr(os, "SCHED_BATCH", None)
     if setscheduler is None or policy is None:
@@ -126,3 +122,16 @@ def behind_the_loop() -> None:
     with contextlib.suppress(OSError):
         if os.sched_getscheduler(0) == os.SCHED_OTHER:
             setscheduler(0, policy, os.sched_param(0))
+
+
+def child_cpus(writer_cpus: Sequence[int] | None, server_cpus: Sequence[int] | None,
+               available: Sequence[int]) -> tuple[int, ...] | None:
+    """The CPUs for the child: ``writer_cpus`` if set; else those of ``available`` (the
+    CPUs the process had before ``[server] cpus``) that the server does not use, or all of
+    ``available`` when it uses them all; None when nothing is pinned."""
+    if writer_cpus:
+        return tuple(writer_cpus)
+    if not server_cpus:
+        return None
+    free = tuple(cpu for cpu in available if cpu not in server_cpus)
+    return free or tuple(available)

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import Enum as StateSet
 
-from mailqueue.queue.admin import BouncedRecipient, QueueReport
-from mailqueue.queue.models import Claim, Settlement
-from mailqueue.windows import WindowSet, WindowState
+from mailqueue.control.windows import WindowSet, WindowState
+from mailqueue.queue.values import BouncedRecipient, Claim, QueueReport, Settlement
 
 # Delivery latency (acceptance to mailbox) spans seconds to the days a window lasts.
 LATENCY_BUCKETS = (1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400,

@@ -14,9 +14,9 @@ import click
 
 from mailqueue.cli_common import MAX_COUNT, FiniteFloatRange, config_option, in_queue, load
 from mailqueue.clock import SystemClock
-from mailqueue.control import set_nodes
-from mailqueue.nodes import NodeMode, NodeState, find_node, mode_needs, node_name
-from mailqueue.queue.models import ControlState
+from mailqueue.control.nodes import NodeMode, NodeState, find_node, mode_needs, node_name
+from mailqueue.control.plane import set_nodes
+from mailqueue.queue.store import ControlState
 from mailqueue.timeparse import parse_duration
 
 

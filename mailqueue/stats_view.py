@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mailqueue.queue.admin import QueueReport
+from mailqueue.queue.values import QueueReport
 from mailqueue.timeparse import format_duration
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import aiosmtplib
 import asyncpg
 
-from mailqueue.queue.models import NewMessage, new_queue_id
+from mailqueue.control.windows import Window
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.windows import Window
+from mailqueue.queue.values import NewMessage, new_queue_id
 
 BODY = b"From: a@src.test\r\nSubject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 13
 

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mailqueue.queue.models import NewMessage, Settlement, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import NewMessage, Settlement, new_queue_id
 
 
 async def run(count: int, history: bool) -> float:

@@ -228,8 +228,8 @@ def peak_rss_mb(pid: int | None) -> float | None:
 async def set_window(url: str, name: str, start: bool) -> float:
     """Start (24 h, every store) or end window ``name`` in the server's queue database, as
     ``mailqueue window start/end`` would; the time it was saved."""
+    from mailqueue.control.windows import Window, WindowState
     from mailqueue.queue.sqlstore import SqlQueueStore
-    from mailqueue.windows import Window, WindowState
 
     store = SqlQueueStore(url)
     await store.open()

@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from mailqueue.clock import Clock
+from mailqueue.control.windows import WindowSet
+from mailqueue.delivery.dsn import Notifier
 from mailqueue.delivery.retry import RetryPolicy
-from mailqueue.dsn import Notifier
 from mailqueue.errors import QueueError
-from mailqueue.queue.admin import BouncedRecipient, PendingRecipient
-from mailqueue.queue.models import QueueAdmin, RecipientState
+from mailqueue.queue.store import QueueAdmin
+from mailqueue.queue.values import BouncedRecipient, PendingRecipient, RecipientState
 from mailqueue.timeparse import format_duration
-from mailqueue.windows import WindowSet
 
 log = structlog.get_logger("mailqueue.expiry")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from mailqueue.clock import Clock
-from mailqueue.windows import WindowSet, WindowState
+from mailqueue.control.windows import WindowSet, WindowState
 
 BURST = 600.0  # clock seconds of budget a rate-limited ramp may save up
 

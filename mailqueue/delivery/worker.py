@@ -21,13 +21,13 @@ import structlog
 from mailqueue import faults
 from mailqueue.clock import Clock
 from mailqueue.config import DeliveryConfig
+from mailqueue.control.windows import WindowSet
 from mailqueue.delivery.ramp import DrainRamp
 from mailqueue.delivery.retry import Bounce, RetryPolicy
 from mailqueue.errors import PermanentDeliveryError, QueueError, TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
-from mailqueue.queue.admin import BouncedRecipient, Notify
-from mailqueue.queue.models import Claim, MessageQueue, Settlement
-from mailqueue.windows import WindowSet
+from mailqueue.queue.store import MessageQueue
+from mailqueue.queue.values import BouncedRecipient, Claim, Notify, Settlement
 
 log = structlog.get_logger("mailqueue.delivery")
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from mailqueue.errors import DeliveryError
-from mailqueue.queue.models import Claim
+from mailqueue.queue.values import Claim
 
 # None: delivered (or found already delivered); otherwise the reason it was not.
 DeliveryOutcome = DeliveryError | None

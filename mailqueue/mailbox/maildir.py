@@ -42,7 +42,7 @@ from typing import Any
 from mailqueue import faults
 from mailqueue.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome
-from mailqueue.queue.models import Claim
+from mailqueue.queue.values import Claim
 
 _PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL}
 

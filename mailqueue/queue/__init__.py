@@ -2,20 +2,16 @@
 :class:`ControlState`, :class:`QueueAdmin` and :class:`QueueAudit`) and its SQLAlchemy
 implementation."""
 
-from mailqueue.queue.models import (
+from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.store import ControlState, MessageQueue, QueueAdmin, QueueAudit, QueueStore
+from mailqueue.queue.values import (
     Claim,
-    ControlState,
-    MessageQueue,
     NewMessage,
-    QueueAdmin,
-    QueueAudit,
     QueueStats,
-    QueueStore,
     RecipientState,
     Settlement,
     new_queue_id,
 )
-from mailqueue.queue.sqlstore import SqlQueueStore
 
 
 def open_store(url: str) -> QueueStore:

@@ -15,7 +15,7 @@ The writer runs in one of two ways:
   part of a millisecond.
 * **As a task on the event loop** otherwise: PostgreSQL, whose driver is asynchronous; the
   null store; and an SQLite file whose transactions run in the writer process (``[queue]
-  writer = "process"``, see :mod:`mailqueue.queue.writerproc`), to which the task sends
+  writer = "process"``, see :mod:`mailqueue.queue._writerproc`), to which the task sends
   each batch over a socket.
 """
 
@@ -26,23 +26,23 @@ import collections
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from mailqueue import faults, loops
 from mailqueue.errors import QueueError, QueueLostError
-from mailqueue.queue.models import MessageQueue, NewMessage
+from mailqueue.queue.store import BlockingEnqueue, MessageQueue
+from mailqueue.queue.values import NewMessage
 
 log = structlog.get_logger("mailqueue.queue")
 
 Pending = tuple[NewMessage, "asyncio.Future[None]"]
 # A task-mode batch stops before its bodies pass this many bytes (one message is taken
 # whatever its size): the writer process's batch is pickled on the event loop, so this
-# bounds that pause (9-20 ms for 16 MiB of bodies, measured) and the copy's memory.
+# bounds that pause (tens of milliseconds at this size) and the copy's memory.
 MAX_BATCH_BYTES = 16 * 1024 * 1024
-BlockingEnqueue = Callable[[Sequence[NewMessage]], None]
 
 
 class GroupCommitter:
@@ -85,9 +85,7 @@ class GroupCommitter:
         """The writer; runs until cancelled. Then the writer task lets the commit on its
         way finish, and the writer thread commits what was handed over before the stop;
         their sessions hear how it went. What is still pending fails."""
-        blocking: Callable[[], BlockingEnqueue | None] | None = getattr(
-            self._store, "blocking_enqueue", None)
-        enqueue = blocking() if blocking is not None else None
+        enqueue = self._store.blocking_enqueue()
         self._running = True
         try:
             if enqueue is not None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 
-from mailqueue.queue.models import Claim, NewMessage
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import Claim, NewMessage
 
 
 class NullQueueStore(SqlQueueStore):

@@ -1,4 +1,4 @@
-"""The SQLAlchemy implementation of :class:`~mailqueue.queue.models.QueueStore`.
+"""The SQLAlchemy implementation of :class:`~mailqueue.queue.store.QueueStore`.
 
 SQLite (the embedded default) runs in WAL mode with ``synchronous=FULL``, so a commit is
 on disk when it returns; write transactions start with ``BEGIN IMMEDIATE`` so that two
@@ -35,14 +35,34 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mailqueue import logs
+from mailqueue.control.nodes import NodeMode, NodeState
+from mailqueue.control.windows import Inbound, Window, WindowSet, WindowState
 from mailqueue.errors import QueueError, QueueLostError, SchemaError
-from mailqueue.nodes import NodeMode, NodeState
 from mailqueue.queue import migrate, postgres
-from mailqueue.queue.admin import EventKind
-from mailqueue.queue.dberrors import database_error
-from mailqueue.queue.models import (
+from mailqueue.queue._dberrors import database_error
+from mailqueue.queue._queuefile import QueueFile
+from mailqueue.queue._sqladmin import (
+    SqlAdminMixin,
+    add_events,
+    chunks,
+    insert_messages,
+    message_rows,
+    recipient_rows,
+)
+from mailqueue.queue._sqlitefile import (
+    CREATE_HINT,
+    create_file,
+    open_without_creating,
+    queue_tables,
+)
+from mailqueue.queue._sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
+from mailqueue.queue._writerproc import WriterProcess
+from mailqueue.queue.schema import messages, nodes, recipients, windows
+from mailqueue.queue.store import BlockingEnqueue
+from mailqueue.queue.values import (
     FINAL_STATES,
     Claim,
+    EventKind,
     LedgerEntry,
     LedgerRecipient,
     NewMessage,
@@ -51,26 +71,7 @@ from mailqueue.queue.models import (
     RecipientState,
     Settlement,
 )
-from mailqueue.queue.queuefile import QueueFile
-from mailqueue.queue.schema import messages, nodes, recipients, windows
-from mailqueue.queue.sqladmin import (
-    SqlAdminMixin,
-    add_events,
-    chunks,
-    insert_messages,
-    message_rows,
-    recipient_rows,
-)
-from mailqueue.queue.sqlitefile import (
-    CREATE_HINT,
-    create_file,
-    open_without_creating,
-    queue_tables,
-)
-from mailqueue.queue.sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
-from mailqueue.queue.writerproc import WriterProcess
 from mailqueue.sqliteurl import sqlite_path
-from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 _IMMEDIATE = "mailqueue_write"
 # Final states a delivery recorded (a settle never overwrites them).
@@ -105,7 +106,7 @@ class SqlQueueStore(SqlAdminMixin):
         self._writer_process_wanted = writer_process and self._threaded_writer
         self._writer_cpus = writer_cpus
         self._writer_process: WriterProcess | None = None
-        # An SQLite file's identity, pinned at open: see mailqueue.queue.queuefile.
+        # An SQLite file's identity, pinned at open: see mailqueue.queue._queuefile.
         self._file: QueueFile | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -293,7 +294,7 @@ class SqlQueueStore(SqlAdminMixin):
 
     # --- the write path --------------------------------------------------------------
 
-    def blocking_enqueue(self) -> Callable[[Sequence[NewMessage]], None] | None:
+    def blocking_enqueue(self) -> BlockingEnqueue | None:
         """:meth:`enqueue` as a blocking call, for the group committer's own thread (see
         :mod:`mailqueue.queue.committer`); None where enqueue is asynchronous only, or where
         a subclass changed :meth:`enqueue` (its override is then what must run)."""

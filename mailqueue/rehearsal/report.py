@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mailqueue.queue.models import FINAL_STATES, RecipientState
+from mailqueue.queue.values import FINAL_STATES, RecipientState
 from mailqueue.rehearsal.runner import Observations, drain_complete, last_window_end
 from mailqueue.timeparse import format_duration, get_zone
 from mailqueue.verify.scan import read_files

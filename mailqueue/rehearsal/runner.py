@@ -20,14 +20,14 @@ from typing import Any, TextIO
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import ScaledClock
 from mailqueue.config import Config, config_from_dict
-from mailqueue.control import set_nodes
+from mailqueue.control.nodes import NodeMode, NodeState, node_name
+from mailqueue.control.plane import set_nodes
+from mailqueue.control.windows import Inbound, Window, WindowState
 from mailqueue.errors import MailqueueError
-from mailqueue.nodes import NodeMode, NodeState, node_name
-from mailqueue.queue.models import RecipientOutcome
+from mailqueue.queue.values import RecipientOutcome
 from mailqueue.rehearsal.scenario import Event, Scenario, ScenarioError
 from mailqueue.rehearsal.traffic import TrafficSender, plan_traffic
 from mailqueue.timeparse import format_duration, parse_time
-from mailqueue.windows import Inbound, Window, WindowState
 
 HOSTNAME = "mx.rehearsal.test"
 # Real seconds before its moment that an extension due as its window ends is applied.

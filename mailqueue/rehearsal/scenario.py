@@ -26,8 +26,8 @@ from mailqueue.config import (
     no_duplicates,
     read_toml,
 )
+from mailqueue.control.nodes import NodeMode, find_node, mode_needs, node_name
 from mailqueue.errors import ConfigError, NodeError, TimeParseError
-from mailqueue.nodes import NodeMode, find_node, mode_needs, node_name
 from mailqueue.timeparse import format_time, parse_time
 
 WINDOW_ACTIONS = ("window.start", "window.extend", "window.end", "window.cancel")

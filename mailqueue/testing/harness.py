@@ -15,15 +15,15 @@ from mailqueue.access import Closed, mailbox_closed
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import ManualClock
 from mailqueue.config import Config
-from mailqueue.control import set_nodes
+from mailqueue.control.nodes import NodeMode, NodeState, find_node, node_index, node_name
+from mailqueue.control.plane import set_nodes
+from mailqueue.control.windows import Inbound, Window, WindowState
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.mailbox.router import Route, Router
-from mailqueue.nodes import NodeMode, NodeState, find_node, node_index, node_name
-from mailqueue.queue.models import LedgerRecipient, QueueStats, RecipientState
+from mailqueue.queue.values import LedgerRecipient, QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
 from mailqueue.testing.options import with_nodes
 from mailqueue.verify.scan import scan_config, scan_root
-from mailqueue.windows import Inbound, Window, WindowState
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0

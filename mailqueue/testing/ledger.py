@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mailqueue.queue.models import LedgerEntry
+from mailqueue.queue.values import LedgerEntry
 from mailqueue.verify.audit import Audit, Finding, audit
 from mailqueue.verify.scan import DeliveredCopy
 

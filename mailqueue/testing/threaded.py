@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailqueue.config import Config
-from mailqueue.nodes import NodeState
-from mailqueue.queue.models import QueueStats
+from mailqueue.control.nodes import NodeState
+from mailqueue.control.windows import Window
+from mailqueue.queue.values import QueueStats
 from mailqueue.testing.harness import STOP_TIMEOUT, AsyncMailqueue, read_mailbox
 from mailqueue.testing.ledger import Ledger
 from mailqueue.testing.options import with_nodes
-from mailqueue.windows import Window
 
 T = TypeVar("T")
 _CALL_MARGIN = 5.0

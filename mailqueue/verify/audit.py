@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mailqueue.mailbox.maildir import mailbox_path
-from mailqueue.queue.models import LedgerEntry, LedgerRecipient, RecipientState
+from mailqueue.queue.values import LedgerEntry, LedgerRecipient, RecipientState
 from mailqueue.verify.scan import DeliveredCopy
 
 _PENDING = (RecipientState.QUEUED, RecipientState.ACTIVE, RecipientState.HELD)

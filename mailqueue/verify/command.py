@@ -11,8 +11,8 @@ import click
 
 from mailqueue.cli_common import config_option
 from mailqueue.config import Config, load_config
-from mailqueue.queue.models import LedgerEntry
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import LedgerEntry
 from mailqueue.verify.audit import Audit, audit
 from mailqueue.verify.scan import scan_config
 from mailqueue.verify.snapshot import Manifest, compare_snapshot, take_snapshot

@@ -24,9 +24,9 @@ from mailqueue.clock import ManualClock
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.mailbox.maildir import MaildirStore, copy_key
-from mailqueue.queue.dberrors import database_error
-from mailqueue.queue.models import Claim, NewMessage, new_queue_id
+from mailqueue.queue._dberrors import database_error
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import Claim, NewMessage, new_queue_id
 from tests.helpers import all_files, make_config, running, wait_for
 
 pytestmark = [pytest.mark.drill, pytest.mark.timeout(300)]

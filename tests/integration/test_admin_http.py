@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailqueue.clock import ManualClock
+from mailqueue.control.windows import Window
 from mailqueue.errors import ConfigError
-from mailqueue.windows import Window
 from tests.helpers import make_config, message, running, wait_for
 
 ADMIN = {"host": "127.0.0.1", "port": 0}

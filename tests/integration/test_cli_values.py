@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mailqueue.config import load_config
+from mailqueue.control.windows import Window, WindowState
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.windows import Window, WindowState
 from tests.cli_run import Mq, cli_runner, one_line_error, write_config
 
 HOUR = 3600.0

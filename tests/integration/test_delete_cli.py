@@ -13,10 +13,10 @@ import aiosmtplib
 
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import SystemClock
+from mailqueue.control.windows import Window
 from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.queue.models import Claim
-from mailqueue.windows import Window
+from mailqueue.queue.values import Claim
 from tests.helpers import message, running, wait_for
 from tests.ops_helpers import acli, run_cli, write_config
 

@@ -9,11 +9,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from mailqueue.clock import ManualClock
+from mailqueue.control.windows import Window
 from mailqueue.errors import PermanentDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.queue.models import Claim
-from mailqueue.windows import Window
+from mailqueue.queue.values import Claim
 from tests.helpers import all_files, make_config, message, running, wait_for
 from tests.ops_helpers import parse
 

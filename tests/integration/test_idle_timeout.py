@@ -3,7 +3,7 @@
 A client on a slow line that keeps sending (a command line or a message a few bytes at a
 time) is never cut off, however long it takes; one that stops sending hears
 ``421 4.4.2`` after ``timeout`` seconds, in the middle of a command or of DATA. Over real
-TCP, on both DATA paths: the block reader (:mod:`mailqueue.smtpdata`) and aiosmtpd's own
+TCP, on both DATA paths: the block reader (:mod:`mailqueue.smtp._data`) and aiosmtpd's own
 line loop, which the server falls back to when the block reader cannot read the stream.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mailqueue import smtpdata
 from mailqueue.app import MailqueueApp
+from mailqueue.smtp import _data as smtpdata
 from tests.helpers import make_config, running
 from tests.smtpraw import RawSmtp
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.queue.models import Claim, new_queue_id
+from mailqueue.queue.values import Claim, new_queue_id
 
 SECOND = 1_796_629_854
 COUNT = 300

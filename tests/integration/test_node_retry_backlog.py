@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from mailqueue.nodes import node_of
-from mailqueue.queue.models import NewMessage, QueueStore, new_queue_id
+from mailqueue.control.nodes import node_of
+from mailqueue.queue.store import QueueStore
+from mailqueue.queue.values import NewMessage, new_queue_id
 from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mailqueue.queue.admin import Action, EventKind
-from mailqueue.queue.models import NewMessage, QueueStore, Settlement, new_queue_id
+from mailqueue.queue.store import QueueStore
+from mailqueue.queue.values import Action, EventKind, NewMessage, Settlement, new_queue_id
 from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from mailqueue.clock import ManualClock
-from mailqueue.control import ControlPlane
-from mailqueue.nodes import NodeMode
+from mailqueue.control.nodes import NodeMode
+from mailqueue.control.plane import ControlPlane
 from mailqueue.queue.sqlstore import SqlQueueStore
 from tests.helpers import make_config
 

@@ -16,15 +16,23 @@ from pathlib import Path
 
 import pytest
 
+from mailqueue.control.windows import WindowSet
 from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.metrics import Metrics
-from mailqueue.queue.admin import Action, ActionResult, Change
-from mailqueue.queue.models import Claim, NewMessage, QueueStore, Settlement, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.store import QueueStore
+from mailqueue.queue.values import (
+    Action,
+    ActionResult,
+    Change,
+    Claim,
+    NewMessage,
+    Settlement,
+    new_queue_id,
+)
 from mailqueue.testing.ledger import Ledger, MailLossError
 from mailqueue.verify.audit import Audit, audit
 from mailqueue.verify.scan import scan_root
-from mailqueue.windows import WindowSet
 from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0

@@ -22,9 +22,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mailqueue.queue.admin import Action, ActionResult
-from mailqueue.queue.models import Claim, NewMessage, Settlement
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import Action, ActionResult, Claim, NewMessage, Settlement
 from mailqueue.verify.audit import audit
 
 OWNERS = ("w1", "w2")

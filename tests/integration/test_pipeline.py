@@ -12,12 +12,12 @@ import aiosmtplib
 import pytest
 
 from mailqueue.clock import ManualClock
+from mailqueue.control.windows import Inbound, Window
 from mailqueue.errors import QueueError, TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.queue.models import Claim, NewMessage
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.windows import Inbound, Window
+from mailqueue.queue.values import Claim, NewMessage
 from tests.helpers import (
     all_files,
     make_config,

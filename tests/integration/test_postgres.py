@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 from sqlalchemy import event, text
 
+from mailqueue.control.windows import Window
 from mailqueue.queue import postgres
 from mailqueue.queue.committer import GroupCommitter
-from mailqueue.queue.models import NewMessage, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.windows import Window
+from mailqueue.queue.values import NewMessage, new_queue_id
 from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0

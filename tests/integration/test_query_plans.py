@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mailqueue.queue.models import NewMessage, new_queue_id
-from mailqueue.queue.plans import full_scans, hot_path_plans
+from mailqueue.queue._plans import full_scans, hot_path_plans
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import NewMessage, new_queue_id
 
 
 def message(now: float) -> NewMessage:

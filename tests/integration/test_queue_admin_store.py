@@ -12,9 +12,16 @@ from pathlib import Path
 import pytest
 
 from mailqueue.errors import UnknownQueueIdError
-from mailqueue.queue.admin import Action, BouncedRecipient, QueueFilter
-from mailqueue.queue.models import NewMessage, QueueStore, Settlement, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.store import QueueStore
+from mailqueue.queue.values import (
+    Action,
+    BouncedRecipient,
+    NewMessage,
+    QueueFilter,
+    Settlement,
+    new_queue_id,
+)
 from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0

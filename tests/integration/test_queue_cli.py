@@ -12,10 +12,10 @@ from pathlib import Path
 import aiosmtplib
 
 from mailqueue.clock import SystemClock
+from mailqueue.control.windows import Window
 from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.queue.models import Claim
-from mailqueue.windows import Window
+from mailqueue.queue.values import Claim
 from tests.helpers import all_files, message, running, wait_for
 from tests.ops_helpers import acli, parse, run_cli, write_config
 

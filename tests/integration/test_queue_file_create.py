@@ -21,10 +21,10 @@ import pytest
 from sqlalchemy import Engine, event
 
 from mailqueue.errors import QueueError, QueueLostError
-from mailqueue.queue import sqlitewriter
-from mailqueue.queue.sqlitewriter import SqliteWriter
+from mailqueue.queue import _sqlitewriter as sqlitewriter
+from mailqueue.queue._sqlitewriter import SqliteWriter
+from mailqueue.queue._writerproc import WriterProcess
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.queue.writerproc import WriterProcess
 from tests.cli_run import Mq, cli_runner, tree, write_config
 from tests.helpers import opened_store
 from tests.integration.test_queue_file_lost import (  # noqa: F401

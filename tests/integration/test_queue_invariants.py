@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mailqueue.queue.models import Claim, NewMessage, Settlement
+from mailqueue.control.windows import Window
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.windows import Window
+from mailqueue.queue.values import Claim, NewMessage, Settlement
 
 STORES = ("basic", "exchange")
 OWNERS = ("w1", "w2")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mailqueue.queue.models import NewMessage, QueueStore, Settlement, new_queue_id
-from mailqueue.windows import Window
+from mailqueue.control.windows import Window
+from mailqueue.queue.store import QueueStore
+from mailqueue.queue.values import NewMessage, Settlement, new_queue_id
 from tests.helpers import opened_store
 
 T0 = 1_700_000_000.0

@@ -23,10 +23,10 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from mailqueue.queue.models import NewMessage, new_queue_id
+from mailqueue.control.windows import Window
 from mailqueue.queue.schema import recipients
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.windows import Window
+from mailqueue.queue.values import NewMessage, new_queue_id
 from tests.helpers import all_files, message, opened_store, wait_for
 from tests.served import free_port
 

@@ -21,10 +21,9 @@ import pytest
 
 from mailqueue.cli import main
 from mailqueue.config import load_config
+from mailqueue.control.nodes import NodeMode, node_index
 from mailqueue.errors import ConfigError
-from mailqueue.nodes import NodeMode, node_index
-from mailqueue.queue.admin import EventKind
-from mailqueue.queue.models import RecipientState
+from mailqueue.queue.values import EventKind, RecipientState
 from mailqueue.testing.harness import AsyncMailqueue, NotDrainedError
 from mailqueue.testing.options import MailqueueOptions
 from tests.helpers import maildir_files, opened_store, running, wait_for

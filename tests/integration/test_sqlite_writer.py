@@ -15,10 +15,10 @@ import pytest
 
 from mailqueue import faults
 from mailqueue.errors import QueueError, QueueFullError
-from mailqueue.queue import sqlitewriter
+from mailqueue.queue import _sqlitewriter as sqlitewriter
 from mailqueue.queue.committer import GroupCommitter
-from mailqueue.queue.models import NewMessage, new_queue_id
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import NewMessage, new_queue_id
 
 
 def batch(count: int, size: int = 4096) -> list[NewMessage]:

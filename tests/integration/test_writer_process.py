@@ -13,11 +13,12 @@ import aiosmtplib
 import pytest
 
 from mailqueue.errors import QueueError, QueueFullError
+from mailqueue.loops import child_cpus
+from mailqueue.queue._sqladmin import message_rows, recipient_rows
+from mailqueue.queue._writerproc import WriterProcess
 from mailqueue.queue.committer import GroupCommitter
-from mailqueue.queue.models import NewMessage
-from mailqueue.queue.sqladmin import message_rows, recipient_rows
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.queue.writerproc import WriterProcess, child_cpus
+from mailqueue.queue.values import NewMessage
 from tests.drills.harness import children
 from tests.integration.test_sqlite_writer import batch
 from tests.served import free_port, start, wait_listening, write_config

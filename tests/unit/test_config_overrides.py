@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mailqueue._overrides import config_keys, override_key
 from mailqueue.config import Config, load_config
-from mailqueue.overrides import config_keys, override_key
 from tests.cli_run import Mq, cli_runner, one_line_error, write_config
 
 WINDOW = '\n[[windows]]\nname = "w"\nstart = "2030-01-01T00:00:00Z"\nend = "2030-01-02T00:00:00Z"\n'

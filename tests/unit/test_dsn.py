@@ -11,9 +11,9 @@ from pathlib import Path
 import flufl.bounce
 
 from mailqueue.config import StoreConfig
-from mailqueue.dsn import Notifier, RecipientStatus, build_report, original_headers
+from mailqueue.delivery.dsn import Notifier, RecipientStatus, build_report, original_headers
 from mailqueue.mailbox.router import Router
-from mailqueue.queue.admin import BouncedRecipient
+from mailqueue.queue.values import BouncedRecipient
 
 T0 = 1_700_000_000.0
 BODY = b"From: carol@exchange.example\r\nSubject: hello\r\n\r\nbody text\r\n"

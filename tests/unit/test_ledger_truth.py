@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.queue.models import Claim, LedgerEntry, LedgerRecipient, RecipientState
+from mailqueue.queue.values import Claim, LedgerEntry, LedgerRecipient, RecipientState
 from mailqueue.verify import scan
 from mailqueue.verify.audit import audit
 from mailqueue.verify.scan import (

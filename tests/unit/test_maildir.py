@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.maildir import MaildirStore, maildir_name
-from mailqueue.queue.models import Claim
+from mailqueue.queue.values import Claim
 
 
 def claim(attempts: int = 1, address: str = "alice@basic.example") -> Claim:

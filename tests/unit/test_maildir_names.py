@@ -23,7 +23,7 @@ from mailqueue.mailbox.maildir import (
     render,
     unique_part,
 )
-from mailqueue.queue.models import Claim, new_queue_id
+from mailqueue.queue.values import Claim, new_queue_id
 
 SECOND = 1_796_629_854
 

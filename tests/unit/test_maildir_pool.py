@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.queue.models import Claim
+from mailqueue.queue.values import Claim
 
 
 def claims(count: int, mailboxes: int, attempts: int = 1) -> list[Claim]:

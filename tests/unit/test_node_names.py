@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from mailqueue.clock import ManualClock
+from mailqueue.control.nodes import FaultModel, NodeMode, NodeState, came_back, find_node, node_span
 from mailqueue.errors import MailqueueError, NodeError
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.mailbox.nodes import NodeAwareStore, build_mailboxes
-from mailqueue.nodes import FaultModel, NodeMode, NodeState, came_back, find_node, node_span
+from mailqueue.mailbox.sharded import NodeAwareStore, build_mailboxes
 from tests.helpers import make_config
 
 COUNTS = {"basic": 3, "hosted-exchange": 1, "a-b": 12}

@@ -13,13 +13,13 @@ import pytest
 
 from mailqueue.access import mailbox_closed
 from mailqueue.config import Config
-from mailqueue.control import set_nodes
+from mailqueue.control.nodes import MAX_NODES, NodeMode, NodeState, mode_needs, node_index, node_of
+from mailqueue.control.plane import set_nodes
+from mailqueue.control.windows import WindowSet
 from mailqueue.errors import ConfigError, NodeError
-from mailqueue.nodes import MAX_NODES, NodeMode, NodeState, mode_needs, node_index, node_of
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.rehearsal.scenario import ScenarioError, scenario_from_dict
 from mailqueue.testing.options import MailqueueOptions, with_nodes
-from mailqueue.windows import WindowSet
 from tests.helpers import make_config, opened_store
 from tests.unit.test_scenario import BASE
 

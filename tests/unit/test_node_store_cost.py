@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailqueue.clock import ManualClock
+from mailqueue.control.nodes import Fault, FaultModel, NodeMode, NodeState, node_of
 from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.mailbox.nodes import NodeAwareStore
-from mailqueue.nodes import Fault, FaultModel, NodeMode, NodeState, node_of
-from mailqueue.queue.models import Claim
+from mailqueue.mailbox.sharded import NodeAwareStore
+from mailqueue.queue.values import Claim
 from tests.unit.test_nodes import claim
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from mailqueue.clock import ManualClock
+from mailqueue.control.nodes import FaultModel, NodeMode, NodeState, node_index, node_name
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.mailbox.nodes import NodeAwareStore
-from mailqueue.nodes import FaultModel, NodeMode, NodeState, node_index, node_name
-from mailqueue.queue.models import Claim
+from mailqueue.mailbox.sharded import NodeAwareStore
+from mailqueue.queue.values import Claim
 
 
 def claim(n: int, address: str = "", attempts: int = 1) -> Claim:

@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from mailqueue.errors import QueueLostError
-from mailqueue.queue.queuefile import QueueFile
+from mailqueue.queue._queuefile import QueueFile
 
 
 def _events(logs: list[dict[str, object]]) -> list[tuple[object, object]]:

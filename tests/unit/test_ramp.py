@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mailqueue.clock import ManualClock
+from mailqueue.control.windows import Window, WindowSet, WindowState
 from mailqueue.delivery.ramp import DrainRamp
-from mailqueue.windows import Window, WindowSet, WindowState
 
 HOUR = 3600.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailqueue.queue.models import RecipientOutcome, RecipientState
+from mailqueue.queue.values import RecipientOutcome, RecipientState
 from mailqueue.rehearsal.report import compute_figures, figures_text, scan_maildirs
 from tests.unit.test_report import drop, observations
 

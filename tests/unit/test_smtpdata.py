@@ -7,7 +7,7 @@ import asyncio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mailqueue.smtpdata import DataResult, DataState, read_data
+from mailqueue.smtp._data import DataResult, DataState, read_data
 
 LINE_LIMIT = 40
 
@@ -107,7 +107,7 @@ def test_the_stream_ending_before_the_terminator_raises() -> None:
 @given(st.lists(st.integers(0, 60), max_size=8), st.booleans())
 def test_the_line_length_check_finds_exactly_the_long_lines(lengths: list[int], open_end: bool
                                                             ) -> None:
-    from mailqueue.smtpdata import _too_long
+    from mailqueue.smtp._data import _too_long
 
     data = bytearray(b"".join(b"x" * n + b"\r\n" for n in lengths))
     if open_end and lengths:

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from mailqueue.control.windows import Window, WindowState
 from mailqueue.errors import TimeParseError, WindowError
 from mailqueue.timeparse import (
     MAX_DURATION,
@@ -17,7 +18,6 @@ from mailqueue.timeparse import (
     parse_size,
     parse_time,
 )
-from mailqueue.windows import Window, WindowState
 
 ODD = [math.inf, -math.inf, math.nan, 1e300, -1e300, 2.6e11, -2.6e11, sys.float_info.max,
        -0.0, 5e-324]

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailqueue.mailbox.maildir import MaildirStore, render
-from mailqueue.queue.models import Claim, LedgerEntry, LedgerRecipient, RecipientState
+from mailqueue.queue.values import Claim, LedgerEntry, LedgerRecipient, RecipientState
 from mailqueue.verify.audit import audit
 from mailqueue.verify.scan import DeliveredCopy, restore_message, scan_root
 from mailqueue.verify.snapshot import compare_snapshot, take_snapshot

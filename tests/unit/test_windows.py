@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from mailqueue.control.windows import Inbound, Window, WindowSet, WindowState
 from mailqueue.errors import TimeParseError, WindowError
 from mailqueue.timeparse import parse_duration, parse_size, parse_time
-from mailqueue.windows import Inbound, Window, WindowSet, WindowState
 
 H = 3600.0
 

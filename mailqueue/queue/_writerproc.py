@@ -9,15 +9,14 @@ and answers when it is committed, and the committer's sessions hear their 250 on
 that answer (contract 1). The child runs on the CPUs ``[queue] writer_cpus`` lists (by
 default those ``[server] cpus`` leaves free), with no lock in common with the loop.
 
-Measured on two cores with the server on one (``benchmarks/checkout_ab.py``, uvloop,
-``smtp-source``, 50 sessions, 3 rounds): the server's own CPU per durable message went from
-128-144 + 76-81 to 117-136 + 45-51 us (user + system), against 114-133 + 43-60 for
-``--null``, and durable accept from 0.76-0.79 to 0.84-0.94 of ``--null``. Driving the child
-from the committer's thread instead (blocking sends and receives) kept the thread's hand-overs
-of the GIL in the loop's way: on asyncio it was slower than no child at all.
+With the server pinned to one CPU, this brings the server's own CPU per durable message
+close to that of ``--null`` storage (``benchmarks/checkout_ab.py`` compares the two; the
+performance page has the figures). The child is driven from the event loop, not from the
+committer's thread: blocking sends and receives on a thread would keep its hand-overs of the
+GIL in the loop's way.
 
 After each commit the child checks that the queue's file is still the one the server
-opened (:mod:`mailqueue.queue.queuefile`) and reports a file that is not: the batch gets a
+opened (:mod:`mailqueue.queue._queuefile`) and reports a file that is not: the batch gets a
 451, and the server logs the loss. A path it cannot look at is reported with the commit,
 which stands (its sessions hear 250).
 
@@ -47,7 +46,7 @@ import structlog
 
 from mailqueue import faults
 from mailqueue.errors import QueueError, QueueFullError, QueueLostError
-from mailqueue.queue.queuefile import FileId, QueueFile, format_id, parse_id
+from mailqueue.queue._queuefile import FileId, QueueFile, format_id, parse_id
 from mailqueue.sqliteurl import sqlite_path
 
 log = structlog.get_logger("mailqueue.queue")
@@ -73,7 +72,7 @@ class WriterProcess:
                  identity: FileId | None = None) -> None:
         self._url = url
         # The queue file's identity when the server opened it: the child checks its path
-        # against it after every commit (see mailqueue.queue.queuefile).
+        # against it after every commit (see mailqueue.queue._queuefile).
         self._identity = identity
         self._busy_timeout = busy_timeout
         self._cpus = tuple(cpus) if cpus else None
@@ -234,7 +233,7 @@ class WriterProcess:
         return code
 
 
-_CHILD = "import sys; from mailqueue.queue.writerproc import main; sys.exit(main(sys.argv[1:]))"
+_CHILD = "import sys; from mailqueue.queue._writerproc import main; sys.exit(main(sys.argv[1:]))"
 _HEADER = struct.Struct("!Q")
 _READ_LIMIT = 1 << 20
 
@@ -267,24 +266,11 @@ def _exactly(sock: socket.socket, size: int) -> bytearray:
     return buf
 
 
-def child_cpus(writer_cpus: Sequence[int] | None, server_cpus: Sequence[int] | None,
-               available: Sequence[int]) -> tuple[int, ...] | None:
-    """The CPUs for the child: ``writer_cpus`` if set; else those of ``available`` (the
-    CPUs the process had before ``[server] cpus``) that the server does not use, or all of
-    ``available`` when it uses them all; None when nothing is pinned."""
-    if writer_cpus:
-        return tuple(writer_cpus)
-    if not server_cpus:
-        return None
-    free = tuple(cpu for cpu in available if cpu not in server_cpus)
-    return free or tuple(available)
-
-
 # --- the child ---------------------------------------------------------------------------
 
 def _serve(sock: socket.socket, url: str, busy_timeout: float,
            identity: FileId | None) -> None:
-    from mailqueue.queue.sqlitewriter import SqliteWriter
+    from mailqueue.queue._sqlitewriter import SqliteWriter
 
     # The server logs a lost file; this process only reports it.
     path = sqlite_path(url)

@@ -29,7 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from mailqueue import faults
 from mailqueue.errors import UnknownQueueIdError
 from mailqueue.queue import postgres
-from mailqueue.queue.admin import (
+from mailqueue.queue.schema import messages, recipient_events, recipients
+from mailqueue.queue.values import (
+    FINAL_STATES,
     SHAPE_EDGES_MINUTES,
     Action,
     ActionResult,
@@ -39,15 +41,16 @@ from mailqueue.queue.admin import (
     EventKind,
     MessageDetail,
     MessageView,
+    NewMessage,
     Notify,
     PendingRecipient,
     QueueFilter,
     QueueReport,
     RecipientEvent,
+    RecipientState,
     RecipientView,
+    Settlement,
 )
-from mailqueue.queue.models import FINAL_STATES, NewMessage, RecipientState, Settlement
-from mailqueue.queue.schema import messages, recipient_events, recipients
 
 _FINAL = [s.value for s in FINAL_STATES]
 _QUEUED, _HELD, _ACTIVE = (RecipientState.QUEUED.value, RecipientState.HELD.value,

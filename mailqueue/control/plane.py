@@ -22,10 +22,10 @@ import structlog
 
 from mailqueue.clock import Clock
 from mailqueue.config import WindowConfig
+from mailqueue.control.nodes import NodeMode, NodeState, came_back, find_node, mode_needs, node_of
+from mailqueue.control.windows import Inbound, Window, WindowSet, WindowState
 from mailqueue.errors import NodeError, QueueError
-from mailqueue.nodes import NodeMode, NodeState, came_back, find_node, mode_needs, node_of
-from mailqueue.queue.models import ControlState
-from mailqueue.windows import Inbound, Window, WindowSet, WindowState
+from mailqueue.queue.store import ControlState
 
 log = structlog.get_logger("mailqueue.windows")
 

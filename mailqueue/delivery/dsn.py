@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from email.utils import formatdate
 
 from mailqueue.mailbox.router import Route, Router
-from mailqueue.queue.admin import BouncedRecipient, PendingRecipient
-from mailqueue.queue.models import NewMessage, new_queue_id
+from mailqueue.queue.values import BouncedRecipient, NewMessage, PendingRecipient, new_queue_id
 from mailqueue.timeparse import format_duration
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -168,7 +167,7 @@ def _recipient_block(status: RecipientStatus, retry_until: float | None) -> list
 
 
 class Notifier:
-    """Builds notices for local senders; implements :data:`mailqueue.queue.admin.Notify`."""
+    """Builds notices for local senders; implements :data:`mailqueue.queue.values.Notify`."""
 
     def __init__(self, router: Router, hostname: str, max_lifetime: float) -> None:
         self._router = router

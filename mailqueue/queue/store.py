@@ -1,151 +1,35 @@
-"""The queue's domain objects and the :class:`QueueStore` seam every backend implements."""
+"""The :class:`QueueStore` seam every backend implements: the union of
+:class:`MessageQueue` (accept, lease, settle), :class:`ControlState` (windows and nodes),
+:class:`QueueAdmin` (the operator verbs) and :class:`QueueAudit` (the ledger)."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import time
 from collections.abc import Callable, Mapping, Sequence
-from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from mailqueue.nodes import NodeState
-from mailqueue.windows import Window
+from mailqueue.control.nodes import NodeState
+from mailqueue.control.windows import Window
+from mailqueue.queue.values import (
+    Action,
+    ActionResult,
+    BouncedRecipient,
+    Claim,
+    DrainProgress,
+    LedgerEntry,
+    MessageDetail,
+    MessageView,
+    NewMessage,
+    Notify,
+    PendingRecipient,
+    QueueFilter,
+    QueueReport,
+    QueueStats,
+    RecipientOutcome,
+    Settlement,
+)
 
-if TYPE_CHECKING:
-    from mailqueue.queue.admin import (
-        Action,
-        ActionResult,
-        BouncedRecipient,
-        DrainProgress,
-        MessageDetail,
-        MessageView,
-        Notify,
-        PendingRecipient,
-        QueueFilter,
-        QueueReport,
-    )
-
-_B32 = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
-
-
-class RecipientState(StrEnum):
-    QUEUED = "queued"
-    ACTIVE = "active"
-    HELD = "held"
-    DELIVERED = "delivered"
-    BOUNCED = "bounced"
-    DELETED = "deleted"  # removed by an operator: never delivered, no notice sent
-
-
-# A recipient in one of these is settled for good; a message is done when all of its
-# recipients are. A deleted recipient stays in the ledger (accepted totals never shrink).
-FINAL_STATES = (RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.DELETED)
-
-
-def new_queue_id(now: float | None = None) -> str:
-    """A 14-character id that sorts by acceptance time (ms) and is unique across processes."""
-    ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 30) | int.from_bytes(os.urandom(4), "big") >> 2
-    chars = []
-    for _ in range(14):
-        value, rest = divmod(value, 31)
-        chars.append(_B32[rest])
-    return "".join(reversed(chars))
-
-
-@dataclasses.dataclass(frozen=True)
-class NewMessage:
-    """A message accepted by the front end, ready to be committed."""
-
-    queue_id: str
-    mail_from: str
-    recipients: tuple[tuple[str, str], ...]  # (address, store name)
-    body: bytes
-    received_at: float
-    helo: str = ""
-    peer: str = ""
-    message_id: str | None = None
-    digest: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """One recipient leased to a worker, with what it needs to deliver."""
-
-    recipient_id: int
-    queue_id: str
-    address: str
-    store: str
-    attempts: int
-    mail_from: str
-    received_at: float
-    helo: str
-    peer: str
-    body: bytes
-
-
-@dataclasses.dataclass
-class Settlement:
-    """The outcome of one batch of deliveries, written in one transaction."""
-
-    delivered: list[int] = dataclasses.field(default_factory=list)
-    deferred: list[tuple[int, float, str]] = dataclasses.field(default_factory=list)
-    bounced: list[tuple[int, str]] = dataclasses.field(default_factory=list)
-    # Delivery status notifications for the bounces, enqueued in the same transaction
-    # (None: this worker sends none, and none is recorded as missing).
-    notices: list[NewMessage] | None = None
-
-    def __len__(self) -> int:
-        return len(self.delivered) + len(self.deferred) + len(self.bounced)
-
-
-@dataclasses.dataclass(frozen=True)
-class QueueStats:
-    """Counts for ``mailqueue stats``, capacity checks and metrics."""
-
-    recipients: dict[str, int]
-    messages_pending: int
-    bytes_pending: int
-    oldest_pending: float | None
-    messages_total: int
-
-
-@dataclasses.dataclass(frozen=True)
-class LedgerRecipient:
-    """One recipient of an accepted message and where it stands."""
-
-    address: str
-    store: str
-    state: RecipientState
-    last_error: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class LedgerEntry:
-    """What the queue remembers of an accepted message, kept after delivery."""
-
-    queue_id: str
-    message_id: str | None
-    digest: str  # SHA-256 of the message as received (CRLF line ends)
-    received_at: float
-    size: int
-    rcpt_count: int  # recipients accepted, as counted when the message was committed
-    recipients: tuple[LedgerRecipient, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class RecipientOutcome:
-    """One recipient as a report sees it."""
-
-    queue_id: str
-    address: str
-    store: str
-    state: RecipientState
-    received_at: float
-    settled_at: float | None
-    attempts: int
-    last_error: str | None
+# A blocking, all-or-nothing commit of a batch of messages, run on a writer thread.
+BlockingEnqueue = Callable[[Sequence[NewMessage]], None]
 
 
 class MessageQueue(Protocol):
@@ -161,6 +45,12 @@ class MessageQueue(Protocol):
 
     async def enqueue(self, messages: Sequence[NewMessage]) -> None:
         """Commit ``messages`` and their recipients durably, all or nothing."""
+        ...
+
+    def blocking_enqueue(self) -> BlockingEnqueue | None:
+        """The writer strategy: :meth:`enqueue` as a blocking call that the group committer
+        runs on its own thread (an SQLite file, written by one connection), or None, where
+        commits go through :meth:`enqueue` on the event loop (PostgreSQL)."""
         ...
 
     async def claim(self, stores: Sequence[str], limit: int, owner: str, now: float,
@@ -219,7 +109,7 @@ class ControlState(Protocol):
 
 
 class QueueAdmin(Protocol):
-    """Operator verbs (types in :mod:`mailqueue.queue.admin`): inspect, hold, release,
+    """Operator verbs (types in :mod:`mailqueue.queue.values`): inspect, hold, release,
     retry, delete, bounce and expire; the reports and drain progress built on them."""
 
     async def list_messages(self, query: QueueFilter) -> list[MessageView]:

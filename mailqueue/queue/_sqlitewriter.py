@@ -10,8 +10,9 @@ IMMEDIATE``), so it still returns only after the commit is on disk.
 The transaction runs on one ``sqlite3`` connection the writer keeps, taken from the
 engine's pool (so it has the engine's pragmas) and driven directly: BEGIN IMMEDIATE, one
 INSERT per table (more past 999 parameters), COMMIT; no pool checkout, events or result
-objects per batch. That took a commit of 13 messages from 0.54-0.61 to 0.32-0.40 ms of user
-CPU (``benchmarks/writer_cpu.py``), time the writer also holds the GIL the loop needs.
+objects per batch. That is about half the CPU of a commit through the engine
+(``benchmarks/writer_cpu.py`` measures it), time in which the writer also holds the GIL the
+loop needs.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailqueue import faults, loops
 from mailqueue.errors import QueueError, QueueLostError
-from mailqueue.queue.dberrors import database_error
-from mailqueue.queue.queuefile import QueueFile
+from mailqueue.queue._dberrors import database_error
+from mailqueue.queue._queuefile import QueueFile
+from mailqueue.queue._sqlitefile import open_without_creating
 from mailqueue.queue.schema import messages, recipients
-from mailqueue.queue.sqlitefile import open_without_creating
 from mailqueue.sqliteurl import sqlite_path
 
 log = structlog.get_logger("mailqueue.queue")
@@ -80,7 +81,7 @@ class SqliteWriter:
     Checkpoints (copying the WAL back into the database file, with its own fsyncs) run on a
     second thread. Left to SQLite, the commit that crosses the WAL size limit runs the
     checkpoint itself, and the sessions waiting for that commit wait for it too: every few
-    hundred messages a 250 took 10 to 60 ms instead of about 4.
+    hundred messages a 250 would take several times its usual time.
     """
 
     def __init__(self, url: str, busy_timeout: float = 30.0,
@@ -238,11 +239,11 @@ class SqliteWriter:
 
         SQLite writes the WAL from its start again only when a write transaction begins
         with every frame copied back, and under a drain's back-to-back claims and settles
-        that moment never came: draining 100,000 messages left a 623 MiB WAL, larger than
-        the database. A RESTART checkpoint holds new writers off while it copies the few
-        frames the PASSIVE one left and waits for readers to leave the WAL (for at most
-        RESTART_WAIT_MS; then it gives up, as PASSIVE would): 14-38 ms, four times in a
-        drain of 30,000 messages, against a WAL that now stays under 73 MiB. A failure
+        that moment never comes: a long drain would leave a WAL larger than the database.
+        A RESTART checkpoint holds new writers off while it copies the few frames the
+        PASSIVE one left and waits for readers to leave the WAL (for at most
+        RESTART_WAIT_MS; then it gives up, as PASSIVE would): a short pause a few times in
+        a long drain, against a WAL that stays a small fraction of the database. A failure
         only leaves the WAL longer; the next checkpoint tries again. While the queue's file
         is lost it does nothing: the file at the path, if any, is not the queue's."""
         try:
@@ -286,8 +287,8 @@ def _insert_rows(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]
 
     Not ``executemany``: sqlite3 releases the GIL around every row's step and must take it
     back before the next, and while the event loop is busy each of those takes up to the
-    interpreter's switch interval (5 ms). Measured in the server: 24 rows took 4 ms to
-    insert and 0.9 ms to commit. One multi-row statement takes the GIL back once.
+    interpreter's switch interval, so inserting a batch would cost more than committing
+    it. One multi-row statement takes the GIL back once.
     """
     columns = tuple(rows[0])
     per_statement = max(1, _MAX_VARIABLES // len(columns))

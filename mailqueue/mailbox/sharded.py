@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from mailqueue.clock import Clock
 from mailqueue.config import Config
+from mailqueue.control.nodes import Fault, FaultModel, NodeMode, NodeState, node_name, node_of
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
-from mailqueue.nodes import Fault, FaultModel, NodeMode, NodeState, node_name, node_of
-from mailqueue.queue.models import Claim
+from mailqueue.queue.values import Claim
 
 _NONE = Fault()  # what an up node does to a delivery
 _UP = NodeMode.UP  # a plain name: an enum member's lookup costs more than the test itself

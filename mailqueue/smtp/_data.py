@@ -1,7 +1,7 @@
 """Reading a DATA section in blocks instead of line by line.
 
 aiosmtpd reads message data with one ``readuntil(b"\\r\\n")`` per line: for a 4 KiB message
-that is some sixty coroutine resumptions, list appends and joins, and it was the largest
+that is some sixty coroutine resumptions, list appends and joins, the largest
 single cost of the front end. :func:`read_data` takes whatever the stream has buffered, up to
 and including the ``CRLF.CRLF`` that ends the data, in one step, and then applies the same
 rules to the whole block: the size limit, the line-length limit, and dot-unstuffing

@@ -1,14 +1,137 @@
-"""What the operator verbs of the queue take and return (``mailqueue queue ...``, stats,
-metrics, expiry). Plain values: the SQL behind them lives in :mod:`mailqueue.queue.sqladmin`.
-"""
+"""The queue's values: what goes in (a new message), what comes out (claims, settlements,
+stats, the ledger), and what the operator verbs take and return (filters, views, actions,
+reports). Plain data with no I/O; the store protocols in :mod:`mailqueue.queue.store` and
+every backend speak in these."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
-from mailqueue.queue.models import NewMessage
+_B32 = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
+
+
+class RecipientState(StrEnum):
+    QUEUED = "queued"
+    ACTIVE = "active"
+    HELD = "held"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    DELETED = "deleted"  # removed by an operator: never delivered, no notice sent
+
+
+# A recipient in one of these is settled for good; a message is done when all of its
+# recipients are. A deleted recipient stays in the ledger (accepted totals never shrink).
+FINAL_STATES = (RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.DELETED)
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A 14-character id that sorts by acceptance time (ms) and is unique across processes."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 30) | int.from_bytes(os.urandom(4), "big") >> 2
+    chars = []
+    for _ in range(14):
+        value, rest = divmod(value, 31)
+        chars.append(_B32[rest])
+    return "".join(reversed(chars))
+
+
+@dataclasses.dataclass(frozen=True)
+class NewMessage:
+    """A message accepted by the front end, ready to be committed."""
+
+    queue_id: str
+    mail_from: str
+    recipients: tuple[tuple[str, str], ...]  # (address, store name)
+    body: bytes
+    received_at: float
+    helo: str = ""
+    peer: str = ""
+    message_id: str | None = None
+    digest: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One recipient leased to a worker, with what it needs to deliver."""
+
+    recipient_id: int
+    queue_id: str
+    address: str
+    store: str
+    attempts: int
+    mail_from: str
+    received_at: float
+    helo: str
+    peer: str
+    body: bytes
+
+
+@dataclasses.dataclass
+class Settlement:
+    """The outcome of one batch of deliveries, written in one transaction."""
+
+    delivered: list[int] = dataclasses.field(default_factory=list)
+    deferred: list[tuple[int, float, str]] = dataclasses.field(default_factory=list)
+    bounced: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    # Delivery status notifications for the bounces, enqueued in the same transaction
+    # (None: this worker sends none, and none is recorded as missing).
+    notices: list[NewMessage] | None = None
+
+    def __len__(self) -> int:
+        return len(self.delivered) + len(self.deferred) + len(self.bounced)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """Counts for ``mailqueue stats``, capacity checks and metrics."""
+
+    recipients: dict[str, int]
+    messages_pending: int
+    bytes_pending: int
+    oldest_pending: float | None
+    messages_total: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerRecipient:
+    """One recipient of an accepted message and where it stands."""
+
+    address: str
+    store: str
+    state: RecipientState
+    last_error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerEntry:
+    """What the queue remembers of an accepted message, kept after delivery."""
+
+    queue_id: str
+    message_id: str | None
+    digest: str  # SHA-256 of the message as received (CRLF line ends)
+    received_at: float
+    size: int
+    rcpt_count: int  # recipients accepted, as counted when the message was committed
+    recipients: tuple[LedgerRecipient, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipientOutcome:
+    """One recipient as a report sees it."""
+
+    queue_id: str
+    address: str
+    store: str
+    state: RecipientState
+    received_at: float
+    settled_at: float | None
+    attempts: int
+    last_error: str | None
+
 
 # qshape's age buckets, in minutes: each column holds messages younger than its edge.
 SHAPE_EDGES_MINUTES = (5, 10, 20, 40, 80, 160, 320, 640, 1280)

@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import event
 
-from mailqueue.queue.models import NewMessage, Settlement
 from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import NewMessage, Settlement
 from mailqueue.sqliteurl import file_uri, sqlite_path
 
 

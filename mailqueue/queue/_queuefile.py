@@ -5,7 +5,7 @@ deleted (``rm var/queue.db*``), replaced by another file, or whose directory was
 and those commits are gone at the next start. :class:`QueueFile` remembers the identity
 (device and inode) of the file the queue opened and compares it with what the path names
 now: one ``stat`` a check. The writers check after every commit, before its sessions hear
-250 (see :class:`~mailqueue.queue.sqlitewriter.SqliteWriter`); every other transaction
+250 (see :class:`~mailqueue.queue._sqlitewriter.SqliteWriter`); every other transaction
 looks at the last result, checked again off the event loop once it is older than
 :data:`MAX_AGE` (by the control plane's refresh, at least every half second). The SMTP
 front end reads the last result without waiting (:attr:`QueueFile.lost`).

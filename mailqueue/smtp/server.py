@@ -1,37 +1,27 @@
-"""The SMTP front end: aiosmtpd with recipient, window and capacity policy.
+"""The SMTP protocol: aiosmtpd's session with admission control, enhanced status codes,
+DATA read in blocks, a junk-command limit and an idle timeout that counts bytes.
 
 Replies are the error model at the edge: temporary trouble answers 4xx, permanent 5xx,
-and no exception text ever reaches a client. The reply to DATA is 250 only after the
-message is committed (see :mod:`mailqueue.queue.committer`).
+and no exception text ever reaches a client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
-import time
-from collections import Counter
-from collections.abc import Callable
 from typing import Any, AnyStr
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 
-from mailqueue import smtpdata
-from mailqueue.clock import Clock
 from mailqueue.config import SmtpConfig
-from mailqueue.errors import QueueError, QueueFullError, QueueLostError
-from mailqueue.mailbox.router import Route, RouteError, Router
-from mailqueue.queue.committer import GroupCommitter
-from mailqueue.queue.models import NewMessage, new_queue_id
-from mailqueue.windows import Inbound, WindowSet
+from mailqueue.smtp import _data
+from mailqueue.smtp.admission import Gate, say
+from mailqueue.smtp.handler import MailqueueHandler
 
 log = structlog.get_logger("mailqueue.smtp")
 
 IDENT = "ESMTP mailqueue"
-_MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
-_BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f<>()\[\],;:\\\" ]")
 # <dot-atom@domain>: the common form, whose parse by the email package is the same string.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
@@ -60,9 +50,6 @@ _REPLY_REWRITES: dict[str, str] = {
 # Commands that move no mail. Like Postfix's smtpd_junk_command_limit: a session may send
 # this many of them between accepted messages, then it is closed with 421.
 JUNK_LIMIT = 100
-# After a commit failed for lack of disk space, new mail is refused at MAIL this long.
-STORAGE_FULL_HOLD_OFF = 2.0
-NULL_SENDER = "<>"
 _QUEUED = "250 2.0.0 Ok: queued as "
 # aiosmtpd's other "NNN [x.y.z] Error: text" replies: the "Error:" goes, a code is added.
 _LIBRARY_ERROR = re.compile(r"^(\d)(\d\d) (?:(\d\.\d{1,3}\.\d{1,3}) )?Error: (.*)$")
@@ -82,83 +69,6 @@ def rewrite_reply(status: str) -> str:
     code = f"{klass}{rest}"
     enhanced = enhanced or f"{klass}.5.{'4' if code in ('501', '555') else '1'}"
     return f"{code} {enhanced} {text[:1].upper()}{text[1:]}"
-
-
-class Capacity:
-    """The queue's fill level as the front end sees it: refreshed from the store, plus local
-    acceptances since the refresh, so no count query runs per message."""
-
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self.messages = 0
-        self.bytes = 0
-        self.full_until = 0.0
-
-    def refreshed(self, messages: int, size: int) -> None:
-        self.messages, self.bytes = messages, size
-
-    def added(self, size: int) -> None:
-        self.messages += 1
-        self.bytes += size
-
-    def storage_full(self, hold_off: float = STORAGE_FULL_HOLD_OFF) -> None:
-        """The disk under the queue is full: refuse new mail at MAIL for ``hold_off`` s."""
-        self.full_until = time.monotonic() + hold_off
-
-    def full(self, incoming: int = 0) -> bool:
-        return (self.messages >= self.max_messages or
-                self.bytes + incoming > self.max_bytes or
-                time.monotonic() < self.full_until)
-
-
-def say(transport: asyncio.BaseTransport, line: bytes) -> None:
-    """Write ``line`` unless the transport is closing. (uvloop's transports do not
-    register as ``asyncio.WriteTransport``, so no isinstance test: one hid every 421 sent
-    at a stop or an idle timeout when uvloop ran the server.)"""
-    write = getattr(transport, "write", None)
-    if write is not None and not transport.is_closing():
-        write(line)
-
-
-class Gate:
-    """Connection admission: global and per-address limits, and draining at shutdown."""
-
-    def __init__(self, max_connections: int, per_ip: int) -> None:
-        self.max_connections = max_connections
-        self.per_ip = per_ip
-        self.by_ip: Counter[str] = Counter()
-        self.transports: set[asyncio.BaseTransport] = set()
-        self.draining = False
-
-    @property
-    def open_connections(self) -> int:
-        return sum(self.by_ip.values())
-
-    def admit(self, ip: str, transport: asyncio.BaseTransport) -> str | None:
-        """None to admit, or the 421 reply to close with."""
-        if self.draining:
-            return "421 4.3.2 Service shutting down, try again later"
-        if self.open_connections >= self.max_connections:
-            return "421 4.7.0 Too many connections, try again later"
-        if self.by_ip[ip] >= self.per_ip:
-            return "421 4.7.0 Too many connections from your address, try again later"
-        self.by_ip[ip] += 1
-        self.transports.add(transport)
-        return None
-
-    def release(self, ip: str, transport: asyncio.BaseTransport | None) -> None:
-        if transport is not None:
-            self.transports.discard(transport)
-        self.by_ip[ip] -= 1
-        if self.by_ip[ip] <= 0:
-            del self.by_ip[ip]
-
-    def close_all(self) -> None:
-        """The hard deadline of a stop: close the sessions that are still open."""
-        for transport in list(self.transports):
-            say(transport, b"421 4.3.2 Service shutting down\r\n")
-            transport.close()
 
 
 _VERBS: dict[type, list[str]] = {}
@@ -185,10 +95,9 @@ class MailqueueSMTP(SMTP):
         """The SMTP verbs and AUTH mechanisms only: what aiosmtpd's ``__init__`` looks for.
 
         It finds them with ``inspect.getmembers(self)`` and ``dir(self)`` for every
-        connection, over the 125 attributes of a session: that was half the server's CPU
-        for a connection (aiosmtplib's connect, then QUIT: 560-620 us; 270-320 us over this
-        list). With a new connection for every message (``load_test.py --per-connection
-        1``), 0.76-0.83 -> 0.59-0.64 ms of server CPU a message."""
+        connection; over the 125 attributes of a session that is about half the server's
+        CPU for a connection, and most of it for a client that sends one message a
+        connection."""
         return _verbs(type(self))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -262,8 +171,8 @@ class MailqueueSMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA with the data read in blocks (see :mod:`mailqueue.smtpdata`)."""
-        if self._decode_data or not smtpdata.supported(self._reader):
+        """aiosmtpd's DATA with the data read in blocks (see :mod:`mailqueue.smtp._data`)."""
+        if self._decode_data or not _data.supported(self._reader):
             await super().smtp_DATA(arg)
             return
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -277,7 +186,7 @@ class MailqueueSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            result = await smtpdata.read_data(self._reader, self.data_size_limit,
+            result = await _data.read_data(self._reader, self.data_size_limit,
                                               self.line_length_limit)
         except asyncio.CancelledError:
             # The connection went away during the data: nothing was accepted.
@@ -286,11 +195,11 @@ class MailqueueSMTP(SMTP):
         except asyncio.IncompleteReadError:
             self._writer.close()
             return
-        if result.state is smtpdata.DataState.TOO_LONG:
+        if result.state is _data.DataState.TOO_LONG:
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-        elif result.state is smtpdata.DataState.TOO_MUCH:
+        elif result.state is _data.DataState.TOO_MUCH:
             await self.push("552 Error: Too much mail data")
-        if result.state is not smtpdata.DataState.NOMINAL:
+        if result.state is not _data.DataState.NOMINAL:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         self.envelope.content = self.envelope.original_content = result.content
@@ -337,7 +246,7 @@ class MailqueueSMTP(SMTP):
         after every command).
 
         aiosmtpd cancels its timer and schedules a new one each time: four or five timer
-        handles a message, about 7% of the event loop's time under load. Here the
+        handles a message, a noticeable share of the event loop's time under load. Here the
         deadline is a number; the one timer is moved only when it would fire too late, and
         when it fires early it sets itself again for what is left."""
         self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
@@ -357,130 +266,6 @@ class MailqueueSMTP(SMTP):
         if self.transport is not None:
             say(self.transport, b"421 4.4.2 Idle timeout, closing connection\r\n")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
-
-
-class MailqueueHandler:
-    """aiosmtpd hooks: who may send to whom, and when a message counts as accepted."""
-
-    def __init__(self, config: SmtpConfig, router: Router, windows: Callable[[], WindowSet],
-                 committer: GroupCommitter, capacity: Capacity, clock: Clock,
-                 on_accepted: Callable[[NewMessage], None] | None = None,
-                 queue_lost: Callable[[], str | None] | None = None) -> None:
-        self.config = config
-        self.router = router
-        self.windows = windows
-        self.committer = committer
-        self.capacity = capacity
-        self.clock = clock
-        self.on_accepted = on_accepted
-        # Why the queue's file is lost, if it is, as last seen (a read, never a look at the
-        # file: see mailqueue.queue.queuefile).
-        self.queue_lost = queue_lost
-        self.on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
-
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
-        # "<>" is the null reverse-path of bounces (RFC 5321 4.5.5); aiosmtpd needs a
-        # non-empty mail_from to allow RCPT, so it is kept as "<>" until DATA.
-        if address != NULL_SENDER and not _plausible_address(address):
-            return "553 5.1.7 Malformed sender address"
-        # A lost queue file refuses every commit: say so before the message is sent.
-        if self.queue_lost is not None and self.queue_lost() is not None:
-            return "451 4.3.0 Temporary queue failure, try again later"
-        if self.capacity.full(_declared_size(mail_options)):
-            log.warning("queue_full", messages=self.capacity.messages, bytes=self.capacity.bytes)
-            return "452 4.3.1 Queue full, try again later"
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 Ok"
-
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
-        if rcpt_options:
-            return "555 5.5.4 RCPT TO parameters not recognized or not implemented"
-        if len(envelope.rcpt_tos) >= self.config.max_recipients:
-            return "452 4.5.3 Too many recipients"
-        if not _plausible_address(address):
-            return "553 5.1.3 Malformed recipient address"
-        route = self.router.route(address)
-        if route is RouteError.UNKNOWN_DOMAIN:
-            return "550 5.7.1 Relay access denied"
-        if route is RouteError.UNKNOWN_MAILBOX:
-            return "550 5.1.1 Recipient address rejected: user unknown"
-        if not isinstance(route, Route):
-            return "553 5.1.3 Malformed recipient address"
-        window = self.windows().blocking(route.store)
-        if window is not None and window.inbound is Inbound.TEMPFAIL:
-            return f"451 4.3.2 Mailbox maintenance ({window.name}), try again later"
-        if window is not None and window.inbound is Inbound.REJECT:
-            return f"554 5.3.2 Mailbox maintenance ({window.name}), not accepting mail"
-        if self.capacity.full():
-            return "452 4.3.1 Queue full, try again later"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        body = envelope.original_content or b""
-        routes = [self.router.route(a) for a in envelope.rcpt_tos]
-        now = self.clock.now()
-        message = NewMessage(
-            queue_id=new_queue_id(now),
-            mail_from="" if envelope.mail_from == NULL_SENDER else envelope.mail_from or "",
-            recipients=tuple((r.address, r.store) for r in routes if isinstance(r, Route)),
-            body=body,
-            received_at=now,
-            helo=(session.host_name or "")[:255],
-            peer=str(session.peer[0]) if session.peer else "",
-            message_id=_message_id(body),
-            digest=hashlib.sha256(body).hexdigest(),
-        )
-        try:
-            await self.committer.submit(message)
-        except QueueFullError as exc:
-            log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
-            self.capacity.storage_full()
-            return "452 4.3.1 Insufficient system storage, try again later"
-        except QueueLostError as exc:
-            # The loss is the operator's news once (queue_file_lost), not once a message.
-            log.debug("message_not_queued", error=str(exc),
-                      recipients=len(message.recipients))
-            return "451 4.3.0 Temporary queue failure, try again later"
-        except QueueError as exc:
-            log.error("message_not_queued", error=str(exc), recipients=len(message.recipients))
-            return "451 4.3.0 Temporary queue failure, try again later"
-        self.capacity.added(len(body))
-        log.info("message_queued", queue_id=message.queue_id, size=len(body),
-                 recipients=len(message.recipients))
-        if self.on_accepted is not None:
-            self.on_accepted(message)
-        return f"250 2.0.0 Ok: queued as {message.queue_id}"
-
-    async def handle_exception(self, error: Exception) -> str:
-        log.error("smtp_session_error", error_type=type(error).__name__)
-        return "451 4.3.0 Internal error, try again later"
-
-
-def _plausible_address(address: str) -> bool:
-    return (0 < len(address) <= 254 and address.count("@") >= 1 and
-            not _BAD_ADDRESS_CHARS.search(address.rpartition("@")[2]) and
-            "\x00" not in address and "\r" not in address and "\n" not in address)
-
-
-def _declared_size(mail_options: list[str]) -> int:
-    for option in mail_options:
-        key, _, value = option.partition("=")
-        if key.upper() == "SIZE" and value.isdigit():
-            return int(value)
-    return 0
-
-
-def _message_id(body: bytes) -> str | None:
-    header_end = body.find(b"\r\n\r\n")
-    match = _MESSAGE_ID_RE.search(body[: header_end if header_end >= 0 else 65536])
-    if match is None:
-        return None
-    return match.group(1).decode("ascii", "replace").strip()[:998] or None
 
 
 async def start_server(handler: MailqueueHandler, gate: Gate, config: SmtpConfig,
