@@ -20,6 +20,8 @@ from mailqueue.queue.store import QueueStore
 from mailqueue.queue.values import NewMessage, new_queue_id
 from tests.helpers import opened_store
 
+pytestmark = pytest.mark.drill  # a backlog of 40,000 recipients on each backend
+
 T0 = 1_700_000_000.0
 LATER = T0 + 600
 NODES = 4

@@ -321,6 +321,7 @@ async def test_delete_all_racing_a_worker_never_takes_its_claims(store: QueueSto
     assert report.deleted >= 13  # the first delete took what was not claimed
 
 
+@pytest.mark.drill
 async def test_delete_all_on_more_recipients_than_a_statement_has_parameters(
         pg_url: str) -> None:
     """asyncpg sends at most 32767 parameters a statement: ``delete --all`` on a deeper
