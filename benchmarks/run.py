@@ -29,12 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mailqueue import loadtest
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import load_test  # noqa: E402
-
 CONFIG = HERE / "bench.toml"
 # The anchor script sits in a ``shared/bench`` folder beside the checkout (or beside the
 # folder holding it, for a worktree); POSTFIX_ANCHOR names another place.
@@ -49,7 +47,7 @@ def smtp_source(port: int, messages: int, sessions: int, size: int,
     """Seconds smtp-source takes to hand ``messages`` to 127.0.0.1:port. With
     ``server_pid``, smtp-source keeps to the CPUs that server is not pinned to (as
     load_test.py does), so the client's bursts do not land on the server's CPU."""
-    cpus = load_test.cpus_left_by(server_pid) if server_pid is not None else None
+    cpus = loadtest.cpus_left_by(server_pid) if server_pid is not None else None
 
     def pin() -> None:
         if cpus:
@@ -80,28 +78,28 @@ def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> di
     inside a window that is then ended, timing the drain into Maildir."""
     settle(args)
     workdir = Path(tempfile.mkdtemp(prefix="mq-bench-", dir=args.scratch))
-    config = load_test.spawn_config(CONFIG, workdir)
-    server = load_test.Server(config, workdir, null, loop)
+    config = loadtest.spawn_config(CONFIG, workdir)
+    server = loadtest.Server(config, workdir, null, loop)
     try:
         port = server.start()
         url = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
         stores = [{"name": "vmail", "path": str(workdir / "mail" / "vmail")}]
         if not null:
-            asyncio.run(load_test.set_window(url, "bench", start=True))
+            asyncio.run(loadtest.set_window(url, "bench", start=True))
             time.sleep(1.0)
         assert server.proc is not None
         seconds = smtp_source(port, args.messages, args.sessions, args.size,
                               server_pid=server.proc.pid)
         result: dict[str, Any] = {"accept_rate": args.messages / seconds}
         if not null:
-            released = asyncio.run(load_test.set_window(url, "bench", start=False))
-            count = asyncio.run(load_test.wait_drained(stores, args.messages, 30, None))
-            found = load_test.scan_maildirs(stores, want_mtime=True)
+            released = asyncio.run(loadtest.set_window(url, "bench", start=False))
+            count = asyncio.run(loadtest.wait_drained(stores, args.messages, 30, None))
+            found = loadtest.scan_maildirs(stores, want_mtime=True)
             last = max(m for mtimes in found.values() for m in mtimes)
             result.update(drain_rate=count / (last - released), delivered=count,
                           duplicated=sum(len(v) - 1 for v in found.values()))
         assert server.proc is not None
-        result["rss_mb"] = load_test.peak_rss_mb(server.proc.pid)
+        result["rss_mb"] = loadtest.peak_rss_mb(server.proc.pid)
         return result
     finally:
         server.stop()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Load test for mailqueue: accept rate and latency, drain rate, end-to-end delay, and a
 check that every acknowledged message reached its Maildirs exactly once.
 
@@ -18,6 +17,10 @@ Against a running server the script reads the Maildir paths from ``-c`` (and the
 unless ``--port``); with ``--spawn`` it runs ``python -m mailqueue serve`` on a copy of the
 config whose queue, Maildirs and port are its own (a temp dir, removed afterwards unless
 ``--keep``).
+
+``scripts/load_test.py`` runs :func:`main`; the benchmarks in ``benchmarks/`` and the drills
+(:mod:`mailqueue.testing.drills`) reuse the spawned server, the ``/proc`` readings and the
+Maildir checks.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ import time
 import tomllib
 import uuid
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import aiosmtplib
 
@@ -49,19 +53,28 @@ _QUEUED_RE = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 # --- configuration and the spawned server ------------------------------------------------
 
+class StoreInfo(TypedDict):
+    """A store as the load test reads it: where its Maildirs are and what they serve."""
+
+    name: str
+    path: str
+    domains: NotRequired[list[str]]
+    mailboxes: NotRequired[list[str] | None]
+
+
 @dataclass
 class Target:
     """Where to send and where delivered mail lands."""
 
     host: str
     port: int
-    stores: list[dict[str, Any]]
+    stores: list[StoreInfo]
     config_path: Path
     queue_url: str
     pid: int | None = None
 
 
-def _toml_value(value: Any) -> str:
+def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -73,11 +86,11 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def dump_toml(data: dict[str, Any], prefix: str = "") -> str:
+def dump_toml(data: Mapping[str, object], prefix: str = "") -> str:
     """Enough TOML for a mailqueue config: scalars, lists, tables, arrays of tables."""
     lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    arrays: list[tuple[str, list[dict[str, Any]]]] = []
+    tables: list[tuple[str, Mapping[str, object]]] = []
+    arrays: list[tuple[str, list[Mapping[str, object]]]] = []
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -114,9 +127,9 @@ def make_target(config: Path, host: str | None, port: int, pid: int | None) -> T
     from mailqueue.config import load_config
 
     loaded = load_config(config)
-    stores = [{"name": s.name, "path": str(s.path), "domains": s.domains,
-               "mailboxes": s.mailboxes}
-              for s in loaded.stores]
+    stores: list[StoreInfo] = [{"name": s.name, "path": str(s.path), "domains": s.domains,
+                                "mailboxes": s.mailboxes}
+                               for s in loaded.stores]
     return Target(host=host or loaded.smtp.host, port=port or loaded.smtp.port,
                   stores=stores, config_path=config, queue_url=loaded.queue.url, pid=pid)
 
@@ -171,7 +184,7 @@ class Server:
 
 def children(pid: int) -> list[int]:
     """The live child processes of ``pid`` (the queue writer process, when one runs)."""
-    found = []
+    found: list[int] = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -306,10 +319,10 @@ async def transaction(smtp: aiosmtplib.SMTP, sender: str, rcpts: list[str], wire
     text; a refused sender, every recipient refused or a refused DATA raise
     :class:`aiosmtplib.SMTPResponseException` with the server's code.
 
-    The same commands ``smtp.sendmail`` sends. sendmail also rewrites every message's line
-    ends and dot-stuffs it with two regular expressions over the whole body, and parses each
-    address with the email package: 100 us of this client's CPU a message at 4 KiB, which at
-    50 connections made the client, not the server, the bottleneck the latency measured.
+    The same commands ``smtp.sendmail`` sends, without its per-message work: sendmail also
+    rewrites every message's line ends and dot-stuffs it with two regular expressions over
+    the whole body, and parses each address with the email package. Under load that CPU
+    makes the client, not the server, the bottleneck the latency would measure.
     """
     if smtp.is_ehlo_or_helo_needed:
         await smtp.ehlo()
@@ -444,7 +457,7 @@ async def _quit(smtp: aiosmtplib.SMTP) -> None:
 
 # --- checking the Maildirs -----------------------------------------------------------------
 
-def scan_maildirs(stores: list[dict[str, Any]], want_mtime: bool = False,
+def scan_maildirs(stores: Sequence[StoreInfo], want_mtime: bool = False,
                   ) -> dict[tuple[str, str], list[float]]:
     """(queue id, address) -> one mtime per file found, over every store's Maildirs."""
     from mailqueue.mailbox.maildir import copy_key
@@ -471,7 +484,7 @@ def scan_maildirs(stores: list[dict[str, Any]], want_mtime: bool = False,
     return found
 
 
-def count_files(stores: list[dict[str, Any]]) -> int:
+def count_files(stores: Sequence[StoreInfo]) -> int:
     total = 0
     for store in stores:
         root = Path(store["path"])
@@ -485,7 +498,7 @@ def count_files(stores: list[dict[str, Any]]) -> int:
     return total
 
 
-async def wait_drained(stores: list[dict[str, Any]], expected: int, stall: float,
+async def wait_drained(stores: Sequence[StoreInfo], expected: int, stall: float,
                        progress: Progress | None) -> int:
     """Poll the Maildirs until ``expected`` files are there or nothing moves for ``stall``."""
     seen, moved = -1, time.monotonic()
@@ -526,7 +539,8 @@ def verify(results: Results, found: dict[tuple[str, str], list[float]],
             "duplicated": duplicated, "unexpected": extra}
 
 
-def summarize(args: argparse.Namespace, results: Results, drain: dict[str, Any] | None,
+def summarize(args: argparse.Namespace, results: Results,
+              drain: dict[str, float | None] | None,
               check: dict[str, int] | None, rss: float | None, loop: str) -> dict[str, Any]:
     accepted = len(results.sent_at)
     elapsed = max(1e-9, results.last - results.first)
@@ -548,7 +562,7 @@ def summarize(args: argparse.Namespace, results: Results, drain: dict[str, Any] 
 
 
 def print_report(report: dict[str, Any]) -> None:
-    def fmt(value: Any, unit: str = "") -> str:
+    def fmt(value: object, unit: str = "") -> str:
         return "n/a" if value is None else f"{value}{unit}"
 
     print(f"mode {report['mode']} (loop {report['loop']}), {report['connections']} "
@@ -607,8 +621,10 @@ class Progress:
 
 # --- main ----------------------------------------------------------------------------------
 
-def addresses_for(stores: list[dict[str, Any]], mailboxes: int, domain: str | None,
+def addresses_for(stores: Sequence[StoreInfo], mailboxes: int, domain: str | None,
                   ) -> list[str]:
+    """``mailboxes`` addresses of the first store serving ``domain`` (any store, at its
+    first domain, for None): its listed mailboxes, or ``u0``, ``u1``, ... if it lists none."""
     for store in stores:
         domains = store.get("domains") or []
         if domain is not None and domain not in domains:
@@ -620,6 +636,7 @@ def addresses_for(stores: list[dict[str, Any]], mailboxes: int, domain: str | No
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -642,7 +659,7 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
     cpu_before = cpu_seconds(target.pid)
     results = await Sender(plan, target.host, target.port, progress).run()
     cpu_after = cpu_seconds(target.pid)
-    drain: dict[str, Any] | None = None
+    drain: dict[str, float | None] | None = None
     check: dict[str, int] | None = None
     if not args.null and results.sent_at:
         expected = sum(len(r) for r in results.rcpts.values())
@@ -668,8 +685,9 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
 
 
 def drain_figures(results: Results, found: dict[tuple[str, str], list[float]],
-                  released: float | None) -> dict[str, Any]:
-    delays, last = [], 0.0
+                  released: float | None) -> dict[str, float | None]:
+    delays: list[float] = []
+    last = 0.0
     for (qid, _), mtimes in found.items():
         sent = results.sent_at.get(qid)
         if sent is None:
@@ -678,8 +696,8 @@ def drain_figures(results: Results, found: dict[tuple[str, str], list[float]],
         for mtime in mtimes:
             delays.append(max(0.0, mtime - start))
             last = max(last, mtime)
-    figures: dict[str, Any] = {"e2e_p50_ms": ms(pct(delays, 0.5)),
-                               "e2e_p99_ms": ms(pct(delays, 0.99))}
+    figures: dict[str, float | None] = {"e2e_p50_ms": ms(pct(delays, 0.5)),
+                                        "e2e_p99_ms": ms(pct(delays, 0.99))}
     if released is not None and delays:
         seconds = max(1e-9, last - released)
         figures.update(drained=len(delays), drain_seconds=round(seconds, 3),
@@ -763,8 +781,7 @@ def pin_client(cpus: tuple[int, ...] | None, server_pid: int | None) -> str:
     ``server_pid`` is not pinned to, if it is pinned. What it runs on, for the report.
 
     The server on one CPU (``[server] cpus``) and this script on the other: sharing a CPU,
-    each one's bursts land in the other's latency (paced at 1,000 msg/s, p99 27-37 ms with
-    the script anywhere, 14-25 ms with it on the other CPU)."""
+    each one's bursts would land in the other's latency."""
     from mailqueue.errors import ConfigError
     from mailqueue.loops import pin_cpus
 
