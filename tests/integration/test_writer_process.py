@@ -18,7 +18,7 @@ from mailqueue.queue.models import NewMessage
 from mailqueue.queue.sqladmin import message_rows, recipient_rows
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.writerproc import WriterProcess, child_cpus
-from tests.drills.harness import children
+from mailqueue.testing.drills import children
 from tests.integration.test_sqlite_writer import batch
 from tests.served import free_port, start, wait_listening, write_config
 
