@@ -4,7 +4,7 @@ Runs the same claim → settle loop over a real SQLite file twice in one process
 shipped (history rows written in the settle transaction) and once with the history write
 switched off, and prints both rates and their ratio.
 
-    python scripts/bench_settle_history.py [MESSAGES] [ROUNDS]
+    python benchmarks/bench_settle_history.py [MESSAGES] [ROUNDS]
 """
 
 from __future__ import annotations
