@@ -26,17 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "scripts"))
-sys.path.insert(0, str(HERE))
+from run import load_script, settle, smtp_source  # benchmarks/run.py, beside this script
 
-import load_test  # noqa: E402
-from run import load_script, settle, smtp_source  # noqa: E402
+from mailqueue import loadtest
+
+HERE = Path(__file__).resolve().parent
 
 
 def cpu(pid: int) -> tuple[float, float]:
     """(user, system) seconds of process ``pid``."""
-    times = load_test.cpu_times(pid)
+    times = loadtest.cpu_times(pid)
     if times is None:
         raise SystemExit(f"checkout_ab: cannot read the CPU time of process {pid}")
     return times
@@ -44,8 +43,8 @@ def cpu(pid: int) -> tuple[float, float]:
 
 def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="mq-ab-"))
-    config = load_test.spawn_config(HERE / "bench.toml", workdir)
-    server = load_test.Server(config, workdir, mode == "null", args.loop)
+    config = loadtest.spawn_config(HERE / "bench.toml", workdir)
+    server = loadtest.Server(config, workdir, mode == "null", args.loop)
     cwd = Path.cwd()
     os.chdir(checkout)  # python -m mailqueue imports the checkout's package
     try:
@@ -59,7 +58,7 @@ def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]
     out: dict[str, float] = {}
     try:
         if mode != "null":
-            asyncio.run(load_test.set_window(url, "bench", start=True))
+            asyncio.run(loadtest.set_window(url, "bench", start=True))
         settle(args)
         before = cpu(pid)
         wall = smtp_source(port, args.messages, sessions=50, size=4096, server_pid=pid)
@@ -70,8 +69,8 @@ def one(checkout: Path, mode: str, args: argparse.Namespace) -> dict[str, float]
         if mode != "null":
             settle(args)
             before, start = cpu(pid), time.perf_counter()
-            asyncio.run(load_test.set_window(url, "bench", start=False))
-            count = asyncio.run(load_test.wait_drained(stores, args.messages, 120, None))
+            asyncio.run(loadtest.set_window(url, "bench", start=False))
+            count = asyncio.run(loadtest.wait_drained(stores, args.messages, 120, None))
             wall, after = time.perf_counter() - start, cpu(pid)
             out.update(drain_rate=count / wall,
                        drain_user_us=(after[0] - before[0]) / args.messages * 1e6,

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What watching the queue's file costs on the hot paths, for one or more checkouts.
 
-Each checkout (a directory holding ``mailqueue/``) runs in a subprocess of its own, which
-measures on an SQLite queue in a scratch directory:
+Each checkout (a directory holding ``mailqueue/``) runs in a subprocess of its own, with
+``PYTHONPATH`` set to the checkout so that it imports that checkout's package; the
+subprocess measures on an SQLite queue in a scratch directory:
 
 - ``check_us``: one look at the queue's path (``QueueFile.check``: one ``stat``), wall time;
 - ``commit_ms`` / ``commit_cpu_ms``: one group commit of ``--batch`` 4 KiB messages through
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+from writer_cpu import run_child  # benchmarks/writer_cpu.py, beside this script
+
 CHILD = r"""
 import asyncio, json, os, resource, statistics, sys, tempfile, threading, time
-sys.path.insert(0, sys.argv[1])
-batch_size, sessions, rounds, slow = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), \
-    float(sys.argv[5])
+batch_size, sessions, rounds, slow = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), \
+    float(sys.argv[4])
 from mailqueue.app import MailqueueApp
 from mailqueue.config import config_from_dict
 from mailqueue.logs import configure_logging
@@ -174,10 +175,8 @@ def main() -> int:
     args = parser.parse_args()
     for _ in range(args.rounds):  # interleaved, so that a busy moment hits both
         for checkout in args.checkouts:
-            result = subprocess.run(
-                [sys.executable, "-c", CHILD, str(checkout.resolve()), str(args.batch),
-                 str(args.sessions), str(args.mails), str(args.slow_stat)],
-                capture_output=True, text=True, check=False)
+            result = run_child(checkout.resolve(), CHILD, str(args.batch),
+                               str(args.sessions), str(args.mails), str(args.slow_stat))
             if result.returncode != 0:
                 print(f"{checkout}: failed\n{result.stderr}", file=sys.stderr)
                 return 1

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Regenerate the README's Performance table: mailqueue and Postfix side by side.
+"""The Performance table of docs/performance.md: mailqueue and Postfix side by side.
 
 Each round runs, interleaved on the same machine: the Postfix anchor
 (../shared/bench/postfix-anchor.sh, smtp-source into Postfix with defer_transports, then a
 flush into Maildir), then for each event loop: the ``--null`` ceiling and the durable server
-under the same smtp-source line (inside a window, then the drain), a load_test.py run for
-accept latency at 50 connections, and a light-load run for end-to-end delay. Medians over
-the rounds are written to benchmarks/results.json and as a Markdown table to
-benchmarks/RESULTS.md (``--readme`` also replaces the table in README.md).
+under the same smtp-source line (inside a window, then the drain), a load test run
+(scripts/load_test.py) for accept latency at 50 connections, and a light-load run for
+end-to-end delay. Every round's figures are written to benchmarks/results.json and their
+medians printed as a Markdown table; ``--docs`` also replaces the table between the
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers in docs/performance.md.
 
-    python benchmarks/run.py --rounds 3              # about 5 minutes on 2 cores
+    python benchmarks/run.py --rounds 3 --docs       # about 5 minutes on 2 cores
     python benchmarks/run.py --rounds 1 --no-postfix # mailqueue only
 """
 
@@ -29,13 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mailqueue import loadtest
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import load_test  # noqa: E402
-
 CONFIG = HERE / "bench.toml"
+DOCS = ROOT / "docs" / "performance.md"
+DOCS_START, DOCS_END = "<!-- bench:start -->", "<!-- bench:end -->"
 # The anchor script sits in a ``shared/bench`` folder beside the checkout (or beside the
 # folder holding it, for a worktree); POSTFIX_ANCHOR names another place.
 ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR") or next(
@@ -47,9 +48,9 @@ _ANCHOR_RE = re.compile(r"postfix accept: (\d+) msg/s .* drain: (\d+) msg/s .*de
 def smtp_source(port: int, messages: int, sessions: int, size: int,
                 server_pid: int | None = None) -> float:
     """Seconds smtp-source takes to hand ``messages`` to 127.0.0.1:port. With
-    ``server_pid``, smtp-source keeps to the CPUs that server is not pinned to (as
-    load_test.py does), so the client's bursts do not land on the server's CPU."""
-    cpus = load_test.cpus_left_by(server_pid) if server_pid is not None else None
+    ``server_pid``, smtp-source keeps to the CPUs that server is not pinned to (as the load
+    test does), so the client's bursts do not land on the server's CPU."""
+    cpus = loadtest.cpus_left_by(server_pid) if server_pid is not None else None
 
     def pin() -> None:
         if cpus:
@@ -65,11 +66,10 @@ def smtp_source(port: int, messages: int, sessions: int, size: int,
 def settle(args: argparse.Namespace) -> None:
     """Let the disk go quiet before a measured phase.
 
-    Deleting a run's files leaves the kernel work behind (journal commits, discards on this
-    ``discard``-mounted disk), and whichever phase runs next paid for it: the same drain
-    took 300 or 1,000 us of kernel time per message depending on what ran before it. So
-    every phase starts after a sync and a pause, and the runs' files are deleted only at the
-    end (see :func:`main`).
+    Deleting a run's files leaves kernel work behind (journal commits, discards on a
+    ``discard``-mounted disk), and whichever phase runs next would pay for it in its kernel
+    time per message. So every phase starts after a sync and a pause, and the runs' files
+    are deleted only at the end (see :func:`main`).
     """
     os.sync()
     time.sleep(args.settle)
@@ -80,28 +80,28 @@ def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> di
     inside a window that is then ended, timing the drain into Maildir."""
     settle(args)
     workdir = Path(tempfile.mkdtemp(prefix="mq-bench-", dir=args.scratch))
-    config = load_test.spawn_config(CONFIG, workdir)
-    server = load_test.Server(config, workdir, null, loop)
+    config = loadtest.spawn_config(CONFIG, workdir)
+    server = loadtest.Server(config, workdir, null, loop)
     try:
         port = server.start()
         url = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
         stores = [{"name": "vmail", "path": str(workdir / "mail" / "vmail")}]
         if not null:
-            asyncio.run(load_test.set_window(url, "bench", start=True))
+            asyncio.run(loadtest.set_window(url, "bench", start=True))
             time.sleep(1.0)
         assert server.proc is not None
         seconds = smtp_source(port, args.messages, args.sessions, args.size,
                               server_pid=server.proc.pid)
         result: dict[str, Any] = {"accept_rate": args.messages / seconds}
         if not null:
-            released = asyncio.run(load_test.set_window(url, "bench", start=False))
-            count = asyncio.run(load_test.wait_drained(stores, args.messages, 30, None))
-            found = load_test.scan_maildirs(stores, want_mtime=True)
+            released = asyncio.run(loadtest.set_window(url, "bench", start=False))
+            count = asyncio.run(loadtest.wait_drained(stores, args.messages, 30, None))
+            found = loadtest.scan_maildirs(stores, want_mtime=True)
             last = max(m for mtimes in found.values() for m in mtimes)
             result.update(drain_rate=count / (last - released), delivered=count,
                           duplicated=sum(len(v) - 1 for v in found.values()))
         assert server.proc is not None
-        result["rss_mb"] = load_test.peak_rss_mb(server.proc.pid)
+        result["rss_mb"] = loadtest.peak_rss_mb(server.proc.pid)
         return result
     finally:
         server.stop()
@@ -109,16 +109,20 @@ def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> di
 
 def load_script(args: argparse.Namespace, *extra: str, checkout: Path = ROOT) -> dict[str, Any]:
     """``checkout``'s ``scripts/load_test.py --spawn`` on bench.toml, run from ``checkout``
-    (so the server it spawns is that checkout's); its JSON report. With ``args.scratch``
-    the spawned servers' dirs are kept there, for deleting at the end (see settle())."""
+    with ``checkout`` first on ``PYTHONPATH`` (so the load test and the server it spawns are
+    that checkout's); its JSON report. With ``args.scratch`` the spawned servers' dirs are
+    kept there, for deleting at the end (see settle())."""
     settle(args)
     scratch = getattr(args, "scratch", None)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    if scratch:
+        env["TMPDIR"] = str(scratch)
     out = subprocess.run([sys.executable, str(checkout / "scripts/load_test.py"), "--spawn",
                           "-c", str(CONFIG), "--json", "--no-progress",
                           *(["--keep"] if scratch else []), *extra],
                          cwd=checkout, capture_output=True, text=True, timeout=900,
-                         check=False, env={**os.environ, **(
-                             {"TMPDIR": str(scratch)} if scratch else {})})
+                         check=False, env=env)
     if not out.stdout.strip():
         raise SystemExit(f"load_test.py failed in {checkout}: {out.stderr[-500:]}")
     return dict(json.loads(out.stdout))
@@ -155,8 +159,7 @@ def redeferred(log: Path, messages: int) -> int:
     While the window is open every message is deferred once ("deferred transport"). When the
     anchor's ``postqueue -f`` runs before its ``postfix reload`` has reached the queue
     manager, messages are deferred again and wait for the next queue run, 300 s later: the
-    drain then measured 33 msg/s (10,000 messages in 300 s) instead of 1,100-1,700, a figure
-    of the anchor's race, not of Postfix. It happened in 3 of 11 rounds one day."""
+    drain would then measure the anchor's race, not Postfix."""
     try:
         text = log.read_text(errors="replace")
     except OSError:  # Postfix was running already (PF_KEEP=1): its log is elsewhere
@@ -236,15 +239,19 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    body = readme.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start not in body:
-        raise SystemExit("README.md has no <!-- bench:start --> marker")
-    head, rest = body.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+def docs_around(path: Path = DOCS) -> tuple[str, str]:
+    """What stands before the bench start marker in ``path`` and after its end marker."""
+    head, start, rest = path.read_text().partition(DOCS_START)
+    _, end, tail = rest.partition(DOCS_END)
+    if not (start and end):
+        raise SystemExit(f"{path} has no {DOCS_START} ... {DOCS_END} markers")
+    return head, tail
+
+
+def write_docs(text: str, path: Path = DOCS) -> None:
+    """Replace what stands between the bench markers in ``path`` with ``text``."""
+    head, tail = docs_around(path)
+    path.write_text(f"{head}{DOCS_START}\n{text}\n{DOCS_END}{tail}")
 
 
 def main() -> int:
@@ -260,9 +267,12 @@ def main() -> int:
     parser.add_argument("--postfix", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds of quiet (after a sync) before each measured phase")
-    parser.add_argument("--readme", action="store_true", help="replace README.md's table")
+    parser.add_argument("--docs", action="store_true",
+                        help="replace the table in docs/performance.md")
     args = parser.parse_args()
     args.loops = [loop for loop in args.loops.split(",") if loop]
+    if args.docs:
+        docs_around()  # the markers are there, before minutes of measuring
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source is missing: run the Postfix anchor once "
                          "(it installs Debian's postfix), or apt-get install postfix")
@@ -274,10 +284,9 @@ def main() -> int:
         shutil.rmtree(args.scratch, ignore_errors=True)
     (HERE / "results.json").write_text(json.dumps(rounds, indent=1) + "\n")
     text = table(rounds, args)
-    (HERE / "RESULTS.md").write_text(text + "\n")
     print(text)
-    if args.readme:
-        write_readme(text)
+    if args.docs:
+        write_docs(text)
     return 0
 
 

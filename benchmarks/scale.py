@@ -23,13 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mailqueue import loadtest
+from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import NewMessage, new_queue_id
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "scripts"))
-
-import load_test  # noqa: E402
-
-from mailqueue.queue.sqlstore import SqlQueueStore  # noqa: E402
-from mailqueue.queue.values import NewMessage, new_queue_id  # noqa: E402
 
 BODY = b"Subject: scale\r\nMessage-ID: <x@scale.test>\r\n\r\n" + b"x" * 150 + b"\r\n"
 
@@ -55,22 +53,22 @@ async def fill(url: str, depth: int, batch: int = 5000) -> float:
 def measure(depth: int, deliveries: int, loop: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="mq-scale-"))
     try:
-        config = load_test.spawn_config(HERE / "bench.toml", workdir)
+        config = loadtest.spawn_config(HERE / "bench.toml", workdir)
         url = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
         filled = asyncio.run(fill(url, depth))
         stores = [{"name": "vmail", "path": str(workdir / "mail" / "vmail")}]
-        server = load_test.Server(config, workdir, False, loop)
+        server = loadtest.Server(config, workdir, False, loop)
         server.args += ["--role", "worker"]
         try:
             server.start()
             deadline = time.monotonic() + 600
-            while load_test.count_files(stores) < deliveries and time.monotonic() < deadline:
+            while loadtest.count_files(stores) < deliveries and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert server.proc is not None
-            rss = load_test.peak_rss_mb(server.proc.pid)
+            rss = loadtest.peak_rss_mb(server.proc.pid)
         finally:
             server.stop()
-        mtimes = sorted(m for ms in load_test.scan_maildirs(stores, True).values() for m in ms)
+        mtimes = sorted(m for ms in loadtest.scan_maildirs(stores, True).values() for m in ms)
         taken = mtimes[:deliveries]
         rate = (len(taken) - 1) / max(1e-9, taken[-1] - taken[0])
         return {"depth": depth, "fill_seconds": round(filled, 1), "delivered": len(mtimes),

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The SQLite writer's own CPU per group commit, for one or more checkouts, alternately.
 
-Each checkout (a directory holding ``mailqueue/``) runs in a subprocess of its own that
-commits ``--commits`` batches of ``--batch`` 4 KiB messages straight through
+Each checkout (a directory holding ``mailqueue/``) runs in a subprocess of its own, with
+``PYTHONPATH`` set to the checkout so that it imports that checkout's package; the
+subprocess commits ``--commits`` batches of ``--batch`` 4 KiB messages straight through
 ``SqliteWriter.write_blocking`` (no event loop, no thread hand-off) and reads its thread's
 user and system time with ``getrusage(RUSAGE_THREAD)``:
 
@@ -15,18 +16,18 @@ user and system time with ``getrusage(RUSAGE_THREAD)``:
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 CHILD = """
 import asyncio, resource, sys, tempfile, time
-sys.path.insert(0, sys.argv[1])
 from mailqueue.queue.values import new_queue_id, NewMessage
 from mailqueue.queue._sqladmin import message_rows, recipient_rows
 from mailqueue.queue.sqlstore import SqlQueueStore
 
-commits, size = int(sys.argv[2]), int(sys.argv[3])
+commits, size = int(sys.argv[1]), int(sys.argv[2])
 body = b"Subject: x\\r\\n\\r\\n" + b"x" * (4096 - 16) + b"\\r\\n"
 with tempfile.TemporaryDirectory() as tmp:
     store = SqlQueueStore(f"sqlite+aiosqlite:///{tmp}/q.db")
@@ -50,6 +51,15 @@ print((after.ru_utime - before.ru_utime) / commits * 1e3,
 """
 
 
+def run_child(checkout: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code args`` importing ``checkout``'s ``mailqueue``: ``checkout`` first on
+    ``PYTHONPATH``, and ``-P`` so that the working directory does not come before it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-P", "-c", code, *args], env=env,
+                          capture_output=True, text=True, check=False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkouts", nargs="+", type=Path)
@@ -59,9 +69,7 @@ def main() -> int:
     args = parser.parse_args()
     for _ in range(args.rounds):
         for checkout in args.checkouts:
-            out = subprocess.run([sys.executable, "-c", CHILD, str(checkout.resolve()),
-                                  str(args.commits), str(args.batch)],
-                                 capture_output=True, text=True, check=False)
+            out = run_child(checkout.resolve(), CHILD, str(args.commits), str(args.batch))
             if out.returncode != 0:
                 raise SystemExit(f"writer_cpu: {checkout}: {out.stderr.strip()[-500:]}")
             user, system = map(float, out.stdout.split())

@@ -15,9 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.drills.harness import (
+from mailqueue.testing.drills import (
     Report,
     crash_drill,
     sigterm_drill,

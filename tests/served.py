@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The tests' free port is the load test's and the drills' (mailqueue.testing.drills).
+from mailqueue.loadtest import free_port as free_port
 
 
 def write_config(tmp_path: Path, port: int,

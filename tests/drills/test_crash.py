@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.harness import (
+from mailqueue.testing.drills import (
     Server,
     crash_drill,
     free_port,

@@ -14,8 +14,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from tests import pg
-from tests.drills.harness import (
+from mailqueue.testing.drills import (
     Ledger,
     Report,
     Server,
@@ -26,6 +25,7 @@ from tests.drills.harness import (
     verify,
     write_config,
 )
+from tests import pg
 
 pytestmark = [pytest.mark.drill, pytest.mark.timeout(600)]
 

@@ -25,7 +25,7 @@ import pytest
 
 from mailqueue import loops
 from mailqueue.app import MailqueueApp
-from tests.drills.harness import Server, write_config
+from mailqueue.testing.drills import Server, write_config
 from tests.helpers import make_config, running, wait_for
 from tests.served import free_port
 from tests.smtpraw import RawSmtp

@@ -1,4 +1,5 @@
-"""scripts/load_test.py against servers it spawns, and the --null server mode it relies on."""
+"""scripts/load_test.py (:mod:`mailqueue.loadtest`) against servers it spawns, and the --null
+server mode it relies on."""
 
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from mailqueue import loadtest as load_test
 from mailqueue.queue.nullstore import NullQueueStore
 from tests.helpers import BASIC, EXCHANGE, all_files, make_config, message, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "load_test.py"
-sys.path.insert(0, str(SCRIPT.parent))
-
-import load_test  # noqa: E402
 
 CONFIG = """
 [smtp]

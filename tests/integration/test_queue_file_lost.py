@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.drills.harness import Server
+from mailqueue.testing.drills import Server
 from tests.helpers import opened_store, wait_for
 from tests.integration.test_sqlite_writer import batch
 from tests.served import free_port

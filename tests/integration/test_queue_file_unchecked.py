@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.harness import Server
+from mailqueue.testing.drills import Server
 from tests.helpers import wait_for
 from tests.integration.test_queue_file_lost import WRITERS, Served, _delivered, _ready
 

@@ -19,7 +19,7 @@ from mailqueue.queue._writerproc import WriterProcess
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import NewMessage
-from tests.drills.harness import children
+from mailqueue.testing.drills import children
 from tests.integration.test_sqlite_writer import batch
 from tests.served import free_port, start, wait_listening, write_config
 

@@ -4,14 +4,14 @@ Runs the same claim → settle loop over a real SQLite file twice in one process
 shipped (history rows written in the settle transaction) and once with the history write
 switched off, and prints both rates and their ratio.
 
-    python scripts/bench_settle_history.py [MESSAGES] [ROUNDS]
+    python benchmarks/bench_settle_history.py [MESSAGES] [ROUNDS]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,8 +47,11 @@ async def run(count: int, history: bool) -> float:
 
 
 async def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("messages", type=int, nargs="?", default=5000)
+    parser.add_argument("rounds", type=int, nargs="?", default=3)
+    args = parser.parse_args()
+    count, rounds = args.messages, args.rounds
     plain, kept = [], []
     for _ in range(rounds):  # interleaved, so that machine noise hits both alike
         plain.append(await run(count, history=False))

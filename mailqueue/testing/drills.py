@@ -1,9 +1,10 @@
 """Crash drills: a real server subprocess, 20 real SMTP clients, kill -9, a ledger, a check.
 
-Shared by the pytest drills (CI-sized) and ``scripts/drill.py`` (long runs). The ledger
-knows what every client sent and which messages got a 250; :func:`verify` reads every file
-in the Maildirs and proves: every acknowledged (message, recipient) is there exactly once,
-nothing is there that was never sent, and every file carries the bytes that were sent.
+Shared by the pytest drills in ``tests/drills`` (CI-sized), the integration tests that kill
+or restart a server, and ``scripts/drill.py`` (long runs). The ledger knows what every
+client sent and which messages got a 250; :func:`verify` reads every file in the Maildirs
+and proves: every acknowledged (message, recipient) is there exactly once, nothing is there
+that was never sent, and every file carries the bytes that were sent.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from pathlib import Path
 
 import aiosmtplib
 
+from mailqueue.loadtest import children, free_port
 from mailqueue.queue.sqlstore import SqlQueueStore
-from tests.served import free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from load_test import children  # the server's child processes (scripts/ is not a package)
+__all__ = ["CLIENTS", "HOOKED_POINTS", "MAILBOXES", "Ledger", "Report", "Server", "children",
+           "crash_drill", "drain", "free_port", "queue_settled", "sigterm_drill", "verify",
+           "worker_kill_drill", "write_config", "writer_kill_drill"]
 
 CLIENTS = 20
 MAILBOXES = [f"user{i}@basic.example" for i in range(8)]

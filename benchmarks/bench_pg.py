@@ -1,6 +1,6 @@
 """Scale-out benchmark on PostgreSQL: drain rate by worker processes, accept rate by front ends.
 
-    .venv/bin/python scripts/bench_pg.py [--admin-url postgresql://postgres@127.0.0.1/postgres]
+    .venv/bin/python benchmarks/bench_pg.py [--admin-url postgresql://postgres@127.0.0.1/postgres]
         [--messages 3000] [--workers 1,2,4] [--front-ends 1,2] [--clients 32]
 
 Every run gets a new database (dropped at the end) and real `mailqueue serve --role ...`
@@ -18,7 +18,6 @@ import hashlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,16 +28,11 @@ import aiosmtplib
 import asyncpg
 
 from mailqueue.control.windows import Window
+from mailqueue.loadtest import free_port
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import NewMessage, new_queue_id
 
 BODY = b"From: a@src.test\r\nSubject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 13
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Database:
