@@ -13,9 +13,9 @@ import click
 import structlog
 
 from mailqueue import __version__
-from mailqueue.cli_common import FiniteFloatRange, config_option, in_queue, load, name_argument
-from mailqueue.cli_db import db
-from mailqueue.cli_queue import queue as queue_group
+from mailqueue.cli._common import FiniteFloatRange, config_option, in_queue, load, name_argument
+from mailqueue.cli.db import db
+from mailqueue.cli.queue import queue as queue_group
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config
 from mailqueue.errors import MailqueueError, WindowError
@@ -234,7 +234,7 @@ def window_end(config_path: str | None, name: str, wait: bool, wait_limit: str |
     lasted = format_duration(now - (ended.started_at or ended.start))
     click.echo(f"ended {ended.name} after {lasted}; delivery of its queued mail begins")
     if wait:
-        from mailqueue.drain import watch_drain
+        from mailqueue.cli._drain import watch_drain
 
         stores = list(ended.stores) or [s.name for s in config.stores]
         summary = in_queue(config, lambda q: watch_drain(q, stores, now, limit=limit))
@@ -336,7 +336,7 @@ def rehearse(scenario: str, speed: float | None, seed: int | None, out: str | No
 
 
 def _register() -> None:
-    from mailqueue.nodes_cli import node
+    from mailqueue.cli.node import node
 
     cli.add_command(node)
 

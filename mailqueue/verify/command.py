@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mailqueue.cli_common import config_option
+from mailqueue.cli._common import config_option
 from mailqueue.config import Config, load_config
 from mailqueue.queue.models import LedgerEntry
 from mailqueue.queue.sqlstore import SqlQueueStore
