@@ -29,7 +29,7 @@ from mailqueue.timeparse import (
     parse_duration,
     parse_time,
 )
-from mailqueue.verify.command import verify
+from mailqueue.cli.verify import verify
 from mailqueue.windows import Inbound, Window
 
 log = structlog.get_logger("mailqueue.cli")
