@@ -13,9 +13,11 @@ import click
 import structlog
 
 from mailqueue import __version__
-from mailqueue.cli._common import FiniteFloatRange, config_option, in_queue, load, name_argument
+from mailqueue.cli._common import config_option, in_queue, load, name_argument
 from mailqueue.cli.db import db
 from mailqueue.cli.queue import queue as queue_group
+from mailqueue.cli.rehearse import rehearse
+from mailqueue.cli.verify import verify
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config
 from mailqueue.errors import MailqueueError, WindowError
@@ -29,7 +31,6 @@ from mailqueue.timeparse import (
     parse_duration,
     parse_time,
 )
-from mailqueue.cli.verify import verify
 from mailqueue.windows import Inbound, Window
 
 log = structlog.get_logger("mailqueue.cli")
@@ -313,26 +314,7 @@ cli.add_command(queue_group)
 cli.add_command(verify)
 
 
-# --- rehearse -----------------------------------------------------------------------------
-
-@cli.command(short_help="Replay a scenario file; write a report.")
-@click.argument("scenario", metavar="SCENARIO")
-@click.option("--speed", type=FiniteFloatRange(min=0, min_open=True),
-              help="Simulated seconds per real second (default: the scenario's).")
-@click.option("--seed", type=int, help="Seed for traffic and node faults (default: the "
-              "scenario's).")
-@click.option("--out", metavar="DIR", help="Report directory (default: var/rehearsal/NAME).")
-@click.option("--workdir", metavar="DIR", help="Keep the queue and Maildirs here (default: a "
-              "temporary directory, removed after).")
-@click.option("--keep", is_flag=True, help="Keep the temporary work directory.")
-def rehearse(scenario: str, speed: float | None, seed: int | None, out: str | None,
-             workdir: str | None, keep: bool) -> None:
-    """Replay SCENARIO (a TOML file) over real SMTP on a scaled clock; write a report.
-
-    Needs no config file: the scenario describes the server, its stores and its traffic."""
-    from mailqueue.rehearsal.command import rehearse as run
-
-    sys.exit(run(scenario, speed, seed, out, workdir, keep))
+cli.add_command(rehearse)
 
 
 def _register() -> None:

@@ -9,14 +9,33 @@ from pathlib import Path
 
 import click
 
+from mailqueue.cli._common import FiniteFloatRange
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import configure_logging
 from mailqueue.mailbox.placement import never_holds_maildirs
 from mailqueue.rehearsal.scenario import load_scenario
 
 
-def rehearse(scenario_path: str, speed: float | None, seed: int | None, out: str | None,
-             workdir: str | None, keep: bool) -> int:
+@click.command(short_help="Replay a scenario file; write a report.")
+@click.argument("scenario", metavar="SCENARIO")
+@click.option("--speed", type=FiniteFloatRange(min=0, min_open=True),
+              help="Simulated seconds per real second (default: the scenario's).")
+@click.option("--seed", type=int, help="Seed for traffic and node faults (default: the "
+              "scenario's).")
+@click.option("--out", metavar="DIR", help="Report directory (default: var/rehearsal/NAME).")
+@click.option("--workdir", metavar="DIR", help="Keep the queue and Maildirs here (default: a "
+              "temporary directory, removed after).")
+@click.option("--keep", is_flag=True, help="Keep the temporary work directory.")
+def rehearse(scenario: str, speed: float | None, seed: int | None, out: str | None,
+             workdir: str | None, keep: bool) -> None:
+    """Replay SCENARIO (a TOML file) over real SMTP on a scaled clock; write a report.
+
+    Needs no config file: the scenario describes the server, its stores and its traffic."""
+    sys.exit(run(scenario, speed, seed, out, workdir, keep))
+
+
+def run(scenario_path: str, speed: float | None, seed: int | None, out: str | None,
+        workdir: str | None, keep: bool) -> int:
     """Run ``scenario_path``; print the figures; the exit status (1 if lost or duplicated).
 
     The report and work directories (relative to the current directory) are checked
