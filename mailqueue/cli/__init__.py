@@ -17,6 +17,7 @@ from mailqueue.cli._common import config_option, in_queue, load, name_argument
 from mailqueue.cli.db import db
 from mailqueue.cli.queue import queue as queue_group
 from mailqueue.cli.rehearse import rehearse
+from mailqueue.cli.stats import stats
 from mailqueue.cli.verify import verify
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config
@@ -293,19 +294,7 @@ def window_cancel(config_path: str | None, name: str) -> None:
     click.echo(f"cancelled {in_queue(config, action).name}")
 
 
-# --- stats --------------------------------------------------------------------------------
-
-@cli.command()
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def stats(config_path: str | None, as_json: bool) -> None:
-    """Queue counts by state, bytes, oldest age, totals and drain rate."""
-    from mailqueue.stats_view import render_stats
-
-    config = load(config_path)
-    now = SystemClock().now()
-    report = in_queue(config, lambda q: q.report(now))
-    click.echo(render_stats(report, now, as_json))
+cli.add_command(stats)
 
 
 cli.add_command(queue_group)
