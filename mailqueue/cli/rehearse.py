@@ -12,8 +12,6 @@ import click
 from mailqueue.cli._common import FiniteFloatRange
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import configure_logging
-from mailqueue.mailbox.placement import never_holds_maildirs
-from mailqueue.rehearsal.scenario import load_scenario
 
 
 @click.command(short_help="Replay a scenario file; write a report.")
@@ -41,8 +39,10 @@ def run(scenario_path: str, speed: float | None, seed: int | None, out: str | No
     The report and work directories (relative to the current directory) are checked
     before the rehearsal runs, so a path that cannot be written is one line at once rather
     than a failure after the whole rehearsal."""
+    # Imported here, not at the top: every other command starts without loading them.
     from mailqueue.rehearsal.report import figures_text, write_report
     from mailqueue.rehearsal.runner import run_rehearsal
+    from mailqueue.rehearsal.scenario import load_scenario
 
     scenario = load_scenario(scenario_path)
     target = Path(out or Path("var") / "rehearsal" / Path(scenario_path).stem).absolute()
@@ -72,6 +72,8 @@ def run(scenario_path: str, speed: float | None, seed: int | None, out: str | No
 def writable_directories(directories: dict[str, Path]) -> None:
     """Make each directory (with its parents) and write a file in it, or raise a usage
     error naming the option and the path; none is made when one can never be."""
+    from mailqueue.mailbox.placement import never_holds_maildirs
+
     for what, path in directories.items():
         reason = never_holds_maildirs(path)
         if reason is not None:
