@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailqueue.cli_queue import format_shape, format_table
+from mailqueue.cli.queue import format_shape, format_table
 from mailqueue.queue.values import MessageView, RecipientView
 
 T0 = 1_700_000_000.0

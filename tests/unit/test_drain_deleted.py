@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailqueue.drain import DrainSummary
+from mailqueue.cli._drain import DrainSummary
 
 
 def test_summary_names_deleted_recipients() -> None:

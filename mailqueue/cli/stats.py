@@ -1,11 +1,26 @@
-"""The text and JSON forms of ``mailqueue stats``."""
+"""``mailqueue stats``: the queue's counts, totals and drain rate, as text or JSON."""
 
 from __future__ import annotations
 
 import json
 
+import click
+
+from mailqueue.cli._common import config_option, in_queue, load
+from mailqueue.clock import SystemClock
 from mailqueue.queue.values import QueueReport
 from mailqueue.timeparse import format_duration
+
+
+@click.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stats(config_path: str | None, as_json: bool) -> None:
+    """Queue counts by state, bytes, oldest age, totals and drain rate."""
+    config = load(config_path)
+    now = SystemClock().now()
+    report = in_queue(config, lambda q: q.report(now))
+    click.echo(render_stats(report, now, as_json))
 
 
 def render_stats(report: QueueReport, now: float, as_json: bool = False) -> str:

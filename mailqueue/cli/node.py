@@ -12,7 +12,7 @@ import json
 
 import click
 
-from mailqueue.cli_common import MAX_COUNT, FiniteFloatRange, config_option, in_queue, load
+from mailqueue.cli._common import MAX_COUNT, FiniteFloatRange, config_option, in_queue, load
 from mailqueue.clock import SystemClock
 from mailqueue.control.nodes import NodeMode, NodeState, find_node, mode_needs, node_name
 from mailqueue.control.plane import set_nodes

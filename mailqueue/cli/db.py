@@ -6,7 +6,7 @@ import asyncio
 
 import click
 
-from mailqueue.cli_common import config_option
+from mailqueue.cli._common import config_option
 from mailqueue.config import load_config
 from mailqueue.queue import migrate
 from mailqueue.queue.sqlstore import SqlQueueStore

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from mailqueue.cli_common import config_option
-from mailqueue.config import Config, load_config
-from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.queue.values import LedgerEntry
-from mailqueue.verify.audit import Audit, audit
-from mailqueue.verify.scan import scan_config
+from mailqueue.cli._common import config_option
+from mailqueue.config import load_config
+from mailqueue.verify.instance import audit_instance
 from mailqueue.verify.snapshot import Manifest, compare_snapshot, take_snapshot
-
-
-async def read_ledger(url: str) -> list[LedgerEntry]:
-    """The ledger of the queue at ``url`` (which must exist: nothing is created)."""
-    store = SqlQueueStore(url)
-    await store.open(create=False)
-    try:
-        return await store.ledger()
-    finally:
-        await store.close()
-
-
-def audit_instance(config: Config) -> Audit:
-    """Read the ledger, then the mailboxes (after, so a delivery in between is not missed)."""
-    ledger = asyncio.run(read_ledger(config.queue.url))
-    copies, roots = scan_config(config)
-    return audit(ledger, copies, roots)
 
 
 def _echo_json(data: object) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from mailqueue.cli_common import MAX_COUNT, config_option, in_queue, load
+from mailqueue.cli._common import MAX_COUNT, config_option, in_queue, load
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config
 from mailqueue.delivery.dsn import Notifier

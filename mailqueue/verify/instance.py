@@ -1,0 +1,28 @@
+"""Auditing a configured instance: its queue's ledger against its mailboxes' files."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mailqueue.config import Config
+from mailqueue.queue.sqlstore import SqlQueueStore
+from mailqueue.queue.values import LedgerEntry
+from mailqueue.verify.audit import Audit, audit
+from mailqueue.verify.scan import scan_config
+
+
+async def read_ledger(url: str) -> list[LedgerEntry]:
+    """The ledger of the queue at ``url`` (which must exist: nothing is created)."""
+    store = SqlQueueStore(url)
+    await store.open(create=False)
+    try:
+        return await store.ledger()
+    finally:
+        await store.close()
+
+
+def audit_instance(config: Config) -> Audit:
+    """Read the ledger, then the mailboxes (after, so a delivery in between is not missed)."""
+    ledger = asyncio.run(read_ledger(config.queue.url))
+    copies, roots = scan_config(config)
+    return audit(ledger, copies, roots)
