@@ -256,6 +256,10 @@ class BouncedRecipient:
     received_at: float
     reason: str
     body: bytes
+    # Where a remote server's reply decided it: the server (for Remote-MTA) and its reply
+    # (``550 5.1.1 ...``, for Diagnostic-Code).
+    remote_mta: str | None = None
+    diagnostic: str | None = None
 
 
 # Builds the notices (DSNs) for recipients bounced in one transaction; they are enqueued in
