@@ -30,6 +30,7 @@ from mailqueue.errors import ConfigError, QueueError
 from mailqueue.mailbox.base import MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.mailbox.placement import never_holds_maildirs
+from mailqueue.mailbox.remote import RemoteStore
 from mailqueue.mailbox.router import Router
 from mailqueue.mailbox.sharded import NodeAwareStore, build_mailboxes
 from mailqueue.metrics import Metrics
@@ -128,7 +129,15 @@ class MailqueueApp:
                 await self._refresh_capacity()
             await self._run_tasks()
         finally:
+            await self._close_stores()
             await self.queue.close()
+
+    async def _close_stores(self) -> None:
+        """Say QUIT on the remote stores' idle connections and stop the stores' threads."""
+        for store in self.mailboxes.values():
+            close = getattr(store, "close", None)
+            if callable(close):
+                await asyncio.to_thread(close)
 
     async def _check_stores(self) -> None:
         """Refuse to start for a Maildir store whose path can never hold Maildirs (a file in
@@ -151,6 +160,21 @@ class MailqueueApp:
                 log.warning("store_not_writable", store=name, path=str(store.root),
                             error=problem)
 
+    async def _probe_remote(self) -> None:
+        """Say which hosts of the remote stores cannot be reached now (in the background:
+        a host that does not answer must not hold up the start). Not fatal, as for a
+        Maildir that cannot be written: the mail waits and is retried."""
+        probes = [(name, inner, endpoint) for name, store in self.mailboxes.items()
+                  if isinstance(inner := store.inner if isinstance(store, NodeAwareStore)
+                                else store, RemoteStore)
+                  for endpoint in inner.endpoints]
+        problems = await asyncio.gather(*(asyncio.to_thread(store.probe, endpoint)
+                                          for _, store, endpoint in probes))
+        for (name, _, endpoint), problem in zip(probes, problems, strict=True):
+            if problem is not None:
+                log.warning("store_host_unreachable", store=name, host=str(endpoint),
+                            error=problem)
+
     async def _run_tasks(self) -> None:
         async with asyncio.TaskGroup() as group:
             background = [group.create_task(self.committer.run(), name="committer"),
@@ -164,6 +188,7 @@ class MailqueueApp:
                 if self.run_worker else None
             if self.run_worker:
                 background.append(group.create_task(self.expiry.run(), name="expiry"))
+                background.append(group.create_task(self._probe_remote(), name="probe"))
             if self.admin is not None:
                 background.append(group.create_task(self.admin.run(), name="admin"))
                 await self.admin.started.wait()
