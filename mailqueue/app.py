@@ -30,7 +30,6 @@ from mailqueue.errors import ConfigError, QueueError
 from mailqueue.mailbox.base import MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.mailbox.placement import never_holds_maildirs
-from mailqueue.mailbox.remote import RemoteStore
 from mailqueue.mailbox.router import Router
 from mailqueue.mailbox.sharded import NodeAwareStore, build_mailboxes
 from mailqueue.metrics import Metrics
@@ -160,21 +159,6 @@ class MailqueueApp:
                 log.warning("store_not_writable", store=name, path=str(store.root),
                             error=problem)
 
-    async def _probe_remote(self) -> None:
-        """Say which hosts of the remote stores cannot be reached now (in the background:
-        a host that does not answer must not hold up the start). Not fatal, as for a
-        Maildir that cannot be written: the mail waits and is retried."""
-        probes = [(name, inner, endpoint) for name, store in self.mailboxes.items()
-                  if isinstance(inner := store.inner if isinstance(store, NodeAwareStore)
-                                else store, RemoteStore)
-                  for endpoint in inner.endpoints]
-        problems = await asyncio.gather(*(asyncio.to_thread(store.probe, endpoint)
-                                          for _, store, endpoint in probes))
-        for (name, _, endpoint), problem in zip(probes, problems, strict=True):
-            if problem is not None:
-                log.warning("store_host_unreachable", store=name, host=str(endpoint),
-                            error=problem)
-
     async def _run_tasks(self) -> None:
         async with asyncio.TaskGroup() as group:
             background = [group.create_task(self.committer.run(), name="committer"),
@@ -188,7 +172,6 @@ class MailqueueApp:
                 if self.run_worker else None
             if self.run_worker:
                 background.append(group.create_task(self.expiry.run(), name="expiry"))
-                background.append(group.create_task(self._probe_remote(), name="probe"))
             if self.admin is not None:
                 background.append(group.create_task(self.admin.run(), name="admin"))
                 await self.admin.started.wait()

@@ -319,14 +319,6 @@ class RemoteStore:
                                       all(r.isascii() for r in recipients)))
         return _Transaction(batch, host, envelope, by_position)
 
-    def probe(self, endpoint: Endpoint) -> str | None:
-        """Why a session with ``endpoint`` cannot be opened now (None: it can); blocking."""
-        try:
-            Session.open(endpoint, self.settings).close()
-        except SessionError as exc:
-            return exc.reason
-        return None
-
     def close(self) -> None:
         """Close the idle connections; threads in a transaction finish it first."""
         for pool in self._pools:
