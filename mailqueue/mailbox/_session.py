@@ -415,25 +415,31 @@ class Session:
 
     # --- the socket ------------------------------------------------------------------------
 
-    def _set_timeout(self, seconds: float, waiting_for: str) -> float:
-        """Set the socket's timeout to ``seconds``, or to what is left before the
-        deadline; raise :class:`SessionError` if nothing is."""
+    def _set_timeout(self, seconds: float, waiting_for: str) -> bool:
+        """Set the socket's timeout to ``seconds``, or to what is left before the deadline
+        when that is less (then True); raise :class:`SessionError` if nothing is."""
+        clipped = False
         if self._deadline is not None:
             left = self._deadline - time.monotonic()
             if left <= 0:
-                self.closed = True
-                raise SessionError(f"{self._where()}: the claim's lease ran out waiting for "
-                                   f"{waiting_for}")
-            seconds = min(seconds, left)
+                raise self._lease_ran_out(waiting_for)
+            clipped, seconds = left < seconds, min(seconds, left)
         self._sock.settimeout(seconds)
-        return seconds
+        return clipped
+
+    def _lease_ran_out(self, waiting_for: str) -> SessionError:
+        self.closed = True
+        return SessionError(f"{self._where()}: the claim's lease ran out waiting for "
+                            f"{waiting_for}")
 
     def _send(self, data: bytes | memoryview, timeout: float, what: str) -> None:
-        self._set_timeout(timeout, f"{what} to be sent")
+        clipped = self._set_timeout(timeout, f"{what} to be sent")
         try:
             self._sock.sendall(data)
         except TimeoutError:
             self.closed = True
+            if clipped:
+                raise self._lease_ran_out(f"{what} to be sent") from None
             raise SessionError(f"{self._where()}: timed out sending {what}") from None
         except OSError as exc:
             self.closed = True
@@ -467,16 +473,20 @@ class Session:
             if len(self._buffer) > _MAX_LINE:
                 self.closed = True
                 raise SessionError(f"{self._where()}: reply line too long after {what}")
+            clipped = False
             try:
                 left = end - time.monotonic()
                 if left <= 0:
                     raise TimeoutError
-                self._set_timeout(left, f"the reply to {what}")
+                clipped = self._set_timeout(left, f"the reply to {what}")
                 chunk = self._sock.recv(65536)
             except TimeoutError:
                 self.closed = True
+                maybe = _MAYBE if after_data else ""
+                if clipped:
+                    raise self._lease_ran_out(f"the reply to {what}{maybe}") from None
                 raise SessionError(f"{self._where()}: timed out waiting for the reply to "
-                                   f"{what}{_MAYBE if after_data else ''}") from None
+                                   f"{what}{maybe}") from None
             except OSError as exc:
                 self.closed = True
                 raise SessionError(f"{self._where()}: connection lost waiting for the reply "

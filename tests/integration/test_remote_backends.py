@@ -12,6 +12,7 @@ import asyncio
 import email
 import email.policy
 import smtplib
+import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -309,3 +310,53 @@ async def test_opportunistic_tls_takes_any_certificate(tmp_path: Path) -> None:
             await send(mq.port, [ANN], "some TLS")
             await mq.drained(timeout=10)
         assert len(backend.transactions) == 1
+
+
+# --- settling as replies arrive, and the lease -----------------------------------------------
+
+async def test_each_outcome_is_recorded_as_its_reply_arrives(tmp_path: Path) -> None:
+    """The worker records a remote store's replies as they come, not when the whole batch
+    is done: the stretch in which a crash would deliver a message twice stays short."""
+    with Backend("lmtp") as backend:
+        backend.script.delay = 0.5
+        config = remote_config(tmp_path, backend, connections=1)
+        async with AsyncMailqueue(config) as mq:
+            await mq.start_window("basic")
+            for n in range(4):
+                await send(mq.port, [f"user{n}@{BASIC}"], f"note {n}")
+            await mq.end_window()  # one batch; one connection: the replies come 0.5 s apart
+
+            async def some_delivered() -> bool:
+                states = [r.state for r in await settled(mq, 0)]
+                return RecipientState.DELIVERED in states
+            await wait_for(some_delivered, timeout=10, interval=0.02)
+            states = [r.state for r in await settled(mq, 0)]
+            assert RecipientState.ACTIVE in states  # the rest of the batch is still going
+            await mq.drained(timeout=10)
+
+
+def test_nothing_starts_or_waits_past_the_deadline(tmp_path: Path) -> None:
+    from mailqueue.endpoint import parse_endpoint
+    from mailqueue.mailbox._session import Settings
+    from mailqueue.mailbox.remote import RemoteStore
+    from mailqueue.queue.values import Claim
+
+    def claim(n: int) -> Claim:
+        return Claim(recipient_id=n, queue_id=f"Q{n}", address=f"user{n}@{BASIC}",
+                     store="basic", attempts=1, mail_from=CAROL, received_at=0.0, helo="h",
+                     peer="p", body=b"Subject: x\r\n\r\nx\r\n")
+
+    with Backend("lmtp") as backend:
+        store = RemoteStore("basic", [parse_endpoint(backend.host, 24)],
+                            Settings(kind="lmtp", helo="mx.test"), "mx.test")
+        told: list[int] = []
+        [late] = store.deliver_reporting([claim(1)], lambda i, o: told.append(i),
+                                         time.monotonic() - 1)
+        assert told == [0] and late is not None and "not attempted" in str(late)
+        assert backend.connections == 0
+        backend.script.delay = 3
+        started = time.monotonic()
+        [cut] = store.deliver_reporting([claim(2)], lambda i, o: None, started + 0.5)
+        assert time.monotonic() - started < 2
+        assert cut is not None and "lease ran out waiting for the reply" in str(cut)
+        store.close()
