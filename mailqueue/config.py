@@ -350,9 +350,11 @@ class StoreConfig(ConfigModel):
                                     "`host` (port 24 for LMTP, 25 for SMTP) or an absolute "
                                     "unix socket path. Host N is node `NAME-N`: a mailbox is "
                                     "delivered to the host its node is.")
-    connections: int = Field(4, ge=1, le=100, strict=True, description="`lmtp` and `smtp` "
+    connections: int = Field(10, ge=1, le=100, strict=True, description="`lmtp` and `smtp` "
                              "stores: connections open at once to each host; each carries "
-                             "one message after another (`RSET` between).")
+                             "one message after another (`RSET` between). A mailbox server "
+                             "spends most of a delivery in its own fsync, so several "
+                             "connections overlap them (Postfix allows 20 per destination).")
     verify_path: Annotated[Path | None, Field(strict=False)] = Field(
         None, description="`lmtp` and `smtp` stores: the root of the Maildirs the servers "
         "write, laid out as `{verify_path}/{domain}/{local}/` (Dovecot: `mail_location = "

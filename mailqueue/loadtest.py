@@ -114,7 +114,8 @@ def spawn_config(source: Path, workdir: Path) -> Path:
     data["smtp"]["host"] = "127.0.0.1"
     data.setdefault("queue", {})["url"] = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
     for store in data.get("stores", []):
-        store["path"] = str(workdir / "mail" / store["name"])
+        if store.get("kind", "maildir") == "maildir":  # a remote store has no path
+            store["path"] = str(workdir / "mail" / store["name"])
     data.setdefault("logging", {})["format"] = "json"
     path = workdir / "mailqueue.toml"
     path.write_text(dump_toml(data) + "\n")

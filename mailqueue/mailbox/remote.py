@@ -143,7 +143,9 @@ class _Transaction:
 
 
 class _HostPool:
-    """Up to ``size`` threads for one host, each with at most one open session."""
+    """Up to ``size`` threads for one host, each with at most one open session. A thread
+    is started only when a transaction waits and no thread is free, so light traffic keeps
+    to the connections already open."""
 
     def __init__(self, store: RemoteStore, host: int, endpoint: Endpoint, size: int) -> None:
         self._store = store
@@ -151,34 +153,49 @@ class _HostPool:
         self.endpoint = endpoint
         self._size = size
         self._jobs: queue.SimpleQueue[_Transaction | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
+        self._threads = 0
+        self._waiting = 0  # threads waiting for a job
+        self._queued = 0  # jobs not taken yet
         self._lock = threading.Lock()
 
     def submit(self, job: _Transaction) -> None:
         with self._lock:
-            if not self._threads:
-                for number in range(self._size):
-                    thread = threading.Thread(
-                        target=self._serve, daemon=True,
-                        name=f"{self._store.kind}-{self._store.name}-{self._host + 1}."
-                             f"{number + 1}")
-                    thread.start()
-                    self._threads.append(thread)
             self._jobs.put(job)
+            self._queued += 1
+            if self._queued > self._waiting and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._serve, daemon=True,
+                                 name=f"{self._store.kind}-{self._store.name}-"
+                                      f"{self._host + 1}.{self._threads}").start()
 
     def close(self) -> None:
         """Let each thread finish its job in hand, say QUIT and end (not waited for)."""
         with self._lock:
-            for _ in self._threads:
+            for _ in range(self._threads):
                 self._jobs.put(None)
-            self._threads = []
+                self._queued += 1
+            self._threads = 0
+
+    def _take(self, session: Session | None) -> _Transaction | None:
+        """The next job (None: stop); raises queue.Empty after the idle time with an open
+        session, which is then closed."""
+        with self._lock:
+            self._waiting += 1
+        try:
+            job = self._jobs.get(timeout=self._store.settings.timeouts.idle
+                                 if session is not None else None)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        with self._lock:
+            self._queued -= 1
+        return job
 
     def _serve(self) -> None:
         session: Session | None = None
-        idle = self._store.settings.timeouts.idle
         while True:
             try:
-                job = self._jobs.get(timeout=idle if session is not None else None)
+                job = self._take(session)
             except queue.Empty:
                 if session is not None:
                     session.close()
@@ -251,7 +268,7 @@ class RemoteStore:
     reports = True
 
     def __init__(self, name: str, endpoints: Sequence[Endpoint], settings: Settings,
-                 hostname: str, connections: int = 4) -> None:
+                 hostname: str, connections: int = 10) -> None:
         if not endpoints:
             raise ValueError(f"store {name!r} has no hosts")
         self.name = name

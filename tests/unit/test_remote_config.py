@@ -68,7 +68,7 @@ def test_a_remote_store_has_one_node_per_host(tmp_path: Path) -> None:
     assert store.nodes == 3 and store.path is None and store.mailbox_root is None
     assert [str(e) for e in store.endpoints()] == ["10.0.0.1:24", "10.0.0.2:2424",
                                                     "/run/lmtp"]
-    assert store.tls == "off" and store.connections == 4
+    assert store.tls == "off" and store.connections == 10
     assert store.timeouts.data_done == 120 and store.timeouts.connect == 30
 
 
