@@ -38,7 +38,6 @@ from mailqueue.errors import (
     DeliveryError,
     PermanentDeliveryError,
     QueueError,
-    RemoteReply,
     TemporaryDeliveryError,
 )
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore, ReportingStore
@@ -71,7 +70,8 @@ class DeliveryWorker:
         self._retry = retry
         self._windows = windows
         self._notify = notify  # builds bounce notices, enqueued with the settle
-        self._observer = observer  # metrics: called after each settled batch
+        # Called after each settle (metrics; a rehearsal's record of the backends' replies).
+        self._observers = [observer] if observer is not None else []
         self._ramp = ramp
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
@@ -80,6 +80,10 @@ class DeliveryWorker:
         self.delivered = 0
         self.deferred = 0
         self.bounced = 0
+
+    def observe(self, callback: Callable[[Settlement, Sequence[Claim], float], None]) -> None:
+        """Call ``callback(settlement, claims, now)`` after every settle from now on."""
+        self._observers.append(callback)
 
     def wake(self) -> None:
         """New mail or a window change: look for work now instead of at the next poll."""
@@ -147,27 +151,24 @@ class DeliveryWorker:
         if any(_reports(self._mailboxes.get(store)) for store in {c.store for c in claims}):
             await self._deliver_reporting(claims)
         else:
-            replies: dict[int, RemoteReply] = {}
-            await self._settle(await self._deliver(claims, replies), claims, replies)
+            await self._settle(await self._deliver(claims), claims)
         return True
 
-    async def _settle(self, settlement: Settlement, claims: Sequence[Claim],
-                      replies: Mapping[int, RemoteReply]) -> None:
+    async def _settle(self, settlement: Settlement, claims: Sequence[Claim]) -> None:
         """Record ``settlement`` (the outcomes of ``claims``), with its bounce notices."""
         if settlement.bounced and self._notify is not None:
-            settlement.notices = self._notify(bounced_recipients(claims, settlement, replies),
+            settlement.notices = self._notify(bounced_recipients(claims, settlement),
                                               self._clock.now())
         faults.hit("deliver.before_settle")
         # Shielded: a stop must not lose the record of files already in the mailboxes.
         await asyncio.shield(self._queue.settle(settlement, self.owner, self._clock.now()))
-        if self._observer is not None:
-            self._observer(settlement, claims, self._clock.now())
+        for observe in self._observers:
+            observe(settlement, claims, self._clock.now())
         self.delivered += len(settlement.delivered)
         self.deferred += len(settlement.deferred)
         self.bounced += len(settlement.bounced)
 
-    async def _deliver(self, claims: Sequence[Claim],
-                       replies: dict[int, RemoteReply]) -> Settlement:
+    async def _deliver(self, claims: Sequence[Claim]) -> Settlement:
         by_store: dict[str, list[Claim]] = defaultdict(list)
         for claim in claims:
             by_store[claim.store].append(claim)
@@ -179,7 +180,7 @@ class DeliveryWorker:
                     TemporaryDeliveryError(f"store {store_name!r} is not configured")] * len(group)
             else:
                 outcomes = await asyncio.to_thread(store.deliver, group)
-            self._record(group, outcomes, settlement, replies)
+            self._record(group, outcomes, settlement)
         return settlement
 
     async def _deliver_reporting(self, claims: Sequence[Claim]) -> None:
@@ -214,9 +215,8 @@ class DeliveryWorker:
     async def _settle_arrived(self, taken: Sequence[tuple[Claim, DeliveryOutcome]]) -> None:
         claims = [claim for claim, _ in taken]
         settlement = Settlement()
-        replies: dict[int, RemoteReply] = {}
-        self._record(claims, [outcome for _, outcome in taken], settlement, replies)
-        await self._settle(settlement, claims, replies)
+        self._record(claims, [outcome for _, outcome in taken], settlement)
+        await self._settle(settlement, claims)
 
     async def _deliver_all(self, claims: Sequence[Claim], loop: asyncio.AbstractEventLoop,
                            add: Callable[[Claim, DeliveryOutcome], None]) -> None:
@@ -257,16 +257,15 @@ class DeliveryWorker:
         return None if not math.isfinite(seconds) else time.monotonic() + seconds * LEASE_SHARE
 
     def _record(self, claims: Sequence[Claim], outcomes: Sequence[DeliveryOutcome],
-                settlement: Settlement, replies: dict[int, RemoteReply]) -> None:
-        """Sort ``outcomes`` into ``settlement``; the remote replies behind failures into
-        ``replies`` (for the bounce notices), by recipient id."""
+                settlement: Settlement) -> None:
+        """Sort ``outcomes`` into ``settlement``, with the remote replies behind them."""
         now = self._clock.now()
         windows = self._windows()
         for claim, outcome in zip(claims, outcomes, strict=True):
             fields = {"queue_id": claim.queue_id, "recipient": claim.address,
                       "store": claim.store, "attempt": claim.attempts}
             if isinstance(outcome, DeliveryError) and outcome.remote is not None:
-                replies[claim.recipient_id] = outcome.remote
+                settlement.replies[claim.recipient_id] = outcome.remote
             if outcome is None:
                 settlement.delivered.append(claim.recipient_id)
                 log.info("message_delivered", delay=round(now - claim.received_at, 3), **fields)
@@ -314,13 +313,12 @@ def _reports(store: MailboxStore | None) -> bool:
     return isinstance(store, ReportingStore) and store.reports
 
 
-def bounced_recipients(claims: Sequence[Claim], settlement: Settlement,
-                       replies: Mapping[int, RemoteReply] | None = None,
-                       ) -> list[BouncedRecipient]:
+def bounced_recipients(claims: Sequence[Claim],
+                       settlement: Settlement) -> list[BouncedRecipient]:
     """The bounced claims of ``settlement``, as the notifier takes them, with the remote
-    server's reply (``replies``, by recipient id) where one decided the bounce."""
+    server's reply where one decided the bounce."""
     reasons = dict(settlement.bounced)
-    replies = replies or {}
+    replies = settlement.replies
     out = []
     for c in claims:
         if c.recipient_id not in reasons:
