@@ -219,9 +219,15 @@ class _Controller(Controller):
 
 
 def self_signed(directory: Path, name: str = "backend.test") -> tuple[Path, Path]:
-    """A certificate for ``name`` (and 127.0.0.1) and its key, made with ``openssl``."""
+    """A certificate for ``name`` (and 127.0.0.1) and its key, made with ``openssl`` (the
+    test is skipped, saying so, where it is not installed)."""
+    import shutil
     import subprocess
 
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install openssl)")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", f"/CN={name}", "-addext",
