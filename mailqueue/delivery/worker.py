@@ -237,7 +237,9 @@ class DeliveryWorker:
             def report(index: int, outcome: DeliveryOutcome, group: list[Claim] = group,
                        told: set[int] = told) -> None:  # on the store's threads
                 told.add(index)
-                loop.call_soon_threadsafe(add, group[index], outcome)
+                # A loop already closed (a hard stop) has no lane to tell: the lease will.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(add, group[index], outcome)
 
             if isinstance(store, ReportingStore) and store.reports:
                 outcomes = await asyncio.to_thread(store.deliver_reporting, group, report,

@@ -299,8 +299,8 @@ class Session:
         commands = ["RSET"] if reset else []
         commands += [self._mail_command(envelope),
                      *(f"RCPT TO:<{r}>" for r in envelope.recipients), "DATA"]
-        self._send(("\r\n".join(commands) + "\r\n").encode("utf-8", "surrogateescape"),
-                   timeouts.mail, "MAIL FROM")
+        self._send_first(("\r\n".join(commands) + "\r\n").encode("utf-8", "surrogateescape"),
+                         timeouts.mail, "MAIL FROM", reset)
         if reset:
             self._reset_reply()
         mail = self._read("MAIL FROM", timeouts.mail)
@@ -318,7 +318,7 @@ class Session:
     def _one_by_one(self, envelope: Envelope, on_result: OnResult, reset: bool) -> list[int]:
         timeouts = self.settings.timeouts
         if reset:
-            self._send(b"RSET\r\n", timeouts.greeting, "RSET")
+            self._send_first(b"RSET\r\n", timeouts.greeting, "RSET", reset)
             self._reset_reply()
         mail = self._command(self._mail_command(envelope), timeouts.mail, shown="MAIL FROM")
         if not mail.ok:
@@ -336,6 +336,14 @@ class Session:
             return []
         data = self._command("DATA", timeouts.data_init)
         return self._data_reply(data, accepted, on_result)
+
+    def _send_first(self, data: bytes, timeout: float, what: str, reset: bool) -> None:
+        """The transaction's first write: on a connection used before, a failure here means
+        the server closed it meanwhile (stale)."""
+        try:
+            self._send(data, timeout, what)
+        except SessionError as exc:
+            raise SessionError(exc.reason, stale=reset) from exc
 
     def _reset_reply(self) -> None:
         """The reply to ``RSET`` on a connection used before: a closed or closing

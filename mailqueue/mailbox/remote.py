@@ -111,10 +111,12 @@ class _Batch:
             self.outcomes[index] = outcome
             self.pending -= 1
             last = self.pending == 0
-        if self.report is not None:
-            self.report(index, outcome)
-        if last:
-            self.done.set()
+        try:
+            if self.report is not None:
+                self.report(index, outcome)
+        finally:
+            if last:
+                self.done.set()
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
