@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Drain rate into a real Dovecot over LMTP, against the same drain into a Maildir store.
 
-Each round runs both, one after the other on the same machine: the queue is filled
+Each round runs three, one after the other on the same machine: the queue is filled
 directly through the store with ``--messages`` messages of ``--size`` bytes, one recipient
 each over ``--mailboxes`` mailboxes, then a worker-only server (``serve --role worker``)
 starts on it and drains it, either into Maildirs it writes itself or over LMTP into a
 private Dovecot (the tests' own, ``tests/dovecot.py``: its config, sockets and Maildirs in
-a temporary directory). The rate is taken from the delivered files' modification times,
-first to last, in both cases; every run is then checked as ``mailqueue verify`` checks it
-(each message in its mailbox once, intact). Medians over the rounds are printed and written
-to benchmarks/lmtp_drain.json, with the load average before and after.
+a temporary directory). The third is Dovecot's own ceiling on this machine: the same
+messages handed to the LMTP store in one call, with no queue and no server around it.
+The rate is taken from the delivered files' modification times, first to last, in every
+case; each drain is then checked as ``mailqueue verify`` checks it (each message in its
+mailbox once, intact). Medians over the rounds are printed and written to
+benchmarks/lmtp_drain.json, with the load average before and after.
 
     python benchmarks/lmtp_drain.py                          # 2,000 messages, 3 rounds
     python benchmarks/lmtp_drain.py --messages 5000 --rounds 5 --connections 8
@@ -34,8 +36,11 @@ from typing import Any
 
 from mailqueue import loadtest
 from mailqueue.config import load_config
+from mailqueue.endpoint import parse_endpoint
+from mailqueue.mailbox._session import Settings
+from mailqueue.mailbox.remote import RemoteStore
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.queue.values import NewMessage, new_queue_id
+from mailqueue.queue.values import Claim, NewMessage, new_queue_id
 from mailqueue.verify.instance import audit_instance
 
 HERE = Path(__file__).resolve().parent
@@ -98,6 +103,32 @@ domains = ["{DOMAIN}"]
 {store}
 """)
     return path
+
+
+def ceiling(args: argparse.Namespace, dovecot_class: Any) -> dict[str, Any]:
+    """The same messages straight into Dovecot through the LMTP store, no queue."""
+    dovecot = dovecot_class()
+    dovecot.start()
+    try:
+        data = body(args.size)
+        now = time.time()
+        claims = [Claim(recipient_id=i, queue_id=new_queue_id(now + i / 1000),
+                        address=f"u{i % args.mailboxes}@{DOMAIN}", store="vmail", attempts=1,
+                        mail_from="s@src.test", received_at=now, helo="bench", peer="",
+                        body=data) for i in range(args.messages)]
+        store = RemoteStore("vmail", [parse_endpoint(dovecot.lmtp_host, 24)],
+                            Settings(kind="lmtp", helo="mx.mailqueue.test"),
+                            "mx.mailqueue.test", args.connections)
+        failed = [o for o in store.deliver(claims) if o is not None]
+        store.close()
+        if failed:
+            raise SystemExit(f"lmtp_drain: ceiling: {len(failed)} failed: {failed[0]}")
+        mtimes = sorted(entry.stat().st_mtime for entry in _files(dovecot.mail_root))
+        rate = (len(mtimes) - 1) / max(1e-9, mtimes[-1] - mtimes[0])
+        return {"kind": "ceiling", "delivered": len(mtimes), "drain_rate": round(rate, 1),
+                "seconds": round(mtimes[-1] - mtimes[0], 2)}
+    finally:
+        dovecot.stop()
 
 
 def run(kind: str, args: argparse.Namespace, dovecot_class: Any) -> dict[str, Any]:
@@ -166,27 +197,34 @@ def main() -> int:
                          "dovecot-lmtpd)")
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
+    kinds = ("maildir", "lmtp", "ceiling")
     for _ in range(args.rounds):
-        for kind in ("maildir", "lmtp"):
-            runs.append(run(kind, args, dovecot.Dovecot))
+        for kind in kinds:
+            runs.append(ceiling(args, dovecot.Dovecot) if kind == "ceiling"
+                        else run(kind, args, dovecot.Dovecot))
             print(json.dumps(runs[-1]), file=sys.stderr)
     load_after = os.getloadavg()
     medians = {kind: statistics.median(r["drain_rate"] for r in runs if r["kind"] == kind)
-               for kind in ("maildir", "lmtp")}
-    ratios = [lmtp["drain_rate"] / maildir["drain_rate"]
-              for maildir, lmtp in zip(runs[::2], runs[1::2], strict=True)]
+               for kind in kinds}
+    rounds = [runs[i:i + 3] for i in range(0, len(runs), 3)]
+    ratios = [lmtp["drain_rate"] / maildir["drain_rate"] for maildir, lmtp, _ in rounds]
+    of_ceiling = [lmtp["drain_rate"] / top["drain_rate"] for _, lmtp, top in rounds]
     result = {"command": " ".join(["python", "benchmarks/lmtp_drain.py", *sys.argv[1:]]),
               "messages": args.messages, "mailboxes": args.mailboxes, "size": args.size,
               "concurrency": args.concurrency, "connections": args.connections,
               "rounds": runs, "maildir_rate": medians["maildir"], "lmtp_rate": medians["lmtp"],
+              "ceiling_rate": medians["ceiling"],
               "ratio": round(statistics.median(ratios), 2),
+              "ratio_to_ceiling": round(statistics.median(of_ceiling), 2),
               "load_before": [round(v, 2) for v in load_before],
               "load_after": [round(v, 2) for v in load_after]}
     (HERE / "lmtp_drain.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"LMTP into Dovecot: {medians['lmtp']:,.0f} msg/s; Maildir: "
-          f"{medians['maildir']:,.0f} msg/s; LMTP/Maildir {result['ratio']:.2f}x (median of "
-          f"{args.rounds} paired rounds, {args.messages:,} messages of {args.size:,} bytes); "
-          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+          f"{medians['maildir']:,.0f} msg/s; Dovecot's ceiling (no queue): "
+          f"{medians['ceiling']:,.0f} msg/s. LMTP/Maildir {result['ratio']:.2f}x, "
+          f"LMTP/ceiling {result['ratio_to_ceiling']:.2f}x (medians of {args.rounds} rounds, "
+          f"{args.messages:,} messages of {args.size:,} bytes, {args.connections} "
+          f"connections); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     return 0
 
 
