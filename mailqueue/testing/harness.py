@@ -23,7 +23,7 @@ from mailqueue.mailbox.router import Route, Router
 from mailqueue.queue.values import LedgerRecipient, QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
 from mailqueue.testing.options import with_nodes
-from mailqueue.verify.scan import scan_config, scan_root
+from mailqueue.verify.scan import scan_config, scan_root, unchecked_stores
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0
@@ -288,7 +288,7 @@ class AsyncMailqueue:
         """What was accepted, compared with the Maildir files as they are now."""
         entries = await self.app.queue.ledger()
         copies, roots = await asyncio.to_thread(scan_config, self.config)
-        return Ledger(entries, copies, roots)
+        return Ledger(entries, copies, roots, unchecked_stores(self.config))
 
     def maildir_root(self, store: str | None = None) -> Path:
         """Where a store's (by default the first store's) Maildirs are: its ``path``, or

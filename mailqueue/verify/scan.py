@@ -234,6 +234,12 @@ def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
             for copy in scan_root(store, root, inner)]
 
 
+def unchecked_stores(config: Config) -> list[str]:
+    """The stores whose mailboxes cannot be read here: remote stores without a
+    ``verify_path``."""
+    return [s.name for s in config.stores if s.mailbox_root is None]
+
+
 def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
     """Every file in every configured store's Maildirs, each once, and the store roots they
     were found under (blocking)."""
