@@ -12,7 +12,8 @@ handed over the moment the server gives it, and what has arrived is settled toge
 the rest is still being delivered (one settle at a time per lane, so replies that come
 during a settle go in the next). A server's ``250`` cannot be recognised on a repeat as a
 Maildir copy can: the stretch between it and its record is the one in which a crash
-delivers the message twice, and this keeps it to the settle in flight.
+delivers the message twice, and this keeps it to at most two settles (the one under way
+when the reply arrives, and the one that records it).
 """
 
 from __future__ import annotations
