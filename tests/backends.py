@@ -12,6 +12,7 @@ API::
         backend.script.data["x@a.example"] = "452 4.2.2 over quota"  # after the dot
         backend.script.drop_after_data = True    # take the message, then hang up
         backend.script.delay = 2.0               # seconds before the reply to the dot
+        backend.script.busy = 1                  # the next connection: 421 at once
         backend.transactions             # (MAIL FROM, [RCPT TO...], data) it took
         backend.connections, backend.resets, backend.logins
 
@@ -56,6 +57,7 @@ class Script:
     data: dict[str, str] = dataclasses.field(default_factory=dict)  # address -> reply
     drop_after_data: bool = False
     delay: float = 0.0
+    busy: int = 0  # this many new connections get "421 4.7.0 Too busy" and are closed
 
 
 class _Handler:
@@ -117,6 +119,11 @@ class _Counting:
 
     def connection_made(self, transport: Any) -> None:
         self.backend.connections += 1
+        if self.backend.script.busy > 0:
+            self.backend.script.busy -= 1
+            transport.write(b"421 4.7.0 Too busy, try again later\r\n")
+            transport.close()
+            return
         super().connection_made(transport)  # type: ignore[misc]
 
 

@@ -18,8 +18,9 @@ the wire once. Outcomes are told (:meth:`RemoteStore.deliver_reporting`) as they
   bounces, and the notice quotes the reply (:class:`~mailqueue.errors.RemoteReply`);
 - a ``4xx``, a refused or dropped connection, a timeout, a greeting or ``LHLO`` refused (of
   any code: those speak of the server, not the recipient): a temporary failure, retried
-  with the store's backoff. Once a host refuses a connection, the rest of the batch for it
-  fails at once instead of waiting for each connect in turn.
+  with the store's backoff. Once a host refuses a connection (other than with a busy
+  ``421``), the rest of the batch for it fails at once instead of waiting for each connect
+  in turn.
 
 Delivery over the network is at-least-once: a crash between a server's ``250`` and the
 worker's record of it delivers the message again on the retry. Each copy carries an
@@ -256,7 +257,11 @@ class _HostPool:
             return Session.open(self.endpoint, self._store.settings, job.batch.deadline)
         except SessionError as exc:
             error = TemporaryDeliveryError(exc.reason, remote=exc.remote)
-            job.batch.refused[self._host] = error
+            # The rest of the batch for this host fails at once, rather than each waiting
+            # for its own connect - unless the server only said it is busy right now (421:
+            # too many connections), which the connections already open are not.
+            if exc.remote is None or exc.remote.code != 421:
+                job.batch.refused[self._host] = error
             log.info("remote_session_failed", store=self._store.name,
                      host=str(self.endpoint), error=exc.reason)
             job.fail_rest(error)

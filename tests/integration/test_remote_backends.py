@@ -360,3 +360,22 @@ def test_nothing_starts_or_waits_past_the_deadline(tmp_path: Path) -> None:
         assert time.monotonic() - started < 2
         assert cut is not None and "lease ran out waiting for the reply" in str(cut)
         store.close()
+
+
+async def test_a_busy_421_greeting_defers_only_its_own_transaction(tmp_path: Path) -> None:
+    """A server at its connection limit says 421 to a new connection: that transaction
+    is deferred, the others go on the connections that are open."""
+    with Backend("lmtp") as backend:
+        config = remote_config(tmp_path, backend, connections=2)
+        async with AsyncMailqueue(config) as mq:
+            await mq.start_window("basic")
+            for n in range(6):
+                await send(mq.port, [f"user{n}@{BASIC}"], f"note {n}")
+            backend.script.busy = 1
+            await mq.end_window()
+            found = await settled(mq, 6)
+            deferred = [r for r in found if r.state is RecipientState.QUEUED]
+            assert len(deferred) == 1 and "421 4.7.0 Too busy" in (deferred[0].last_error or "")
+            assert len(backend.transactions) == 5
+            mq.advance(61)
+            await mq.drained(timeout=10)
