@@ -134,7 +134,12 @@ class AdminServer:
                                 self._nodes())
         if closed is not None:
             return _closed(closed)
-        box = mailbox_path(self._stores[route.store].path, route.address)
+        root = self._stores[route.store].mailbox_root
+        if root is None:
+            return _json({"error": f"the mailboxes of store {route.store!r} are on its "
+                                   "servers, and it has no verify_path to read them from"},
+                         404)
+        box = mailbox_path(root, route.address)
         listed = await asyncio.to_thread(list_maildir, box)
         if listed is None and self._stores[route.store].mailboxes is None:
             return _json({"error": f"no such mailbox: {route.address}"}, 404)

@@ -128,7 +128,15 @@ class MailqueueApp:
                 await self._refresh_capacity()
             await self._run_tasks()
         finally:
+            await self._close_stores()
             await self.queue.close()
+
+    async def _close_stores(self) -> None:
+        """Say QUIT on the remote stores' idle connections and stop the stores' threads."""
+        for store in self.mailboxes.values():
+            close = getattr(store, "close", None)
+            if callable(close):
+                await asyncio.to_thread(close)
 
     async def _check_stores(self) -> None:
         """Refuse to start for a Maildir store whose path can never hold Maildirs (a file in

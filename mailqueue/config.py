@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url
 
 from mailqueue._overrides import ENV_PREFIX, Key, apply_overrides
 from mailqueue.control.nodes import MAX_NODES
+from mailqueue.endpoint import DEFAULT_PORTS, Endpoint, parse_endpoint
 from mailqueue.errors import ConfigError, TimeParseError
 from mailqueue.sqliteurl import sqlite_path
 from mailqueue.timeparse import get_zone, parse_duration, parse_size, parse_time
@@ -282,25 +283,120 @@ class LoggingConfig(ConfigModel):
         "info", description="The least severe events logged.")
 
 
+class RemoteTimeouts(ConfigModel):
+    """How long an `lmtp` or `smtp` store waits at each step of a transaction.
+
+    RFC 5321 §4.5.3.2 recommends 5 minutes for the greeting, MAIL and RCPT, 2 for DATA,
+    3 per data block and 10 for the reply to the final dot, for mail crossing the open
+    Internet. The defaults here are shorter: a mailbox server on the local network that
+    takes a minute to answer is down, and its mail is better retried with backoff than held
+    by a lane. Every wait also ends before the claim's `[delivery] lease` runs out, so a
+    recipient is never in two transactions under two leases."""
+
+    connect: PositiveDuration = Field(30.0, description="Opening the connection (TCP or "
+                                      "unix socket), and each TLS handshake.")
+    greeting: PositiveDuration = Field(60.0, description="The server's `220` greeting, and "
+                                       "each reply to `LHLO`/`EHLO`, `STARTTLS`, `AUTH` and "
+                                       "`RSET` (RFC 5321: 5 minutes).")
+    mail: PositiveDuration = Field(60.0, description="The reply to `MAIL FROM` (RFC 5321: "
+                                   "5 minutes).")
+    rcpt: PositiveDuration = Field(60.0, description="Each reply to `RCPT TO` (RFC 5321: "
+                                   "5 minutes).")
+    data_init: PositiveDuration = Field(60.0, description="The `354` reply to `DATA` "
+                                        "(RFC 5321: 2 minutes).")
+    data_block: PositiveDuration = Field(60.0, description="Sending each block of the "
+                                         "message (RFC 5321: 3 minutes).")
+    data_done: PositiveDuration = Field(120.0, description="The reply to the final `.` — "
+                                        "for LMTP each recipient's (RFC 5321: 10 minutes). A "
+                                        "server that has the message but answers too late "
+                                        "gets it again at the retry.")
+    idle: PositiveDuration = Field(10.0, description="How long an idle connection stays "
+                                   "open for the next message before it is closed with "
+                                   "`QUIT`.")
+
+
+StoreKind = Literal["maildir", "lmtp", "smtp"]
+_REMOTE_ONLY = ("hosts", "verify_path", "helo", "starttls", "tls_ca_file", "auth_user",
+                "auth_password")
+
+
 class StoreConfig(ConfigModel):
-    """A mailbox store: Maildirs at ``{path}/{domain}/{local_part}/``."""
+    """A mailbox store: Maildirs mailqueue writes at ``{path}/{domain}/{local_part}/``
+    (``kind = "maildir"``), or mailbox servers it delivers to over LMTP or SMTP."""
 
     name: Name = Field(description="The store's name (letters, digits, `.`, `_`, `-`).")
-    kind: Literal["maildir"] = Field("maildir", description="How mail is stored.")
-    path: Annotated[Path, Field(strict=False)] = Field(
-        description="Root of the Maildirs: mail for `local@domain` lands in "
-        "`{path}/{domain}/{local}/new/`; relative to the config file's directory.")
+    kind: StoreKind = Field("maildir", description="How mail is stored: `maildir` (files "
+                            "mailqueue writes), `lmtp` (delivered to mailbox servers over "
+                            "LMTP, as to Dovecot or Cyrus) or `smtp` (relayed to servers "
+                            "over SMTP).")
+    path: Annotated[Path | None, Field(strict=False)] = Field(
+        None, description="`maildir` stores (required there): root of the Maildirs: mail "
+        "for `local@domain` lands in `{path}/{domain}/{local}/new/`; relative to the config "
+        "file's directory.")
     domains: list[str] = Field(min_length=1, description="Domains this store serves; "
                                "others get `550 5.7.1 Relay access denied`.")
     mailboxes: list[str] | None = Field(None, description="The local parts that exist "
                                         "(others get `550 5.1.1`); any is accepted when "
                                         "absent.")
-    writers: int = Field(16, ge=1, le=256, description="Copies written at once, each "
-                         "waiting on its own fsync.")
+    writers: int = Field(16, ge=1, le=256, description="`maildir` stores: copies written at "
+                         "once, each waiting on its own fsync.")
     nodes: int = Field(1, ge=1, le=MAX_NODES, strict=True, description="Mailbox nodes the "
                        "store is sharded over (`NAME-1` … `NAME-N`), each of which can be "
                        "set down, slow or flaky (`mailqueue node`); a mailbox's node is a "
-                       "stable hash of its address.")
+                       "stable hash of its address. An `lmtp` or `smtp` store has one node "
+                       "per host (the default here).")
+    hosts: list[str] | None = Field(None, description="`lmtp` and `smtp` stores (required "
+                                    "there): the servers, as `host:port`, `[IPv6]:port`, "
+                                    "`host` (port 24 for LMTP, 25 for SMTP) or an absolute "
+                                    "unix socket path. Host N is node `NAME-N`: a mailbox is "
+                                    "delivered to the host its node is.")
+    connections: int = Field(10, ge=1, le=100, strict=True, description="`lmtp` and `smtp` "
+                             "stores: connections open at once to each host; each carries "
+                             "one message after another (`RSET` between). A mailbox server "
+                             "spends most of a delivery in its own fsync, so several "
+                             "connections overlap them (Postfix allows 20 per destination).")
+    verify_path: Annotated[Path | None, Field(strict=False)] = Field(
+        None, description="`lmtp` and `smtp` stores: the root of the Maildirs the servers "
+        "write, laid out as `{verify_path}/{domain}/{local}/` (Dovecot: `mail_location = "
+        "maildir:ROOT/%Ld/%Ln`), where `verify`, the pytest ledger and the admin endpoint "
+        "read what was delivered; relative to the config file's directory. Unset: "
+        "delivered mail is not checked.")
+    helo: str | None = Field(None, description="`lmtp` and `smtp` stores: the name sent in "
+                             "`LHLO`/`EHLO` (default: `[smtp] hostname`).")
+    starttls: Literal["off", "opportunistic", "required"] | None = Field(
+        None, description="`lmtp` and `smtp` stores: `opportunistic` uses TLS where the "
+        "server offers `STARTTLS` and does not check its certificate (RFC 7435); "
+        "`required` defers mail for a server that does not offer it, and checks the "
+        "certificate unless `tls_verify = false`; `off` never starts TLS. Default: "
+        "`opportunistic` for `smtp`, `off` for `lmtp`.")
+    tls_verify: bool = Field(True, description="With `starttls = \"required\"`: check the "
+                             "server's certificate and that it names the host.")
+    tls_ca_file: Annotated[Path | None, Field(strict=False)] = Field(
+        None, description="PEM file of the certificate authorities `tls_verify` trusts "
+        "(default: the system's).")
+    auth_user: str | None = Field(None, description="`smtp` stores: log in with `AUTH` "
+                                  "(`PLAIN`, else `LOGIN`) as this user, only over TLS. "
+                                  "Needs `auth_password`.")
+    auth_password: str | None = Field(None, repr=False, description="The password for "
+                                      "`auth_user`. Keep it out of the file by setting "
+                                      "`MAILQUEUE_STORES_<N>_AUTH_PASSWORD` in the "
+                                      "environment.")
+    timeouts: RemoteTimeouts = Field(RemoteTimeouts(), description="`lmtp` and `smtp` "
+                                     "stores: how long each step of a transaction may take. "
+                                     "The defaults are shorter than RFC 5321's, for a mailbox "
+                                     "tier on the local network; whatever they are, no wait "
+                                     "lasts past 80% of the claim's `[delivery] lease`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nodes_from_hosts(cls, data: Any) -> Any:
+        """A remote store has one node per host unless ``nodes`` says otherwise (which
+        :meth:`_kind_fits` then refuses)."""
+        if isinstance(data, dict) and data.get("kind") in ("lmtp", "smtp") and \
+                data.get("nodes") is None and isinstance(data.get("hosts"), list) and \
+                data["hosts"]:
+            return {**data, "nodes": len(data["hosts"])}
+        return data
 
     @field_validator("domains")
     @classmethod
@@ -319,6 +415,63 @@ class StoreConfig(ConfigModel):
             if not value or "/" in value or value.startswith(".") or "@" in value:
                 raise ValueError(f"{value!r} is not a local part")
         return [v.lower() for v in values]
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> StoreConfig:
+        if self.kind == "maildir":
+            if self.path is None:
+                raise ValueError("path: required for a maildir store (the root of its "
+                                 "Maildirs)")
+            for key in _REMOTE_ONLY:
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: only lmtp and smtp stores take it (this "
+                                     "store's kind is maildir)")
+            return self
+        self._check_remote()
+        return self
+
+    def _check_remote(self) -> None:
+        if self.path is not None:
+            raise ValueError(f"path: an {self.kind} store delivers to its hosts and has no "
+                             "path; set verify_path to the Maildir root its servers write "
+                             "to have deliveries verified")
+        if not self.hosts:
+            raise ValueError(f"hosts: required for an {self.kind} store (host:port or a "
+                             "unix socket path, one per node)")
+        for index, host in enumerate(self.hosts):
+            try:
+                parse_endpoint(host, DEFAULT_PORTS[self.kind])
+            except ValueError as exc:
+                raise ValueError(f"hosts[{index}]: {exc}") from None
+        no_duplicates("host", self.hosts)
+        if self.nodes != len(self.hosts):
+            count = f"{len(self.hosts)} host" + ("s" if len(self.hosts) > 1 else "")
+            raise ValueError(f"nodes: an {self.kind} store has one node per host ({count}, "
+                             f"nodes = {self.nodes}); leave nodes out")
+        if (self.auth_user is None) != (self.auth_password is None):
+            raise ValueError("auth_user and auth_password go together: set both or neither")
+        if self.auth_user is not None and self.tls == "off":
+            raise ValueError('auth_user: credentials are only sent over TLS; set starttls '
+                             'to "opportunistic" or "required"')
+
+    @property
+    def tls(self) -> Literal["off", "opportunistic", "required"]:
+        """``starttls``, or the kind's default when it is unset."""
+        if self.starttls is not None:
+            return self.starttls
+        return "opportunistic" if self.kind == "smtp" else "off"
+
+    @property
+    def mailbox_root(self) -> Path | None:
+        """Where this store's Maildirs can be read: ``path`` for a Maildir store,
+        ``verify_path`` for a remote one (None: not readable here)."""
+        return self.path if self.kind == "maildir" else self.verify_path
+
+    def endpoints(self) -> list[Endpoint]:
+        """The hosts of a remote store, parsed (node N is entry N-1); [] for a Maildir
+        store."""
+        port = DEFAULT_PORTS.get(self.kind, 0)
+        return [parse_endpoint(host, port) for host in self.hosts or ()]
 
 
 class WindowConfig(ConfigModel):
@@ -484,7 +637,10 @@ def resolve_paths(config: Config, base: Path, from_cwd: set[Key] | frozenset[Key
 
     queue = config.queue.model_copy(
         update={"url": sqlite_url_against(config.queue.url, root(("queue", "url")))})
-    stores = [store.model_copy(update={"path": _against(store.path, root(("stores", i, "path")))})
+    stores = [store.model_copy(update={
+                  key: _against(value, root(("stores", i, key)))
+                  for key in ("path", "verify_path", "tls_ca_file")
+                  if (value := getattr(store, key)) is not None})
               for i, store in enumerate(config.stores)]
     return config.model_copy(update={"queue": queue, "stores": stores})
 

@@ -14,11 +14,19 @@ carries a message that says what to fix::
     │   └── SchemaError      the queue database's schema is not at this version's revision
     ├── UnknownQueueIdError  a queue id does not exist
     └── DeliveryError        a mailbox store could not take a message
-        ├── TemporaryDeliveryError   retry later (disk full, node down, ...)
-        └── PermanentDeliveryError   give up and bounce
+        ├── TemporaryDeliveryError   retry later (disk full, node down, a 4xx, ...)
+        └── PermanentDeliveryError   give up and bounce (a 5xx, ...)
+
+A delivery error caused by what a remote mailbox server answered carries that answer
+(:class:`RemoteReply`), so that a bounce can quote it.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import re
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
 
 
 class MailqueueError(Exception):
@@ -63,8 +71,44 @@ class UnknownQueueIdError(MailqueueError):
     """A queue id named by the user does not exist."""
 
 
+@dataclasses.dataclass(frozen=True)
+class RemoteReply:
+    """A remote server's reply that decided a delivery: ``550 5.1.1 <a@b> User unknown``.
+
+    ``mta`` names the server as a delivery status notification's ``Remote-MTA`` does (a
+    host name or address); ``endpoint`` is where it was reached; ``command`` the command
+    the reply answered (``RCPT TO``, ``end of data``, ...)."""
+
+    mta: str
+    endpoint: str
+    code: int
+    text: str  # the reply's lines joined by spaces, without the code
+    command: str = ""
+
+    @property
+    def line(self) -> str:
+        """The reply as one line: ``550 5.1.1 <a@b> User unknown``."""
+        return f"{self.code} {self.text}".rstrip()
+
+    @property
+    def enhanced(self) -> str | None:
+        """The RFC 3463 status code the reply starts with (``5.1.1``), if any."""
+        match = _ENHANCED.match(self.text)
+        return f"{match.group(1)}.{match.group(2)}.{match.group(3)}" if match else None
+
+    def describe(self, kind: str) -> str:
+        """``lmtp 127.0.0.1:24 said: 550 5.1.1 ... (in reply to RCPT TO)``."""
+        after = f" (in reply to {self.command})" if self.command else ""
+        return f"{kind} {self.endpoint} said: {self.line}{after}"
+
+
 class DeliveryError(MailqueueError):
-    """A mailbox store could not take a message."""
+    """A mailbox store could not take a message; ``remote``: the server's reply that said
+    so, when a remote server did."""
+
+    def __init__(self, reason: str, *, remote: RemoteReply | None = None) -> None:
+        super().__init__(reason)
+        self.remote = remote
 
 
 class TemporaryDeliveryError(DeliveryError):

@@ -114,7 +114,8 @@ def spawn_config(source: Path, workdir: Path) -> Path:
     data["smtp"]["host"] = "127.0.0.1"
     data.setdefault("queue", {})["url"] = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
     for store in data.get("stores", []):
-        store["path"] = str(workdir / "mail" / store["name"])
+        if store.get("kind", "maildir") == "maildir":  # a remote store has no path
+            store["path"] = str(workdir / "mail" / store["name"])
     data.setdefault("logging", {})["format"] = "json"
     path = workdir / "mailqueue.toml"
     path.write_text(dump_toml(data) + "\n")
@@ -127,8 +128,8 @@ def make_target(config: Path, host: str | None, port: int, pid: int | None) -> T
     from mailqueue.config import load_config
 
     loaded = load_config(config)
-    stores: list[StoreInfo] = [{"name": s.name, "path": str(s.path), "domains": s.domains,
-                                "mailboxes": s.mailboxes}
+    stores: list[StoreInfo] = [{"name": s.name, "path": str(s.mailbox_root or ""),
+                                "domains": s.domains, "mailboxes": s.mailboxes}
                                for s in loaded.stores]
     return Target(host=host or loaded.smtp.host, port=port or loaded.smtp.port,
                   stores=stores, config_path=config, queue_url=loaded.queue.url, pid=pid)
@@ -464,6 +465,8 @@ def scan_maildirs(stores: Sequence[StoreInfo], want_mtime: bool = False,
 
     found: dict[tuple[str, str], list[float]] = {}
     for store in stores:
+        if not store["path"]:
+            continue  # a remote store without a verify_path: nothing to read
         root = Path(store["path"])
         if not root.is_dir():
             continue
@@ -487,6 +490,8 @@ def scan_maildirs(stores: Sequence[StoreInfo], want_mtime: bool = False,
 def count_files(stores: Sequence[StoreInfo]) -> int:
     total = 0
     for store in stores:
+        if not store["path"]:
+            continue  # a remote store without a verify_path: nothing to read
         root = Path(store["path"])
         if not root.is_dir():
             continue

@@ -6,6 +6,7 @@ import pytest
 
 from mailqueue.logs import configure_logging
 from tests import pg
+from tests.dovecot import Dovecot
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -45,3 +46,12 @@ def fresh_pg_url() -> Iterator[str]:
         yield pg.sqlalchemy_url(name)
     finally:
         pg.drop_database(name)
+
+
+# --- Dovecot (see tests/dovecot.py) -------------------------------------------------------
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """A private Dovecot taking any ``user@domain`` over LMTP, stopped after the test."""
+    with Dovecot() as server:
+        yield server

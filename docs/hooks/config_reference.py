@@ -57,7 +57,8 @@ def _section(heading: str, field: FieldInfo, model: type[BaseModel]) -> list[str
                     f"{' '.join(sub_field.description.split())} |")
     out += [*rows, ""]
     for name, sub_field, sub in nested:
-        out += _section(f"{heading.rstrip(']')}.{name}]", sub_field, sub)
+        # A table inside each [[stores]] entry is written [stores.timeouts] in TOML.
+        out += _section(f"[{heading.strip('[]')}.{name}]", sub_field, sub)
     return out
 
 

@@ -40,7 +40,7 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
     if snapshot and against:
         raise click.UsageError("give --snapshot or --against, not both")
     config = load_config(config_path)
-    stores = {s.name: s.path for s in config.stores}
+    stores = {s.name: root for s in config.stores if (root := s.mailbox_root) is not None}
     if snapshot is not None:
         manifest = take_snapshot(stores)
         manifest.dump(snapshot)

@@ -26,6 +26,7 @@ from mailqueue.queue.values import BouncedRecipient, NewMessage, PendingRecipien
 from mailqueue.timeparse import format_duration
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_REPLY_STATUS = re.compile(r"^([245])\d\d(?:[ -]([245]\.\d{1,3}\.\d{1,3}))?(?:\s|$)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -38,6 +39,10 @@ class RecipientStatus:
     status: str  # RFC 3463 enhanced status code
     diagnostic: str
     last_attempt: float | None = None
+    # A remote server's reply that decided it (``550 5.1.1 ...``) and the server's name:
+    # reported as ``Diagnostic-Code: smtp; ...`` and ``Remote-MTA: dns; ...``.
+    remote_reply: str | None = None
+    remote_mta: str | None = None
 
 
 def original_headers(body: bytes) -> bytes:
@@ -47,9 +52,16 @@ def original_headers(body: bytes) -> bytes:
     return head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def status_for(reason: str) -> str:
-    """The enhanced status code for a bounce reason."""
-    return "5.4.7" if reason.startswith("expired") else "5.0.0"
+def status_for(reason: str, remote_reply: str | None = None) -> str:
+    """The enhanced status code for a bounce: 5.4.7 when it expired, else the remote
+    server's own (``550 5.1.1 ...`` gives 5.1.1; a 5xx without one 5.0.0), else 5.0.0."""
+    if reason.startswith("expired"):
+        return "5.4.7"
+    match = _REPLY_STATUS.match(remote_reply or "")
+    if match is not None and match.group(1) == "5":
+        status = match.group(2)
+        return status if status and status.startswith("5.") else "5.0.0"
+    return "5.0.0"
 
 
 def one_line(text: str, limit: int = 900) -> str:
@@ -157,8 +169,12 @@ def _recipient_block(status: RecipientStatus, retry_until: float | None) -> list
     kind = "rfc822" if status.address.isascii() else "utf-8"
     block = [f"Final-Recipient: {kind}; {status.address}",
              f"Action: {status.action}",
-             f"Status: {status.status}",
-             f"Diagnostic-Code: X-Mailqueue; {one_line(status.diagnostic)}"]
+             f"Status: {status.status}"]
+    if status.remote_reply is not None:
+        block += [f"Remote-MTA: dns; {one_line(status.remote_mta or 'localhost', 255)}",
+                  f"Diagnostic-Code: smtp; {one_line(status.remote_reply)}"]
+    else:
+        block.append(f"Diagnostic-Code: X-Mailqueue; {one_line(status.diagnostic)}")
     if status.last_attempt is not None:
         block.append(f"Last-Attempt-Date: {formatdate(status.last_attempt)}")
     if status.action == "delayed" and retry_until is not None:
@@ -189,8 +205,10 @@ class Notifier:
         notices = []
         for group in by_message.values():
             first = group[0]
-            statuses = [RecipientStatus(b.address, "failed", status_for(b.reason), b.reason,
-                                        now) for b in group]
+            statuses = [RecipientStatus(b.address, "failed",
+                                        status_for(b.reason, b.diagnostic), b.reason, now,
+                                        remote_reply=b.diagnostic, remote_mta=b.remote_mta)
+                        for b in group]
             notice = self._notice(first.queue_id, first.mail_from, first.received_at,
                                   first.body, statuses, now)
             if notice is not None:

@@ -1,18 +1,29 @@
 """The delivery worker: claim short, deliver outside the transaction, settle in a new one.
 
 ``concurrency`` lanes each claim a batch of due recipients whose store is not held by a
-window, deliver it in a thread (Maildir I/O never runs on the event loop), and settle the
-outcomes in one transaction. The settle is shielded from cancellation: a delivered file
-is always recorded unless the process dies, and then the lease expires and the repeat
-finds the file (at-least-once in the queue, exactly-once in the mailbox).
+window, deliver it in a thread (Maildir and network I/O never run on the event loop), and
+settle the outcomes. The settle is shielded from cancellation: a delivered file is always
+recorded unless the process dies, and then the lease expires and the repeat finds the file
+(at-least-once in the queue, exactly-once in the mailbox).
+
+A batch for Maildir stores is settled in one transaction once every file is written. A
+batch for a remote store (LMTP, SMTP) is settled as its outcomes arrive: each reply is
+handed over the moment the server gives it, and what has arrived is settled together while
+the rest is still being delivered (one settle at a time per lane, so replies that come
+during a settle go in the next). A server's ``250`` cannot be recognised on a repeat as a
+Maildir copy can: the stretch between it and its record is the one in which a crash
+delivers the message twice, and this keeps it to at most two settles (the one under way
+when the reply arrives, and the one that records it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
@@ -24,8 +35,13 @@ from mailqueue.config import DeliveryConfig
 from mailqueue.control.windows import WindowSet
 from mailqueue.delivery.ramp import DrainRamp
 from mailqueue.delivery.retry import Bounce, RetryPolicy
-from mailqueue.errors import PermanentDeliveryError, QueueError, TemporaryDeliveryError
-from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore
+from mailqueue.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    QueueError,
+    TemporaryDeliveryError,
+)
+from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore, ReportingStore
 from mailqueue.queue.store import MessageQueue
 from mailqueue.queue.values import BouncedRecipient, Claim, Notify, Settlement
 
@@ -33,6 +49,10 @@ log = structlog.get_logger("mailqueue.delivery")
 
 # While the queue database fails, a lane waits poll_interval, then twice that, ... up to this.
 ERROR_BACKOFF_MAX = 30.0
+# A remote store starts no transaction, and waits for no reply, past this share of a
+# claim's lease: the rest is deferred before the lease can run out and another lane
+# deliver the same recipients again.
+LEASE_SHARE = 0.8
 
 
 class DeliveryWorker:
@@ -51,7 +71,8 @@ class DeliveryWorker:
         self._retry = retry
         self._windows = windows
         self._notify = notify  # builds bounce notices, enqueued with the settle
-        self._observer = observer  # metrics: called after each settled batch
+        # Called after each settle (metrics; a rehearsal's record of the backends' replies).
+        self._observers = [observer] if observer is not None else []
         self._ramp = ramp
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
@@ -60,6 +81,10 @@ class DeliveryWorker:
         self.delivered = 0
         self.deferred = 0
         self.bounced = 0
+
+    def observe(self, callback: Callable[[Settlement, Sequence[Claim], float], None]) -> None:
+        """Call ``callback(settlement, claims, now)`` after every settle from now on."""
+        self._observers.append(callback)
 
     def wake(self) -> None:
         """New mail or a window change: look for work now instead of at the next poll."""
@@ -124,19 +149,25 @@ class DeliveryWorker:
             self._ramp.refund(limit - len(claims))
         if not claims:
             return False
-        settlement = await self._deliver(claims)
+        if any(_reports(self._mailboxes.get(store)) for store in {c.store for c in claims}):
+            await self._deliver_reporting(claims)
+        else:
+            await self._settle(await self._deliver(claims), claims)
+        return True
+
+    async def _settle(self, settlement: Settlement, claims: Sequence[Claim]) -> None:
+        """Record ``settlement`` (the outcomes of ``claims``), with its bounce notices."""
         if settlement.bounced and self._notify is not None:
             settlement.notices = self._notify(bounced_recipients(claims, settlement),
                                               self._clock.now())
         faults.hit("deliver.before_settle")
         # Shielded: a stop must not lose the record of files already in the mailboxes.
         await asyncio.shield(self._queue.settle(settlement, self.owner, self._clock.now()))
-        if self._observer is not None:
-            self._observer(settlement, claims, self._clock.now())
+        for observe in self._observers:
+            observe(settlement, claims, self._clock.now())
         self.delivered += len(settlement.delivered)
         self.deferred += len(settlement.deferred)
         self.bounced += len(settlement.bounced)
-        return True
 
     async def _deliver(self, claims: Sequence[Claim]) -> Settlement:
         by_store: dict[str, list[Claim]] = defaultdict(list)
@@ -153,13 +184,91 @@ class DeliveryWorker:
             self._record(group, outcomes, settlement)
         return settlement
 
+    async def _deliver_reporting(self, claims: Sequence[Claim]) -> None:
+        """Deliver ``claims`` and settle their outcomes as they arrive (see the module)."""
+        loop = asyncio.get_running_loop()
+        arrived: list[tuple[Claim, DeliveryOutcome]] = []
+        wake = asyncio.Event()
+
+        def add(claim: Claim, outcome: DeliveryOutcome) -> None:  # on the loop
+            arrived.append((claim, outcome))
+            wake.set()
+
+        delivering = asyncio.create_task(self._deliver_all(claims, loop, add))
+        delivering.add_done_callback(_retrieved)
+        delivering.add_done_callback(lambda _: wake.set())
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                taken, arrived[:] = arrived[:], []
+                if taken:
+                    await self._settle_arrived(taken)
+                if delivering.done() and not arrived:
+                    break
+        except asyncio.CancelledError:
+            # A hard stop: record what is known (shielded), leave the rest to its lease.
+            if arrived:
+                await self._settle_arrived(arrived)
+            raise
+        delivering.result()  # a store's own failure ends the lane, as deliver's would
+
+    async def _settle_arrived(self, taken: Sequence[tuple[Claim, DeliveryOutcome]]) -> None:
+        claims = [claim for claim, _ in taken]
+        settlement = Settlement()
+        self._record(claims, [outcome for _, outcome in taken], settlement)
+        await self._settle(settlement, claims)
+
+    async def _deliver_all(self, claims: Sequence[Claim], loop: asyncio.AbstractEventLoop,
+                           add: Callable[[Claim, DeliveryOutcome], None]) -> None:
+        """Each store's claims, their outcomes handed to ``add`` on the loop as they come:
+        a reporting store's one by one, any other's when its part is done."""
+        by_store: dict[str, list[Claim]] = defaultdict(list)
+        for claim in claims:
+            by_store[claim.store].append(claim)
+        deadline = self._deadline()
+        for store_name, group in by_store.items():
+            store = self._mailboxes.get(store_name)
+            if store is None:
+                for claim in group:
+                    add(claim, TemporaryDeliveryError(f"store {store_name!r} is not configured"))
+                continue
+            told: set[int] = set()
+
+            def report(index: int, outcome: DeliveryOutcome, group: list[Claim] = group,
+                       told: set[int] = told) -> None:  # on the store's threads
+                told.add(index)
+                # A loop already closed (a hard stop) has no lane to tell: the lease will.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(add, group[index], outcome)
+
+            if isinstance(store, ReportingStore) and store.reports:
+                outcomes = await asyncio.to_thread(store.deliver_reporting, group, report,
+                                                   deadline)
+            else:
+                outcomes = await asyncio.to_thread(store.deliver, group)
+            # Calls made through call_soon_threadsafe before the thread returned have run by
+            # now (the loop runs them in order): anything not told yet is told here.
+            for index, outcome in enumerate(outcomes):
+                if index not in told:
+                    add(group[index], outcome)
+
+    def _deadline(self) -> float | None:
+        """When (``time.monotonic()``) a remote store must give up on this batch: a share
+        of the lease, in real seconds (None under a clock whose time does not pass alone)."""
+        seconds = self._clock.real_seconds(self._config.lease)
+        return None if not math.isfinite(seconds) else time.monotonic() + seconds * LEASE_SHARE
+
     def _record(self, claims: Sequence[Claim], outcomes: Sequence[DeliveryOutcome],
                 settlement: Settlement) -> None:
+        """Sort ``outcomes`` into ``settlement``, with the remote replies behind them."""
         now = self._clock.now()
         windows = self._windows()
         for claim, outcome in zip(claims, outcomes, strict=True):
             fields = {"queue_id": claim.queue_id, "recipient": claim.address,
                       "store": claim.store, "attempt": claim.attempts}
+            if isinstance(outcome, DeliveryError) and outcome.remote is not None:
+                settlement.replies[claim.recipient_id] = outcome.remote
             if outcome is None:
                 settlement.delivered.append(claim.recipient_id)
                 log.info("message_delivered", delay=round(now - claim.received_at, 3), **fields)
@@ -196,12 +305,32 @@ class DeliveryWorker:
             self.wake()
 
 
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Mark ``task``'s failure as seen: a lane that stopped waiting for it (a queue error,
+    a cancellation) has already reported what went wrong."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _reports(store: MailboxStore | None) -> bool:
+    return isinstance(store, ReportingStore) and store.reports
+
+
 def bounced_recipients(claims: Sequence[Claim],
                        settlement: Settlement) -> list[BouncedRecipient]:
-    """The bounced claims of ``settlement``, as the notifier takes them."""
+    """The bounced claims of ``settlement``, as the notifier takes them, with the remote
+    server's reply where one decided the bounce."""
     reasons = dict(settlement.bounced)
-    return [BouncedRecipient(recipient_id=c.recipient_id, queue_id=c.queue_id,
-                             address=c.address, store=c.store, attempts=c.attempts,
-                             mail_from=c.mail_from, received_at=c.received_at,
-                             reason=reasons[c.recipient_id], body=c.body)
-            for c in claims if c.recipient_id in reasons]
+    replies = settlement.replies
+    out = []
+    for c in claims:
+        if c.recipient_id not in reasons:
+            continue
+        remote = replies.get(c.recipient_id)
+        out.append(BouncedRecipient(
+            recipient_id=c.recipient_id, queue_id=c.queue_id, address=c.address,
+            store=c.store, attempts=c.attempts, mail_from=c.mail_from,
+            received_at=c.received_at, reason=reasons[c.recipient_id], body=c.body,
+            remote_mta=remote.mta if remote else None,
+            diagnostic=remote.line if remote else None))
+    return out

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
+from mailqueue.errors import RemoteReply
+
 _B32 = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
 
 
@@ -80,6 +82,9 @@ class Settlement:
     # Delivery status notifications for the bounces, enqueued in the same transaction
     # (None: this worker sends none, and none is recorded as missing).
     notices: list[NewMessage] | None = None
+    # The remote server's reply behind an outcome, where one decided it, by recipient id:
+    # for the notices and the observers, not stored (the reason strings hold it too).
+    replies: dict[int, RemoteReply] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.delivered) + len(self.deferred) + len(self.bounced)
@@ -256,6 +261,10 @@ class BouncedRecipient:
     received_at: float
     reason: str
     body: bytes
+    # Where a remote server's reply decided it: the server (for Remote-MTA) and its reply
+    # (``550 5.1.1 ...``, for Diagnostic-Code).
+    remote_mta: str | None = None
+    diagnostic: str | None = None
 
 
 # Builds the notices (DSNs) for recipients bounced in one transaction; they are enqueued in

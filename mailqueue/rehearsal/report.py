@@ -3,7 +3,16 @@
 Lost and duplicated mail is counted from the Maildirs themselves, not from the queue's
 own bookkeeping: every file is read for its ``X-Rehearsal-Id`` and ``Delivered-To``, and
 each recipient the server acknowledged with 250 must be there exactly once (or bounced, or
-deleted by an operator).
+deleted by an operator). A remote store's mail is read in the Maildirs its servers write
+(its ``verify_path``), counting only this run's copies (by ``X-Mailqueue-Id``); a copy with
+no ``Delivered-To`` belongs to the mailbox it lies in. A remote store without a
+``verify_path`` cannot be checked: its deliveries are counted from the queue and named
+apart (``unchecked``).
+
+For remote stores the report also shows what their servers answered over time
+(``backend.csv``, and a line per store in the figures): deliveries accepted, deferred by
+reply code (``no reply`` for a refused or dropped connection or a timeout, ``node`` for a
+node's fault), bounced by reply code.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import csv
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,26 +35,44 @@ HEADERS_MAX = 8192
 LATE_WARNING = 1.0  # real seconds an event may run behind before the report warns
 
 
-def scan_maildirs(root: Path) -> Counter[tuple[int, str]]:
+def scan_maildirs(root: Path, queue_ids: Collection[str] | None = None
+                  ) -> Counter[tuple[int, str]]:
     """How many files each (rehearsal id, recipient) has in the Maildirs under ``root``:
-    each file counted once, also one a reader moves during the scan (blocking)."""
-    return Counter(key for _, key in read_files(root, _identify_file))
+    each file counted once, also one a reader moves during the scan (blocking). With
+    ``queue_ids`` (a mailbox server's Maildirs, which hold other mail too) only copies of
+    those messages count, and a copy without ``Delivered-To`` is its mailbox's,
+    ``{root}/{domain}/{local}``."""
+    found: Counter[tuple[int, str]] = Counter()
+    for path, (seq, rcpt, queue_id) in read_files(root, _identify_file):
+        if queue_ids is not None:
+            if queue_id not in queue_ids:
+                continue
+            rcpt = rcpt or _mailbox_of(path, root)
+        found[seq, rcpt] += 1
+    return found
 
 
-def _identify_file(path: Path) -> tuple[int, str]:
+def _mailbox_of(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).parts
+    return f"{parts[1]}@{parts[0]}".lower() if len(parts) >= 4 else ""
+
+
+def _identify_file(path: Path) -> tuple[int, str, str]:
     with open(path, "rb") as handle:
         return _identify(handle.read(HEADERS_MAX).split(b"\n\n", 1)[0])
 
 
-def _identify(head: bytes) -> tuple[int, str]:
-    seq, rcpt = -1, ""
+def _identify(head: bytes) -> tuple[int, str, str]:
+    seq, rcpt, queue_id = -1, "", ""
     for line in head.decode("utf-8", "replace").splitlines():
         name, _, value = line.partition(":")
         if name.lower() == "x-rehearsal-id":
             seq = int(value.strip() or -1)
-        elif name.lower() == "delivered-to":
-            rcpt = value.strip().lower()
-    return seq, rcpt
+        elif name.lower() == "delivered-to" and not rcpt:
+            rcpt = value.strip().strip("<>").lower()
+        elif name.lower() == "x-mailqueue-id" and not queue_id:
+            queue_id = value.strip()
+    return seq, rcpt, queue_id
 
 
 def percentile(values: Sequence[float], share: float) -> float | None:
@@ -62,6 +89,13 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
     accepted = sender.accepted if sender else []
     expected = {(a.seq, r.lower()) for a in accepted for r in a.recipients}
     by_queue_id = {a.queue_id: a.seq for a in accepted}
+    # A remote store without a verify_path: its mailboxes cannot be read here.
+    unreadable = {s.name for s in obs.config.stores if s.mailbox_root is None}
+    unchecked = {(by_queue_id.get(o.queue_id, -1), o.address.lower()) for o in obs.outcomes
+                 if o.store in unreadable}
+    unchecked_delivered = sum(1 for o in obs.outcomes if o.store in unreadable and
+                              o.state is RecipientState.DELIVERED)
+    expected -= unchecked
     bounced = {(by_queue_id.get(o.queue_id, -1), o.address.lower()): o for o in obs.outcomes
                if o.state is RecipientState.BOUNCED}
     deleted = {(by_queue_id.get(o.queue_id, -1), o.address.lower()) for o in obs.outcomes
@@ -86,7 +120,8 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
         "accepted_recipients": len(expected),
         "refused_messages": len(sender.refused) if sender else 0,
         "tempfail_replies": sender.tempfailed if sender else 0,
-        "delivered": len(in_mailbox),
+        "delivered": len(in_mailbox) + unchecked_delivered,
+        "unchecked": unchecked_delivered,
         "bounced": len(bounced),
         "expired": sum(1 for o in bounced.values() if "expired" in (o.last_error or "")),
         "deleted": len(deleted),
@@ -104,8 +139,48 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
         "delay_p50_seconds": _round(percentile(delays, 0.50)),
         "delay_p95_seconds": _round(percentile(delays, 0.95)),
         "delay_max_seconds": _round(max(delays) if delays else None),
-        "warnings": _warnings(obs, drain),
+        "warnings": _warnings(obs, drain) + [
+            f"store {name!r} has no verify_path: its deliveries are counted from the queue, "
+            "not found in its mailboxes" for name in sorted(unreadable)],
+        "backend": backend_figures(obs),
     }
+
+
+def backend_figures(obs: Observations) -> dict[str, dict[str, Any]]:
+    """Per remote store: deliveries its servers accepted, and deferrals and bounces by
+    reply code, over the whole run."""
+    out: dict[str, dict[str, Any]] = {}
+    for reply in obs.replies:
+        store = out.setdefault(reply.store, {"accepted": 0, "deferred": {}, "bounced": {}})
+        if reply.outcome == "accepted":
+            store["accepted"] += 1
+        else:
+            store[reply.outcome][reply.code] = store[reply.outcome].get(reply.code, 0) + 1
+    return out
+
+
+def backend_rows(obs: Observations) -> list[dict[str, Any]]:
+    """The remote stores' replies per sample interval: one row per interval and store,
+    a column per outcome and code seen in the run."""
+    if not obs.replies:
+        return []
+    interval = obs.scenario.info.sample
+    codes = sorted({(r.outcome, r.code) for r in obs.replies if r.outcome != "accepted"})
+    buckets: dict[tuple[int, str], Counter[tuple[str, str]]] = {}
+    for reply in obs.replies:
+        slot = int((reply.at - obs.scenario.start) // interval)
+        buckets.setdefault((slot, reply.store), Counter())[reply.outcome, reply.code] += 1
+    rows = []
+    for (slot, store), counts in sorted(buckets.items()):
+        at = obs.scenario.start + slot * interval
+        row: dict[str, Any] = {"time": obs.scenario.time(at), "epoch": round(at, 1),
+                               "store": store, "accepted": counts["accepted", "2xx"]}
+        for outcome in ("deferred", "bounced"):
+            row[outcome] = sum(n for (o, _), n in counts.items() if o == outcome)
+        for outcome, code in codes:
+            row[f"{outcome} {code}"] = counts[outcome, code]
+        rows.append(row)
+    return rows
 
 
 def _round(value: float | None) -> float | None:
@@ -189,10 +264,19 @@ def figures_text(figures: dict[str, Any]) -> str:
         ("run", f"{figures['wall_seconds']} s wall at {figures['speed']:g}x, "
                 f"seed {figures['seed']}"),
     ]
+    for store, seen in sorted(figures.get("backend", {}).items()):
+        rows.append((f"{store} replies", _replies_text(seen)))
     text = "\n".join(f"{name:>15}: {value}" for name, value in rows)
     for warning in figures["warnings"]:
         text += f"\n        warning: {warning}"
     return text + "\n"
+
+
+def _replies_text(seen: dict[str, Any]) -> str:
+    def by_code(counts: dict[str, int]) -> str:
+        return ", ".join(f"{code} x{n}" for code, n in sorted(counts.items())) or "0"
+    return (f"accepted {seen['accepted']}   deferred {by_code(seen['deferred'])}   "
+            f"bounced {by_code(seen['bounced'])}")
 
 
 def series_rows(obs: Observations) -> list[dict[str, Any]]:
@@ -224,9 +308,16 @@ def write_report(obs: Observations, out: Path) -> dict[str, Any]:
     from mailqueue.rehearsal.chart import draw_chart
 
     out.mkdir(parents=True, exist_ok=True)
-    figures = compute_figures(obs, scan_maildirs(obs.workdir / "mail"))
+    files = scan_maildirs(obs.workdir / "mail")
+    queue_ids = {a.queue_id for a in (obs.sender.accepted if obs.sender else [])}
+    for root in {s.verify_path for s in obs.config.stores if s.kind != "maildir"} - {None}:
+        assert root is not None
+        files += scan_maildirs(root, queue_ids)
+    figures = compute_figures(obs, files)
     rows = series_rows(obs)
     write_csv(out / "series.csv", rows)
+    if obs.replies:
+        write_csv(out / "backend.csv", backend_rows(obs))
     (out / "timeline.md").write_text(timeline_text(obs), encoding="utf-8")
     (out / "figures.txt").write_text(figures_text(figures), encoding="utf-8")
     draw_chart(obs, rows, out / "queue.png")

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import sys
 import time
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +25,7 @@ from mailqueue.control.nodes import NodeMode, NodeState, node_name
 from mailqueue.control.plane import set_nodes
 from mailqueue.control.windows import Inbound, Window, WindowState
 from mailqueue.errors import MailqueueError
-from mailqueue.queue.values import RecipientOutcome
+from mailqueue.queue.values import Claim, RecipientOutcome, Settlement
 from mailqueue.rehearsal.scenario import Event, Scenario, ScenarioError
 from mailqueue.rehearsal.traffic import TrafficSender, plan_traffic
 from mailqueue.timeparse import format_duration, parse_time
@@ -62,6 +63,18 @@ class Entry:
     late: float = 0.0  # simulated seconds the event was applied after its time
 
 
+@dataclasses.dataclass(frozen=True)
+class BackendReply:
+    """What the server of a remote (LMTP or SMTP) store made of one delivery attempt."""
+
+    at: float
+    store: str
+    outcome: str  # accepted, deferred, bounced
+    # The reply's code ("451", "550"); "no reply" for a refused or dropped connection or a
+    # timeout; "node" for a node's fault (applied before the server is asked); "expired".
+    code: str
+
+
 @dataclasses.dataclass
 class Observations:
     """Everything a rehearsal saw, for the report."""
@@ -75,6 +88,7 @@ class Observations:
     timeline: list[Entry] = dataclasses.field(default_factory=list)
     windows: list[Window] = dataclasses.field(default_factory=list)
     outcomes: list[RecipientOutcome] = dataclasses.field(default_factory=list)
+    replies: list[BackendReply] = dataclasses.field(default_factory=list)
     sender: TrafficSender | None = None
     planned: int = 0
     drained: bool = False
@@ -99,7 +113,9 @@ def build_config(scenario: Scenario, workdir: Path, speed: float) -> Config:
         "delivery": {"poll_interval": 0.2, "reclaim_interval": 1.0, "lease": speed * 60},
         "logging": {"level": "warning"},
         "stores": [{"name": s.name, "path": str(workdir / "mail" / s.name),
-                    "domains": s.domains, "nodes": s.nodes} for s in scenario.file.stores],
+                    "domains": s.domains, "nodes": s.nodes} if s.kind == "maildir"
+                   else s.server_store(Path(scenario.source).absolute().parent)
+                   for s in scenario.file.stores],
         "windows": [w.model_dump() for w in scenario.file.windows],
     }
     for section in ("smtp", "queue", "delivery"):
@@ -133,6 +149,10 @@ class Rehearsal:
         self.obs.planned = len(plan)
         clock = self.clock = ScaledClock(self.scenario.start, self.speed)
         app = self.app = MailqueueApp(self.config, clock=clock, seed=self.seed)
+        remote = {s.name for s in self.config.stores if s.kind != "maildir"}
+        if remote:
+            app.worker.observe(lambda settled, claims, now: self.obs.replies.extend(
+                backend_replies(settled, claims, now, remote)))
         server = asyncio.create_task(app.run(), name="server")
         try:
             await self._until_ready(app, server)
@@ -338,6 +358,31 @@ class Rehearsal:
     def _depth_at(self, at: float) -> int:
         before = [s for s in self.obs.samples if s.at <= at]
         return before[-1].depth if before else 0
+
+
+def backend_replies(settlement: Settlement, claims: Sequence[Claim], now: float,
+                    stores: Collection[str]) -> list[BackendReply]:
+    """The outcomes of one settle for the remote ``stores``, with the server's reply code."""
+    store_of = {c.recipient_id: c.store for c in claims if c.store in stores}
+    found = [BackendReply(now, store_of[rid], "accepted", "2xx")
+             for rid in settlement.delivered if rid in store_of]
+    for rid, _, error in settlement.deferred:
+        if rid in store_of:
+            found.append(BackendReply(now, store_of[rid], "deferred",
+                                      _code(settlement, rid, error)))
+    for rid, reason in settlement.bounced:
+        if rid in store_of:
+            code = "expired" if reason.startswith("expired") else \
+                _code(settlement, rid, reason)
+            found.append(BackendReply(now, store_of[rid], "bounced", code))
+    return found
+
+
+def _code(settlement: Settlement, rid: int, error: str) -> str:
+    reply = settlement.replies.get(rid)
+    if reply is not None:
+        return str(reply.code)
+    return "node" if error.startswith("node ") else "no reply"
 
 
 def last_window_end(obs: Observations) -> float | None:

@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mailqueue.config import (
     ConfigModel,
@@ -20,6 +20,7 @@ from mailqueue.config import (
     Name,
     PositiveDuration,
     Size,
+    StoreKind,
     WindowConfig,
     Zone,
     describe_errors,
@@ -54,12 +55,49 @@ class ScenarioInfo(ConfigModel):
 
 
 class StoreSpec(ConfigModel):
-    """``[[stores]]``: a Maildir store sharded over ``nodes``, with ``users`` mailboxes."""
+    """``[[stores]]``: a store sharded over ``nodes``, with ``users`` mailboxes: Maildirs in
+    the rehearsal's work directory, or (``kind = "lmtp"`` or ``"smtp"``) a staging mailbox
+    tier on ``hosts``, one node per host. The other keys are the server config's."""
 
     name: Name
     domains: list[str] = Field(min_length=1)
     nodes: int = Field(1, ge=1, le=1000)
     users: int = Field(100, ge=1)
+    kind: StoreKind = "maildir"
+    hosts: list[str] | None = None
+    verify_path: str | None = None  # relative to the scenario file's directory
+    connections: int | None = None
+    starttls: Literal["off", "opportunistic", "required"] | None = None
+    tls_verify: bool | None = None
+    tls_ca_file: str | None = None
+    auth_user: str | None = None
+    auth_password: str | None = Field(None, repr=False)
+    helo: str | None = None
+    timeouts: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nodes_from_hosts(cls, data: Any) -> Any:
+        """A remote store has one node per host (the server's config checks the rest)."""
+        if isinstance(data, dict) and data.get("kind") in ("lmtp", "smtp") and \
+                data.get("nodes") is None and isinstance(data.get("hosts"), list) and \
+                data["hosts"]:
+            return {**data, "nodes": len(data["hosts"])}
+        return data
+
+    def server_store(self, base: Path) -> dict[str, Any]:
+        """This store as the server config's ``[[stores]]`` entry, for a remote store
+        (paths relative to ``base``, the scenario file's directory)."""
+        entry: dict[str, Any] = {"name": self.name, "kind": self.kind, "domains": self.domains,
+                                 "nodes": self.nodes}
+        for key in ("hosts", "connections", "starttls", "tls_verify", "auth_user",
+                    "auth_password", "helo", "timeouts"):
+            if (value := getattr(self, key)) is not None:
+                entry[key] = value
+        for key in ("verify_path", "tls_ca_file"):
+            if (value := getattr(self, key)) is not None:
+                entry[key] = str(base / value)
+        return entry
 
 
 class TrafficSpec(ConfigModel):

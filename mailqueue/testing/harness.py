@@ -23,7 +23,7 @@ from mailqueue.mailbox.router import Route, Router
 from mailqueue.queue.values import LedgerRecipient, QueueStats, RecipientState
 from mailqueue.testing.ledger import Ledger
 from mailqueue.testing.options import with_nodes
-from mailqueue.verify.scan import scan_config, scan_root
+from mailqueue.verify.scan import scan_config, scan_root, unchecked_stores
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0
@@ -46,9 +46,15 @@ def read_mailbox(config: Config, address: str) -> list[EmailMessage]:
     route = Router(config.stores).route(address)
     if not isinstance(route, Route):
         raise ValueError(f"{address!r}: no mailbox for it ({route})")
-    box = mailbox_path(config.store(route.store).path, route.address)
-    copies = [c for c in scan_root(route.store, box)
-              if (c.recipient or "").lower() == route.address]
+    root = config.store(route.store).mailbox_root
+    if root is None:
+        raise ValueError(f"{address!r}: store {route.store!r} delivers to remote servers "
+                         "and has no verify_path to read its mailboxes from")
+    box = mailbox_path(root, route.address)
+    # A copy with no Delivered-To (a remote server's, for several recipients at once)
+    # belongs to the mailbox it lies in.
+    copies = [c for c in scan_root(route.store, box) if c.queue_id is not None and
+              (c.recipient is None or c.recipient.lower() == route.address)]
     copies.sort(key=lambda c: (c.queue_id or "", c.path.name))
     out = []
     for copy in copies:
@@ -282,8 +288,13 @@ class AsyncMailqueue:
         """What was accepted, compared with the Maildir files as they are now."""
         entries = await self.app.queue.ledger()
         copies, roots = await asyncio.to_thread(scan_config, self.config)
-        return Ledger(entries, copies, roots)
+        return Ledger(entries, copies, roots, unchecked_stores(self.config))
 
     def maildir_root(self, store: str | None = None) -> Path:
-        """Where a store's (by default the first store's) Maildirs are."""
-        return self.config.store(store or self.config.stores[0].name).path
+        """Where a store's (by default the first store's) Maildirs are: its ``path``, or
+        for a remote store its ``verify_path``."""
+        config = self.config.store(store or self.config.stores[0].name)
+        if config.mailbox_root is None:
+            raise ValueError(f"store {config.name!r} delivers to remote servers and has no "
+                             "verify_path")
+        return config.mailbox_root

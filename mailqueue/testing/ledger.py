@@ -20,9 +20,11 @@ class Ledger:
     each store's root, to check that every copy is in its recipient's mailbox)."""
 
     def __init__(self, entries: Sequence[LedgerEntry], copies: Sequence[DeliveredCopy],
-                 roots: Mapping[str, Path] | None = None) -> None:
+                 roots: Mapping[str, Path] | None = None,
+                 unchecked: Sequence[str] = ()) -> None:
         self.entries: tuple[LedgerEntry, ...] = tuple(entries)
-        self.audit: Audit = audit(entries, copies, roots)
+        # ``unchecked``: stores whose mailboxes cannot be read (remote, no verify_path).
+        self.audit: Audit = audit(entries, copies, roots, unchecked)
 
     def __len__(self) -> int:
         """How many messages were accepted."""

@@ -18,13 +18,16 @@ One Message-ID accepted as several messages for one recipient (a list copy and a
 copy of one post, a client sending again after a timeout) is not an exception: each is an
 accepted message delivered once. Such groups are listed apart, as information
 (:attr:`Audit.same_message_id`); ``verify --strict`` fails on them.
+
+A store whose mailboxes cannot be read here (a remote store without ``verify_path``) is
+*unchecked*: its recipients count in the equation, but no copy is looked for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,7 @@ class Audit:
     deletions: tuple[Finding, ...] = ()
     # One Message-ID accepted as several messages for one recipient: information only.
     same_message_id: tuple[Finding, ...] = ()
+    unchecked: tuple[str, ...] = ()  # stores whose mailboxes could not be read
 
     def of_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]
@@ -109,8 +113,12 @@ class Audit:
         lines = [self.equation()]
         lines += [f"  {store}: delivered {n['delivered']} + bounced {n['bounced']} + deleted "
                   f"{n['deleted']} + still queued {n['queued']}"
+                  + ("  (mailboxes not checked: no verify_path)"
+                     if store in self.unchecked else "")
                   for store, n in sorted(self.by_store.items())]
-        lines.append(f"mailboxes: {self.delivered} delivered copies expected, {self.intact} "
+        expected = self.delivered - sum(n["delivered"] for store, n in self.by_store.items()
+                                        if store in self.unchecked)
+        lines.append(f"mailboxes: {expected} delivered copies expected, {self.intact} "
                      f"found intact")
         sections = [(kind, self.of_kind(kind)) for kind in kinds] + list(extra)
         for title, found in sections:
@@ -138,16 +146,19 @@ class Audit:
                 "bounces": [f.as_dict() for f in self.bounces],
                 "deletions": [f.as_dict() for f in self.deletions],
                 "foreign_files": list(self.foreign_files),
-                "same_message_id": [f.as_dict() for f in self.same_message_id]}
+                "same_message_id": [f.as_dict() for f in self.same_message_id],
+                "unchecked_stores": list(self.unchecked)}
 
 
 def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy],
-          roots: Mapping[str, Path] | None = None) -> Audit:
+          roots: Mapping[str, Path] | None = None,
+          unchecked: Collection[str] = ()) -> Audit:
     """Compare ``ledger`` with the ``copies`` found in the mailboxes.
 
     ``roots`` (store name to root, as the copies' paths were found under them) places each
     recipient's mailbox, so that a copy anywhere else is *misplaced*; without it, where a
-    copy lies is not checked."""
+    copy lies is not checked. The recipients of the ``unchecked`` stores, whose mailboxes
+    could not be read, are counted but not looked for."""
     entries = {e.queue_id: e for e in ledger}
     by_key: dict[tuple[str, str], list[DeliveredCopy]] = defaultdict(list)
     foreign: list[str] = []
@@ -158,7 +169,7 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy],
             by_key[copy.key].append(copy)
     findings: list[Finding] = []
     findings += _unaccounted(ledger)
-    intact = _check_expected(ledger, by_key, findings, roots)
+    intact = _check_expected(ledger, by_key, findings, roots, frozenset(unchecked))
     findings += _unexpected(entries, by_key)
     rows = [(e, r) for e in ledger for r in e.recipients]
     return Audit(
@@ -175,7 +186,8 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy],
         deleted=sum(1 for _, r in rows if r.state is RecipientState.DELETED),
         deletions=tuple(_finding("deleted", e, r, "deleted by an operator")
                         for e, r in rows if r.state is RecipientState.DELETED),
-        same_message_id=tuple(_same_message_id(entries, by_key)))
+        same_message_id=tuple(_same_message_id(entries, by_key)),
+        unchecked=tuple(sorted(unchecked)))
 
 
 def _by_store(rows: Sequence[tuple[LedgerEntry, LedgerRecipient]]) -> dict[str, dict[str, int]]:
@@ -202,13 +214,16 @@ def _unaccounted(ledger: Sequence[LedgerEntry]) -> list[Finding]:
 
 def _check_expected(ledger: Sequence[LedgerEntry],
                     by_key: dict[tuple[str, str], list[DeliveredCopy]],
-                    findings: list[Finding], roots: Mapping[str, Path] | None) -> int:
+                    findings: list[Finding], roots: Mapping[str, Path] | None,
+                    unchecked: frozenset[str]) -> int:
     """Each delivered recipient: one intact copy, in its mailbox. Returns how many were
     intact."""
     intact = 0
     for entry in ledger:
         for rcpt in entry.recipients:
             found = by_key.get((entry.queue_id, rcpt.address.lower()), [])
+            if rcpt.store in unchecked and not found:
+                continue
             if rcpt.state is not RecipientState.DELIVERED and not found:
                 continue
             if rcpt.state is RecipientState.DELIVERED and not found:

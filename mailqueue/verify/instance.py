@@ -8,7 +8,7 @@ from mailqueue.config import Config
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import LedgerEntry
 from mailqueue.verify.audit import Audit, audit
-from mailqueue.verify.scan import scan_config
+from mailqueue.verify.scan import scan_config, unchecked_stores
 
 
 async def read_ledger(url: str) -> list[LedgerEntry]:
@@ -25,4 +25,4 @@ def audit_instance(config: Config) -> Audit:
     """Read the ledger, then the mailboxes (after, so a delivery in between is not missed)."""
     ledger = asyncio.run(read_ledger(config.queue.url))
     copies, roots = scan_config(config)
-    return audit(ledger, copies, roots)
+    return audit(ledger, copies, roots, unchecked_stores(config))

@@ -6,6 +6,13 @@ that: it strips the trace block (``Return-Path``, ``Delivered-To``, ``Received``
 continuation lines, ending at ``X-Mailqueue-Id``) and turns LF back into CRLF, so the
 SHA-256 of the result equals the digest the front end recorded when it said 250.
 
+A copy a remote server wrote (an ``lmtp`` or ``smtp`` store's ``verify_path``) starts with
+the server's own trace fields, then mailqueue's ``Received`` and ``X-Mailqueue-Id``
+(:func:`mailqueue.mailbox.remote.trace_header`); whatever header fields stand before
+``X-Mailqueue-Id`` are the trace block. A server that delivers one message to several
+mailboxes in one transaction writes no ``Delivered-To`` (Dovecot's LMTP does so): the
+copy's recipient is then the mailbox it lies in, ``{root}/{domain}/{local}``.
+
 Only the files are trusted here, never the queue's bookkeeping: every Maildir under a
 store's root is found by walking it, whatever the layout (folders included), and a copy is
 known by its trace, whatever a reader renamed it to. Each Maildir is listed as a repeated
@@ -21,6 +28,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -38,8 +46,8 @@ class ScanError(MailqueueError):
 
 T = TypeVar("T")
 
-_TRACE = (b"return-path:", b"delivered-to:", b"received:", b"x-mailqueue-id:")
-_MAX_TRACE_LINES = 32
+_FIELD = re.compile(rb"^[!-9;-~]+:")  # a header field's name and its colon
+_MAX_TRACE_LINES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +55,7 @@ class Restored:
     """A delivered file taken apart: its queue id, recipient and the original message."""
 
     queue_id: str
-    recipient: str
+    recipient: str | None  # the first Delivered-To; None when the copy has none
     message: bytes  # as received, CRLF line ends
 
 
@@ -69,27 +77,31 @@ class DeliveredCopy:
 
 
 def restore_message(data: bytes) -> Restored | None:
-    """Undo :func:`~mailqueue.mailbox.maildir.render`; None if ``data`` has no trace block."""
-    fields: dict[bytes, str] = {}
+    """Undo :func:`~mailqueue.mailbox.maildir.render` (or a remote server's delivery of
+    what mailqueue sent it); None if ``data`` has no ``X-Mailqueue-Id`` in its trace."""
+    queue_id = recipient = None
     offset = 0
-    for _ in range(_MAX_TRACE_LINES):
+    for count in range(_MAX_TRACE_LINES):
         end = data.find(b"\n", offset)
         if end < 0:
             return None
         line = data[offset:end]
         offset = end + 1
-        if line[:1] in (b" ", b"\t") and fields:
-            continue  # a continuation of Received:
-        name = line.split(b":", 1)[0].lower() + b":"
-        if name not in _TRACE:
+        if line[:1] in (b" ", b"\t") and count:
+            continue  # a continuation line (of Received:)
+        field = _FIELD.match(line)
+        if field is None:
             return None
-        fields[name] = line[len(name):].strip().decode("utf-8", "surrogateescape")
-        if name == b"x-mailqueue-id:":
+        name = field.group(0).lower()
+        value = line[len(name):].strip().decode("utf-8", "surrogateescape")
+        if name == b"delivered-to:" and recipient is None:
+            recipient = value.strip("<>") or None
+        elif name == b"x-mailqueue-id:":
+            queue_id = value
             break
     else:
         return None
-    queue_id, recipient = fields.get(b"x-mailqueue-id:"), fields.get(b"delivered-to:")
-    if not queue_id or not recipient:
+    if not queue_id:
         return None
     return Restored(queue_id, recipient, data[offset:].replace(b"\n", b"\r\n"))
 
@@ -101,6 +113,20 @@ def read_copy(store: str, path: Path) -> DeliveredCopy:
         return DeliveredCopy(store, path, None, None, None)
     return DeliveredCopy(store, path, restored.queue_id, restored.recipient,
                          hashlib.sha256(restored.message).hexdigest())
+
+
+def placed(copy: DeliveredCopy, root: Path) -> DeliveredCopy:
+    """``copy`` with, when it names no recipient, the mailbox it lies in under ``root``
+    as its recipient (``{root}/{domain}/{local}/.../{new,cur}/NAME``)."""
+    if copy.queue_id is None or copy.recipient is not None:
+        return copy
+    try:
+        parts = copy.path.relative_to(root).parts
+    except ValueError:
+        return copy
+    if len(parts) < 4:
+        return copy
+    return dataclasses.replace(copy, recipient=f"{parts[1]}@{parts[0]}")
 
 
 def maildirs(root: Path, skip: Collection[Path] = ()) -> Iterator[Path]:
@@ -177,7 +203,8 @@ def _read(read: Callable[[Path], T], path: Path) -> T:
 
 def scan_root(store: str, root: Path, skip: Collection[Path] = ()) -> list[DeliveredCopy]:
     """Every file in the Maildirs under ``root``, taken apart (blocking)."""
-    return [copy for _, copy in read_files(root, lambda path: read_copy(store, path), skip)]
+    return [placed(copy, root)
+            for _, copy in read_files(root, lambda path: read_copy(store, path), skip)]
 
 
 def store_roots(stores: Mapping[str, Path]) -> dict[str, Path]:
@@ -207,8 +234,15 @@ def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
             for copy in scan_root(store, root, inner)]
 
 
+def unchecked_stores(config: Config) -> list[str]:
+    """The stores whose mailboxes cannot be read here: remote stores without a
+    ``verify_path``."""
+    return [s.name for s in config.stores if s.mailbox_root is None]
+
+
 def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
     """Every file in every configured store's Maildirs, each once, and the store roots they
     were found under (blocking)."""
-    roots = store_roots({s.name: s.path for s in config.stores})
+    roots = store_roots({s.name: root for s in config.stores
+                         if (root := s.mailbox_root) is not None})
     return scan_stores(roots), roots

@@ -158,3 +158,21 @@ def test_file_errors(tmp_path: Path) -> None:
     bad.write_text("[scenario\n")
     with pytest.raises(ScenarioError, match="invalid TOML"):
         load_scenario(bad)
+
+
+def test_a_remote_store_rehearses_on_its_hosts(tmp_path: Path) -> None:
+    from mailqueue.errors import ConfigError
+    from mailqueue.rehearsal.runner import build_config
+
+    remote = {"name": "basic", "domains": ["basic.example"], "kind": "lmtp",
+              "hosts": ["127.0.0.1:2424", "/run/lmtp"], "verify_path": "vmail",
+              "timeouts": {"data_done": "30s"}}
+    loaded = scenario_from_dict(scenario(stores=[remote]), str(tmp_path / "s.toml"))
+    assert loaded.node_counts() == {"basic": 2}  # one node per host
+    [store] = build_config(loaded, tmp_path / "work", 3600).stores
+    assert store.kind == "lmtp" and store.nodes == 2 and store.path is None
+    assert store.verify_path == tmp_path / "vmail"  # relative to the scenario file
+    assert store.timeouts.data_done == 30
+    bad = scenario(stores=[{**remote, "hosts": ["127.0.0.1:0"]}])
+    with pytest.raises(ConfigError, match=r"stores\[0\]: hosts\[0\]: .* the port must be"):
+        build_config(scenario_from_dict(bad, "s.toml"), tmp_path / "work", 3600)
