@@ -231,6 +231,7 @@ async def _broken_handshakes(tmp_path: Path, kind: str) -> None:
         assert (await _send_over_starttls(app.port)).startswith("250 2.0.0")
         assert len(await _stored(app)) == 1  # only the good client's
         await wait_for(lambda: app.gate.open_connections == 0, timeout=10)
+        assert not app.gate.transports  # no connection, plain or TLS, is still held
     assert caught == []
 
 
@@ -353,3 +354,20 @@ async def test_replies_over_tls_leak_nothing(tmp_path: Path) -> None:
             await client.close()
         for reply in client.replies:
             assert not LEAK.search(reply), reply
+
+
+async def test_a_stop_says_421_to_a_tls_session_over_tls(tmp_path: Path) -> None:
+    config = tls_config(tmp_path, shutdown_grace=0.2)
+    client: RawSmtp | None = None
+    async with running(config) as app:
+        client = await RawSmtp.connect(app.port)
+        await client.reply()
+        await client.cmd(b"EHLO client.test\r\n")
+        await client.starttls()
+        assert (await client.cmd(b"EHLO client.test\r\n")).startswith("250")
+        assert len(app.gate.transports) == 1
+    assert client is not None
+    try:
+        assert (await client.reply()).startswith("421 4.3.2 Service shutting down")
+    finally:
+        await client.close()
