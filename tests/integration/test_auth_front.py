@@ -24,7 +24,7 @@ import pytest
 from mailqueue.queue.values import QueueFilter
 from mailqueue.smtp.auth import Authenticator
 from mailqueue.smtp.users import editing
-from tests.helpers import message, running
+from tests.helpers import message, running, wait_for
 from tests.smtpraw import LEAK, RawSmtp
 from tests.tlshelp import PASSWORD, insecure_context, tls_config, write_users
 
@@ -288,3 +288,37 @@ async def test_real_clients_smtplib_and_aiosmtplib_log_in(tmp_path: Path) -> Non
         await client.sendmail("a@src.test", ["carol@exchange.example"], message("three"))
         await client.quit()
         assert await _users_of(app) == ["alice", "alice", "bob@basic.example"]
+
+
+async def test_a_client_that_drops_mid_auth_leaves_nothing_behind(tmp_path: Path) -> None:
+    async with running(tls_config(tmp_path, users=USERS)) as app:
+        client = await _tls_session(app.port)
+        assert (await client.cmd(b"AUTH LOGIN\r\n")).startswith("334")
+        await client.close()  # gone at the user name challenge
+        client = await _tls_session(app.port)
+        await client.send(b"AUTH PLAIN\r\n")
+        await client.close()  # gone before the challenge is even read
+        await wait_for(lambda: app.gate.open_connections == 0, timeout=10)
+        assert not app.gate.transports
+        assert (await _fail(app.port, PASSWORD)).startswith("235")  # and the server serves
+
+
+async def test_hanging_up_while_the_password_is_checked_counts_as_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    check = Authenticator._check
+
+    def slow(self: Authenticator, login: bytes, password: bytes) -> bool:
+        time.sleep(0.5)  # a long hash: the client is gone before it is done
+        return check(self, login, password)
+
+    monkeypatch.setattr(Authenticator, "_check", slow)
+    config = tls_config(tmp_path, users=USERS, auth_max_failures=1)
+    async with running(config) as app:
+        client = await _tls_session(app.port)
+        await client.send(b"AUTH PLAIN " + plain("alice", PASSWORD) + b"\r\n")
+        await asyncio.sleep(0.2)
+        await client.close()
+        assert app.authenticator is not None
+        await wait_for(lambda: app.authenticator is not None and
+                       app.authenticator.locked_out("127.0.0.1"), timeout=5)
+        assert (await _fail(app.port, PASSWORD)).startswith("421 4.7.0")
