@@ -1,6 +1,7 @@
 """The SMTP protocol: aiosmtpd's session with admission control, enhanced status codes,
 DATA read in blocks, a junk-command limit, an idle timeout that counts bytes, STARTTLS
-(aiosmtpd's own) and implicit TLS, and AUTH PLAIN and LOGIN checked off the event loop.
+(through the event loop's ``start_tls``) and implicit TLS, and AUTH PLAIN and LOGIN with
+the passwords checked off the event loop.
 
 Replies are the error model at the edge: temporary trouble answers 4xx, permanent 5xx,
 and no exception text ever reaches a client.
@@ -84,10 +85,6 @@ class Listener:
     implicit_tls: bool = False  # TLS from the first byte (port 465 style)
     require_tls: bool = False  # mail commands before STARTTLS: 530 5.7.0
     auth_required: bool = False  # mail commands before AUTH: 530 5.7.0
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} {self.host}:{self.port}" + (" (TLS)" if self.implicit_tls else "")
 
 
 MAIN_LISTENER = "smtp"
@@ -173,12 +170,11 @@ class MailqueueSMTP(SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
-        before = self._handler_coroutine  # a STARTTLS handshake keeps the session's task
         super().connection_made(transport)
         if self._implicit_tls and self.session is not None:
-            # What aiosmtpd records after STARTTLS: the handler reads the cipher from it.
+            # What a session records after STARTTLS: the handler reads the cipher from it.
             self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
-        if self._handler_coroutine is not before and self._handler_coroutine is not None:
+        if self._handler_coroutine is not None:
             self._handler_coroutine.add_done_callback(self._session_ended)
 
     def _session_ended(self, _task: asyncio.Task[None]) -> None:
@@ -291,9 +287,9 @@ class MailqueueSMTP(SMTP):
             transport = await self.loop.start_tls(
                 plain, self, self.tls_context, server_side=True,  # type: ignore[arg-type]
                 ssl_handshake_timeout=min(self._timeout_duration, HANDSHAKE_TIMEOUT))
-        except (OSError, EOFError, ValueError, RuntimeError) as exc:
-            # ssl.SSLError and the connection errors are OSErrors, a timeout too; aiosmtpd
-            # closes the connection (handle_exception logs it), no reply goes out.
+        except Exception as exc:
+            # A TLS error, the client gone, the handshake timed out: aiosmtpd closes the
+            # connection (handle_exception logs why), and no reply goes out.
             raise TLSSetupException() from exc
         if transport is None:  # the connection closed during the handshake
             raise TLSSetupException()
