@@ -81,7 +81,7 @@ def _user_message(group: BaseExceptionGroup[BaseException]) -> str | None:
         if isinstance(leaf, OSError):
             if leaf.errno == errno.EADDRINUSE:
                 return (f"{leaf.strerror or leaf}; free the port or choose another "
-                        "(serve --port, [smtp] port, [admin] port)")
+                        "(serve --port, [smtp] port, [[smtp.listeners]] port, [admin] port)")
             where = f": {leaf.filename}" if leaf.filename else ""
             return f"{leaf.strerror or leaf}{where}"
     return None
