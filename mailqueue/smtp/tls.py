@@ -52,7 +52,6 @@ class Certificate:
     key_path: Path
     names: tuple[str, ...]  # its DNS names and IP addresses
     not_after: datetime.datetime
-    self_signed: bool
 
 
 def server_context(config: Config) -> tuple[ssl.SSLContext, Certificate] | None:
@@ -69,8 +68,7 @@ def server_context(config: Config) -> tuple[ssl.SSLContext, Certificate] | None:
         assert smtp.tls_cert is not None and smtp.tls_key is not None
         cert_path, key_path = smtp.tls_cert, smtp.tls_key
         cert_key, key_key = "smtp.tls_cert", "smtp.tls_key"
-    certificate = check_pair(cert_path, key_path, cert_key, key_key,
-                             self_signed=smtp.tls == "self-signed")
+    certificate = check_pair(cert_path, key_path, cert_key, key_key)
     if certificate.not_after <= _now():
         log.warning("tls_certificate_expired", cert=str(cert_path),
                     not_after=certificate.not_after.isoformat())
@@ -132,8 +130,7 @@ def _reusable(cert_path: Path, key_path: Path, hostname: str) -> bool:
     if not (cert_path.exists() and key_path.exists()):
         return False
     try:
-        certificate = check_pair(cert_path, key_path, "smtp.tls_dir", "smtp.tls_dir",
-                                 self_signed=True)
+        certificate = check_pair(cert_path, key_path, "smtp.tls_dir", "smtp.tls_dir")
     except ConfigError as exc:
         log.warning("tls_certificate_replaced", cert=str(cert_path), reason=str(exc))
         return False
@@ -193,8 +190,8 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 # --- checking a pair -----------------------------------------------------------------------
 
-def check_pair(cert_path: Path, key_path: Path, cert_key: str, key_key: str,
-               self_signed: bool = False) -> Certificate:
+def check_pair(cert_path: Path, key_path: Path, cert_key: str, key_key: str
+               ) -> Certificate:
     """Read ``cert_path`` and ``key_path`` and check that the key is the certificate's;
     :class:`ConfigError` naming ``cert_key`` or ``key_key`` (the config keys) otherwise."""
     cert_data = _read(cert_path, cert_key, "certificate")
@@ -216,7 +213,7 @@ def check_pair(cert_path: Path, key_path: Path, cert_key: str, key_key: str,
         raise ConfigError(f"{key_key}: {key_path} is not the key of the certificate in "
                           f"{cert_path} ({cert_key})")
     return Certificate(cert_path=cert_path, key_path=key_path, names=_names(certificate),
-                       not_after=certificate.not_valid_after_utc, self_signed=self_signed)
+                       not_after=certificate.not_valid_after_utc)
 
 
 def _read(path: Path, key: str, what: str) -> bytes:
