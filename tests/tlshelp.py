@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
 import ssl
 from pathlib import Path
@@ -76,8 +77,12 @@ def make_cert(directory: Path, hostname: str = "mx.test", days: int = 30,
 
 
 def require_program(name: str, package: str) -> str:
-    """The path of ``name``; skip the test (naming the package) if it is not installed."""
+    """The path of ``name``; skip the test (naming the package) if it is not installed —
+    in CI (``CI`` set), fail."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (apt-get install {package}; .ci/run does)")
+        reason = f"{name} is not installed (apt-get install {package}; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must run these tests)", pytrace=False)
+        pytest.skip(reason)
     return path
