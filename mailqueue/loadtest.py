@@ -53,6 +53,8 @@ from typing import Any, NotRequired, TypedDict
 
 import aiosmtplib
 
+from mailqueue import loops
+
 _QUEUED_RE = re.compile(r"queued as ([0-9A-Za-z]+)")
 
 
@@ -571,7 +573,7 @@ def summarize(args: argparse.Namespace, results: Results,
     elapsed = max(1e-9, results.last - results.first)
     report: dict[str, Any] = {
         "mode": "null" if args.null else "durable", "loop": loop,
-        "starttls": args.starttls,
+        "starttls": args.starttls, "client_loop": loops.loop_name(args.client_loop),
         "connections": args.connections, "size": args.size, "recipients": args.recipients,
         "attempted": results.attempted, "accepted": accepted,
         "accept_seconds": round(elapsed, 3), "accept_rate": round(accepted / elapsed, 1),
@@ -742,6 +744,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="spawn the server with storage switched off (the SMTP ceiling)")
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                         help="event loop of the spawned server")
+    parser.add_argument("--client-loop", choices=["auto", "asyncio", "uvloop"],
+                        default="asyncio",
+                        help="event loop of this script's sessions; with --starttls, uvloop "
+                             "keeps their TLS from limiting what is measured")
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--server-pid", type=int, default=None,
@@ -781,6 +787,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--null starts its own server: add --spawn")
     if args.window and args.null:
         parser.error("--window needs a queue: drop --null")
+    if args.client_loop == "uvloop" and not loops.uvloop_available():
+        parser.error("--client-loop uvloop: uvloop is not installed (pip install "
+                     "'mailqueue[fast]')")
     if args.progress is None:
         args.progress = sys.stderr.isatty() and not args.json
     return args
@@ -845,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
             args.baseline_files = count_files(target.stores)
         client_cpus = pin_client(args.cpus, pid if args.spawn else None)
         loop = _server_loop(server) if server else args.loop
-        report = asyncio.run(measure(args, target, loop))
+        report = loops.run(measure(args, target, loop), args.client_loop)
     finally:
         code = server.stop() if server is not None else None
         if workdir is not None and not args.keep:
