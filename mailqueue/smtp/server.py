@@ -273,7 +273,7 @@ class MailqueueSMTP(SMTP):
 
         aiosmtpd's STARTTLS wraps the connection in asyncio's TLS layer, written in Python
         even on uvloop; ``loop.start_tls`` is the public way to do the same, and on uvloop
-        runs its native TLS layer, which costs the event loop far less per message. The
+        runs its native TLS layer, which costs the event loop less per message. The
         session then starts over as RFC 3207 4.2 asks: nothing the client sent before the
         handshake is read, and it says EHLO again."""
         assert self.tls_context is not None and self.transport is not None
