@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 
 import structlog
@@ -39,6 +40,8 @@ from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.store import QueueStore
 from mailqueue.queue.values import NewMessage
 from mailqueue.smtp import Capacity, Gate, MailqueueHandler, start_server
+from mailqueue.smtp.auth import Authenticator
+from mailqueue.smtp.server import listeners
 
 log = structlog.get_logger("mailqueue.app")
 
@@ -95,7 +98,11 @@ class MailqueueApp:
                                  self.control.current, list(config.stores),
                                  self._smtp_listening, nodes=self.control.nodes) \
             if config.admin is not None and config.admin.enabled else None
-        self.smtp_server: asyncio.Server | None = None
+        self.smtp_server: asyncio.Server | None = None  # the [smtp] host:port listener
+        self.smtp_servers: list[asyncio.Server] = []  # it and every [[smtp.listeners]] one
+        self.ports: dict[str, int] = {}  # listener name -> the port it listens on
+        self.tls: ssl.SSLContext | None = None
+        self.authenticator: Authenticator | None = None
         self.control.listen(self.worker.wake)
         self.clock.subscribe(self.worker.wake)
         self.ready = asyncio.Event()
@@ -109,7 +116,7 @@ class MailqueueApp:
     def _smtp_listening(self) -> bool | None:
         if not self.run_smtp:
             return None
-        return self.smtp_server is not None and self.smtp_server.is_serving()
+        return bool(self.smtp_servers) and all(s.is_serving() for s in self.smtp_servers)
 
     def _accepted(self, message: NewMessage) -> None:
         self.metrics.accepted.inc()
@@ -120,6 +127,8 @@ class MailqueueApp:
     async def run(self) -> None:
         if self.run_worker:
             await self._check_stores()
+        if self.run_smtp:
+            await asyncio.to_thread(self._prepare_front_end)
         await self.queue.open()
         try:
             await seed_windows(self.queue, self.config.windows)
@@ -130,6 +139,27 @@ class MailqueueApp:
         finally:
             await self._close_stores()
             await self.queue.close()
+            if self.authenticator is not None:
+                self.authenticator.close()
+
+    def _prepare_front_end(self) -> None:
+        """Load (or make) the TLS certificate and read the users file, before the queue is
+        opened: a config error stops the start with one line naming the key."""
+        smtp = self.config.smtp
+        if smtp.tls != "off":
+            from mailqueue.smtp import tls
+
+            served = tls.server_context(self.config)
+            if served is not None:
+                self.tls, certificate = served
+                log.info("tls_ready", cert=str(certificate.cert_path),
+                         names=",".join(certificate.names),
+                         not_after=certificate.not_after.isoformat())
+        if smtp.users_file is not None:
+            authenticator = Authenticator(smtp.users_file, smtp.auth_max_failures,
+                                          smtp.auth_lockout)
+            authenticator.load()
+            self.authenticator = authenticator
 
     async def _close_stores(self) -> None:
         """Say QUIT on the remote stores' idle connections and stop the stores' threads."""
@@ -175,14 +205,20 @@ class MailqueueApp:
             if self.admin is not None:
                 background.append(group.create_task(self.admin.run(), name="admin"))
                 await self.admin.started.wait()
-            server = await self._start_smtp() if self.run_smtp else None
+            if self.run_smtp:
+                await self._start_smtp()
             self.ready.set()
-            listening = {"port": self.port} if self.run_smtp else {}  # none: worker only
+            listening: dict[str, object] = {"port": self.port} if self.run_smtp else {}
+            if len(self.ports) > 1:
+                listening["listeners"] = ",".join(f"{name}:{port}"
+                                                  for name, port in self.ports.items())
+            if self.run_smtp:
+                listening.update(tls=self.config.smtp.tls, auth=self.authenticator is not None)
             log.info("server_started", **listening, queue=self.queue_url,
                      loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                      stores=",".join(self.mailboxes), worker=self.run_worker)
             await self._stop.wait()
-            await self._drain(server, worker)
+            await self._drain(worker)
             for task in background:
                 task.cancel()
         log.info("server_stopped")
@@ -198,19 +234,27 @@ class MailqueueApp:
     def queue_url(self) -> str:
         return getattr(self.queue, "safe_url", "")
 
-    async def _start_smtp(self) -> asyncio.Server:
+    async def _start_smtp(self) -> None:
+        """Listen on ``[smtp] host:port`` and on every ``[[smtp.listeners]]`` entry."""
         handler = MailqueueHandler(self.config.smtp, Router(self.config.stores),
                                    self.control.current, self.committer, self.capacity,
                                    self.clock, on_accepted=self._accepted,
                                    queue_lost=self.queue.file_lost)
         handler.on_reply = self.metrics.observe_reply
-        server = await start_server(handler, self.gate, self.config.smtp)
-        self.smtp_server = server
-        self.port = int(server.sockets[0].getsockname()[1])
-        return server
+        try:
+            for listener in listeners(self.config.smtp):
+                server = await start_server(handler, self.gate, self.config.smtp, listener,
+                                            self.tls, self.authenticator)
+                self.smtp_servers.append(server)
+                self.ports[listener.name] = int(server.sockets[0].getsockname()[1])
+        except BaseException:
+            for server in self.smtp_servers:  # a port taken: free those already bound
+                server.close()
+            raise
+        self.smtp_server = self.smtp_servers[0]
+        self.port = next(iter(self.ports.values()))
 
-    async def _drain(self, server: asyncio.Server | None,
-                     worker: asyncio.Task[None] | None) -> None:
+    async def _drain(self, worker: asyncio.Task[None] | None) -> None:
         grace = self.config.smtp.shutdown_grace
         log.info("server_stopping", open_connections=self.gate.open_connections,
                  grace=grace)
@@ -219,9 +263,10 @@ class MailqueueApp:
         deadline = time.monotonic() + grace
         while self.gate.open_connections and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        if server is not None:
+        if self.smtp_servers:
             self.gate.close_all()
-            server.close()
+            for server in self.smtp_servers:
+                server.close()
             # The 421s may leave only when the loop next runs (uvloop sends at the end of
             # an iteration): wait for the sessions to be gone before the process may exit.
             closing = time.monotonic() + 1.0

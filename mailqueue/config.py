@@ -127,11 +127,41 @@ def cpu_list(text: str) -> tuple[int, ...] | None:
     return cpus
 
 
+def no_duplicates(what: str, values: list[str]) -> None:
+    """Raise ``ValueError`` naming the first value that occurs twice."""
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}")
+        seen.add(value)
+
+
 class ConfigModel(BaseModel):
     """The base of every config and scenario table: unknown keys are errors; values are
     strict (``port = true`` is not port 1, ``"5"`` is not 5) and numbers finite."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+TlsMode = Literal["off", "files", "self-signed"]
+_TLS_NEEDED = ("needs TLS: set [smtp] tls = \"self-signed\", or tls_cert and tls_key")
+
+
+class ListenerConfig(ConfigModel):
+    """``[[smtp.listeners]]``: a further SMTP listener beside ``[smtp] host:port``, with its
+    own TLS and AUTH policy (a submission port, an implicit-TLS port) and every other
+    ``[smtp]`` setting shared."""
+
+    name: Name = Field(description="The listener's name, in logs (`submission`, `smtps`).")
+    host: str | None = Field(None, description="Address it binds (default: `[smtp] host`).")
+    port: int = Field(ge=0, le=65535, description="Port it binds (0: any free port).")
+    implicit_tls: bool = Field(False, description="TLS from the first byte, as on port 465 "
+                               "(RFC 8314), instead of `STARTTLS`; needs `[smtp] tls`.")
+    require_tls: bool = Field(False, description="Mail commands before `STARTTLS` get "
+                              "`530 5.7.0`; needs `[smtp] tls`.")
+    auth_required: bool = Field(False, description="Mail commands before a successful `AUTH` "
+                                "get `530 5.7.0 Authentication required`; needs "
+                                "`[smtp] users_file`.")
 
 
 class SmtpConfig(ConfigModel):
@@ -156,6 +186,80 @@ class SmtpConfig(ConfigModel):
     shutdown_grace: Duration = Field(10.0, description="How long in-flight sessions and "
                                      "deliveries get at SIGTERM before they are closed "
                                      "(`\"1d\"` waits for practically every session).")
+    tls: TlsMode = Field("off", description="`STARTTLS` on every listener: `\"files\"` "
+                         "serves `tls_cert` and `tls_key` (the default when they are set); "
+                         "`\"self-signed\"` makes a key and a certificate for `hostname` "
+                         "in `tls_dir` on first start and reuses them; `\"off\"`: "
+                         "plain SMTP only.")
+    tls_cert: Annotated[Path, Field(strict=False)] | None = Field(
+        None, description="PEM certificate (its chain after it) for `tls = \"files\"`; "
+        "relative to the config file's directory.")
+    tls_key: Annotated[Path, Field(strict=False)] | None = Field(
+        None, description="PEM private key of `tls_cert`, unencrypted.")
+    tls_dir: Annotated[Path, Field(strict=False)] | None = Field(
+        None, description="Where `tls = \"self-signed\"` keeps `key.pem` (mode 0600) and "
+        "`cert.pem` (default: a `tls` directory beside the SQLite queue file; required "
+        "with PostgreSQL). A certificate that expired or no longer names `hostname` is "
+        "made anew.")
+    require_tls: bool = Field(False, description="On `host:port`: mail commands before "
+                              "`STARTTLS` get `530 5.7.0 Must issue a STARTTLS command "
+                              "first`.")
+    users_file: Annotated[Path, Field(strict=False)] | None = Field(
+        None, description="Users for `AUTH PLAIN` and `AUTH LOGIN`, offered only after TLS: "
+        "`NAME:ARGON2-HASH` lines, written by `mailqueue user add`. Reread when it "
+        "changes. Unset: no AUTH.")
+    auth_required: bool = Field(False, description="On `host:port`: mail commands before a "
+                                "successful `AUTH` get `530 5.7.0 Authentication "
+                                "required`.")
+    auth_max_failures: int = Field(5, ge=1, description="Failed `AUTH` attempts one client "
+                                   "address may make within `auth_lockout`; after that its "
+                                   "`AUTH` gets `421 4.7.0` (and no password is checked) "
+                                   "until the oldest failure is `auth_lockout` old.")
+    auth_lockout: PositiveDuration = Field(300.0, description="The span over which failed "
+                                           "`AUTH` attempts count against "
+                                           "`auth_max_failures`.")
+    listeners: list[ListenerConfig] = Field([], description="Further listeners, each with "
+                                            "its own port and TLS and AUTH policy.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_from_files(cls, data: Any) -> Any:
+        """``tls_cert`` and ``tls_key`` without ``tls``: serve those files."""
+        if isinstance(data, dict) and "tls" not in data and (
+                data.get("tls_cert") is not None or data.get("tls_key") is not None):
+            return {**data, "tls": "files"}
+        return data
+
+    @model_validator(mode="after")
+    def _tls_and_auth_fit(self) -> SmtpConfig:
+        files = self.tls_cert is not None or self.tls_key is not None
+        if self.tls == "files" and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError('tls = "files" needs both tls_cert and tls_key')
+        if self.tls != "files" and files:
+            raise ValueError(f'tls_cert and tls_key are served with tls = "files", '
+                             f'not tls = "{self.tls}"')
+        if self.tls_dir is not None and self.tls != "self-signed":
+            raise ValueError('tls_dir is where tls = "self-signed" keeps its certificate; '
+                             "remove it, or set that")
+        policies = [("", self.require_tls, self.auth_required, False)] + [
+            (f"listeners[{i}].", lst.require_tls, lst.auth_required, lst.implicit_tls)
+            for i, lst in enumerate(self.listeners)]
+        for where, require_tls, auth_required, implicit in policies:
+            for key, on in (("require_tls", require_tls), ("implicit_tls", implicit),
+                            ("auth_required", auth_required)):
+                if on and self.tls == "off":
+                    raise ValueError(f"{where}{key} {_TLS_NEEDED}")
+            if auth_required and self.users_file is None:
+                raise ValueError(f"{where}auth_required needs users_file (AUTH checks "
+                                 "passwords there; mailqueue user add writes it)")
+        if self.users_file is not None and self.tls == "off":
+            raise ValueError(f"users_file: AUTH is offered only after TLS, so it {_TLS_NEEDED}")
+        names = [lst.name for lst in self.listeners]
+        if "smtp" in names:
+            raise ValueError("listener name 'smtp' is the [smtp] host:port listener's; "
+                             "choose another")
+        no_duplicates("listener name", names)
+        return self
 
 
 class RetryConfig(ConfigModel):
@@ -557,15 +661,6 @@ class Config(ConfigModel):
         raise KeyError(name)
 
 
-def no_duplicates(what: str, values: list[str]) -> None:
-    """Raise ``ValueError`` naming the first value that occurs twice."""
-    seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            raise ValueError(f"duplicate {what} {value!r}")
-        seen.add(value)
-
-
 def load_config(path: str | Path | None = None,
                 environ: dict[str, str] | None = None) -> Config:
     """Read, override and validate; raise :class:`ConfigError` naming what to fix.
@@ -630,19 +725,24 @@ def describe_errors(exc: ValidationError) -> str:
 
 def resolve_paths(config: Config, base: Path, from_cwd: set[Key] | frozenset[Key] = frozenset()
                   ) -> Config:
-    """``config`` with its relative paths (the SQLite queue's, each store's) made absolute
-    against ``base``, or against the current directory for the keys in ``from_cwd``."""
+    """``config`` with its relative paths (the SQLite queue's, each store's, the TLS and
+    users files) made absolute against ``base``, or against the current directory for the
+    keys in ``from_cwd``."""
     def root(key: Key) -> Path:
         return Path.cwd() if key in from_cwd else base
 
     queue = config.queue.model_copy(
         update={"url": sqlite_url_against(config.queue.url, root(("queue", "url")))})
+    smtp = config.smtp.model_copy(update={
+        key: _against(path, root(("smtp", key)))
+        for key in ("tls_cert", "tls_key", "tls_dir", "users_file")
+        if (path := getattr(config.smtp, key)) is not None})
     stores = [store.model_copy(update={
                   key: _against(value, root(("stores", i, key)))
                   for key in ("path", "verify_path", "tls_ca_file")
                   if (value := getattr(store, key)) is not None})
               for i, store in enumerate(config.stores)]
-    return config.model_copy(update={"queue": queue, "stores": stores})
+    return config.model_copy(update={"smtp": smtp, "queue": queue, "stores": stores})
 
 
 def _against(path: Path, root: Path) -> Path:

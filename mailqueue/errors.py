@@ -13,6 +13,7 @@ carries a message that says what to fix::
     │   ├── QueueLostError   the queue file is no longer the one at its path (deleted, replaced)
     │   └── SchemaError      the queue database's schema is not at this version's revision
     ├── UnknownQueueIdError  a queue id does not exist
+    ├── UsersError           the users file cannot be read or written, or a user name is invalid
     └── DeliveryError        a mailbox store could not take a message
         ├── TemporaryDeliveryError   retry later (disk full, node down, a 4xx, ...)
         └── PermanentDeliveryError   give up and bounce (a 5xx, ...)
@@ -69,6 +70,11 @@ class SchemaError(QueueError):
 
 class UnknownQueueIdError(MailqueueError):
     """A queue id named by the user does not exist."""
+
+
+class UsersError(MailqueueError):
+    """The users file (``[smtp] users_file``) cannot be read or written, is not a users
+    file, or a user name given is not one it can hold."""
 
 
 @dataclasses.dataclass(frozen=True)

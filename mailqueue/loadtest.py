@@ -13,6 +13,10 @@ Examples::
     # light load against a running server: 20 msg/s for 10 s, one connection
     python scripts/load_test.py -c config/default.toml --rate 20 --duration 10 -C 1
 
+    # the same 10,000 messages with STARTTLS on every connection (a spawned server gets a
+    # self-signed certificate if its config has no TLS)
+    python scripts/load_test.py --spawn -c config/default.toml -n 10000 -C 50 --starttls
+
 Against a running server the script reads the Maildir paths from ``-c`` (and the SMTP port
 unless ``--port``); with ``--spawn`` it runs ``python -m mailqueue serve`` on a copy of the
 config whose queue, Maildirs and port are its own (a temp dir, removed afterwards unless
@@ -34,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,6 +52,8 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 import aiosmtplib
+
+from mailqueue import loops
 
 _QUEUED_RE = re.compile(r"queued as ([0-9A-Za-z]+)")
 
@@ -107,11 +114,22 @@ def dump_toml(data: Mapping[str, object], prefix: str = "") -> str:
     return "\n".join(line for line in lines if line is not None)
 
 
-def spawn_config(source: Path, workdir: Path) -> Path:
-    """A copy of ``source`` with its own queue, Maildirs and a free port, in ``workdir``."""
+def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
+    """A copy of ``source`` with its own queue, Maildirs and a free port, in ``workdir``.
+
+    ``tls``: STARTTLS on, with a self-signed certificate made in ``workdir`` if ``source``
+    has no TLS of its own. Extra listeners are left out (the load goes to one port)."""
     data = tomllib.loads(source.read_text())
-    data.setdefault("smtp", {})["port"] = 0
-    data["smtp"]["host"] = "127.0.0.1"
+    smtp = data.setdefault("smtp", {})
+    smtp["port"] = 0
+    smtp["host"] = "127.0.0.1"
+    smtp.pop("listeners", None)
+    smtp.pop("tls_dir", None)  # a self-signed certificate is made beside the copy's queue
+    for key in ("tls_cert", "tls_key", "users_file"):  # as the source's config reads them
+        if key in smtp:
+            smtp[key] = str(source.absolute().parent / smtp[key])
+    if tls and smtp.get("tls", "files" if "tls_cert" in smtp else "off") == "off":
+        smtp["tls"] = "self-signed"
     data.setdefault("queue", {})["url"] = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
     for store in data.get("stores", []):
         if store.get("kind", "maildir") == "maildir":  # a remote store has no path
@@ -277,6 +295,7 @@ class Plan:
     sender: str
     run_id: str
     per_connection: int
+    starttls: bool = False  # STARTTLS on every connection (the certificate is not verified)
 
 
 @dataclass
@@ -365,6 +384,12 @@ class Sender:
         self.progress = progress
         self._next = 0
         self._t0 = 0.0
+        self._tls: ssl.SSLContext | None = None
+        if plan.starttls:
+            # A rig's certificate is often self-signed: encrypt, do not verify.
+            self._tls = ssl.create_default_context()
+            self._tls.check_hostname = False
+            self._tls.verify_mode = ssl.CERT_NONE
 
     def _take(self) -> int | None:
         plan, seq = self.plan, self._next
@@ -383,8 +408,10 @@ class Sender:
         return self.results
 
     async def _open(self) -> aiosmtplib.SMTP:
+        # start_tls: aiosmtplib would otherwise use STARTTLS wherever the server offers it.
         smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port, timeout=60,
-                               local_hostname="load.test")
+                               local_hostname="load.test", start_tls=self.plan.starttls,
+                               tls_context=self._tls)
         await smtp.connect()
         return smtp
 
@@ -551,6 +578,7 @@ def summarize(args: argparse.Namespace, results: Results,
     elapsed = max(1e-9, results.last - results.first)
     report: dict[str, Any] = {
         "mode": "null" if args.null else "durable", "loop": loop,
+        "starttls": args.starttls, "client_loop": loops.loop_name(args.client_loop),
         "connections": args.connections, "size": args.size, "recipients": args.recipients,
         "attempted": results.attempted, "accepted": accepted,
         "accept_seconds": round(elapsed, 3), "accept_rate": round(accepted / elapsed, 1),
@@ -571,7 +599,8 @@ def print_report(report: dict[str, Any]) -> None:
         return "n/a" if value is None else f"{value}{unit}"
 
     print(f"mode {report['mode']} (loop {report['loop']}), {report['connections']} "
-          f"connections, {report['size']} B x {report['recipients']} rcpt; this script on "
+          f"connections{' with STARTTLS' if report.get('starttls') else ''}, "
+          f"{report['size']} B x {report['recipients']} rcpt; this script on "
           f"CPUs {report.get('client_cpus', 'all')}")
     print(f"accepted  {report['accepted']}/{report['attempted']} in "
           f"{report['accept_seconds']}s: {report['accept_rate']} msg/s; latency p50 "
@@ -654,7 +683,7 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
                 connections=args.connections, size=args.size, recipients=args.recipients,
                 addresses=addresses_for(stores, args.mailboxes, args.domain),
                 sender="loader@load.test", run_id=uuid.uuid4().hex[:12],
-                per_connection=args.per_connection)
+                per_connection=args.per_connection, starttls=args.starttls)
     progress = Progress(plan.messages, not args.null) if args.progress else None
     ticker = asyncio.create_task(progress.run()) if progress is not None else None
     window = f"load-{plan.run_id}" if args.window else None
@@ -720,6 +749,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="spawn the server with storage switched off (the SMTP ceiling)")
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                         help="event loop of the spawned server")
+    parser.add_argument("--client-loop", choices=["auto", "asyncio", "uvloop"],
+                        default="asyncio",
+                        help="event loop of this script's sessions; with --starttls, uvloop "
+                             "keeps their TLS from limiting what is measured")
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--server-pid", type=int, default=None,
@@ -730,6 +763,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-C", "--connections", type=int, default=10)
     parser.add_argument("--per-connection", type=int, default=0,
                         help="messages per connection before reconnecting (0: no limit)")
+    parser.add_argument("--starttls", action="store_true",
+                        help="STARTTLS on every connection, without verifying the "
+                             "certificate; with --spawn, a config without TLS gets a "
+                             "self-signed certificate")
     parser.add_argument("-s", "--size", type=int, default=4096, help="message size, bytes")
     parser.add_argument("-R", "--recipients", type=int, default=1, help="per message")
     parser.add_argument("--mailboxes", type=int, default=1000,
@@ -755,6 +792,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--null starts its own server: add --spawn")
     if args.window and args.null:
         parser.error("--window needs a queue: drop --null")
+    if args.client_loop == "uvloop" and not loops.uvloop_available():
+        parser.error("--client-loop uvloop: uvloop is not installed (pip install "
+                     "'mailqueue[fast]')")
     if args.progress is None:
         args.progress = sys.stderr.isatty() and not args.json
     return args
@@ -807,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     server: Server | None = None
     try:
         if workdir is not None:
-            config = spawn_config(args.config, workdir)
+            config = spawn_config(args.config, workdir, tls=args.starttls)
             server = Server(config, workdir, args.null, args.loop)
             port = server.start()
             assert server.proc is not None
@@ -819,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
             args.baseline_files = count_files(target.stores)
         client_cpus = pin_client(args.cpus, pid if args.spawn else None)
         loop = _server_loop(server) if server else args.loop
-        report = asyncio.run(measure(args, target, loop))
+        report = loops.run(measure(args, target, loop), args.client_loop)
     finally:
         code = server.stop() if server is not None else None
         if workdir is not None and not args.keep:

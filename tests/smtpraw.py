@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import ssl
 
 # What no reply may carry: exception names, library or driver text, paths, tracebacks.
 LEAK = re.compile(r"Traceback|Exception|[A-Za-z]+Error\b|Error:|errno|[Ss]qlite|SQLAlchemy|"
                   r"aiosmtpd|asyncio|[Pp]ython|File \"|/[a-z_]+/|0x[0-9a-f]{6,}")
+
+
+def insecure_context() -> ssl.SSLContext:
+    """A client context that accepts any certificate (a test server's self-signed one)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class RawSmtp:
@@ -46,6 +55,15 @@ class RawSmtp:
     async def cmd(self, data: bytes, timeout: float = 10.0) -> str:
         await self.send(data)
         return await self.reply(timeout)
+
+    async def starttls(self, context: ssl.SSLContext | None = None,
+                       server_hostname: str | None = None, timeout: float = 10.0) -> None:
+        """Send ``STARTTLS``, expect ``220``, and run the TLS handshake (by default without
+        verifying the server's certificate)."""
+        reply = await self.cmd(b"STARTTLS\r\n", timeout)
+        assert reply.startswith("220"), reply
+        await asyncio.wait_for(self.writer.start_tls(context or insecure_context(),
+                                                     server_hostname=server_hostname), timeout)
 
     async def closed(self, timeout: float = 5.0) -> bool:
         """True once the server has closed the connection (reads to EOF)."""

@@ -46,9 +46,10 @@ def _section(heading: str, field: FieldInfo, model: type[BaseModel]) -> list[str
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     nested: list[tuple[str, FieldInfo, type[BaseModel]]] = []
     for name, sub_field in model.model_fields.items():
-        sub, _ = _model_of(sub_field.annotation)
+        sub, is_list = _model_of(sub_field.annotation)
         if sub is not None:
-            nested.append((name, sub_field, sub))
+            key = f"{heading.strip('[]')}.{name}"
+            nested.append((f"[[{key}]]" if is_list else f"[{key}]", sub_field, sub))
             continue
         if not sub_field.description:
             raise ValueError(f"config key {heading} {name} has no description "
@@ -56,9 +57,8 @@ def _section(heading: str, field: FieldInfo, model: type[BaseModel]) -> list[str
         rows.append(f"| `{name}` | {_type(sub_field)} | {_default(sub_field)} | "
                     f"{' '.join(sub_field.description.split())} |")
     out += [*rows, ""]
-    for name, sub_field, sub in nested:
-        # A table inside each [[stores]] entry is written [stores.timeouts] in TOML.
-        out += _section(f"[{heading.strip('[]')}.{name}]", sub_field, sub)
+    for sub_heading, sub_field, sub in nested:
+        out += _section(sub_heading, sub_field, sub)
     return out
 
 

@@ -12,7 +12,7 @@ import sys
 import click
 
 from mailqueue import __version__
-from mailqueue.cli import db, node, queue, rehearse, serve, stats, verify, window
+from mailqueue.cli import db, node, queue, rehearse, serve, stats, user, verify, window
 from mailqueue.errors import MailqueueError
 
 
@@ -26,7 +26,7 @@ def cli() -> None:
 # (``mailqueue --help`` lists them sorted by name).
 COMMANDS: tuple[click.Command, ...] = (
     serve.serve, window.window, stats.stats, queue.queue, verify.verify, rehearse.rehearse,
-    node.node, db.db,
+    node.node, db.db, user.user,
 )
 for command in COMMANDS:
     cli.add_command(command)
@@ -81,7 +81,7 @@ def _user_message(group: BaseExceptionGroup[BaseException]) -> str | None:
         if isinstance(leaf, OSError):
             if leaf.errno == errno.EADDRINUSE:
                 return (f"{leaf.strerror or leaf}; free the port or choose another "
-                        "(serve --port, [smtp] port, [admin] port)")
+                        "(serve --port, [smtp] port, [[smtp.listeners]] port, [admin] port)")
             where = f": {leaf.filename}" if leaf.filename else ""
             return f"{leaf.strerror or leaf}{where}"
     return None

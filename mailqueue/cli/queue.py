@@ -121,6 +121,7 @@ def message_json(m: MessageView, now: float) -> dict[str, Any]:
         "queue_id": m.queue_id, "arrival_time": format_time(m.received_at),
         "age_seconds": round(now - m.received_at, 3), "size": m.size, "sender": m.mail_from,
         "message_id": m.message_id, "done": m.done_at is not None,
+        "auth_user": m.auth_user, "tls": m.tls,
         "recipients": [{
             "address": r.address, "store": r.store, "state": r.state, "attempts": r.attempts,
             "next_attempt": format_time(r.next_attempt_at)
@@ -203,6 +204,8 @@ def format_detail(detail: MessageDetail, now: float) -> str:
              f"size:        {m.size} bytes",
              f"sender:      <{m.mail_from}>",
              f"client:      {m.helo or '-'} [{m.peer or '-'}]",
+             f"tls:         {m.tls or 'none'}",
+             f"auth:        {m.auth_user or 'none'}",
              f"message-id:  {m.message_id or '-'}",
              f"status:      {status}", "", "recipients:"]
     for r in m.recipients:

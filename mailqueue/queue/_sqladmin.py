@@ -77,6 +77,7 @@ def message_rows(batch: Sequence[NewMessage]) -> list[dict[str, Any]]:
         "queue_id": m.queue_id, "mail_from": m.mail_from, "received_at": m.received_at,
         "size": len(m.body), "message_id": m.message_id, "digest": m.digest,
         "helo": m.helo, "peer": m.peer, "rcpt_count": len(m.recipients), "body": m.body,
+        "auth_user": m.auth_user, "tls": m.tls,
     } for m in batch]
 
 
@@ -437,7 +438,7 @@ async def _note_notices(conn: AsyncConnection, bounced: Sequence[tuple[Any, ...]
 
 _MESSAGE_COLUMNS = (messages.c.queue_id, messages.c.mail_from, messages.c.received_at,
                     messages.c.size, messages.c.message_id, messages.c.helo, messages.c.peer,
-                    messages.c.done_at)
+                    messages.c.done_at, messages.c.auth_user, messages.c.tls)
 
 
 def _message_conditions(query: QueueFilter) -> list[ColumnElement[bool]]:
@@ -481,7 +482,7 @@ def _message_view(row: Any, rcpts: Sequence[RecipientView]) -> MessageView:
     return MessageView(queue_id=row.queue_id, mail_from=row.mail_from,
                        received_at=row.received_at, size=row.size, message_id=row.message_id,
                        helo=row.helo, peer=row.peer, done_at=row.done_at,
-                       recipients=tuple(rcpts))
+                       recipients=tuple(rcpts), auth_user=row.auth_user, tls=row.tls)
 
 
 def _result(changes: Sequence[Change], left: Sequence[Change]) -> ActionResult:

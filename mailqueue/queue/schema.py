@@ -30,6 +30,10 @@ messages = Table(
     Column("helo", Text, nullable=False, server_default=""),
     Column("peer", Text, nullable=False, server_default=""),
     Column("rcpt_count", Integer, nullable=False),
+    # Who sent it: the user an AUTH on its session proved, and the session's TLS protocol
+    # and cipher (both NULL for a plain, anonymous session).
+    Column("auth_user", Text),
+    Column("tls", Text),
     Column("done_at", Double),
     # The raw message as received (CRLF line ends); cleared once every recipient is final.
     Column("body", LargeBinary),

@@ -54,6 +54,8 @@ class NewMessage:
     peer: str = ""
     message_id: str | None = None
     digest: str = ""
+    auth_user: str | None = None  # the user the session authenticated as (AUTH)
+    tls: str | None = None  # the session's TLS protocol and cipher, "TLSv1.3 TLS_AES_..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +206,8 @@ class MessageView:
     peer: str
     done_at: float | None
     recipients: tuple[RecipientView, ...]
+    auth_user: str | None = None
+    tls: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

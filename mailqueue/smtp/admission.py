@@ -73,6 +73,11 @@ class Gate:
         self.transports.add(transport)
         return None
 
+    def replace(self, old: asyncio.BaseTransport, new: asyncio.BaseTransport) -> None:
+        """A session's connection now runs over ``new`` (TLS after STARTTLS)."""
+        self.transports.discard(old)
+        self.transports.add(new)
+
     def release(self, ip: str, transport: asyncio.BaseTransport | None) -> None:
         if transport is not None:
             self.transports.discard(transport)

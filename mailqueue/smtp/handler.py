@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from mailqueue.clock import Clock
 from mailqueue.config import SmtpConfig
@@ -105,6 +105,8 @@ class MailqueueHandler:
             peer=str(session.peer[0]) if session.peer else "",
             message_id=_message_id(body),
             digest=hashlib.sha256(body).hexdigest(),
+            auth_user=str(session.auth_data) if session.authenticated else None,
+            tls=_tls_of(session),
         )
         try:
             await self.committer.submit(message)
@@ -128,6 +130,13 @@ class MailqueueHandler:
         return f"250 2.0.0 Ok: queued as {message.queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # The client's handshake failed (it dropped, spoke no TLS, or refused the
+            # certificate): aiosmtpd closes the connection; no reply goes out.
+            cause = error.__cause__
+            log.info("tls_handshake_failed", error_type=type(cause).__name__,
+                     reason=getattr(cause, "reason", None))
+            return "454 4.7.0 TLS not available due to temporary reason"
         log.error("smtp_session_error", error_type=type(error).__name__)
         return "451 4.3.0 Internal error, try again later"
 
@@ -136,6 +145,17 @@ def _plausible_address(address: str) -> bool:
     return (0 < len(address) <= 254 and address.count("@") >= 1 and
             not _BAD_ADDRESS_CHARS.search(address.rpartition("@")[2]) and
             "\x00" not in address and "\r" not in address and "\n" not in address)
+
+
+def _tls_of(session: Session) -> str | None:
+    """The session's TLS protocol and cipher (``"TLSv1.3 TLS_AES_256_GCM_SHA384"``), as
+    recorded with its messages; None without TLS."""
+    ssl_object = session.ssl.get("ssl_object") if session.ssl else None
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    version = ssl_object.version() or "TLS"
+    return f"{version} {cipher[0]}" if cipher else str(version)
 
 
 def _declared_size(mail_options: list[str]) -> int:

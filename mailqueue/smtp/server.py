@@ -1,5 +1,7 @@
 """The SMTP protocol: aiosmtpd's session with admission control, enhanced status codes,
-DATA read in blocks, a junk-command limit and an idle timeout that counts bytes.
+DATA read in blocks, a junk-command limit, an idle timeout that counts bytes, STARTTLS
+(through the event loop's ``start_tls``) and implicit TLS, and AUTH PLAIN and LOGIN with
+the passwords checked off the event loop.
 
 Replies are the error model at the edge: temporary trouble answers 4xx, permanent 5xx,
 and no exception text ever reaches a client.
@@ -8,15 +10,21 @@ and no exception text ever reaches a client.
 from __future__ import annotations
 
 import asyncio
+import binascii
+import collections
 import re
+import ssl
+from base64 import b64decode, b64encode
+from dataclasses import dataclass
 from typing import Any, AnyStr
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
 
 from mailqueue.config import SmtpConfig
 from mailqueue.smtp import _data
 from mailqueue.smtp.admission import Gate, say
+from mailqueue.smtp.auth import Authenticator, Verdict
 from mailqueue.smtp.handler import MailqueueHandler
 
 log = structlog.get_logger("mailqueue.smtp")
@@ -40,6 +48,8 @@ _REPLY_REWRITES: dict[str, str] = {
     "503 Error: need RCPT command": "503 5.5.1 Need RCPT command",
     "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
     "503 Error: send HELO first": "503 5.5.1 Send HELO/EHLO first",
+    "503 Error: send EHLO first": "503 5.5.1 Send EHLO first",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
     "555 MAIL FROM parameters not recognized or not implemented":
         "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
     "555 RCPT TO parameters not recognized or not implemented":
@@ -54,6 +64,39 @@ _QUEUED = "250 2.0.0 Ok: queued as "
 # aiosmtpd's other "NNN [x.y.z] Error: text" replies: the "Error:" goes, a code is added.
 _LIBRARY_ERROR = re.compile(r"^(\d)(\d\d) (?:(\d\.\d{1,3}\.\d{1,3}) )?Error: (.*)$")
 _UNKNOWN_COMMAND = re.compile(r'^500 Error: command ".*" not recognized$')
+# RFC 4954 4: an AUTH command line, initial response included, may be longer than other
+# commands; the stream's line limit (aiosmtpd's line_length_limit) still bounds it.
+AUTH_LINE_LIMIT = 1000
+HANDSHAKE_TIMEOUT = 60.0  # asyncio's default; the idle timeout, if that is shorter
+MECHANISMS = ("LOGIN", "PLAIN")
+_LOGIN_USER, _LOGIN_PASSWORD = b"Username:", b"Password:"
+_AUTH_OK = "235 2.7.0 Authentication successful"
+_AUTH_BAD = "535 5.7.8 Authentication credentials invalid"
+_AUTH_LOCKED = "421 4.7.0 Too many failed authentication attempts, try again later"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One SMTP listener: where it binds and what it asks of a session."""
+
+    name: str
+    host: str
+    port: int
+    implicit_tls: bool = False  # TLS from the first byte (port 465 style)
+    require_tls: bool = False  # mail commands before STARTTLS: 530 5.7.0
+    auth_required: bool = False  # mail commands before AUTH: 530 5.7.0
+
+
+MAIN_LISTENER = "smtp"
+
+
+def listeners(config: SmtpConfig) -> list[Listener]:
+    """``[smtp] host:port`` (named ``smtp``) and every ``[[smtp.listeners]]`` entry."""
+    return [Listener(MAIN_LISTENER, config.host, config.port,
+                     require_tls=config.require_tls, auth_required=config.auth_required),
+            *(Listener(lst.name, lst.host or config.host, lst.port,
+                       implicit_tls=lst.implicit_tls, require_tls=lst.require_tls,
+                       auth_required=lst.auth_required) for lst in config.listeners)]
 
 
 def rewrite_reply(status: str) -> str:
@@ -82,14 +125,30 @@ def _verbs(cls: type) -> list[str]:
 
 
 class MailqueueSMTP(SMTP):
-    """aiosmtpd's protocol with admission control, enhanced codes and polite timeouts."""
+    """aiosmtpd's protocol with admission control, enhanced codes, polite timeouts, TLS
+    and AUTH."""
 
-    def __init__(self, handler: MailqueueHandler, gate: Gate, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+    def __init__(self, handler: MailqueueHandler, gate: Gate,
+                 listener: Listener | None = None,
+                 authenticator: Authenticator | None = None, **kwargs: Any) -> None:
+        listener = listener or Listener(MAIN_LISTENER, "", 0)
+        super().__init__(handler, require_starttls=listener.require_tls,
+                         auth_required=listener.auth_required, **kwargs)
         self._gate = gate
         self._admitted_ip: str | None = None
         self._junk = 0
         self._idle_deadline = 0.0
+        self._implicit_tls = listener.implicit_tls
+        self._lost = False
+        self._passwords = authenticator
+        # Per session, not aiosmtpd's table shared by every session of the class.
+        self.command_size_limits = collections.defaultdict(
+            lambda: SMTP.command_size_limit, {"AUTH": AUTH_LINE_LIMIT})
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the session runs over TLS (implicit, or after STARTTLS)."""
+        return self._implicit_tls or self._tls_protocol is not None
 
     def __dir__(self) -> list[str]:
         """The SMTP verbs and AUTH mechanisms only: what aiosmtpd's ``__init__`` looks for.
@@ -111,9 +170,11 @@ class MailqueueSMTP(SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
-        before = self._handler_coroutine  # a STARTTLS handshake keeps the session's task
         super().connection_made(transport)
-        if self._handler_coroutine is not before and self._handler_coroutine is not None:
+        if self._implicit_tls and self.session is not None:
+            # What a session records after STARTTLS: the handler reads the cipher from it.
+            self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
+        if self._handler_coroutine is not None:
             self._handler_coroutine.add_done_callback(self._session_ended)
 
     def _session_ended(self, _task: asyncio.Task[None]) -> None:
@@ -131,6 +192,11 @@ class MailqueueSMTP(SMTP):
             self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
+        """Give the connection's slot back and end the session, once (after a failed
+        STARTTLS handshake both aiosmtpd and the TLS layer report the loss)."""
+        if self._lost:
+            return
+        self._lost = True
         if self._admitted_ip is not None:
             self._gate.release(self._admitted_ip, self.transport)
             self._admitted_ip = None
@@ -149,14 +215,223 @@ class MailqueueSMTP(SMTP):
         return address, arg[match.end():].lstrip()
 
     async def push(self, status: AnyStr) -> None:
+        refused = False
         if isinstance(status, str):
             status = rewrite_reply(status)
             if status.startswith(_QUEUED):
                 self._junk = 0
+            # A mail command refused for want of STARTTLS or AUTH moves no mail either.
+            refused = status.startswith("530 ")
             hook = getattr(self.event_handler, "on_reply", None)
             if hook is not None:
                 hook(status)
         await super().push(status)
+        if refused:
+            await self._junk_refused()
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        """aiosmtpd's EHLO, offering STARTTLS before TLS and AUTH only over TLS (also on an
+        implicit-TLS listener, which aiosmtpd does not count as TLS)."""
+        if not hostname:
+            await self.push("501 Syntax: EHLO hostname")
+            return
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        assert self.session is not None
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [self.hostname]
+        if self.data_size_limit:
+            lines.append(f"SIZE {self.data_size_limit}")
+            self.command_size_limits["MAIL"] = self.command_size_limit + 26  # SIZE=n
+        if not self._decode_data:
+            lines.append("8BITMIME")
+        if self.enable_SMTPUTF8:
+            lines.append("SMTPUTF8")
+            self.command_size_limits["MAIL"] += 10
+        if self.tls_context and not self.encrypted:
+            lines.append("STARTTLS")
+        if self._passwords is not None and self.encrypted:
+            lines.append("AUTH " + " ".join(MECHANISMS))
+        lines.append("HELP")
+        await self.push("\r\n".join(f"250-{line}" for line in lines[:-1]) +
+                        f"\r\n250 {lines[-1]}")
+
+    @syntax("STARTTLS")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+        elif self.encrypted:
+            await self.push("503 5.5.1 TLS already active")
+        elif not self.tls_context:
+            await self.push("454 4.7.0 TLS not available")
+        else:
+            await self._start_tls()
+
+    async def _start_tls(self) -> None:
+        """RFC 3207 STARTTLS through the event loop's own ``start_tls``.
+
+        aiosmtpd's STARTTLS wraps the connection in asyncio's TLS layer, written in Python
+        even on uvloop; ``loop.start_tls`` is the public way to do the same, and on uvloop
+        runs its native TLS layer, which costs the event loop less per message. The
+        session then starts over as RFC 3207 4.2 asks: nothing the client sent before the
+        handshake is read, and it says EHLO again."""
+        assert self.tls_context is not None and self.transport is not None
+        await self.push("220 2.0.0 Ready to start TLS")
+        plain = self.transport
+        # What the client sent past the STARTTLS line is plaintext: dropped unread. No await
+        # comes between this and start_tls pausing the reading, and from then on every byte
+        # goes to the TLS layer (a client may send EHLO right behind its handshake).
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        try:
+            transport = await self.loop.start_tls(
+                plain, self, self.tls_context, server_side=True,  # type: ignore[arg-type]
+                ssl_handshake_timeout=min(self._timeout_duration, HANDSHAKE_TIMEOUT))
+        except Exception as exc:
+            # A TLS error, the client gone, the handshake timed out: aiosmtpd closes the
+            # connection (handle_exception logs why), and no reply goes out.
+            raise TLSSetupException() from exc
+        if transport is None:  # the connection closed during the handshake
+            raise TLSSetupException()
+        self._gate.replace(plain, transport)
+        self._original_transport = plain
+        # aiosmtpd's and this session's sign that TLS is on (it is never read otherwise).
+        self._tls_protocol = transport  # type: ignore[assignment]
+        self.transport = transport
+        self._reader._transport = transport  # type: ignore[attr-defined]
+        self._writer._transport = transport  # type: ignore[attr-defined]
+        self._over_ssl = True
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.session = self._create_session()
+        self.session.peer = transport.get_extra_info("peername")
+        self.session.ssl = {"ssl_object": transport.get_extra_info("ssl_object")}
+        self._reset_timeout()
+
+    @syntax("AUTH <mechanism> [initial-response]")
+    async def smtp_AUTH(self, arg: str) -> None:
+        """RFC 4954 AUTH with PLAIN (RFC 4616) and LOGIN, only over TLS; the password is
+        checked on the authenticator's threads, within its failure limit."""
+        if await self._junk_refused() or await self.check_helo_needed("EHLO"):
+            return
+        assert self.session is not None and self.envelope is not None
+        refusal = self._auth_refusal()
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        assert self._passwords is not None
+        words = (arg or "").split()
+        if not 1 <= len(words) <= 2:
+            await self.push("501 5.5.4 Syntax: AUTH mechanism [initial-response]")
+            return
+        mechanism = words[0].upper()
+        if mechanism not in MECHANISMS:
+            await self.push("504 5.5.4 Unrecognized authentication type")
+            return
+        address = self._admitted_ip or "?"
+        if self._passwords.locked_out(address):
+            await self._lock_out(address)
+            return
+        credentials = await (self._plain(words[1:]) if mechanism == "PLAIN"
+                             else self._login(words[1:]))
+        if credentials is None:
+            return  # refused already, with its reason
+        verdict, user = await self._passwords.verify(address, *credentials)
+        if verdict is Verdict.LOCKED_OUT:
+            await self._lock_out(address)
+        elif verdict is Verdict.FAILED:
+            log.info("auth_failed", peer=address, mechanism=mechanism)
+            await self.push(_AUTH_BAD)
+        else:
+            self.session.authenticated = True
+            self.session.auth_data = user  # type: ignore[assignment]  # typed None upstream
+            log.info("auth_succeeded", peer=address, mechanism=mechanism, user=user)
+            await self.push(_AUTH_OK)
+
+    def _auth_refusal(self) -> str | None:
+        """The reply refusing AUTH in this state of the session, if it is refused."""
+        assert self.session is not None and self.envelope is not None
+        if not self.session.extended_smtp:
+            return "503 5.5.1 Send EHLO first"
+        if self._passwords is None:
+            return "503 5.5.1 Authentication not enabled"
+        if not self.encrypted:
+            return "538 5.7.11 Encryption required for requested authentication mechanism"
+        if self.session.authenticated:
+            return "503 5.5.1 Already authenticated"
+        if self.envelope.mail_from is not None:
+            return "503 5.5.1 AUTH not permitted during a mail transaction"
+        return None
+
+    async def _lock_out(self, address: str) -> None:
+        log.warning("auth_locked_out", peer=address)
+        await self.push(_AUTH_LOCKED)
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _plain(self, initial: list[str]) -> tuple[bytes, bytes] | None:
+        """RFC 4616: ``[authzid] NUL authcid NUL password``, in the AUTH line or after an
+        empty challenge. An authorization identity other than the user is refused."""
+        response = await (self._decoded(initial[0]) if initial else self._challenge(b""))
+        if response is None:
+            return None
+        parts = response.split(b"\x00")
+        if len(parts) != 3 or not parts[1]:
+            await self.push("501 5.5.2 Malformed PLAIN response")
+            return None
+        authzid, login, password = parts
+        if authzid and authzid != login:
+            await self.push("535 5.7.8 Authorization identity must be the user")
+            return None
+        return login, password
+
+    async def _login(self, initial: list[str]) -> tuple[bytes, bytes] | None:
+        login = await (self._decoded(initial[0]) if initial else self._challenge(_LOGIN_USER))
+        if login is None:
+            return None
+        password = await self._challenge(_LOGIN_PASSWORD)
+        if password is None:
+            return None
+        return login, password
+
+    async def _challenge(self, challenge: bytes) -> bytes | None:
+        """Send ``334 challenge`` and read the client's answer, decoded; None (with the
+        reply sent, or the connection gone) when there is none to use."""
+        await self.push(b"334 " + b64encode(challenge))
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            await self._skip_line(exc.consumed)
+            await self.push("500 5.5.6 Authentication exchange line is too long")
+            return None
+        except asyncio.IncompleteReadError:
+            if self.transport is not None:
+                self.transport.close()
+            return None
+        self._reset_timeout()
+        answer = line.rstrip(b"\r\n").strip()
+        if answer == b"*":
+            await self.push("501 5.7.0 Authentication cancelled")
+            return None
+        return await self._decoded(answer.decode("ascii", "replace"))
+
+    async def _skip_line(self, consumed: int) -> None:
+        """Read and drop the rest of an over-long line (as aiosmtpd does for commands)."""
+        await self._reader.read(consumed)
+        while True:
+            try:
+                await self._reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await self._reader.read(exc.consumed)
+
+    async def _decoded(self, text: str) -> bytes | None:
+        if text == "=":  # RFC 4954 4: an empty initial response
+            return b""
+        try:
+            return b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Cannot decode base64")
+            return None
 
     async def _junk_refused(self) -> bool:
         """Count a command that moves no mail; past JUNK_LIMIT, answer 421 and close."""
@@ -269,15 +544,23 @@ class MailqueueSMTP(SMTP):
 
 
 async def start_server(handler: MailqueueHandler, gate: Gate, config: SmtpConfig,
-                       ) -> asyncio.Server:
-    """Listen on ``config.host:config.port`` (port 0 picks a free one)."""
+                       listener: Listener | None = None, tls: ssl.SSLContext | None = None,
+                       authenticator: Authenticator | None = None) -> asyncio.Server:
+    """Serve ``listener`` (default: ``config.host:config.port``; port 0 picks a free one).
+
+    ``tls``: the server's TLS context, offered with STARTTLS, or from the first byte on
+    an implicit-TLS listener. ``authenticator``: AUTH is offered over TLS."""
     loop = asyncio.get_running_loop()
+    listener = listener or listeners(config)[0]
+    implicit = tls if listener.implicit_tls else None
 
     def factory() -> MailqueueSMTP:
-        return MailqueueSMTP(handler, gate, data_size_limit=config.max_message_size,
+        return MailqueueSMTP(handler, gate, listener, authenticator,
+                             tls_context=None if implicit else tls,
+                             data_size_limit=config.max_message_size,
                              enable_SMTPUTF8=False, decode_data=False,
                              hostname=config.hostname, ident=IDENT,
                              timeout=config.timeout, loop=loop)
 
-    return await loop.create_server(factory, host=config.host, port=config.port,
-                                    reuse_address=True)
+    return await loop.create_server(factory, host=listener.host, port=listener.port,
+                                    reuse_address=True, ssl=implicit)

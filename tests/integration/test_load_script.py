@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,6 +50,19 @@ def run_script(tmp_path: Path, *args: str, config_text: str = CONFIG) -> dict[st
                          timeout=90, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     return dict(json.loads(out.stdout))
+
+
+def test_starttls_load_against_a_spawned_server(tmp_path: Path) -> None:
+    """--starttls: the spawned copy of a config without TLS gets a self-signed
+    certificate, and every session runs STARTTLS before its mail (a session that could
+    not would count as an error)."""
+    report = run_script(tmp_path, "-n", "30", "-C", "3", "--starttls")
+    assert report["starttls"] is True and report["accepted"] == 30 and report["errors"] == {}
+    assert (report["lost"], report["duplicated"]) == (0, 0)
+    (tmp_path / "w").mkdir()
+    copy = tomllib.loads(load_test.spawn_config(tmp_path / "load.toml", tmp_path / "w",
+                                                tls=True).read_text())
+    assert copy["smtp"]["tls"] == "self-signed" and "tls_dir" not in copy["smtp"]
 
 
 def test_every_message_is_checked_off_after_a_window(tmp_path: Path) -> None:

@@ -97,10 +97,11 @@ def test_cli_refuses_an_unversioned_schema_until_db_upgrade(tmp_path: Path) -> N
     config.write_text(f'[queue]\nurl = "sqlite+aiosqlite:///{database}"\n'
                       f'[[stores]]\nname = "basic"\npath = "{tmp_path / "mail"}"\n'
                       'domains = ["basic.example"]\n')
-    # A queue made by a release before migrations: the tables, no version.
+    # A queue made by a release before migrations: the first revision's tables, no version.
     engine = create_engine(f"sqlite:///{database}")
-    first = [metadata.tables[name] for name in ("messages", "recipients", "windows")]
-    metadata.create_all(engine, tables=first)
+    with engine.begin() as conn:
+        migrate.upgrade(conn, migrate.FIRST_REVISION)
+        conn.execute(text("DROP TABLE alembic_version"))
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO windows VALUES ('w', '', 0, 1, 'ended', 'queue', "
                           "NULL, NULL, NULL)"))
