@@ -113,7 +113,7 @@ def render(claim: Claim, hostname: str) -> bytes:
         f"Return-Path: <{claim.mail_from}>\n"
         f"Delivered-To: {claim.address}\n"
         f"Received: from {claim.helo or 'unknown'} ({peer})\n"
-        f"\tby {hostname} (mailqueue) with ESMTP id {claim.queue_id}\n"
+        f"\tby {hostname} (mailqueue) with {claim.protocol} id {claim.queue_id}\n"
         f"\tfor <{claim.address}>; {stamp}\n"
         f"X-Mailqueue-Id: {claim.queue_id}\n"
     ).encode("utf-8", "surrogateescape")

@@ -81,7 +81,7 @@ def trace_header(claim: Claim, hostname: str, single: bool) -> bytes:
     peer = _printable(claim.peer) or "unknown"
     to = f"\r\n\tfor <{claim.address}>" if single else ""
     return (f"Received: from {helo} ({peer})\r\n"
-            f"\tby {hostname} (mailqueue) with ESMTP id {claim.queue_id}{to};\r\n"
+            f"\tby {hostname} (mailqueue) with {claim.protocol} id {claim.queue_id}{to};\r\n"
             f"\t{stamp}\r\n"
             f"X-Mailqueue-Id: {claim.queue_id}\r\n").encode("utf-8", "surrogateescape")
 

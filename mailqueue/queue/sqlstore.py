@@ -367,7 +367,7 @@ class SqlQueueStore(SqlAdminMixin):
                 select(recipients.c.id, recipients.c.queue_id, recipients.c.address,
                        recipients.c.store, recipients.c.attempts, messages.c.mail_from,
                        messages.c.received_at, messages.c.helo, messages.c.peer,
-                       messages.c.body)
+                       messages.c.body, messages.c.auth_user, messages.c.tls)
                 .join(messages, messages.c.queue_id == recipients.c.queue_id)
                 .where(recipients.c.id.in_(claimed))
                 .order_by(recipients.c.queue_id))
@@ -375,7 +375,8 @@ class SqlQueueStore(SqlAdminMixin):
             return [Claim(recipient_id=r.id, queue_id=r.queue_id, address=r.address,
                           store=r.store, attempts=r.attempts, mail_from=r.mail_from,
                           received_at=r.received_at, helo=r.helo, peer=r.peer,
-                          body=r.body or b"") for r in rows]
+                          body=r.body or b"", auth_user=r.auth_user, tls=r.tls)
+                    for r in rows]
 
     @staticmethod
     async def _within_bytes(conn: AsyncConnection, claimed: list[int],

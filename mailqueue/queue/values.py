@@ -72,6 +72,15 @@ class Claim:
     helo: str
     peer: str
     body: bytes
+    auth_user: str | None = None  # the user the sending session authenticated as
+    tls: str | None = None  # the sending session's TLS protocol and cipher
+
+    @property
+    def protocol(self) -> str:
+        """The ``with`` of the ``Received:`` line its delivery writes (RFC 3848): ESMTP,
+        with ``S`` when the message came over TLS and ``A`` when its sender
+        authenticated."""
+        return f"ESMTP{'S' if self.tls else ''}{'A' if self.auth_user else ''}"
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ PostgreSQL (a database of this session's own; see tests/pg.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,6 +55,19 @@ async def test_enqueue_claim_settle(store: QueueStore) -> None:
     stats = await store.stats()
     assert stats.messages_pending == 0 and stats.recipients["delivered"] == 1
     assert stats.recipients["bounced"] == 1 and await store.capacity() == (0, 0)
+
+
+async def test_a_claim_carries_how_its_message_was_sent(store: QueueStore) -> None:
+    """TLS and AUTH recorded at the front end reach the delivery: its Received: line says
+    ESMTPSA, ESMTPS or ESMTP (RFC 3848)."""
+    tls = "TLSv1.3 TLS_AES_256_GCM_SHA384"
+    sent = [dataclasses.replace(new_message((f"u{i}@b.example", "basic"), now=T0 + i),
+                                auth_user=user, tls=cipher)
+            for i, (user, cipher) in enumerate([("alice", tls), (None, tls), (None, None)])]
+    await store.enqueue(sent)
+    claims = await store.claim(["basic"], 10, "w1", T0 + 10, T0 + 60)
+    assert [(c.auth_user, c.tls, c.protocol) for c in claims] == [
+        ("alice", tls, "ESMTPSA"), (None, tls, "ESMTPS"), (None, None, "ESMTP")]
 
 
 async def test_claim_stops_at_max_bytes_and_returns_the_rest(store: QueueStore) -> None:

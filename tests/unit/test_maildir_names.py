@@ -278,3 +278,10 @@ def test_a_listing_is_empty_without_a_maildir(tmp_path: Path) -> None:
     store = MaildirStore("basic", tmp_path / "file", "mx.test")
     [outcome] = store.deliver([claim(attempts=2)])  # no Maildir can be made there
     assert isinstance(outcome, TemporaryDeliveryError)
+
+
+def test_the_received_line_says_how_the_message_came() -> None:
+    sent = dataclasses.replace(claim(), tls="TLSv1.3 TLS_AES_128_GCM_SHA256", auth_user="alice")
+    assert b") with ESMTPSA id " in render(sent, "mx.test")
+    assert b") with ESMTPS id " in render(dataclasses.replace(sent, auth_user=None), "mx.test")
+    assert b") with ESMTP id " in render(claim(), "mx.test")
