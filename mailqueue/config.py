@@ -84,6 +84,18 @@ def _zone(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_name)]  # a store, window or node name
+
+
+def _host_name(value: str) -> str:
+    if not _DOMAIN_RE.match(value):
+        raise ValueError(f"{value!r} is not a host name (letters, digits, '-' and dots, "
+                         "as in mx.example.com)")
+    return value
+
+
+# The name a server gives itself (greeting, EHLO/LHLO, Received:): it goes on the wire and
+# into headers, so no spaces, line ends or other characters a peer would choke on.
+HostName = Annotated[str, AfterValidator(_host_name)]
 Zone = Annotated[str, AfterValidator(_zone)]  # an IANA time zone
 
 
@@ -170,7 +182,7 @@ class SmtpConfig(ConfigModel):
     host: str = Field("127.0.0.1", description="Address the SMTP listener binds.")
     port: int = Field(2525, ge=0, le=65535,
                       description="Port the SMTP listener binds (0: any free port).")
-    hostname: str = Field("mailqueue.localdomain", description="Name in the greeting, in "
+    hostname: HostName = Field("mailqueue.localdomain", description="Name in the greeting, in "
                           "`Received:` headers and in Maildir file names.")
     max_message_size: Size = Field(10 * 1024 * 1024, description="Advertised `SIZE`; "
                                    "larger messages get `552 5.3.4` (0: no limit).")
@@ -465,7 +477,7 @@ class StoreConfig(ConfigModel):
         "maildir:ROOT/%Ld/%Ln`), where `verify`, the pytest ledger and the admin endpoint "
         "read what was delivered; relative to the config file's directory. Unset: "
         "delivered mail is not checked.")
-    helo: str | None = Field(None, description="`lmtp` and `smtp` stores: the name sent in "
+    helo: HostName | None = Field(None, description="`lmtp` and `smtp` stores: the name sent in "
                              "`LHLO`/`EHLO` (default: `[smtp] hostname`).")
     starttls: Literal["off", "opportunistic", "required"] | None = Field(
         None, description="`lmtp` and `smtp` stores: `opportunistic` uses TLS where the "

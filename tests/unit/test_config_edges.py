@@ -66,6 +66,11 @@ def mq(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> M
     (WINDOW.replace('start = "2030-01-01T00:00:00Z"', 'start = "1960-01-01T00:00:00Z"'),
      "windows[0]: start: time '1960-01-01T00:00:00Z' is out of range"),
     (WINDOW.replace('name = "w"', 'name = "bad name!"'), "windows[0].name: use letters"),
+    # a name that goes on the wire and into headers
+    ("[smtp]\nhostname = \"mx.example.com\\r\\nX-Injected: 1\"\n",
+     "smtp.hostname: 'mx.example.com\\r\\nX-Injected: 1' is not a host name"),
+    ("[smtp]\nhostname = \"mail server\"\n", "smtp.hostname: 'mail server' is not a host name"),
+    ("[smtp]\nhostname = \"\"\n", "smtp.hostname: '' is not a host name"),
 ], ids=lambda v: v.strip().replace("\n", " ")[:60] if "[" in v else "")
 def test_values_that_cannot_work_are_one_line_naming_the_key(
         tmp_path: Path, mq: Mq, text: str, says: str) -> None:
