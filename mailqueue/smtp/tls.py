@@ -18,9 +18,7 @@ import contextlib
 import datetime
 import fcntl
 import ipaddress
-import os
 import ssl
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from mailqueue._files import replace_file
 from mailqueue.config import Config
 from mailqueue.errors import ConfigError
 from mailqueue.sqliteurl import sqlite_path
@@ -165,30 +164,11 @@ def _generate(cert_path: Path, key_path: Path, hostname: str) -> None:
                        critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(key_path, key.private_bytes(serialization.Encoding.PEM,
+    replace_file(key_path, key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()), 0o600)
-    _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    replace_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
 
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new file beside ``path`` with ``mode`` from the start, fsync it,
-    rename it over ``path``."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-# --- checking a pair -----------------------------------------------------------------------
 
 def check_pair(cert_path: Path, key_path: Path, cert_key: str, key_key: str
                ) -> Certificate:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from argon2 import PasswordHasher
 
+from mailqueue._files import replace_file
 from mailqueue.errors import UsersError
 
 # A name is what a client sends as its login: any text but ':', whitespace and controls.
@@ -83,25 +82,8 @@ def format_users(users: dict[str, str]) -> str:
 
 
 def write_users(path: Path, users: dict[str, str]) -> None:
-    """Replace the file at ``path`` with ``users``: a new file of mode 0600 beside it,
-    fsync'd, renamed over it, its directory fsync'd."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(format_users(users))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Replace the file at ``path`` with ``users``, mode 0600, whole or not at all."""
+    replace_file(path, format_users(users).encode("utf-8"), 0o600)
 
 
 @contextlib.contextmanager
