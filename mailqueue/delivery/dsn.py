@@ -27,6 +27,8 @@ from mailqueue.timeparse import format_duration
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _REPLY_STATUS = re.compile(r"^([245])\d\d(?:[ -]([245]\.\d{1,3}\.\d{1,3}))?(?:\s|$)")
+# A reason of mailqueue's own that names its status last: "... needs SMTPUTF8 (5.6.7)".
+_REASON_STATUS = re.compile(r"\((5\.\d{1,3}\.\d{1,3})\)$")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -54,14 +56,17 @@ def original_headers(body: bytes) -> bytes:
 
 def status_for(reason: str, remote_reply: str | None = None) -> str:
     """The enhanced status code for a bounce: 5.4.7 when it expired, else the remote
-    server's own (``550 5.1.1 ...`` gives 5.1.1; a 5xx without one 5.0.0), else 5.0.0."""
+    server's own (``550 5.1.1 ...`` gives 5.1.1; a 5xx without one 5.0.0), else the one a
+    reason of mailqueue's own ends with (``(5.3.4)``: too large for the server), else
+    5.0.0."""
     if reason.startswith("expired"):
         return "5.4.7"
     match = _REPLY_STATUS.match(remote_reply or "")
     if match is not None and match.group(1) == "5":
         status = match.group(2)
         return status if status and status.startswith("5.") else "5.0.0"
-    return "5.0.0"
+    own = _REASON_STATUS.search(reason)
+    return own.group(1) if own is not None else "5.0.0"
 
 
 def one_line(text: str, limit: int = 900) -> str:

@@ -63,6 +63,10 @@ def test_the_status_comes_from_the_remote_reply() -> None:
     assert status_for("lmtp x said: ...", "554 no enhanced code") == "5.0.0"
     assert status_for("expired: in the queue for 5d", "451 4.3.0 busy") == "5.4.7"
     assert status_for("maildir: invalid argument") == "5.0.0"
+    assert status_for("smtp mx:25 takes messages up to 10 bytes; this one has 99 (5.3.4)") \
+        == "5.3.4"
+    assert status_for("lmtp mx:24 does not offer SMTPUTF8, which an address of this "
+                      "message needs (5.6.7)") == "5.6.7"
 
 
 def test_a_reply_describes_itself() -> None:
