@@ -100,6 +100,11 @@ def postfix_tuning(connections: int) -> dict[str, str]:
             "smtp_destination_recipient_limit": "50",
             "in_flow_delay": "0",
             "default_process_limit": "100",
+            # Postfix's own defaults, over the rig's quick retries for tests: held mail
+            # stays in the deferred queue until the flush instead of cycling through the
+            # active queue every second.
+            "queue_run_delay": "300s", "minimal_backoff_time": "300s",
+            "maximal_backoff_time": "4000s",
             "smtpd_reject_unlisted_recipient": "no"}
 
 
