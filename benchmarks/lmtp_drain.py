@@ -5,9 +5,10 @@ Each round runs three, one after the other on the same machine: the queue is fil
 directly through the store with ``--messages`` messages of ``--size`` bytes, one recipient
 each over ``--mailboxes`` mailboxes, then a worker-only server (``serve --role worker``)
 starts on it and drains it, either into Maildirs it writes itself or over LMTP into a
-private Dovecot (the tests' own, ``tests/dovecot.py``: its config, sockets and Maildirs in
-a temporary directory). The third is Dovecot's own ceiling on this machine: the same
-messages handed to the LMTP store in one call, with no queue and no server around it.
+private Dovecot (:mod:`mailqueue.testing.dovecot`, as the tests start it: its config,
+sockets and Maildirs in a temporary directory). The third is Dovecot's own ceiling on this
+machine: the same messages handed to the LMTP store in one call, with no queue and no
+server around it.
 The rate is taken from the delivered files' modification times, first to last, in every
 case; each drain is then checked as ``mailqueue verify`` checks it (each message in its
 mailbox once, intact). Medians over the rounds are printed and written to
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from mailqueue import loadtest
@@ -41,21 +40,11 @@ from mailqueue.mailbox._session import Settings
 from mailqueue.mailbox.remote import RemoteStore
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import Claim, NewMessage, new_queue_id
+from mailqueue.testing.dovecot import Dovecot, dovecot_binary
 from mailqueue.verify.instance import audit_instance
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 DOMAIN = "example.test"
-
-
-def dovecot_module() -> ModuleType:
-    """``tests/dovecot.py``, loaded from its file (the tests are not an installed package)."""
-    spec = importlib.util.spec_from_file_location("mailqueue_test_dovecot",
-                                                  ROOT / "tests" / "dovecot.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def body(size: int) -> bytes:
@@ -105,9 +94,9 @@ domains = ["{DOMAIN}"]
     return path
 
 
-def ceiling(args: argparse.Namespace, dovecot_class: Any) -> dict[str, Any]:
+def ceiling(args: argparse.Namespace) -> dict[str, Any]:
     """The same messages straight into Dovecot through the LMTP store, no queue."""
-    dovecot = dovecot_class()
+    dovecot = Dovecot()
     dovecot.start()
     try:
         data = body(args.size)
@@ -131,12 +120,12 @@ def ceiling(args: argparse.Namespace, dovecot_class: Any) -> dict[str, Any]:
         dovecot.stop()
 
 
-def run(kind: str, args: argparse.Namespace, dovecot_class: Any) -> dict[str, Any]:
+def run(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"mq-lmtp-bench-{kind}-"))
-    dovecot = None
+    dovecot: Dovecot | None = None
     try:
         if kind == "lmtp":
-            dovecot = dovecot_class()
+            dovecot = Dovecot()
             dovecot.start()
             root = dovecot.mail_root
             store = (f'kind = "lmtp"\nhosts = ["{dovecot.lmtp_host}"]\n'
@@ -172,7 +161,7 @@ def run(kind: str, args: argparse.Namespace, dovecot_class: Any) -> dict[str, An
 
 
 def _files(root: Path) -> list[os.DirEntry[str]]:
-    found = []
+    found: list[os.DirEntry[str]] = []
     for domain in os.scandir(root):
         for box in os.scandir(domain.path):
             with os.scandir(os.path.join(box.path, "new")) as entries:
@@ -191,8 +180,7 @@ def main() -> int:
                         help="the LMTP store's connections to Dovecot")
     parser.add_argument("--loop", default="auto")
     args = parser.parse_args()
-    dovecot = dovecot_module()
-    if dovecot.dovecot_binary() is None:
+    if dovecot_binary() is None:
         raise SystemExit("lmtp_drain: Dovecot is not installed (apt-get install dovecot-core "
                          "dovecot-lmtpd)")
     load_before = os.getloadavg()
@@ -200,8 +188,7 @@ def main() -> int:
     kinds = ("maildir", "lmtp", "ceiling")
     for _ in range(args.rounds):
         for kind in kinds:
-            runs.append(ceiling(args, dovecot.Dovecot) if kind == "ceiling"
-                        else run(kind, args, dovecot.Dovecot))
+            runs.append(ceiling(args) if kind == "ceiling" else run(kind, args))
             print(json.dumps(runs[-1]), file=sys.stderr)
     load_after = os.getloadavg()
     medians = {kind: statistics.median(r["drain_rate"] for r in runs if r["kind"] == kind)

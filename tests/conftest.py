@@ -5,8 +5,8 @@ from collections.abc import Iterator
 import pytest
 
 from mailqueue.logs import configure_logging
+from mailqueue.testing.dovecot import Dovecot, require_dovecot
 from tests import pg
-from tests.dovecot import Dovecot
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -48,10 +48,16 @@ def fresh_pg_url() -> Iterator[str]:
         pg.drop_database(name)
 
 
-# --- Dovecot (see tests/dovecot.py) -------------------------------------------------------
+# --- Dovecot (see mailqueue/testing/dovecot.py) ------------------------------------------
 
 @pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
+def dovecot_installed() -> None:
+    """Skips the test, saying what to install, where Dovecot with LMTP is missing."""
+    require_dovecot()
+
+
+@pytest.fixture
+def dovecot(dovecot_installed: None) -> Iterator[Dovecot]:
     """A private Dovecot taking any ``user@domain`` over LMTP, stopped after the test."""
     with Dovecot() as server:
         yield server

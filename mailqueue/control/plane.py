@@ -3,8 +3,11 @@ sees them.
 
 The :class:`ControlPlane` of a running server rereads the windows and the mailbox nodes
 every ``interval`` real seconds (so a change made by the CLI or a test is followed within a
-second), applies the transitions that time alone makes (``scheduled → active → ended``) and
-persists them, and calls its listeners when the set of stores held by a window changes.
+second), and every ``held_interval`` seconds while a window holds a store or a node is not
+up: the end of a window or an outage, made by another process, starts the drain within
+that much (on PostgreSQL a notification does it at once). It applies the transitions
+that time alone makes (``scheduled → active → ended``) and persists them, and calls its
+listeners when the set of stores held by a window changes.
 
 A node that comes back (down → up, say) is treated like a window that ends: the mail its
 outage deferred is made due at once and the listeners are called, so its backlog drains
@@ -77,13 +80,15 @@ class ControlPlane:
     """
 
     def __init__(self, store: ControlState, clock: Clock, stores: Sequence[str],
-                 interval: float = 0.5, nodes: Mapping[str, int] | None = None) -> None:
+                 interval: float = 0.5, nodes: Mapping[str, int] | None = None,
+                 held_interval: float = 0.1) -> None:
         self._store = store
         self._clock = clock
         self._stores = tuple(stores)
         # Each store's number of nodes (one unless given), for placing a mailbox on one.
         self._counts = {name: (nodes or {}).get(name, 1) for name in self._stores}
         self._interval = interval
+        self._held_interval = min(held_interval, interval)
         self._current = WindowSet((), clock.now())
         self._blocked: frozenset[str] = frozenset()
         self._listeners: list[Callable[[], None]] = []
@@ -113,6 +118,14 @@ class ControlPlane:
 
     def blocked(self) -> frozenset[str]:
         return frozenset(self.current().blocked_stores(self._stores))
+
+    def next_read(self) -> float:
+        """Seconds until the next reread: ``held_interval`` while mail waits on a window or
+        a node (its end is worth seeing soon; the worker is idle for those stores
+        meanwhile), else ``interval``."""
+        held = self._blocked or any(node.mode is not NodeMode.UP
+                                    for node in self.nodes().values())
+        return self._held_interval if held else self._interval
 
     def poke(self) -> None:
         """Reread soon (after a local change)."""
@@ -206,4 +219,4 @@ class ControlPlane:
                 log.warning("control_refresh_failed", error=str(exc))
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self._interval)
+                await asyncio.wait_for(self._poke.wait(), self.next_read())

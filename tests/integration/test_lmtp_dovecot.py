@@ -1,8 +1,8 @@
 """Delivery into a real Dovecot over LMTP: the mailbox tier is Dovecot's, not mailqueue's.
 
-Each test starts its own Dovecot (``tests/dovecot.py``) and reads the result back from the
-Maildirs Dovecot wrote and through ``doveadm``. The queue is driven by a manual clock, so
-windows and retries move only when the test says.
+Each test starts its own Dovecot (:mod:`mailqueue.testing.dovecot`) and reads the result
+back from the Maildirs Dovecot wrote and through ``doveadm``. The queue is driven by a
+manual clock, so windows and retries move only when the test says.
 """
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mailqueue.config import Config
 from mailqueue.control.nodes import node_index
 from mailqueue.queue.values import RecipientState
+from mailqueue.testing.dovecot import Dovecot
 from mailqueue.testing.harness import AsyncMailqueue
-from tests.dovecot import Dovecot
 from tests.helpers import all_files, maildir_files, make_config, message, wait_for
+
+pytestmark = pytest.mark.usefixtures("dovecot_installed")
 
 BASIC = "basic.example"
 CAROL = "carol@exchange.example"  # a local sender: bounces come back to her Maildir

@@ -1,8 +1,8 @@
 """A window ended from the CLI drains the queue into a real Dovecot over LMTP.
 
 ``mailqueue serve`` runs in a process of its own with store ``basic`` on the LMTP port of
-a private Dovecot (``tests/dovecot.py``). Mail sent while the window holds the store is
-queued; Dovecot sees nothing. ``mailqueue window end --wait`` ends it and waits for the
+a private Dovecot (:mod:`mailqueue.testing.dovecot`). Mail sent while the window holds
+the store is queued; Dovecot sees nothing. ``mailqueue window end --wait`` ends it and waits for the
 drain; then every message is in its mailbox once, by the files Dovecot wrote and by
 ``doveadm``, and ``mailqueue verify`` (reading the store's ``verify_path``) says OK.
 The default suite drains 200 messages; the drill, 1,000.
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.dovecot import Dovecot
+from mailqueue.testing.dovecot import Dovecot
 from tests.served import free_port, start, wait_listening
+
+pytestmark = pytest.mark.usefixtures("dovecot_installed")
 
 BASIC = "basic.example"
 MAILBOXES = 100

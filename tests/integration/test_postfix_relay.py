@@ -1,6 +1,6 @@
 """A real Postfix edge relaying into mailqueue with TLS required.
 
-Each test runs a private Postfix (``tests/postfix.py``) whose ``relayhost`` is the front
+Each test runs a private Postfix (:mod:`mailqueue.testing.postfix`) whose ``relayhost`` is the front
 end under test: with ``smtp_tls_security_level = encrypt`` the mail arrives over TLS and is
 delivered; with ``secure`` Postfix verifies the self-signed certificate against the name it
 was made for; a front end offering no TLS gets nothing (Postfix keeps the mail) until one
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from mailqueue.queue.values import QueueFilter
+from mailqueue.testing.postfix import Postfix, require_postfix
 from tests.helpers import all_files, make_config, running, wait_for
-from tests.postfix import Postfix, require_postfix
 from tests.tlshelp import PASSWORD, tls_config
 
 pytestmark = pytest.mark.timeout(180)

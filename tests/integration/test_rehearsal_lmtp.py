@@ -14,7 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.dovecot import Dovecot
+import pytest
+
+from mailqueue.testing.dovecot import Dovecot
+
+pytestmark = pytest.mark.usefixtures("dovecot_installed")
 
 USERS = 12
 MISSING = ("user00010@basic.example", "user00011@basic.example")

@@ -1,11 +1,11 @@
-"""A private Postfix for tests: its own configuration, queue and data directories under a
-temporary directory of its own, its own port on 127.0.0.1, started with
+"""A private Postfix for tests and benchmarks: its own configuration, queue and data
+directories under a temporary directory of its own, its own port on 127.0.0.1, started with
 ``postfix -c DIR start`` and always stopped — never the system's ``/etc/postfix``, which
 other work on the machine may be using.
 
 Usage::
 
-    from tests.postfix import Postfix, require_postfix
+    from mailqueue.testing.postfix import Postfix, require_postfix
 
     def test_relay() -> None:
         require_postfix()  # skips, naming what is missing, where Postfix cannot run
@@ -53,8 +53,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-
-import pytest
 
 from mailqueue.loadtest import free_port
 
@@ -127,10 +125,14 @@ def missing() -> str | None:
 
 
 def require_postfix() -> None:
-    """Skip the test, saying why, where Postfix cannot run; in CI (``CI`` set), fail."""
+    """Skip the (pytest) test, saying why, where Postfix cannot run; in CI (``CI`` set),
+    fail. pytest is imported only here, so benchmarks use the rig without it (they ask
+    :func:`missing` first)."""
     reason = missing()
     if reason is None:
         return
+    import pytest
+
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must run the Postfix tests)", pytrace=False)
     pytest.skip(reason)
@@ -201,9 +203,11 @@ class Postfix:
         self.main.update(main)
         self._write_main()
 
-    def reload(self) -> None:
+    def reload(self, settle: float = 0.5) -> None:
+        """``postfix reload``, then ``settle`` seconds for the master to restart its
+        children as they finish (0: return at once, as a benchmark timing it does)."""
         self._postfix("reload")
-        time.sleep(0.5)  # the master restarts its children as they finish
+        time.sleep(settle)
 
     # --- using it ----------------------------------------------------------------------
 

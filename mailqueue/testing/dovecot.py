@@ -1,10 +1,12 @@
-"""A private Dovecot for the tests: its own config, sockets, state, log and Maildirs, all
-under one temporary directory; the system's Dovecot config is never read.
+"""A private Dovecot for tests and benchmarks: its own config, sockets, state, log and
+Maildirs, all under one temporary directory; the system's Dovecot config is never read.
 
 API::
 
+    from mailqueue.testing.dovecot import Dovecot, require_dovecot
+
     dovecot = Dovecot(users=None, unix_socket=True)
-    with dovecot:                  # start() ... stop(); or use the ``dovecot`` fixture
+    with dovecot:                  # start() ... stop()
         dovecot.root               # its directory (removed by stop(), unless keep=True)
         dovecot.lmtp_host          # "127.0.0.1:PORT": an lmtp store's hosts entry
         dovecot.lmtp_socket        # the LMTP unix socket (a Path), when unix_socket
@@ -27,8 +29,10 @@ API::
 - Its directory is a new one under the system's temporary directory (not pytest's
   ``tmp_path``, whose parents only root may enter, and whose length would pass a unix
   socket path's limit), open to the mail user to pass through.
-- :func:`require_dovecot` skips a test, with the reason, where Dovecot is not installed
-  (``.ci/run`` installs ``dovecot-core`` and ``dovecot-lmtpd``).
+- Where Dovecot is not installed, :class:`Dovecot` raises :class:`DovecotMissing`;
+  :func:`require_dovecot` skips a pytest test instead, with the reason (``.ci/run``
+  installs ``dovecot-core`` and ``dovecot-lmtpd``). pytest is imported only there, so
+  benchmarks and scripts use the rig without it.
 
 Starting waits (under a timeout) until the LMTP listener answers; stopping sends SIGTERM,
 then SIGKILL after the timeout. A port taken between choosing and binding it is retried
@@ -50,14 +54,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 from mailqueue.loadtest import free_port
 from mailqueue.mailbox.maildir import list_maildir, mailbox_path
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 MAIL_ID = 5000  # uid and gid of the mail when the tests run as root
+INSTALL_HINT = "apt-get install dovecot-core dovecot-lmtpd"
+
+
+class DovecotMissing(RuntimeError):
+    """Dovecot with its LMTP server is not installed on this machine."""
 
 
 def dovecot_binary() -> str | None:
@@ -69,11 +76,12 @@ def dovecot_binary() -> str | None:
 
 
 def require_dovecot() -> str:
-    """The ``dovecot`` program, or skip the test saying what to install."""
+    """The ``dovecot`` program, or skip the (pytest) test saying what to install."""
     found = dovecot_binary()
     if found is None:
-        pytest.skip("Dovecot with LMTP is not installed (apt-get install dovecot-core "
-                    "dovecot-lmtpd)")
+        import pytest
+
+        pytest.skip(f"Dovecot with LMTP is not installed ({INSTALL_HINT})")
     return found
 
 
@@ -92,7 +100,10 @@ class Dovecot:
     def __init__(self, *, users: Sequence[str] | None = None,
                  protocols: Sequence[str] = ("lmtp",), unix_socket: bool = True,
                  extra: str = "", keep: bool = False) -> None:
-        self.binary = require_dovecot()
+        binary = dovecot_binary()
+        if binary is None:
+            raise DovecotMissing(f"Dovecot with LMTP is not installed ({INSTALL_HINT})")
+        self.binary = binary
         self.root = Path(tempfile.mkdtemp(prefix="mq-dovecot-"))
         self.root.chmod(0o711)
         self.keep = keep
@@ -215,7 +226,7 @@ class Dovecot:
   unix_listener {self.lmtp_socket} {{
     mode = 0666
   }}""" if self.unix_socket else ""
-        return f"""# A private Dovecot for mailqueue's tests.
+        return f"""# A private Dovecot for mailqueue's tests and benchmarks.
 base_dir = {self.root}/run
 state_dir = {self.root}/state
 log_path = {self.log_path}
