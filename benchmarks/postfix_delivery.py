@@ -58,6 +58,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import _docs  # benchmarks/_docs.py: this script's folder is on sys.path
 from lmtp_drain import body, fill
 
 from mailqueue import loadtest
@@ -75,8 +76,7 @@ from mailqueue.verify.instance import audit_instance
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "postfix_delivery.json"
-DOCS = HERE.parent / "docs" / "performance.md"
-DOCS_START, DOCS_END = "<!-- postfix-delivery:start -->", "<!-- postfix-delivery:end -->"
+DOCS_TABLE = "postfix-delivery"  # its table in docs/performance.md
 DOMAIN = "example.test"
 SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "smtp-sink"
 MODES = ("lmtp", "smtp")
@@ -513,14 +513,6 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, load: list[float
     return "\n".join(lines)
 
 
-def write_docs(text: str, path: Path = DOCS) -> None:
-    head, start, rest = path.read_text().partition(DOCS_START)
-    _, end, tail = rest.partition(DOCS_END)
-    if not (start and end):
-        raise SystemExit(f"{path} has no {DOCS_START} ... {DOCS_END} markers")
-    path.write_text(f"{head}{DOCS_START}\n{text}\n{DOCS_END}{tail}")
-
-
 def missing() -> str | None:
     if dovecot_binary() is None:
         return "Dovecot with LMTP is not installed (apt-get install dovecot-core dovecot-lmtpd)"
@@ -565,7 +557,7 @@ def main() -> int:
     text = table(rows, args, [load_before[0], load_after[0]])
     print(text)
     if args.docs:
-        write_docs(text)
+        _docs.write_table(DOCS_TABLE, text)
     return 0
 
 

@@ -30,13 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _docs  # benchmarks/_docs.py: this script's folder is on sys.path
+
 from mailqueue import loadtest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIG = HERE / "bench.toml"
-DOCS = ROOT / "docs" / "performance.md"
-DOCS_START, DOCS_END = "<!-- bench:start -->", "<!-- bench:end -->"
+DOCS_TABLE = "bench"  # its table in docs/performance.md
 # The anchor script sits in a ``shared/bench`` folder beside the checkout (or beside the
 # folder holding it, for a worktree); POSTFIX_ANCHOR names another place.
 ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR") or next(
@@ -239,21 +240,6 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def docs_around(path: Path = DOCS) -> tuple[str, str]:
-    """What stands before the bench start marker in ``path`` and after its end marker."""
-    head, start, rest = path.read_text().partition(DOCS_START)
-    _, end, tail = rest.partition(DOCS_END)
-    if not (start and end):
-        raise SystemExit(f"{path} has no {DOCS_START} ... {DOCS_END} markers")
-    return head, tail
-
-
-def write_docs(text: str, path: Path = DOCS) -> None:
-    """Replace what stands between the bench markers in ``path`` with ``text``."""
-    head, tail = docs_around(path)
-    path.write_text(f"{head}{DOCS_START}\n{text}\n{DOCS_END}{tail}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -272,7 +258,7 @@ def main() -> int:
     args = parser.parse_args()
     args.loops = [loop for loop in args.loops.split(",") if loop]
     if args.docs:
-        docs_around()  # the markers are there, before minutes of measuring
+        _docs.around(DOCS_TABLE)  # the markers are there, before minutes of measuring
     if shutil.which("smtp-source") is None:
         raise SystemExit("smtp-source is missing: run the Postfix anchor once "
                          "(it installs Debian's postfix), or apt-get install postfix")
@@ -286,7 +272,7 @@ def main() -> int:
     text = table(rounds, args)
     print(text)
     if args.docs:
-        write_docs(text)
+        _docs.write_table(DOCS_TABLE, text)
     return 0
 
 

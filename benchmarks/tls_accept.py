@@ -36,6 +36,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import _docs  # benchmarks/_docs.py: this script's folder is on sys.path
+
 from mailqueue import loadtest, loops
 from mailqueue.queue.sqlstore import SqlQueueStore
 
@@ -43,8 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIG = HERE / "bench.toml"
 RESULTS = HERE / "tls_accept.json"
-DOCS = ROOT / "docs" / "performance.md"
-DOCS_START, DOCS_END = "<!-- tls:start -->", "<!-- tls:end -->"
+DOCS_TABLE = "tls"  # its table in docs/performance.md
 MODES = ("plaintext", "starttls")
 
 
@@ -145,14 +146,6 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str, path: Path = DOCS) -> None:
-    head, start, rest = path.read_text().partition(DOCS_START)
-    _, end, tail = rest.partition(DOCS_END)
-    if not (start and end):
-        raise SystemExit(f"{path} has no {DOCS_START} ... {DOCS_END} markers")
-    path.write_text(f"{head}{DOCS_START}\n{text}\n{DOCS_END}{tail}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -210,7 +203,7 @@ def main() -> int:
     text = table(rows, args)
     print(text)
     if args.docs:
-        write_docs(text)
+        _docs.write_table(DOCS_TABLE, text)
     return 0
 
 
