@@ -4,7 +4,8 @@
 For each depth the queue is filled directly through the store (small bodies, one recipient
 each over 1,000 mailboxes), then a worker-only server (``serve --role worker``) starts on it
 and the rate of its first ``--deliveries`` Maildir deliveries is taken from the files'
-modification times; its peak RSS is read when it stops. Writes benchmarks/scale.json.
+modification times; its peak RSS is read when it stops. Writes benchmarks/scale.json, and
+with ``--docs`` its table in docs/performance.md.
 
     python benchmarks/scale.py                               # 10k and 1M, 3 rounds: 2 minutes
     python benchmarks/scale.py --depths 10000,100000 --deliveries 3000
@@ -23,11 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _docs  # benchmarks/_docs.py: this script's folder is on sys.path
+
 from mailqueue import loadtest
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import NewMessage, new_queue_id
 
 HERE = Path(__file__).resolve().parent
+DOCS_TABLE = "scale"  # its table in docs/performance.md
+EN_DASH = "\u2013"  # between the lowest and the highest round, as the docs write ranges
 
 BODY = b"Subject: scale\r\nMessage-ID: <x@scale.test>\r\n\r\n" + b"x" * 150 + b"\r\n"
 
@@ -78,6 +83,23 @@ def measure(depth: int, deliveries: int, loop: str) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def table(results: list[dict[str, Any]], deliveries: int, rounds: int) -> str:
+    """The Markdown table of docs/performance.md for ``results`` (as scale.json holds them)."""
+    first = results[0]["depth"]
+    lines = [f"| queued | drain (first {deliveries:,} deliveries, median of {rounds}) | "
+             f"vs {first:,} queued | server peak RSS | queue file |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in results:
+        rates = [r["drain_rate"] for r in row["rounds"]]
+        spread = f"{min(rates):,.0f}{EN_DASH}{max(rates):,.0f}"
+        lines.append(f"| {row['depth']:,} | {row['drain_rate']:,.0f} deliveries/s ({spread}) | "
+                     f"{row['ratio_to_first']:.2f}x | {row['server_peak_rss_mb']:.0f} MiB | "
+                     f"{row['db_mb']:.0f} MiB |")
+    lines += ["", "`python benchmarks/scale.py --docs`: the queue is filled through the store with "
+              "200-byte messages\nover 1,000 mailboxes, then a worker-only server drains it."]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", default="10000,1000000")
@@ -85,7 +107,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="the depths in turn this many times; medians are reported")
     parser.add_argument("--loop", default="auto")
+    parser.add_argument("--docs", action="store_true",
+                        help="replace the table in docs/performance.md")
     args = parser.parse_args()
+    if args.docs:
+        _docs.around(DOCS_TABLE)  # the markers are there, before minutes of measuring
     depths = [int(d) for d in args.depths.split(",")]
     runs: list[dict[str, Any]] = []
     for _ in range(args.rounds):
@@ -108,6 +134,8 @@ def main() -> int:
               f"({row['ratio_to_first']:.2f}x of {results[0]['depth']:,}; median of "
               f"{args.rounds}), peak RSS {row['server_peak_rss_mb']} MiB, queue file "
               f"{row['db_mb']} MiB")
+    if args.docs:
+        _docs.write_table(DOCS_TABLE, table(results, args.deliveries, args.rounds))
     return 0
 
 
