@@ -1,4 +1,5 @@
-"""The queue curve as a PNG: depth and deliveries over simulated time, windows shaded."""
+"""The queue curve as a PNG: depth and deliveries over simulated time, windows shaded, and,
+where the scenario delivers into mail servers, what they answered."""
 
 from __future__ import annotations
 
@@ -17,29 +18,37 @@ from mailqueue.rehearsal.runner import Observations
 from mailqueue.timeparse import get_zone
 
 
-def draw_chart(obs: Observations, rows: list[dict[str, Any]], path: Path) -> None:
-    """Queue depth (top) and recipients delivered per interval (bottom), events numbered."""
+def draw_chart(obs: Observations, rows: list[dict[str, Any]], path: Path,
+               backend: list[dict[str, Any]] | None = None) -> None:
+    """Queue depth (top) and recipients delivered per interval (below), events numbered;
+    with ``backend`` (the remote stores' replies per interval, as ``backend.csv`` holds
+    them), a third panel of what the mail servers answered: accepted, deferred, bounced."""
     zone = get_zone(obs.scenario.timezone)
     when = [datetime.fromtimestamp(r["epoch"], zone) for r in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6.5), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 2]})
+    ratios = [3, 2, 2] if backend else [3, 2]
+    fig, axes = plt.subplots(len(ratios), 1, figsize=(12, 6.5 + 2.5 * (len(ratios) - 2)),
+                             sharex=True, gridspec_kw={"height_ratios": ratios})
+    top, bottom = axes[0], axes[1]
     top.fill_between(when, [r["queue_depth"] for r in rows], step="post", color="#4c72b0",
                      alpha=0.35, linewidth=0)
     top.step(when, [r["queue_depth"] for r in rows], where="post", color="#4c72b0",
              label="queue depth (messages)")
     width = (obs.scenario.info.sample / 86400) * 0.9
-    bottom.bar(when, [r["delivered_in_interval"] for r in rows], width=width, align="edge",
+    # A sample counts the deliveries since the one before: its bar ends at its time.
+    bottom.bar(when, [r["delivered_in_interval"] for r in rows], width=-width, align="edge",
                color="#55a868", label="delivered per interval (recipients)")
-    for axis in (top, bottom):
+    if backend:
+        _replies(obs, axes[2], backend, zone, width)
+    for axis in axes:
         _windows(obs, axis, zone)
         axis.grid(True, alpha=0.3)
-    _events(obs, top, bottom, zone)
+    _events(obs, top, axes, zone)
     top.set_ylabel("messages queued")
     bottom.set_ylabel(f"delivered / {int(obs.scenario.info.sample // 60)} min")
     top.set_title(f"{obs.scenario.info.name}: queue depth and deliveries "
                   f"({obs.scenario.timezone})", pad=22)
     top.legend(loc="upper left", fontsize=9)
-    bottom.xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
+    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
         "%a %d %b\n%H:%M", tz=zone))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -61,7 +70,30 @@ def _windows(obs: Observations, axis: Any, zone: Any) -> None:
                          linestyle=":", linewidth=1.5, label="planned end")
 
 
-def _events(obs: Observations, top: Any, bottom: Any, zone: Any) -> None:
+def _replies(obs: Observations, axis: Any, backend: list[dict[str, Any]], zone: Any,
+             width: float) -> None:
+    """The mail servers' replies per interval, all remote stores together, stacked:
+    accepted (a 2xx), deferred (a 4xx, no reply, or the node down), bounced (a 5xx)."""
+    totals: dict[float, dict[str, int]] = {}
+    for row in backend:
+        slot = totals.setdefault(row["epoch"], {"accepted": 0, "deferred": 0, "bounced": 0})
+        for outcome in slot:
+            slot[outcome] += int(row[outcome])
+    when = [datetime.fromtimestamp(at, zone) for at in sorted(totals)]
+    below = [0] * len(when)
+    for outcome, colour in (("accepted", "#55a868"), ("deferred", "#dd8452"),
+                            ("bounced", "#c44e52")):
+        values = [totals[at][outcome] for at in sorted(totals)]
+        axis.bar(when, values, width=width, align="edge", bottom=below, color=colour,
+                 label=f"{outcome}")
+        below = [b + v for b, v in zip(below, values, strict=True)]
+    stores = ", ".join(sorted({str(row["store"]) for row in backend}))
+    axis.set_ylabel(f"replies / {int(obs.scenario.info.sample // 60)} min")
+    axis.legend(loc="upper left", fontsize=9, title=f"mail servers of {stores}",
+                title_fontsize=9)
+
+
+def _events(obs: Observations, top: Any, axes: Any, zone: Any) -> None:
     """A numbered dashed line per timeline event (the numbers match the timeline)."""
     events = [e for e in obs.timeline if e.kind in ("event", "problem")]
     above = top.get_xaxis_transform()  # x in data, y in axes fractions
@@ -70,7 +102,7 @@ def _events(obs: Observations, top: Any, bottom: Any, zone: Any) -> None:
         groups.setdefault(entry.at, []).append(number)
     for at_ts, numbers in groups.items():
         at = datetime.fromtimestamp(at_ts, zone)
-        for axis in (top, bottom):
+        for axis in axes:
             axis.axvline(at, color="#555555", linestyle="--", linewidth=0.6, alpha=0.6)
         x = mdates.date2num(at)  # type: ignore[no-untyped-call]
         top.annotate(",".join(map(str, numbers)), (x, 1.0), xycoords=above, xytext=(0, 3),

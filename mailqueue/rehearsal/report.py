@@ -316,11 +316,12 @@ def write_report(obs: Observations, out: Path) -> dict[str, Any]:
     figures = compute_figures(obs, files)
     rows = series_rows(obs)
     write_csv(out / "series.csv", rows)
-    if obs.replies:
-        write_csv(out / "backend.csv", backend_rows(obs))
+    backend = backend_rows(obs)
+    if backend:
+        write_csv(out / "backend.csv", backend)
     (out / "timeline.md").write_text(timeline_text(obs), encoding="utf-8")
     (out / "figures.txt").write_text(figures_text(figures), encoding="utf-8")
-    draw_chart(obs, rows, out / "queue.png")
+    draw_chart(obs, rows, out / "queue.png", backend)
     document = {"figures": figures, "timeline": [
         {"time": obs.scenario.time(e.at), "event": e.text, "queue_depth": e.depth,
          "kind": e.kind, "applied_late_seconds": round(e.late)} for e in obs.timeline]}

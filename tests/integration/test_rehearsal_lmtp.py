@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,6 @@ def test_a_rehearsal_drains_into_dovecot_and_reports_its_replies(tmp_path: Path)
                      "deferred node"} <= set(rows[0])
     assert sum(int(r["accepted"]) for r in rows) == replies["accepted"]
     assert "basic replies: accepted" in result.stdout
+    # The chart gains a third panel, the replies per interval: a taller picture.
+    width, height = struct.unpack(">II", (out / "queue.png").read_bytes()[16:24])
+    assert (width, height) == (12 * 110, 9 * 110)
