@@ -12,9 +12,9 @@ from mailqueue.loadtest import free_port as free_port
 
 
 def write_config(tmp_path: Path, port: int,
-                 stores: dict[str, str] | None = None) -> Path:
+                 stores: dict[str, str] | None = None, extra: str = "") -> Path:
     """``mq.toml`` in ``tmp_path``: SQLite queue, one store per name → domain (Maildirs
-    under ``tmp_path/mail/<name>``)."""
+    under ``tmp_path/mail/<name>``), then ``extra`` (more tables, as TOML)."""
     sections = "".join(f"""
 [[stores]]
 name = "{name}"
@@ -32,7 +32,7 @@ url = "sqlite+aiosqlite:///{tmp_path / 'queue.db'}"
 poll_interval = 0.2
 [logging]
 level = "warning"
-{sections}""")
+{sections}{extra}""")
     return path
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from mailqueue.testing.dovecot import Dovecot
+from tests import served
 from tests.served import free_port, start, wait_listening
 
 pytestmark = pytest.mark.usefixtures("dovecot_installed")
@@ -35,18 +36,7 @@ def write_config(tmp_path: Path, port: int, dovecot: Dovecot) -> Path:
     """Store ``basic`` on Dovecot's LMTP port, inside window ``upgrade`` (planned an hour
     ago, for two days)."""
     now = datetime.now(UTC)
-    path = tmp_path / "mq.toml"
-    path.write_text(f"""
-[smtp]
-port = {port}
-hostname = "mx.test"
-[queue]
-url = "sqlite+aiosqlite:///{tmp_path / 'queue.db'}"
-[delivery]
-poll_interval = 0.2
-[logging]
-level = "warning"
-
+    return served.write_config(tmp_path, port, {"hosted-exchange": "exchange.example"}, f"""
 [[stores]]
 name = "basic"
 kind = "lmtp"
@@ -54,18 +44,12 @@ hosts = ["{dovecot.lmtp_host}"]
 verify_path = "{dovecot.mail_root}"
 domains = ["{BASIC}"]
 
-[[stores]]
-name = "hosted-exchange"
-path = "{tmp_path / 'mail' / 'hosted-exchange'}"
-domains = ["exchange.example"]
-
 [[windows]]
 name = "upgrade"
 stores = ["basic"]
 start = "{(now - timedelta(hours=1)).isoformat(timespec='seconds')}"
 end = "{(now + timedelta(hours=48)).isoformat(timespec='seconds')}"
 """)
-    return path
 
 
 def mailqueue(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
