@@ -1,11 +1,13 @@
 """The admin HTTP endpoint (aiohttp): metrics, health, and mailbox access.
 
 ``/metrics`` (Prometheus text), ``/healthz`` (the process runs), ``/readyz`` (the queue
-answers and SMTP is listening), and ``GET /mailboxes/{address}/messages``: the delivered
+answers and SMTP is listening), ``GET /mailboxes/{address}/messages``: the delivered
 messages of one mailbox as JSON, or ``503`` while the mailbox is closed (one decision, in
 :mod:`mailqueue.access`): with ``Retry-After`` (the window's planned end) while its store is
 inside an active maintenance window, as the upgrade notice promised, and while the node it
-lives on is down. Off unless ``[admin]`` is configured;
+lives on is down; and ``POST /dovecot/policy``: the same decision for an IMAP or POP3
+login, answered in Dovecot's auth-policy protocol (:mod:`mailqueue.access.dovecot`).
+Off unless ``[admin]`` is configured;
 loopback by default; with ``token`` set, every path but the health checks needs
 ``Authorization: Bearer TOKEN``.
 """
@@ -69,6 +71,7 @@ class AdminServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/mailboxes/{address}/messages", self.mailbox_messages)
+        app.router.add_post("/dovecot/policy", self.dovecot_policy)
         return app
 
     async def run(self) -> None:
@@ -146,15 +149,48 @@ class AdminServer:
         return _json(listed or [])
 
 
+    async def dovecot_policy(self, request: web.Request) -> web.Response:
+        """Dovecot's auth-policy request, made after the password was checked: ``status``
+        0 lets the login go on, -1 refuses it with ``msg``, which the client shows (IMAP
+        ``NO [ALERT]``, POP3 ``-ERR [AUTH]``)."""
+        if request.query.get("command") != "allow":
+            return _json({"status": 0})  # a report: nothing to decide
+        try:
+            body = await request.json()
+            login = str(body["login"]).strip().lower()
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": "expected a JSON object with a \"login\""}, 400)
+        verdict = self._login_verdict(login)
+        store, result = verdict[0], verdict[1]
+        self._metrics.logins.labels(store or "", result).inc()
+        log.info("mailbox_login", login=login, protocol=body.get("protocol"),
+                 remote=body.get("remote"), store=store, result=result)
+        if result == "allowed":
+            return _json({"status": 0, "msg": ""})
+        return _json({"status": -1, "msg": verdict[2]})
+
+    def _login_verdict(self, login: str) -> tuple[str | None, str, str]:
+        """(store, result, message) for a login as ``login``."""
+        route = self._router.route(login)
+        if not isinstance(route, Route):
+            return None, "unknown", f"No mailbox here for {login}"
+        closed = mailbox_closed(self._stores[route.store], route.address, self._windows(),
+                                self._nodes())
+        if closed is None:
+            return route.store, "allowed", ""
+        return route.store, closed.kind, closed.reason()
+
+
 def _closed(closed: Closed) -> web.Response:
     """``503`` saying why the mailbox is closed (and, for a window, until when)."""
     if closed.window is not None:
         end = closed.window.end
         return _json({"error": "mailbox maintenance", "window": closed.window.name,
-                      "store": closed.store, "until": format_time(end)}, 503,
+                      "store": closed.store, "until": format_time(end),
+                      "reason": closed.reason()}, 503,
                      {"Retry-After": formatdate(end, usegmt=True)})
-    return _json({"error": "mailbox node down", "store": closed.store, "node": closed.node},
-                 503)
+    return _json({"error": "mailbox node down", "store": closed.store, "node": closed.node,
+                  "reason": closed.reason()}, 503)
 
 
 def list_maildir(box: Path) -> list[dict[str, Any]] | None:

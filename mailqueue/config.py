@@ -432,6 +432,7 @@ class RemoteTimeouts(ConfigModel):
 
 
 StoreKind = Literal["maildir", "lmtp", "smtp"]
+_OWNER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
 _REMOTE_ONLY = ("hosts", "verify_path", "helo", "starttls", "tls_ca_file", "auth_user",
                 "auth_password")
 
@@ -454,6 +455,11 @@ class StoreConfig(ConfigModel):
     mailboxes: list[str] | None = Field(None, description="The local parts that exist "
                                         "(others get `550 5.1.1`); any is accepted when "
                                         "absent.")
+    owner: str | None = Field(None, description="`maildir` stores: the user (and group) the "
+                              "Maildirs and their files belong to, as `vmail`, `vmail:mail`, "
+                              "`5000` or `5000:5000` (mailqueue then runs as root, or as "
+                              "that user): the mail user a Dovecot serving them runs as "
+                              "(`mailqueue dovecot config`). Unset: whoever runs mailqueue.")
     writers: int = Field(16, ge=1, le=256, description="`maildir` stores: copies written at "
                          "once, each waiting on its own fsync.")
     nodes: int = Field(1, ge=1, le=MAX_NODES, strict=True, description="Mailbox nodes the "
@@ -521,6 +527,13 @@ class StoreConfig(ConfigModel):
             if not _DOMAIN_RE.match(value):
                 raise ValueError(f"{value!r} is not a domain name")
         return [v.lower() for v in values]
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value: str | None) -> str | None:
+        if value is not None and not _OWNER_RE.match(value):
+            raise ValueError(f"{value!r}: give a user, user:group, uid or uid:gid")
+        return value
 
     @field_validator("mailboxes")
     @classmethod

@@ -47,6 +47,9 @@ class Metrics:
         self.queue_up = Gauge("mailqueue_queue_up", "1 if the queue database answered the "
                               "last scrape (0 also while an SQLite queue's file is not the "
                               "one at its path).", registry=r)
+        self.logins = Counter("mailqueue_mailbox_logins", "IMAP and POP3 logins Dovecot "
+                              "asked about, by store and answer (allowed, maintenance, "
+                              "node-down, unknown).", ["store", "result"], registry=r)
         self.window = StateSet("mailqueue_window_state", "Each window's current state.",
                                ["window"], states=[s.value for s in WindowState], registry=r)
 

@@ -151,9 +151,40 @@ def _message_entries(directory: str) -> list[os.DirEntry[str]]:
     return entries
 
 
-def ensure_maildir(path: Path) -> None:
+def ensure_maildir(path: Path, owner: tuple[int, int] | None = None) -> None:
+    """Make ``path``'s ``tmp/``, ``new/`` and ``cur/``; with ``owner`` (uid, gid), give
+    them, the mailbox and its domain directory to that user."""
     for sub in ("tmp", "new", "cur"):
         (path / sub).mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        for directory in (path.parent, path, path / "tmp", path / "new", path / "cur"):
+            os.chown(directory, *owner)
+
+
+def resolve_owner(spec: str) -> tuple[int, int]:
+    """(uid, gid) of a store's ``owner``: ``user``, ``user:group``, ``uid`` or ``uid:gid``
+    (a user alone brings its own group). ConfigError naming what is unknown."""
+    import grp
+    import pwd
+
+    from mailqueue.errors import ConfigError
+
+    user, _, group = spec.partition(":")
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if not user.isdigit():
+            raise ConfigError(f"owner {spec!r}: there is no user {user!r} on this "
+                              "machine") from None
+        uid = gid = int(user)  # a bare uid needs no passwd entry
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"owner {spec!r}: there is no group {group!r} on this "
+                              "machine") from None
+    return uid, gid
 
 
 DEFAULT_WRITERS = 16
@@ -163,9 +194,11 @@ class MaildirStore:
     """Maildirs under ``root``, written by up to ``writers`` threads at once."""
 
     def __init__(self, name: str, root: Path, hostname: str,
-                 writers: int = DEFAULT_WRITERS) -> None:
+                 writers: int = DEFAULT_WRITERS, owner: tuple[int, int] | None = None,
+                 ) -> None:
         self.name = name
         self.root = root
+        self.owner = owner  # (uid, gid) the Maildirs and their files are given to
         self.hostname = hostname  # as given in Received:; name_host makes file names of it
         self.writers = max(1, writers)
         self._pool: ThreadPoolExecutor | None = None
@@ -178,9 +211,21 @@ class MaildirStore:
         probe = self.root / f".mailqueue-probe-{os.getpid()}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            if self.owner is not None:  # a reader makes the Maildirs of new mailboxes
+                os.chown(self.root, *self.owner)
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.close(fd)
-            probe.unlink()
+            try:
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
+            finally:
+                os.close(fd)
+                probe.unlink()
+        except PermissionError as exc:
+            if self.owner is not None:
+                return (f"its files cannot be given to owner uid {self.owner[0]} gid "
+                        f"{self.owner[1]} ({exc.strerror}): run mailqueue as root or as "
+                        "that user")
+            return str(exc.strerror or exc)
         except OSError as exc:
             return str(exc.strerror or exc)
         return None
@@ -243,7 +288,7 @@ class MaildirStore:
         name = maildir_name(claim, self.hostname)
         data = render(claim, self.hostname)
         if box not in self._known:
-            ensure_maildir(box)
+            ensure_maildir(box, self.owner)
             self._known.add(box)
         tmp = box / "tmp" / name
         try:
@@ -253,6 +298,8 @@ class MaildirStore:
             raise
         try:
             try:
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]

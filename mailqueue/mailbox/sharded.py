@@ -26,7 +26,7 @@ from mailqueue.config import Config, StoreConfig
 from mailqueue.control.nodes import Fault, FaultModel, NodeMode, NodeState, node_name, node_of
 from mailqueue.errors import TemporaryDeliveryError
 from mailqueue.mailbox.base import DeliveryOutcome, MailboxStore, Report, ReportingStore
-from mailqueue.mailbox.maildir import MaildirStore
+from mailqueue.mailbox.maildir import MaildirStore, resolve_owner
 from mailqueue.mailbox.remote import RemoteStore
 from mailqueue.queue.values import Claim
 
@@ -183,5 +183,7 @@ def build_mailboxes(config: Config, clock: Clock,
 def _inner(store: StoreConfig, hostname: str) -> MailboxStore:
     if store.kind == "maildir":
         assert store.path is not None  # the config requires it
-        return MaildirStore(store.name, store.path, hostname, writers=store.writers)
+        owner = None if store.owner is None else resolve_owner(store.owner)
+        return MaildirStore(store.name, store.path, hostname, writers=store.writers,
+                            owner=owner)
     return RemoteStore.from_config(store, hostname)

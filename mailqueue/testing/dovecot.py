@@ -37,6 +37,18 @@ API::
 Starting waits (under a timeout) until the LMTP listener answers; stopping sends SIGTERM,
 then SIGKILL after the timeout. A port taken between choosing and binding it is retried
 with another.
+
+:class:`AccessDovecot` is the other kind: the Dovecot ``mailqueue dovecot config`` writes
+for a mailqueue config (IMAP and POP3 on the stores' Maildirs, logins decided by the
+running mailqueue's admin endpoint), started on free loopback ports::
+
+    with AccessDovecot(config, users_file=None) as dovecot:   # None: any password
+        imap = imaplib.IMAP4("127.0.0.1", dovecot.imap_port)
+        dovecot.pop3_port
+
+It sets Dovecot's failure delay to 0 so that a test of refusals does not wait two seconds
+for each; Dovecot's penalty for repeated failures from one address still applies (tests
+that fail many logins connect from different 127.x addresses).
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from mailqueue.config import Config
 from mailqueue.loadtest import free_port
 from mailqueue.mailbox.maildir import list_maildir, mailbox_path
 
@@ -61,6 +74,7 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 MAIL_ID = 5000  # uid and gid of the mail when the tests run as root
 INSTALL_HINT = "apt-get install dovecot-core dovecot-lmtpd"
+ACCESS_HINT = "apt-get install dovecot-core dovecot-imapd dovecot-pop3d"
 
 
 class DovecotMissing(RuntimeError):
@@ -82,6 +96,26 @@ def require_dovecot() -> str:
         import pytest
 
         pytest.skip(f"Dovecot with LMTP is not installed ({INSTALL_HINT})")
+    return found
+
+
+def access_binary() -> str | None:
+    """The ``dovecot`` program, if installed with its IMAP and POP3 servers."""
+    found = shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/sbin")
+    if found is None or not all(Path(f"/usr/lib/dovecot/{name}").exists()
+                                for name in ("imap", "pop3")):
+        return None
+    return found
+
+
+def require_dovecot_access() -> str:
+    """The ``dovecot`` program with IMAP and POP3, or skip the (pytest) test saying what to
+    install."""
+    found = access_binary()
+    if found is None:
+        import pytest
+
+        pytest.skip(f"Dovecot with IMAP and POP3 is not installed ({ACCESS_HINT})")
     return found
 
 
@@ -293,3 +327,97 @@ service lmtp {{
             with contextlib.suppress(FileNotFoundError):
                 text += path.read_text(errors="replace")
         return text
+
+
+class AccessDovecot:
+    """The Dovecot of ``mailqueue dovecot config`` for ``config`` (see the module), on free
+    loopback ports, with its files in a new temporary directory."""
+
+    def __init__(self, config: Config, *, users_file: Path | None = None,
+                 fail_open: bool = False, keep: bool = False) -> None:
+        binary = access_binary()
+        if binary is None:
+            raise DovecotMissing(f"Dovecot with IMAP and POP3 is not installed ({ACCESS_HINT})")
+        self.binary = binary
+        self.config = config
+        self.users_file = users_file
+        self.fail_open = fail_open
+        self.keep = keep
+        self.root = Path(tempfile.mkdtemp(prefix="mq-access-"))
+        self.root.chmod(0o711)
+        self.config_path = self.root / "dovecot.conf"
+        self.log_path = self.root / "dovecot.log"
+        self.imap_port = 0
+        self.pop3_port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        from mailqueue.access.dovecot import DovecotOptions, write_config
+
+        for attempt in range(3):
+            self.imap_port, self.pop3_port = free_port(), free_port()
+            write_config(self.config, DovecotOptions(
+                directory=self.root, imap_port=self.imap_port, pop3_port=self.pop3_port,
+                users_file=self.users_file, fail_open=self.fail_open, failure_delay="0"))
+            with (self.root / "stderr.txt").open("ab") as stderr:
+                self._process = subprocess.Popen(
+                    [self.binary, "-c", str(self.config_path), "-F"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+            if self._wait_listening(timeout):
+                return
+            taken = "Address already in use" in self.log_text()
+            self.stop_process()
+            if not taken or attempt == 2:
+                raise RuntimeError(f"Dovecot did not start within {timeout}s:\n"
+                                   f"{self.log_text()[-2000:]}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop Dovecot and remove its directory (unless ``keep``)."""
+        self.stop_process(timeout)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def stop_process(self, timeout: float = STOP_TIMEOUT) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+    def __enter__(self) -> AccessDovecot:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_listening(self, timeout: float) -> bool:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                return False
+            if all(_greets(port, prefix) for port, prefix in
+                   ((self.imap_port, b"* OK"), (self.pop3_port, b"+OK"))):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def log_text(self) -> str:
+        text = ""
+        for path in (self.log_path, self.root / "stderr.txt"):
+            with contextlib.suppress(FileNotFoundError):
+                text += path.read_text(errors="replace")
+        return text
+
+
+def _greets(port: int, prefix: bytes) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            return sock.recv(64).startswith(prefix)
+    except OSError:
+        return False

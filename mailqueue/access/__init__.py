@@ -1,5 +1,8 @@
-"""Who may read a mailbox now: one decision for every way in (the admin endpoint's
-``/mailboxes`` route).
+"""Who may read a mailbox now: one decision for every way in.
+
+The admin endpoint's ``/mailboxes`` route (``503``) and Dovecot's IMAP and POP3 logins
+(through the endpoint's auth-policy route, :mod:`mailqueue.access.dovecot`) both ask
+:func:`mailbox_closed`, so they cannot disagree.
 
 A mailbox is closed while its store is inside an active maintenance window (until the
 window's planned end, as the upgrade notice promised) and while the node it lives on is
@@ -14,6 +17,7 @@ from collections.abc import Mapping
 from mailqueue.config import StoreConfig
 from mailqueue.control.nodes import NodeMode, NodeState, node_of
 from mailqueue.control.windows import Window, WindowSet
+from mailqueue.timeparse import format_time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +27,21 @@ class Closed:
     store: str
     window: Window | None = None
     node: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """``maintenance`` (a window) or ``node-down``."""
+        return "maintenance" if self.window is not None else "node-down"
+
+    def reason(self) -> str:
+        """What a mail client shows its user: the maintenance and its planned end, or the
+        node that is down."""
+        if self.window is not None:
+            end = format_time(self.window.end, self.window.timezone)
+            return (f"Mailbox maintenance: {self.store} is being upgraded (window "
+                    f"{self.window.name}) until {end}; please try again later")
+        return (f"Mailbox unavailable: its node {self.node} is down; please try again "
+                "later")
 
 
 def mailbox_closed(store: StoreConfig, address: str, windows: WindowSet,
