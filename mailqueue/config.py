@@ -556,6 +556,9 @@ class StoreConfig(ConfigModel):
                     raise ValueError(f"{key}: only lmtp and smtp stores take it (this "
                                      "store's kind is maildir)")
             return self
+        if self.owner is not None:
+            raise ValueError(f"owner: only maildir stores take it (an {self.kind} store's "
+                             "servers write its Maildirs, as their own user)")
         self._check_remote()
         return self
 

@@ -115,7 +115,7 @@ def dump_toml(data: Mapping[str, object], prefix: str = "") -> str:
 
 
 def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
-    """A copy of ``source`` with its own queue, Maildirs and a free port, in ``workdir``.
+    """A copy of ``source`` with its own queue, Maildirs and free ports, in ``workdir``.
 
     ``tls``: STARTTLS on, with a self-signed certificate made in ``workdir`` if ``source``
     has no TLS of its own. Extra listeners are left out (the load goes to one port)."""
@@ -131,6 +131,8 @@ def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
     if tls and smtp.get("tls", "files" if "tls_cert" in smtp else "off") == "off":
         smtp["tls"] = "self-signed"
     data.setdefault("queue", {})["url"] = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
+    if "admin" in data:  # the copy's admin endpoint on a free port too, beside the original
+        data["admin"]["port"] = 0
     for store in data.get("stores", []):
         if store.get("kind", "maildir") == "maildir":  # a remote store has no path
             store["path"] = str(workdir / "mail" / store["name"])

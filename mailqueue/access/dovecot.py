@@ -83,6 +83,10 @@ def render_config(config: Config, options: DovecotOptions) -> str:
                           "path, or verify_path on an lmtp or smtp store")
     if options.imap_port is None and options.pop3_port is None:
         raise ConfigError("neither IMAP nor POP3 is on: give --imap-port or --pop3-port")
+    if options.imap_port == options.pop3_port:
+        raise ConfigError(f"IMAP and POP3 cannot share port {options.imap_port}: give "
+                          "--imap-port and --pop3-port different ports")
+    _check_listen(options.listen)
     directory = options.directory.resolve()
     base_dir = directory / "run"
     if len(str(base_dir)) > _MAX_BASE_DIR:
@@ -151,14 +155,19 @@ def render_config(config: Config, options: DovecotOptions) -> str:
 
 def write_config(config: Config, options: DovecotOptions) -> Path:
     """Write ``DIR/dovecot.conf`` (and make ``run/`` and ``state/``); its path."""
-    text = render_config(config, options)
-    directory = options.directory
-    for sub in ("run", "state"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-    path = directory / "dovecot.conf"
     from mailqueue._files import replace_file
 
-    replace_file(path, text.encode(), 0o600)  # it may hold the admin token
+    text = render_config(config, options)
+    directory = options.directory
+    path = directory / "dovecot.conf"
+    try:
+        for sub in ("run", "state"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        replace_file(path, text.encode(), 0o600)  # it may hold the admin token
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ConfigError(f"--dir {directory}: cannot write Dovecot's files there"
+                          f"{where}: {exc.strerror or exc}; pick another --dir") from None
     return path
 
 
@@ -221,10 +230,13 @@ def _passdb(users_file: Path | None) -> list[str]:
 
 def _policy(config: Config) -> tuple[str, str | None]:
     admin = config.admin
-    if admin is None or not admin.enabled:
+    if admin is None:
         raise ConfigError("Dovecot asks mailqueue's admin endpoint who may log in: add an "
                           "[admin] section to the config (host and port), and run serve "
                           "with it")
+    if not admin.enabled:
+        raise ConfigError("Dovecot asks mailqueue's admin endpoint who may log in, and "
+                          "[admin] enabled = false turns it off: remove that line")
     if admin.port == 0:
         raise ConfigError("[admin] port = 0 picks a port at each start: set a fixed port "
                           "for Dovecot to ask")
@@ -285,6 +297,18 @@ def _check_path(path: Path, what: str) -> None:
     if bad:
         raise ConfigError(f"{what} {path}: Dovecot's config cannot hold the characters "
                           f"{' '.join(repr(c) for c in bad)}; use a path without them")
+
+
+def _check_listen(host: str) -> None:
+    """``host`` is an address Dovecot's ``listen`` takes: an IP address, ``*`` (every IPv4
+    address) or ``localhost``."""
+    if host in ("*", "localhost"):
+        return
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"--listen {host!r}: give an IP address (127.0.0.1, ::1, "
+                          "0.0.0.0, ::), * or localhost") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -48,12 +48,13 @@ def dovecot_config(config_path: str | None, directory: Path | None, imap_port: i
     `dovecot -F -c DIR/dovecot.conf` while `mailqueue serve` runs."""
     from mailqueue.access.dovecot import DovecotOptions, write_config
     from mailqueue.errors import ConfigError
+    from mailqueue.smtp.users import read_users
 
     if config_path is None:
         raise click.UsageError("give -c CONFIG (or set MAILQUEUE_CONFIG)")
-    config = load(config_path)
     if any_password and users_file is not None:
         raise click.UsageError("--users and --any-password exclude each other")
+    config = load(config_path)
     if not any_password:
         users_file = users_file or config.smtp.users_file
         if users_file is None:
@@ -63,6 +64,7 @@ def dovecot_config(config_path: str | None, directory: Path | None, imap_port: i
         if not users_file.is_file():
             raise ConfigError(f"users file {users_file}: no such file (add users with "
                               f"`mailqueue user add NAME --file {users_file}`)")
+        read_users(users_file)  # Dovecot reads the same lines: a file it cannot use fails here
     options = DovecotOptions(directory=directory or _default_dir(config),
                              imap_port=imap_port or None, pop3_port=pop3_port or None,
                              listen=listen, users_file=users_file, fail_open=fail_open)
