@@ -191,8 +191,9 @@ def mail_user(stores: Sequence[StoreConfig]) -> tuple[int, int]:
     (uid, gid), names = next(iter(found.items()))
     if uid == 0:
         raise ConfigError(f"the Maildirs of {', '.join(names)} belong to root, and Dovecot "
-                          'serves no mail as root: set owner = "vmail" (any user but root) '
-                          "on those [[stores]], or run mailqueue as that user")
+                          'serves no mail as root: set owner = "5000" (or any user but '
+                          'root, as "vmail") on those [[stores]] before their first '
+                          "delivery, or run mailqueue as a user who is not root")
     return uid, gid
 
 
