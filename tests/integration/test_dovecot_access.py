@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import pytest
 from argon2 import PasswordHasher
+from prometheus_client.parser import text_string_to_metric_families
 
 from mailqueue.config import Config, load_config
 from mailqueue.control.nodes import node_of
@@ -243,8 +244,11 @@ class Served:
 
     def closed(self, address: str) -> dict[str, Any]:
         """The ``503`` body for ``address``, once the server has seen it closed."""
-        return poll(lambda: (lambda status, body: body if status == 503 else None)(
-            *self.mailbox(address)))
+        def refused() -> dict[str, Any] | None:
+            status, body = self.mailbox(address)
+            return body if status == 503 else None
+
+        return poll(refused)
 
     def opened(self, address: str) -> None:
         """Wait until the server has seen ``address`` open again (``200``, or ``404`` for
@@ -468,8 +472,11 @@ def test_a_window_started_from_the_cli_refuses_new_logins_within_a_second(rig: R
         capture_output=True, text=True, timeout=60, check=False)
     returned = time.monotonic()
     assert started.returncode == 0, started.stderr
-    answer = poll(lambda: (lambda said: said if said != IMAP_OK else None)(
-        imap_login(port, FRANK)), timeout=5, interval=0.02)
+    def refused() -> str | None:
+        said = imap_login(port, FRANK)
+        return None if said == IMAP_OK else said
+
+    answer = poll(refused, timeout=5, interval=0.02)
     refused_after = time.monotonic() - returned
     assert answer.startswith("[ALERT] Mailbox maintenance: hosted-exchange is being "
                              "upgraded (window quick)")
@@ -493,6 +500,15 @@ def test_the_http_503_and_the_login_refusal_give_one_reason(rig: Rig, mq: Mq) ->
     assert imap_login(rig.imap, NODES[2]) == f"[ALERT] {body['reason']}"
     assert pop3_login(rig.pop3, NODES[2]) == f"-ERR [AUTH] {body['reason']}"
     assert rig.server.mailbox(NODES[2]) == (503, body)
+    # and each answer is counted
+    url = f"http://127.0.0.1:{rig.server.admin_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        logins = {tuple(sorted(sample.labels.items())): sample.value
+                  for family in text_string_to_metric_families(response.read().decode())
+                  for sample in family.samples
+                  if sample.name == "mailqueue_mailbox_logins_total"}
+    assert logins[(("result", "maintenance"), ("store", "basic"))] >= 2
+    assert logins[(("result", "node-down"), ("store", "basic"))] >= 2
 
 
 def test_logins_fail_closed_when_mailqueue_cannot_be_asked_unless_fail_open(
