@@ -472,15 +472,20 @@ def test_a_window_started_from_the_cli_refuses_new_logins_within_a_second(rig: R
         capture_output=True, text=True, timeout=60, check=False)
     returned = time.monotonic()
     assert started.returncode == 0, started.stderr
+    attempts: list[float] = []  # when each login began, after the CLI returned
+
     def refused() -> str | None:
+        attempts.append(time.monotonic() - returned)
         said = imap_login(port, FRANK)
         return None if said == IMAP_OK else said
 
     answer = poll(refused, timeout=5, interval=0.02)
-    refused_after = time.monotonic() - returned
     assert answer.startswith("[ALERT] Mailbox maintenance: hosted-exchange is being "
                              "upgraded (window quick)")
-    assert refused_after < 1.0, f"refused only {refused_after:.2f}s after the CLI returned"
+    # The first login begun a second or more after the CLI returned is refused (the
+    # reply itself may take Dovecot a moment longer).
+    assert attempts[-1] < 1.0, f"logins went through until {attempts[-1]:.2f}s after " \
+                               "the CLI returned"
 
 
 def test_the_http_503_and_the_login_refusal_give_one_reason(rig: Rig, mq: Mq) -> None:
