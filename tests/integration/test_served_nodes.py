@@ -142,7 +142,8 @@ async def test_served_node_down_defers_its_mail_and_up_delivers_it_at_once(
     # The server follows within a second: its mailbox access says so first.
     await wait_for(lambda: _status_is(admin_port, down, 503), timeout=5)
     assert (await admin_status(admin_port, down))[1] == {
-        "error": "mailbox node down", "store": "basic", "node": "basic-1"}
+        "error": "mailbox node down", "store": "basic", "node": "basic-1",
+        "reason": "Mailbox unavailable: its node basic-1 is down; please try again later"}
     assert (await admin_status(admin_port, other))[0] == 404  # up, and no mail yet
 
     await asyncio.to_thread(send, port, down, other)
