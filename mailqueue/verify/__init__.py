@@ -7,8 +7,9 @@ is compared with what the Maildirs actually hold, found by scanning the files:
 - :mod:`mailqueue.verify.audit` compares them with the ledger and states the conservation
   equation (accepted = delivered + bounced + deleted + still queued, per recipient);
 - :mod:`mailqueue.verify.snapshot` records existing mailbox content and reports changes.
-- :mod:`mailqueue.verify.instance` audits a configured instance: its queue's ledger
-  against its stores' files.
+
+Auditing a configured instance (its queue's ledger against its stores' files) is the
+service operation :func:`mailqueue.service.verify.run_audit`.
 """
 
 from mailqueue.verify.audit import Audit, audit
