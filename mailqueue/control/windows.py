@@ -84,7 +84,10 @@ class Window:
         if end <= now:
             raise WindowError(f"window {self.name!r} would end at {format_time(end)}, which "
                               "is not in the future: give --until or --for", field="until")
-        started = self.started_at if state is WindowState.ACTIVE else now
+        # Active already (by an operator, or because its start has passed): it started
+        # when it did, or at its planned start; otherwise it starts now.
+        started = (self.started_at or min(self.start, now)) if state is WindowState.ACTIVE \
+            else now
         return dataclasses.replace(self, state=WindowState.ACTIVE, start=min(self.start, now),
                                    end=end, started_at=started, ended_at=None)
 
