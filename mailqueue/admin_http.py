@@ -86,7 +86,9 @@ class AdminServer:
         return app
 
     async def run(self) -> None:
-        runner = web.AppRunner(self.make_app(), access_log=None)
+        # A client that goes away cancels its handler: an event stream waiting for its
+        # next event then ends at once rather than at its next write.
+        runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.config.host, self.config.port)

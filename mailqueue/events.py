@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mailqueue.queue.values import (
@@ -54,6 +54,9 @@ class Subscription:
         self._ready = asyncio.Event()
         self.dropped = False  # fell too far behind: the stream ends
         self.closed = False  # the hub is closing
+        # Called once when dropped: the stream closes its connection, since its sender may
+        # be stuck writing to a client that reads nothing.
+        self.on_drop: Callable[[], None] | None = None
 
     def offer(self, name: str, frame: str) -> None:
         if name not in self.names or self.dropped:
@@ -61,6 +64,8 @@ class Subscription:
         if len(self._waiting) >= self._limit:
             self.dropped = True
             self._waiting.clear()
+            if self.on_drop is not None:
+                self.on_drop()
         else:
             self._waiting.append(frame)
         self._ready.set()

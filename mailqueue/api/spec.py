@@ -194,7 +194,10 @@ async def parse(route: Route, request: web.Request) -> Call:
 async def _parse_body(route: Route, request: web.Request) -> dict[str, Any]:
     if route.body is None:
         return {}
-    text = await request.text()
+    try:
+        text = (await request.read()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError("the body is not UTF-8 text", field="body") from None
     if not text.strip():
         data: Any = {}
     else:

@@ -82,6 +82,9 @@ async def stream(api: Api, call: Call) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(call.request)
     sub = api.hub.subscribe(names)
+    transport = call.request.transport
+    if transport is not None:
+        sub.on_drop = transport.abort
     api.ticker.ensure()
     try:
         frames = [f for f, name in zip(first, ("hello", "counts"), strict=False)
