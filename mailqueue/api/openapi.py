@@ -67,13 +67,11 @@ def _operation(route: Route) -> dict[str, Any]:
             schema["required"] = required
         op["requestBody"] = {"required": bool(required),
                              "content": {"application/json": {"schema": schema}}}
-    op["responses"] = {str(route.status): {
-        "description": route.summary,
-        "content": {route.content_type: {"schema": ref(route.response)}}}}
+    content = {kind: {"schema": ref(route.response)}
+               for kind in (route.content_type, *route.more_types)}
+    op["responses"] = {str(route.status): {"description": route.summary, "content": content}}
     for status, text in route.also:
-        op["responses"][str(status)] = {
-            "description": text,
-            "content": {route.content_type: {"schema": ref(route.response)}}}
+        op["responses"][str(status)] = {"description": text, "content": content}
     for status in sorted({*route.errors, 401}):
         op["responses"][str(status)] = {
             "description": TITLES[status],

@@ -15,6 +15,7 @@ from mailqueue.control.windows import Inbound
 from mailqueue.events import EVENT_NAMES
 from mailqueue.queue.values import Action, RecipientState
 from mailqueue.service import messages, nodes, verify, windows
+from mailqueue.service.rehearsals import REPORT_TYPES
 
 if TYPE_CHECKING:
     from mailqueue.api.app import Api
@@ -306,5 +307,6 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/rehearsals/{id}/files/{file}", rehearsal_file,
           "One file of a rehearsal's report directory.", "rehearsals", "ReportFile",
           path_params=(RUN, _path("file", "The file's name (queue.png, series.csv ...).")),
-          errors=(404,), content_type="application/octet-stream"),
+          errors=(404,), content_type="application/octet-stream",
+          more_types=tuple(sorted({t.split(";")[0] for t in REPORT_TYPES.values()}))),
 )

@@ -81,6 +81,7 @@ class Route:
     also: tuple[tuple[int, str], ...] = ()  # other success statuses, with what they mean
     errors: tuple[int, ...] = ()
     content_type: str = "application/json"
+    more_types: tuple[str, ...] = ()  # other content types the success answer may have
     description: str = ""
 
     @property
