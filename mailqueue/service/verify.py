@@ -5,17 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mailqueue.config import Config
-from mailqueue.queue.values import LedgerEntry
 from mailqueue.service.context import Context
-from mailqueue.verify.audit import Audit, audit
-from mailqueue.verify.scan import scan_config, unchecked_stores
-
-
-def audit_ledger(config: Config, ledger: list[LedgerEntry]) -> Audit:
-    """Compare ``ledger`` with the mailboxes of ``config``'s stores (reads files: blocking)."""
-    copies, roots = scan_config(config)
-    return audit(ledger, copies, roots, unchecked_stores(config))
+from mailqueue.verify.audit import Audit
+from mailqueue.verify.instance import audit_ledger
 
 
 async def run_audit(ctx: Context) -> Audit:

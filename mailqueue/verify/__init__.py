@@ -7,9 +7,8 @@ is compared with what the Maildirs actually hold, found by scanning the files:
 - :mod:`mailqueue.verify.audit` compares them with the ledger and states the conservation
   equation (accepted = delivered + bounced + deleted + still queued, per recipient);
 - :mod:`mailqueue.verify.snapshot` records existing mailbox content and reports changes.
-
-Auditing a configured instance (its queue's ledger against its stores' files) is the
-service operation :func:`mailqueue.service.verify.run_audit`.
+- :mod:`mailqueue.verify.instance` audits a configured instance: its queue's ledger
+  against its stores' files.
 """
 
 from mailqueue.verify.audit import Audit, audit

@@ -4,6 +4,7 @@ API and SMTP."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -33,8 +34,9 @@ token = "{token}"
         env = {**os.environ, "MAILQUEUE_API": f"http://127.0.0.1:{admin}",
                "MAILQUEUE_SMTP_PORT": str(smtp), "MAILQUEUE_TOKEN": token,
                "MAILQUEUE_RCPT": "alice@basic.example"}
-        result = subprocess.run([NODE, "--test", str(TESTS)], env=env, capture_output=True,
-                                text=True, timeout=90, check=False)
+        result = await asyncio.to_thread(
+            subprocess.run, [NODE, "--test", str(TESTS)], env=env, capture_output=True,
+            text=True, timeout=90, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "# pass 2" in result.stdout and "# fail 0" in result.stdout
     finally:
