@@ -19,7 +19,7 @@ import structlog
 from mailqueue import loops
 from mailqueue.admin_http import AdminServer
 from mailqueue.clock import Clock, SystemClock
-from mailqueue.config import Config
+from mailqueue.config import AdminConfig, Config
 from mailqueue.control.nodes import FaultModel
 from mailqueue.control.plane import ControlPlane, seed_windows
 from mailqueue.delivery.dsn import Notifier
@@ -94,9 +94,7 @@ class MailqueueApp:
                                     delay_warning=config.queue.delay_warning,
                                     interval=config.delivery.reclaim_interval,
                                     on_expired=self.metrics.observe_expired)
-        self.admin = AdminServer(config.admin, self.queue, self.metrics, self.clock,
-                                 self.control.current, list(config.stores),
-                                 self._smtp_listening, nodes=self.control.nodes) \
+        self.admin = self.admin_server(config.admin) \
             if config.admin is not None and config.admin.enabled else None
         self.smtp_server: asyncio.Server | None = None  # the [smtp] host:port listener
         self.smtp_servers: list[asyncio.Server] = []  # it and every [[smtp.listeners]] one
@@ -108,6 +106,14 @@ class MailqueueApp:
         self.ready = asyncio.Event()
         self.port: int | None = None
         self._stop = asyncio.Event()
+
+    def admin_server(self, config: AdminConfig) -> AdminServer:
+        """An admin endpoint for ``config`` on this process's queue, metrics, clock and
+        control plane (the one ``[admin]`` asks for is ``self.admin``; the test harness
+        builds one when a test first needs it)."""
+        return AdminServer(config, self.queue, self.metrics, self.clock, self.control.current,
+                           list(self.config.stores), self._smtp_listening,
+                           nodes=self.control.nodes)
 
     def stop(self) -> None:
         """Begin a graceful stop (safe to call from a signal handler)."""
