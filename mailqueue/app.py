@@ -21,7 +21,7 @@ from mailqueue import loops
 from mailqueue.admin_http import AdminServer
 from mailqueue.api import Api
 from mailqueue.clock import Clock, SystemClock
-from mailqueue.config import Config
+from mailqueue.config import AdminConfig, Config
 from mailqueue.control.nodes import FaultModel
 from mailqueue.control.plane import ControlPlane, seed_windows
 from mailqueue.delivery.dsn import Notifier
@@ -107,10 +107,7 @@ class MailqueueApp:
             lambda change, window: self.events.window_changed(
                 change, window_view(window, self.clock.now())),
             lambda node: self.events.node_changed(node_view(node)))
-        self.admin = AdminServer(config.admin, self.queue, self.metrics, self.clock,
-                                 self.control.current, list(config.stores),
-                                 self._smtp_listening, nodes=self.control.nodes,
-                                 api=self._api(config.admin.token)) \
+        self.admin = self.admin_server(config.admin) \
             if config.admin is not None and config.admin.enabled else None
         self.smtp_server: asyncio.Server | None = None  # the [smtp] host:port listener
         self.smtp_servers: list[asyncio.Server] = []  # it and every [[smtp.listeners]] one
@@ -139,6 +136,14 @@ class MailqueueApp:
     def _expired(self, bounced: Sequence[BouncedRecipient]) -> None:
         self.metrics.observe_expired(bounced)
         self.events.observe_expired(bounced, self.clock.now())
+
+    def admin_server(self, config: AdminConfig) -> AdminServer:
+        """An admin endpoint for ``config`` on this process's queue, metrics, clock and
+        control plane, with the HTTP API (the one ``[admin]`` asks for is ``self.admin``;
+        the test harness builds one when a test first needs it)."""
+        return AdminServer(config, self.queue, self.metrics, self.clock, self.control.current,
+                           list(self.config.stores), self._smtp_listening,
+                           nodes=self.control.nodes, api=self._api(config.token))
 
     def stop(self) -> None:
         """Begin a graceful stop (safe to call from a signal handler)."""

@@ -119,6 +119,12 @@ def require_dovecot_access() -> str:
     return found
 
 
+def mail_owner() -> str:
+    """``UID:GID`` of the user Dovecot serves mail as (a store's ``owner``), as
+    :class:`Dovecot` chooses it."""
+    return "{}:{}".format(*_mail_ids())
+
+
 def _mail_ids() -> tuple[int, int]:
     if os.geteuid() != 0:
         return os.getuid(), os.getgid()
@@ -350,6 +356,11 @@ class AccessDovecot:
         self.imap_port = 0
         self.pop3_port = 0
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The Dovecot master process's id while it runs."""
+        return None if self._process is None else self._process.pid
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         from mailqueue.access.dovecot import DovecotOptions, write_config

@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import imaplib
+import poplib
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mailqueue.access import Closed, mailbox_closed
 from mailqueue.app import MailqueueApp
@@ -21,9 +24,13 @@ from mailqueue.control.windows import Inbound, Window, WindowState
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.mailbox.router import Route, Router
 from mailqueue.queue.values import LedgerRecipient, QueueStats, RecipientState
+from mailqueue.testing.access import MailboxAccess, require_access
 from mailqueue.testing.ledger import Ledger
 from mailqueue.testing.options import with_nodes
 from mailqueue.verify.scan import scan_config, scan_root, unchecked_stores
+
+if TYPE_CHECKING:
+    from mailqueue.testing.dovecot import AccessDovecot
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0
@@ -84,17 +91,22 @@ class AsyncMailqueue:
     Time is a :class:`~mailqueue.clock.ManualClock`: windows, retries and lifetimes move
     only when the test calls :meth:`advance`. Every method that touches the queue or the
     disk is awaited; :meth:`advance` and the attributes are plain. ``nodes`` (store → how
-    many mailbox nodes) sets those stores' ``nodes`` in ``config``.
+    many mailbox nodes) sets those stores' ``nodes`` in ``config``; ``passwords`` (address
+    → password) are those of the users :meth:`imap` and :meth:`pop3` log in (any password
+    logs any address in when None, unless ``[smtp] users_file`` says who may).
     """
 
     def __init__(self, config: Config, *, inbound: str = "queue",
-                 nodes: Mapping[str, int] | None = None) -> None:
+                 nodes: Mapping[str, int] | None = None,
+                 passwords: Mapping[str, str] | None = None) -> None:
         self.config = config = with_nodes(config, nodes)
         self.clock = ManualClock()
         self.default_inbound = Inbound(inbound)
         self.nodes = {s.name: s.nodes for s in config.stores}
+        self.passwords = None if passwords is None else dict(passwords)
         self.app = MailqueueApp(config, clock=self.clock)
         self._task: asyncio.Task[None] | None = None
+        self._access: MailboxAccess | None = None  # made by the first imap() or pop3()
 
     @property
     def host(self) -> str:
@@ -122,7 +134,16 @@ class AsyncMailqueue:
             raise TimeoutError(f"mailqueue did not start within {timeout}s")
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop gracefully; cancel what is left after ``timeout`` seconds."""
+        """Stop gracefully; cancel what is left after ``timeout`` seconds. The mail
+        clients, Dovecot and admin endpoint of :meth:`imap` go first."""
+        access, self._access = self._access, None
+        try:
+            if access is not None:
+                await access.stop(timeout)
+        finally:
+            await self._stop_app(timeout)
+
+    async def _stop_app(self, timeout: float) -> None:
         task, self._task = self._task, None
         if task is None:
             return
@@ -277,6 +298,37 @@ class AsyncMailqueue:
             return mailbox_closed(config, address, windows, self.app.control.nodes())
         window = windows.blocking(store)
         return None if window is None else Closed(store=store, window=window)
+
+    # --- mailbox access ------------------------------------------------------------------
+
+    async def imap(self, address: str, password: str | None = None) -> imaplib.IMAP4:
+        """An IMAP client logged in as ``address`` through Dovecot, as a mail client would
+        be (logged out at teardown); its calls block, and need nothing from this loop.
+
+        Raises :class:`~mailqueue.testing.MailboxClosed` with the reason the client shows
+        while a window or a node outage closes the mailbox,
+        :class:`~mailqueue.testing.MailboxAuthFailed` for a wrong ``password``. The first
+        call starts Dovecot (skipping the pytest test when it is not installed).
+        """
+        return await self._mailbox_access().imap(address, password)
+
+    async def pop3(self, address: str, password: str | None = None) -> poplib.POP3:
+        """A POP3 client logged in as ``address``, as :meth:`imap` (closed at teardown
+        without ``QUIT``: call ``quit()`` to commit deletions)."""
+        return await self._mailbox_access().pop3(address, password)
+
+    async def dovecot(self) -> AccessDovecot:
+        """The Dovecot that :meth:`imap` logs in through (started on first use): point
+        your own mail client at ``127.0.0.1`` and its ``imap_port`` or ``pop3_port``."""
+        return await self._mailbox_access().start()
+
+    def _mailbox_access(self) -> MailboxAccess:
+        if self._task is None:
+            raise RuntimeError("mailqueue is not running: call start() first")
+        require_access()
+        if self._access is None:
+            self._access = MailboxAccess(self.app, self.config, self._closed, self.passwords)
+        return self._access
 
     # --- what arrived --------------------------------------------------------------------
 

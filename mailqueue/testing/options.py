@@ -37,6 +37,8 @@ class MailqueueOptions:
       ``nodes`` key), e.g. ``{"basic": 3}`` (nodes ``basic-1`` … ``basic-3``; a store not
       named has one node, ``STORE-1``); a test takes one down with ``node_down(store, n)``
       and brings it back with ``node_up(store, n)``.
+    - ``passwords``: address → password of the users who may log in over IMAP and POP3
+      (``imap()``, ``pop3()``); any password logs any address in when absent.
     - ``config``: any further settings, as the TOML sections would hold them, e.g.
       ``{"queue": {"max_lifetime": "2d"}, "delivery": {"concurrency": 1}}``.
     """
@@ -50,6 +52,7 @@ class MailqueueOptions:
     max_messages: int = 1_000_000
     hostname: str = "mailqueue.test"
     nodes: Mapping[str, int] | None = None
+    passwords: Mapping[str, str] | None = None
     config: Mapping[str, Any] | None = None
 
     @classmethod
@@ -70,13 +73,18 @@ class MailqueueOptions:
             return {DEFAULT_STORE: list(self.domains)}
         return {name: list(domains) for name, domains in self.stores.items()}
 
-    def build(self, root: Path) -> Config:
-        """A complete config with its queue file and Maildirs under ``root``."""
+    def build(self, root: Path, *, maildirs: Path | None = None,
+              owner: str | None = None) -> Config:
+        """A complete config with its queue file under ``root`` and its stores' Maildirs
+        under ``maildirs`` (``root/mail`` by default), given to ``owner`` (a store's
+        ``owner`` key: ``"5000"``, ``"vmail"``) when set."""
         from mailqueue.config import config_from_dict
 
         mailboxes = dict(self.mailboxes or {})
-        stores = [{"name": name, "path": str(root / "mail" / name), "domains": domains,
-                   **({"mailboxes": list(mailboxes[name])} if name in mailboxes else {})}
+        under = maildirs or root / "mail"
+        stores = [{"name": name, "path": str(under / name), "domains": domains,
+                   **({"mailboxes": list(mailboxes[name])} if name in mailboxes else {}),
+                   **({"owner": owner} if owner is not None else {})}
                   for name, domains in self.store_domains().items()]
         data: dict[str, Any] = {
             "smtp": {"host": "127.0.0.1", "port": 0, "hostname": self.hostname,

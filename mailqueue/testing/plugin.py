@@ -12,11 +12,19 @@ Fixtures:
   override it to configure a whole directory.
 
 Every instance is stopped at teardown under a timeout, whether the test passed or not.
+
+The queue file and Maildirs of each instance are under the test's ``tmp_path``; when the
+tests run as root, the Maildirs are instead in a directory of the system's temporary
+directory (removed at teardown) and belong to Dovecot's mail user, so that ``imap()`` can
+serve them: Dovecot reads no mail as root, and no other user may enter ``tmp_path``.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +48,7 @@ except ImportError:  # pragma: no cover - exercised only where pytest-asyncio is
 
 MARKER = ("mailqueue(stores=None, domains=('example.com',), mailboxes=None, inbound='queue', "
           "max_message_size='10MiB', max_recipients=100, max_messages=1000000, nodes=None, "
-          "config=None): "
+          "passwords=None, config=None): "
           "configure the mailqueue fixtures of this test")
 
 AsyncFactory = Callable[..., Awaitable["AsyncMailqueue"]]
@@ -66,17 +74,36 @@ def mailqueue_options(request: pytest.FixtureRequest) -> MailqueueOptions:
 
 
 class _Dirs:
-    """A fresh directory per instance under the test's tmp_path."""
+    """A fresh directory per instance under the test's tmp_path (and, as root, one for its
+    Maildirs that Dovecot's mail user can reach; see the module)."""
 
     def __init__(self, base: Path) -> None:
         self._base = base
         self._count = itertools.count(1)
+        self._outside: list[Path] = []
 
     def next(self) -> Path:
         n = next(self._count)
         path = self._base / ("mailqueue" if n == 1 else f"mailqueue-{n}")
         path.mkdir()
         return path
+
+    def maildirs(self) -> tuple[Path | None, str | None]:
+        """Where the next instance's Maildirs go and their owner: (None, None) for the
+        defaults, under its directory and the user running the tests."""
+        if os.geteuid() != 0:
+            return None, None
+        from mailqueue.testing.dovecot import mail_owner
+
+        path = Path(tempfile.mkdtemp(prefix="mailqueue-maildirs-"))
+        self._outside.append(path)
+        path.chmod(0o711)  # the mail user passes through, and lists nothing
+        return path, mail_owner()
+
+    def remove(self) -> None:
+        """Remove the directories made outside tmp_path (the instances have stopped)."""
+        for path in self._outside:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _options(base: MailqueueOptions, overrides: dict[str, Any]) -> MailqueueOptions:
@@ -87,9 +114,11 @@ def _options(base: MailqueueOptions, overrides: dict[str, Any]) -> MailqueueOpti
         pytest.fail(f"mailqueue options: {exc}", pytrace=False)
 
 
-def _config(options: MailqueueOptions, root: Path) -> Config:
+def _config(options: MailqueueOptions, dirs: _Dirs) -> Config:
+    root = dirs.next()
+    maildirs, owner = dirs.maildirs()
     try:
-        return options.build(root)
+        return options.build(root, maildirs=maildirs, owner=owner)
     except ConfigError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -105,7 +134,8 @@ def mailqueue_sync_factory(mailqueue_options: MailqueueOptions,
         from mailqueue.testing.threaded import Mailqueue
 
         options = _options(mailqueue_options, overrides)
-        instance = Mailqueue(_config(options, dirs.next()), inbound=options.inbound)
+        instance = Mailqueue(_config(options, dirs), inbound=options.inbound,
+                             passwords=options.passwords)
         instance.start()
         started.append(instance)
         return instance
@@ -113,7 +143,10 @@ def mailqueue_sync_factory(mailqueue_options: MailqueueOptions,
     try:
         yield make
     finally:
-        _stop_all_sync(started)
+        try:
+            _stop_all_sync(started)
+        finally:
+            dirs.remove()
 
 
 def _stop_all_sync(started: list[Mailqueue]) -> None:
@@ -142,7 +175,8 @@ async def _async_factory(options: MailqueueOptions,
         from mailqueue.testing.harness import AsyncMailqueue
 
         chosen = _options(options, overrides)
-        instance = AsyncMailqueue(_config(chosen, dirs.next()), inbound=chosen.inbound)
+        instance = AsyncMailqueue(_config(chosen, dirs), inbound=chosen.inbound,
+                                  passwords=chosen.passwords)
         await instance.start()
         started.append(instance)
         return instance
@@ -156,6 +190,7 @@ async def _async_factory(options: MailqueueOptions,
                 await instance.stop()
             except Exception as exc:  # stop the others, then report
                 errors.append(exc)
+        dirs.remove()
         if errors:
             raise errors[0]
 

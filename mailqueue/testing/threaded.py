@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import imaplib
+import poplib
 import threading
 from collections.abc import Coroutine, Mapping
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailqueue.config import Config
 from mailqueue.control.nodes import NodeState
 from mailqueue.control.windows import Window
 from mailqueue.queue.values import QueueStats
+from mailqueue.testing.access import require_access
 from mailqueue.testing.harness import STOP_TIMEOUT, AsyncMailqueue, read_mailbox
 from mailqueue.testing.ledger import Ledger
 from mailqueue.testing.options import with_nodes
 
+if TYPE_CHECKING:
+    from mailqueue.testing.dovecot import AccessDovecot
+
 T = TypeVar("T")
 _CALL_MARGIN = 5.0
+_ACCESS_TIMEOUT = 60.0  # the first login starts Dovecot
 
 
 class Mailbox:
@@ -44,8 +51,10 @@ class Mailqueue:
     """
 
     def __init__(self, config: Config, *, inbound: str = "queue",
-                 nodes: Mapping[str, int] | None = None) -> None:
+                 nodes: Mapping[str, int] | None = None,
+                 passwords: Mapping[str, str] | None = None) -> None:
         self.config = with_nodes(config, nodes)
+        self.passwords = None if passwords is None else dict(passwords)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="mailqueue-loop", daemon=True)
@@ -82,7 +91,8 @@ class Mailqueue:
         self._thread.start()
 
         async def build() -> AsyncMailqueue:
-            inner = AsyncMailqueue(self.config, inbound=self._inbound)
+            inner = AsyncMailqueue(self.config, inbound=self._inbound,
+                                   passwords=self.passwords)
             await inner.start()
             return inner
 
@@ -93,10 +103,11 @@ class Mailqueue:
             raise
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the app (under ``timeout``), then the loop and its thread."""
+        """Stop the mailbox access of :meth:`imap` and the app (each under ``timeout``),
+        then the loop and its thread."""
         try:
             if self._inner is not None:
-                self._call(self._inner.stop(timeout), timeout + _CALL_MARGIN)
+                self._call(self._inner.stop(timeout), 2 * timeout + _CALL_MARGIN)
         finally:
             self._shutdown_loop()
 
@@ -158,6 +169,28 @@ class Mailqueue:
 
     def stats(self) -> QueueStats:
         return self._call(self.inner.stats())
+
+    def imap(self, address: str, password: str | None = None) -> imaplib.IMAP4:
+        """An IMAP client logged in as ``address`` through Dovecot (logged out at
+        teardown). Raises ``MailboxClosed`` with the reason while a window or a node
+        outage closes the mailbox, ``MailboxAuthFailed`` for a wrong ``password``; skips
+        the test where Dovecot is not installed."""
+        __tracebackhide__ = True
+        require_access()  # here, so that a skip is raised in the test's thread
+        return self._call(self.inner.imap(address, password), _ACCESS_TIMEOUT)
+
+    def pop3(self, address: str, password: str | None = None) -> poplib.POP3:
+        """A POP3 client logged in as ``address``, as :meth:`imap` (closed at teardown
+        without ``QUIT``: call ``quit()`` to commit deletions)."""
+        __tracebackhide__ = True
+        require_access()
+        return self._call(self.inner.pop3(address, password), _ACCESS_TIMEOUT)
+
+    def dovecot(self) -> AccessDovecot:
+        """The Dovecot :meth:`imap` logs in through (started on first use): its
+        ``imap_port`` and ``pop3_port`` on 127.0.0.1, for your own mail client."""
+        require_access()
+        return self._call(self.inner.dovecot(), _ACCESS_TIMEOUT)
 
     def mailbox(self, address: str) -> Mailbox:
         """The Maildir of ``address`` (``mailbox(a).messages()``)."""
