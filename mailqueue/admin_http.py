@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from mailqueue import web as dashboard
 from mailqueue.access import Closed, mailbox_closed
 from mailqueue.clock import Clock
 from mailqueue.config import AdminConfig, StoreConfig
@@ -72,6 +73,7 @@ class AdminServer:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/mailboxes/{address}/messages", self.mailbox_messages)
         app.router.add_post("/dovecot/policy", self.dovecot_policy)
+        dashboard.add_routes(app)
         return app
 
     async def run(self) -> None:
@@ -93,7 +95,7 @@ class AdminServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self.config.token
-        if token and request.path not in _OPEN_PATHS:
+        if token and request.path not in _OPEN_PATHS and not dashboard.is_public(request.path):
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return _json({"error": "missing or wrong token"}, 401,
