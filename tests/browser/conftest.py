@@ -19,7 +19,7 @@ ARTIFACTS_ENV = "MAILQUEUE_TEST_ARTIFACTS"
 
 @pytest.fixture
 def chrome() -> Iterator[Any]:
-    """A headless Chromium at a laptop's size (1280×800) that keeps the console's messages."""
+    """A headless Chromium at a laptop's size (1280x800) that keeps the console's messages."""
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         pytest.skip("needs /usr/bin/chromium and /usr/bin/chromedriver "
                     "(apt-get install chromium chromium-driver)")
