@@ -124,6 +124,7 @@ def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
     smtp["port"] = 0
     smtp["host"] = "127.0.0.1"
     smtp.pop("listeners", None)
+    data.pop("admin", None)  # the load needs no admin endpoint, whose port may be taken
     smtp.pop("tls_dir", None)  # a self-signed certificate is made beside the copy's queue
     for key in ("tls_cert", "tls_key", "users_file"):  # as the source's config reads them
         if key in smtp:

@@ -1,0 +1,202 @@
+"""The dashboard in headless Chromium against a real ``mailqueue serve``: mail sent over SMTP
+moves the chart, the page's own buttons start and end a window, the queue drains on the
+page, the search finds a message by its Message-ID, and a token is asked for once."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.browser.conftest import console_problems
+from tests.served import free_port, start, wait_listening, write_config
+
+pytestmark = pytest.mark.browser
+
+STORES = {"basic": "basic.example", "exchange": "exchange.example"}
+
+
+class Served:
+    """A running ``mailqueue serve`` with its admin endpoint."""
+
+    def __init__(self, smtp: int, admin: int, proc: subprocess.Popen[bytes]) -> None:
+        self.smtp, self.admin, self.proc = smtp, admin, proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.admin}/"
+
+    def send(self, count: int, rcpt: str = "alice@basic.example", tag: str = "m") -> list[str]:
+        """``count`` messages over SMTP; their Message-IDs."""
+        ids = []
+        with smtplib.SMTP("127.0.0.1", self.smtp, timeout=10) as client:
+            for i in range(count):
+                mid = f"<{tag}-{i}@src.test>"
+                client.sendmail("sender@src.test", [rcpt],
+                                f"From: sender@src.test\r\nTo: {rcpt}\r\nSubject: {tag} {i}"
+                                f"\r\nMessage-ID: {mid}\r\n\r\nhello\r\n")
+                ids.append(mid)
+        return ids
+
+
+def serve(tmp_path: Path, token: str | None = None) -> Iterator[Served]:
+    smtp, admin = free_port(), free_port()
+    extra = f'\n[admin]\nhost = "127.0.0.1"\nport = {admin}\n'
+    if token:
+        extra += f'token = "{token}"\n'
+    proc = start(write_config(tmp_path, smtp, STORES, extra))
+    try:
+        asyncio.run(wait_listening(smtp, proc))
+        asyncio.run(wait_listening(admin, proc))
+        yield Served(smtp, admin, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    yield from serve(tmp_path)
+
+
+def until(driver: Any, check: Any, timeout: float = 20, message: str = "") -> Any:
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+        lambda d: check(d), message)
+
+
+def live(driver: Any, served: Served) -> None:
+    driver.get(served.url)
+    until(driver, lambda d: d.find_element(By.ID, "connection").get_attribute("data-state")
+          == "live", message="the event stream connects")
+    until(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#stores tr")) == 2)
+
+
+def chart(driver: Any) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, "#queue-chart svg.queue-chart")
+
+
+def window_item(driver: Any, name: str) -> WebElement:
+    return driver.find_element(By.CSS_SELECTOR, f'#windows li[data-window="{name}"]')
+
+
+def test_the_page_loads_without_console_errors(chrome: Any, served: Served) -> None:
+    live(chrome, served)
+    assert chrome.title == "mailqueue"
+    until(chrome, lambda d: d.find_element(By.ID, "fig-waiting").text == "0")
+    stores = [row.get_attribute("data-store") for row in
+              chrome.find_elements(By.CSS_SELECTOR, "#stores tr")]
+    assert stores == ["basic", "exchange"]
+    assert console_problems(chrome) == []
+
+
+def start_window_from_the_page(driver: Any) -> None:
+    driver.find_element(By.ID, "new-window").click()
+    dialog = driver.find_element(By.ID, "confirm")
+    assert dialog.get_attribute("open") is not None
+    name = driver.find_element(By.ID, "field-name")
+    assert driver.switch_to.active_element == name  # the dialog starts in its first field
+    name.clear()
+    name.send_keys("upgrade")
+    driver.find_element(By.CSS_SELECTOR, '#confirm input[value="basic"]').click()
+    driver.find_element(By.ID, "confirm-ok").click()
+    until(driver, lambda d: d.find_element(By.ID, "confirm").get_attribute("open") is None,
+          message="the start dialog closes")
+    until(driver, lambda d: window_item(d, "upgrade").get_attribute("data-state") == "active")
+
+
+def test_a_window_from_start_to_drain_on_the_page(chrome: Any, served: Served,
+                                                  artifacts: Path) -> None:
+    live(chrome, served)
+    start_window_from_the_page(chrome)
+    until(chrome, lambda d: "held" in d.find_element(
+        By.CSS_SELECTOR, '#stores tr[data-store="basic"]').text)
+
+    before = chart(chrome).get_attribute("innerHTML")
+    served.send(4)
+    until(chrome, lambda d: chart(d).get_attribute("data-latest-depth") == "4",
+          message="the chart shows the four queued recipients")
+    served.send(3)
+    until(chrome, lambda d: chart(d).get_attribute("data-latest-depth") == "7")
+    depth = chrome.find_element(By.CSS_SELECTOR, '#queue-chart .depth-line[data-store="basic"]')
+    assert depth.get_attribute("d") and chart(chrome).get_attribute("innerHTML") != before
+    assert chrome.find_element(By.ID, "fig-waiting").text == "7"
+    chrome.save_screenshot(str(artifacts / "dashboard.png"))
+
+    # From the keyboard: the End button opens its confirmation; Escape leaves it unasked.
+    end = window_item(chrome, "upgrade").find_element(By.CSS_SELECTOR, '[data-action="end"]')
+    end.send_keys(Keys.ENTER)
+    until(chrome, lambda d: d.find_element(By.ID, "confirm").get_attribute("open") is not None)
+    assert chrome.switch_to.active_element.get_attribute("id") == "confirm-cancel"
+    chrome.switch_to.active_element.send_keys(Keys.TAB)
+    assert chrome.switch_to.active_element.get_attribute("id") == "confirm-ok"
+    chrome.switch_to.active_element.send_keys(Keys.ESCAPE)
+    until(chrome, lambda d: d.find_element(By.ID, "confirm").get_attribute("open") is None)
+    assert chrome.switch_to.active_element == end  # focus back where it was
+    assert window_item(chrome, "upgrade").get_attribute("data-state") == "active"
+
+    # Now for real: End, confirmed; the queue drains and the page says so.
+    end.click()
+    chrome.find_element(By.ID, "confirm-ok").click()
+    until(chrome, lambda d: d.find_element(By.ID, "drain").get_attribute("data-done") == "true",
+          timeout=30, message="the drain completes on the page")
+    assert "Drained: 7 recipients settled" in chrome.find_element(By.ID, "drain-text").text
+    until(chrome, lambda d: chart(d).get_attribute("data-latest-depth") == "0")
+    assert window_item(chrome, "upgrade").get_attribute("data-state") == "ended"
+    until(chrome, lambda d: d.find_element(By.ID, "fig-waiting").text == "0")
+    assert console_problems(chrome) == []
+
+
+def test_search_finds_a_message_by_message_id(chrome: Any, served: Served) -> None:
+    live(chrome, served)
+    served.send(2, rcpt="bob@exchange.example", tag="other")
+    mid = served.send(1, rcpt="carol@basic.example", tag="wanted")[0]
+    box = chrome.find_element(By.ID, "search-q")
+    box.send_keys(mid.strip("<>"), Keys.ENTER)
+    until(chrome, lambda d: "1 message found" in d.find_element(By.ID, "search-status").text)
+    rows = chrome.find_elements(By.CSS_SELECTOR, "#results tr")
+    assert len(rows) == 1 and mid in rows[0].text
+    button = rows[0].find_element(By.CSS_SELECTOR, "button")
+    button.click()
+    until(chrome, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is not None)
+    until(chrome, lambda d: "carol@basic.example" in d.find_element(By.ID, "detail-body").text)
+    body = chrome.find_element(By.ID, "detail-body").text
+    assert mid in body and "sender@src.test" in body and "Subject: wanted 0" in body
+    chrome.switch_to.active_element.send_keys(Keys.ESCAPE)
+    until(chrome, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is None)
+    assert chrome.switch_to.active_element == button
+    assert console_problems(chrome) == []
+
+
+def test_the_page_asks_for_the_token_once(chrome: Any, tmp_path: Path) -> None:
+    for served in serve(tmp_path, token="s3cret"):
+        chrome.get(served.url)
+        until(chrome, lambda d: d.find_element(By.ID, "token").get_attribute("open")
+              is not None, message="the page asks for the token")
+        field = chrome.find_element(By.ID, "token-input")
+        field.send_keys("wrong", Keys.ENTER)
+        until(chrome, lambda d: "does not take" in d.find_element(By.ID, "token-error").text)
+        field.clear()
+        field.send_keys("s3cret", Keys.ENTER)
+        until(chrome, lambda d: d.find_element(By.ID, "connection").get_attribute(
+            "data-state") == "live", message="the stream takes the token too")
+        until(chrome, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#stores tr")) == 2)
+        chrome.refresh()  # kept for the session: not asked again
+        until(chrome, lambda d: d.find_element(By.ID, "connection").get_attribute(
+            "data-state") == "live")
+        assert chrome.find_element(By.ID, "token").get_attribute("open") is None
+        # The wrong token's 401 is the one console error the page caused.
+        problems = console_problems(chrome)
+        assert all("401" in p for p in problems), problems
