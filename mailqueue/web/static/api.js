@@ -91,7 +91,8 @@ export function listen(handlers, {onState = () => {}, onOpen = () => {}} = {}) {
       } catch {
         return;  // not ours to show: a malformed event is skipped
       }
-      handle(data);
+      // A failed re-read is not fatal: the next event or the periodic refresh reads again.
+      Promise.resolve(handle(data)).catch(() => {});
     });
   }
   return source;

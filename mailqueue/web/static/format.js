@@ -64,3 +64,18 @@ export function h(tag, attrs = {}, ...children) {
 export function badge(state) {
   return h("span", {class: `badge state-${state}`}, state);
 }
+
+/**
+ * Re-draw `container` with `draw()` without losing the keyboard's place: the focused
+ * element's `data-focus` key is looked up again in the new content and focused.
+ */
+export function redraw(container, draw) {
+  const focused = document.activeElement;
+  const key = focused && container.contains(focused) ? focused.dataset.focus : null;
+  draw();
+  if (key) {
+    const again = [...container.querySelectorAll("[data-focus]")]
+      .find((node) => node.dataset.focus === key);
+    if (again) again.focus();
+  }
+}

@@ -1,6 +1,6 @@
 // The stores-and-nodes panel and the recent deferrals and bounces.
 
-import {badge, count, h, time} from "./format.js";
+import {badge, count, h, redraw, time} from "./format.js";
 import {waiting} from "./series.js";
 
 /** Stores with their window, recipients waiting and delivered, and their nodes' modes. */
@@ -66,13 +66,16 @@ export class Problems {
 
   render() {
     document.getElementById("problems-empty").hidden = this.rows.length > 0;
-    document.getElementById("problems").replaceChildren(...this.rows.map((row) => h("tr", {},
+    document.getElementById("problems-table").hidden = this.rows.length === 0;
+    const body = document.getElementById("problems");
+    redraw(body, () => body.replaceChildren(...this.rows.map((row) => h("tr", {},
       h("td", {}, row.at === null ? h("span", {class: "muted"}, "earlier") : time(row.at)),
       h("td", {}, badge(row.kind)),
       h("td", {}, row.recipient, h("br"), h("span", {class: "muted"}, row.store)),
       h("td", {}, row.reason),
       h("td", {}, h("button", {type: "button", class: "link",
                                "aria-label": `Message ${row.queueId}`,
-                               onclick: () => this.open(row.queueId)}, row.queueId)))));
+                               "data-focus": `${row.kind} ${row.queueId} ${row.recipient}`,
+                               onclick: () => this.open(row.queueId)}, row.queueId))))));
   }
 }

@@ -3,7 +3,7 @@
 
 import {request} from "./api.js";
 import {confirmAction} from "./dialogs.js";
-import {badge, countdown, h, time} from "./format.js";
+import {badge, countdown, h, redraw, time} from "./format.js";
 
 const ORDER = {active: 0, scheduled: 1, ended: 2, cancelled: 3};
 const SHOWN_DONE = 4;  // ended or cancelled windows listed after the live ones
@@ -100,35 +100,42 @@ export function startNew(stores, refresh) {
   });
 }
 
+function button(window, action, text, onclick, extra = {}) {
+  return h("button", {type: "button", "aria-label": `${text.replace("…", "")}: ${window.name}`,
+                      "data-action": action, "data-focus": `window ${window.name} ${action}`,
+                      onclick, ...extra}, text);
+}
+
 function actions(window, refresh) {
-  const label = (verb) => `${verb}: ${window.name}`;
   if (window.state === "active") {
     return [
-      h("button", {type: "button", class: "danger", "aria-label": label("End now"),
-                   "data-action": "end", onclick: () => endWindow(window, refresh)},
-        "End now"),
-      h("button", {type: "button", "aria-label": label("Extend"), "data-action": "extend",
-                   onclick: () => extendWindow(window, refresh)}, "Extend…"),
+      button(window, "end", "End now", () => endWindow(window, refresh), {class: "danger"}),
+      button(window, "extend", "Extend…", () => extendWindow(window, refresh)),
     ];
   }
   if (window.state === "scheduled") {
-    return [h("button", {type: "button", "aria-label": label("Start now"),
-                         "data-action": "start",
-                         onclick: () => startScheduled(window, refresh)}, "Start now")];
+    return [button(window, "start", "Start now", () => startScheduled(window, refresh))];
   }
   return [];
 }
 
-/** Draw the windows into the panel. */
+let drawn = null;  // what the list shows now (countdowns move on their own)
+
+/** Draw the windows into the panel (when they changed). */
 export function renderWindows(windows, now, refresh) {
   const list = document.getElementById("windows");
   const shown = listed(windows);
+  const key = JSON.stringify(shown.map((w) => [w.name, w.state, w.stores, w.inbound,
+    w.start_epoch, w.end_epoch, w.started_at_epoch, w.ended_at_epoch]));
+  if (key === drawn) return;
+  drawn = key;
   document.getElementById("windows-empty").hidden = shown.length > 0;
-  list.replaceChildren(...shown.map((w) => h("li", {dataset: {window: w.name, state: w.state}},
+  const item = (w) => h("li", {dataset: {window: w.name, state: w.state}},
     h("div", {class: "window-head"}, h("span", {class: "window-name"}, w.name), badge(w.state)),
     h("p", {class: "window-meta"}, `${storesText(w)} · new mail: ${w.inbound}`),
     h("p", {class: "window-meta"}, ...when(w, now)),
-    h("div", {class: "window-actions"}, ...actions(w, refresh)))));
+    h("div", {class: "window-actions"}, ...actions(w, refresh)));
+  redraw(list, () => list.replaceChildren(...shown.map(item)));
 }
 
 /** Move every countdown on to `now` (each second). */
