@@ -7,9 +7,11 @@ messages of one mailbox as JSON, or ``503`` while the mailbox is closed (one dec
 inside an active maintenance window, as the upgrade notice promised, and while the node it
 lives on is down; and ``POST /dovecot/policy``: the same decision for an IMAP or POP3
 login, answered in Dovecot's auth-policy protocol (:mod:`mailqueue.access.dovecot`).
-Off unless ``[admin]`` is configured;
-loopback by default; with ``token`` set, every path but the health checks needs
-``Authorization: Bearer TOKEN``.
+The JSON API (:mod:`mailqueue.api`) is mounted under ``/api/v1``. Off unless
+``[admin]`` is configured; loopback by default; with ``token`` set, every path but the
+health checks and the dashboard's page and files (:mod:`mailqueue.web`) needs
+``Authorization: Bearer TOKEN`` (the API's event stream also takes
+``?token=TOKEN``, for a browser's EventSource, which cannot set headers).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from aiohttp import web
 
 from mailqueue import web as dashboard
 from mailqueue.access import Closed, mailbox_closed
+from mailqueue.api import Api, build_api
+from mailqueue.api.problems import problem
 from mailqueue.clock import Clock
 from mailqueue.config import AdminConfig, StoreConfig
 from mailqueue.control.nodes import NodeState
@@ -44,6 +48,10 @@ from mailqueue.timeparse import format_time
 log = structlog.get_logger("mailqueue.admin")
 
 _OPEN_PATHS = ("/healthz", "/readyz")
+API_PREFIX = "/api/v1"
+# The one route that also takes the token as a query parameter (EventSource sends no
+# headers); everywhere else a token in a URL would end up in logs and histories.
+_QUERY_TOKEN_PATHS = (f"{API_PREFIX}/events",)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -53,8 +61,10 @@ class AdminServer:
     def __init__(self, config: AdminConfig, queue: QueueStore, metrics: Metrics, clock: Clock,
                  windows: Callable[[], WindowSet], stores: list[StoreConfig],
                  smtp_listening: Callable[[], bool | None],
-                 nodes: Callable[[], Mapping[str, NodeState]] = dict) -> None:
+                 nodes: Callable[[], Mapping[str, NodeState]] = dict,
+                 api: Api | None = None) -> None:
         self.config = config
+        self._api = api
         self._queue = queue
         self._metrics = metrics
         self._clock = clock
@@ -74,10 +84,14 @@ class AdminServer:
         app.router.add_get("/mailboxes/{address}/messages", self.mailbox_messages)
         app.router.add_post("/dovecot/policy", self.dovecot_policy)
         dashboard.add_routes(app)
+        if self._api is not None:
+            app.add_subapp(API_PREFIX, build_api(self._api))
         return app
 
     async def run(self) -> None:
-        runner = web.AppRunner(self.make_app(), access_log=None)
+        # A client that goes away cancels its handler: an event stream waiting for its
+        # next event then ends at once rather than at its next write.
+        runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True)
         await runner.setup()
         try:
             site = web.TCPSite(runner, self.config.host, self.config.port)
@@ -95,11 +109,12 @@ class AdminServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self.config.token
-        if token and request.path not in _OPEN_PATHS and not dashboard.is_public(request.path):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return _json({"error": "missing or wrong token"}, 401,
-                             {"WWW-Authenticate": "Bearer"})
+        if token and not _is_open(request.path) and not _authorized(request, token):
+            challenge = {"WWW-Authenticate": "Bearer"}
+            if request.path.startswith(API_PREFIX + "/"):
+                return problem(401, "missing or wrong token: send Authorization: Bearer "
+                                    "TOKEN", headers=challenge)
+            return _json({"error": "missing or wrong token"}, 401, challenge)
         return await handler(request)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -181,6 +196,23 @@ class AdminServer:
         if closed is None:
             return route.store, "allowed", ""
         return route.store, closed.kind, closed.reason()
+
+
+def _is_open(path: str) -> bool:
+    """Whether ``path`` is served without the token (the health checks, the dashboard's
+    page and files)."""
+    return path in _OPEN_PATHS or dashboard.is_public(path)
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    """The request carries the token: as a bearer header, or as ``?token=`` where that is
+    taken."""
+    expected = token.encode()
+    header = request.headers.get("Authorization", "")
+    if hmac.compare_digest(header.encode(), b"Bearer " + expected):
+        return True
+    given = request.query.get("token") if request.path in _QUERY_TOKEN_PATHS else None
+    return given is not None and hmac.compare_digest(given.encode(), expected)
 
 
 def _closed(closed: Closed) -> web.Response:

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Sequence
 
 import structlog
 
 from mailqueue import loops
 from mailqueue.admin_http import AdminServer
+from mailqueue.api import Api
 from mailqueue.clock import Clock, SystemClock
 from mailqueue.config import Config
 from mailqueue.control.nodes import FaultModel
@@ -28,6 +30,7 @@ from mailqueue.delivery.ramp import DrainRamp
 from mailqueue.delivery.retry import RetryPolicy
 from mailqueue.delivery.worker import DeliveryWorker
 from mailqueue.errors import ConfigError, QueueError
+from mailqueue.events import EventHub
 from mailqueue.mailbox.base import MailboxStore
 from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.mailbox.placement import never_holds_maildirs
@@ -38,7 +41,11 @@ from mailqueue.queue import postgres
 from mailqueue.queue.committer import GroupCommitter
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.store import QueueStore
-from mailqueue.queue.values import NewMessage
+from mailqueue.queue.values import BouncedRecipient, NewMessage
+from mailqueue.service import Context
+from mailqueue.service.nodes import node_view
+from mailqueue.service.rehearsals import RehearsalRuns
+from mailqueue.service.windows import window_view
 from mailqueue.smtp import Capacity, Gate, MailqueueHandler, start_server
 from mailqueue.smtp.auth import Authenticator
 from mailqueue.smtp.server import listeners
@@ -82,6 +89,7 @@ class MailqueueApp:
         self.capacity = Capacity(config.queue.max_messages, config.queue.max_bytes)
         self.gate = Gate(config.smtp.max_connections, config.smtp.max_connections_per_ip)
         self.metrics = Metrics()
+        self.events = EventHub()
         self.notifier = Notifier(Router(config.stores), config.smtp.hostname,
                                  config.queue.max_lifetime)
         self.worker = DeliveryWorker(self.queue, self.mailboxes, self.clock, config.delivery,
@@ -93,10 +101,16 @@ class MailqueueApp:
                                     self.control.current, self.notifier,
                                     delay_warning=config.queue.delay_warning,
                                     interval=config.delivery.reclaim_interval,
-                                    on_expired=self.metrics.observe_expired)
+                                    on_expired=self._expired)
+        self.worker.observe(self.events.observe_settlement)
+        self.control.watch(
+            lambda change, window: self.events.window_changed(
+                change, window_view(window, self.clock.now())),
+            lambda node: self.events.node_changed(node_view(node)))
         self.admin = AdminServer(config.admin, self.queue, self.metrics, self.clock,
                                  self.control.current, list(config.stores),
-                                 self._smtp_listening, nodes=self.control.nodes) \
+                                 self._smtp_listening, nodes=self.control.nodes,
+                                 api=self._api(config.admin.token)) \
             if config.admin is not None and config.admin.enabled else None
         self.smtp_server: asyncio.Server | None = None  # the [smtp] host:port listener
         self.smtp_servers: list[asyncio.Server] = []  # it and every [[smtp.listeners]] one
@@ -109,6 +123,23 @@ class MailqueueApp:
         self.port: int | None = None
         self._stop = asyncio.Event()
 
+    def _api(self, token: str | None) -> Api:
+        """The HTTP API's view of this process: the service on its queue and clock, its
+        events, its rehearsal runs."""
+        ctx = Context(self.config, self.queue, self.clock, changed=self._changed,
+                      events=self.events)
+        runs = RehearsalRuns(lambda run: self.events.publish("rehearsal", run.view()))
+        return Api(ctx, self.events, runs, self.control.blocked, token)
+
+    def _changed(self) -> None:
+        """A window, a node or queued mail was changed here: reread and look for work now."""
+        self.control.poke()
+        self.worker.wake()
+
+    def _expired(self, bounced: Sequence[BouncedRecipient]) -> None:
+        self.metrics.observe_expired(bounced)
+        self.events.observe_expired(bounced, self.clock.now())
+
     def stop(self) -> None:
         """Begin a graceful stop (safe to call from a signal handler)."""
         self._stop.set()
@@ -120,6 +151,7 @@ class MailqueueApp:
 
     def _accepted(self, message: NewMessage) -> None:
         self.metrics.accepted.inc()
+        self.events.observe_accepted(message)
         blocked = self.control.blocked()
         if any(store not in blocked for _, store in message.recipients):
             self.worker.wake()

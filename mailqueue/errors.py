@@ -6,17 +6,32 @@ carries a message that says what to fix::
     MailqueueError
     ├── ConfigError          a config file, key or environment override is invalid
     ├── TimeParseError       a time, duration or size could not be read
+    ├── InvalidInputError    a request's arguments do not fit together or name nothing known
+    ├── NotFoundError        what a request names does not exist
+    │   ├── UnknownQueueIdError  a queue id
+    │   ├── UnknownWindowError   a window name (also a WindowError)
+    │   ├── UnknownNodeError     a node name (also a NodeError)
+    │   └── UnknownRunError      a rehearsal run of the serving process
+    ├── ConflictError        the request does not fit the current state
+    │   ├── WindowStateError     a window in the wrong state (also a WindowError)
+    │   └── RunInProgressError   a rehearsal is already running in the serving process
+    ├── GoneError            what a request asks for is no longer kept (a done message's content)
     ├── WindowError          a window operation is not possible (unknown name, bad state)
     ├── NodeError            a name that is not one of the configured mailbox nodes
     ├── QueueError           the durable queue failed (wraps database errors)
     │   ├── QueueFullError   the queue is at its configured capacity, or its disk is full
     │   ├── QueueLostError   the queue file is no longer the one at its path (deleted, replaced)
     │   └── SchemaError      the queue database's schema is not at this version's revision
-    ├── UnknownQueueIdError  a queue id does not exist
     ├── UsersError           the users file cannot be read or written, or a user name is invalid
     └── DeliveryError        a mailbox store could not take a message
         ├── TemporaryDeliveryError   retry later (disk full, node down, a 4xx, ...)
         └── PermanentDeliveryError   give up and bounce (a 5xx, ...)
+
+The command line prints any of them as one line (exit 2 for an :class:`InvalidInputError`,
+as for a usage error; 1 for the others); the HTTP API answers them as problem details
+(404 for :class:`NotFoundError`, 409 for :class:`ConflictError`, 410 for
+:class:`GoneError`, 503 for :class:`QueueError`, 400 for the rest). An error about one
+value of a request names it in ``field`` (``until``, ``stores``), so the API can say which.
 
 A delivery error caused by what a remote mailbox server answered carries that answer
 (:class:`RemoteReply`), so that a bounce can quote it.
@@ -33,6 +48,28 @@ _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
 class MailqueueError(Exception):
     """Base class of every error mailqueue reports to a user."""
 
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        # The request value the error is about (a body member, query or path parameter).
+        self.field = field
+
+
+class InvalidInputError(MailqueueError, ValueError):
+    """A request's arguments do not fit together, or name a store that is not configured:
+    a usage error on the command line."""
+
+
+class NotFoundError(MailqueueError):
+    """What a request names (a queue id, a window, a node, a rehearsal run) does not exist."""
+
+
+class ConflictError(MailqueueError):
+    """The request does not fit the current state (ending a window that is not active)."""
+
+
+class GoneError(MailqueueError):
+    """What a request asks for is no longer kept (the content of a message that is done)."""
+
 
 class ConfigError(MailqueueError):
     """A configuration file, key or override is invalid."""
@@ -46,8 +83,29 @@ class WindowError(MailqueueError):
     """A maintenance-window operation is not possible."""
 
 
+class UnknownWindowError(WindowError, NotFoundError):
+    """No window of that name."""
+
+
+class WindowStateError(WindowError, ConflictError):
+    """The window is not in a state the operation applies to (ending one not active)."""
+
+
 class NodeError(MailqueueError, ValueError):
-    """A mailbox node name that is not one of the configured nodes."""
+    """A mailbox node name that is not one of the configured nodes, or a node mode
+    without the setting it needs."""
+
+
+class UnknownNodeError(NodeError, NotFoundError):
+    """A name that is not one of the configured mailbox nodes."""
+
+
+class UnknownRunError(NotFoundError):
+    """No rehearsal run of that id in the serving process."""
+
+
+class RunInProgressError(ConflictError):
+    """A rehearsal is already running in the serving process."""
 
 
 class QueueError(MailqueueError):
@@ -68,7 +126,7 @@ class SchemaError(QueueError):
     """The queue database's schema revision is not the one this version needs."""
 
 
-class UnknownQueueIdError(MailqueueError):
+class UnknownQueueIdError(NotFoundError):
     """A queue id named by the user does not exist."""
 
 

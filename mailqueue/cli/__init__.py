@@ -13,7 +13,7 @@ import click
 
 from mailqueue import __version__
 from mailqueue.cli import db, dovecot, node, queue, rehearse, serve, stats, user, verify, window
-from mailqueue.errors import MailqueueError
+from mailqueue.errors import InvalidInputError, MailqueueError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.ClickException as exc:
         click.echo(f"mailqueue: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except InvalidInputError as exc:  # arguments that do not fit: a usage error
+        click.echo(f"mailqueue: error: {exc}", err=True)
         sys.exit(2)
     except MailqueueError as exc:
         click.echo(f"mailqueue: error: {exc}", err=True)

@@ -12,12 +12,9 @@ import json
 
 import click
 
-from mailqueue.cli._common import MAX_COUNT, FiniteFloatRange, config_option, in_queue, load
-from mailqueue.clock import SystemClock
-from mailqueue.control.nodes import NodeMode, NodeState, find_node, mode_needs, node_name
-from mailqueue.control.plane import set_nodes
-from mailqueue.queue.store import ControlState
-from mailqueue.timeparse import parse_duration
+from mailqueue.cli._common import MAX_COUNT, FiniteFloatRange, config_option, in_service, load
+from mailqueue.control.nodes import NodeMode
+from mailqueue.service import nodes as service
 
 
 @click.group(short_help="Mailbox nodes: list, set up/down/slow/flaky.")
@@ -31,14 +28,8 @@ def node() -> None:
 def node_list(config_path: str | None, as_json: bool) -> None:
     """Every configured node and its state (up unless set otherwise)."""
     config = load(config_path)
-    stored = {n.name: n for n in in_queue(config, lambda q: q.nodes())}
-    for store in config.stores:
-        for index in range(store.nodes):
-            name = node_name(store.name, index)
-            n = stored.get(name) or NodeState(name=name, store=store.name)
-            click.echo(json.dumps({"name": n.name, "store": n.store, "mode": n.mode.value,
-                                   "latency": n.latency, "failure_rate": n.failure_rate,
-                                   "fail_next": n.fail_next}) if as_json else n.describe())
+    for n in in_service(config, service.list_nodes):
+        click.echo(json.dumps(service.node_json(n)) if as_json else n.describe())
 
 
 @node.command("set")
@@ -55,20 +46,6 @@ def node_set(config_path: str | None, name: str, mode: str, latency: str,
              failure_rate: float, fail_next: int) -> None:
     """Set node NAME (STORE-N, e.g. basic-2) to MODE."""
     config = load(config_path)
-    counts = {s.name: s.nodes for s in config.stores}
-    find_node(name, counts)  # a wrong name is named before the queue is opened
-    delay = parse_duration(latency)
-    needs = mode_needs(NodeMode(mode), latency=delay, failure_rate=failure_rate,
-                       fail_next=fail_next)
-    if needs:
-        options = " or ".join(f"--{key.replace('_', '-')}" for key in needs)
-        example = " (e.g. 30s)" if "latency" in needs else ""
-        raise click.UsageError(f"a {mode} node needs {options}{example}")
-
-    async def action(queue: ControlState) -> NodeState:
-        changed = await set_nodes(queue, [name], NodeMode(mode), SystemClock().now(),
-                                  counts=counts, latency=delay, failure_rate=failure_rate,
-                                  fail_next=fail_next)
-        return changed[0]
-
-    click.echo(f"set {in_queue(config, action).describe()}")
+    changed = in_service(config, lambda ctx: service.set_node(
+        ctx, name, mode, latency=latency, failure_rate=failure_rate, fail_next=fail_next))
+    click.echo(f"set {changed.describe()}")

@@ -15,27 +15,21 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import click
 
-from mailqueue.cli._common import MAX_COUNT, config_option, in_queue, load
+from mailqueue.cli._common import MAX_COUNT, config_option, in_service, load
 from mailqueue.clock import SystemClock
 from mailqueue.config import Config
-from mailqueue.delivery.dsn import Notifier
-from mailqueue.errors import UnknownQueueIdError
-from mailqueue.mailbox.router import Router
-from mailqueue.queue.store import QueueStore
 from mailqueue.queue.values import (
-    SHAPE_EDGES_MINUTES,
     Action,
-    ActionResult,
     MessageDetail,
     MessageView,
-    QueueFilter,
     RecipientState,
 )
-from mailqueue.timeparse import format_duration, format_time, parse_duration
+from mailqueue.service import messages as service
+from mailqueue.service.messages import ACTS_ON, SHAPE_HEADS, header_lines
+from mailqueue.timeparse import format_duration, format_time
 
 # The exit status of hold, delete and bounce when they left recipients to the worker
 # delivering them (as ``window end --wait --timeout`` exits 3 when mail is still queued).
@@ -98,13 +92,10 @@ def queue_list(config_path: str | None, states: tuple[str, ...], store: str | No
     """
     config: Config = load(config_path)
     now = SystemClock().now()
-    if store is not None and store not in {s.name for s in config.stores}:
-        raise click.UsageError(f"--store: unknown store {store!r} "
-                               f"(known: {', '.join(s.name for s in config.stores)})")
-    query = QueueFilter(states=states, store=store, sender=sender, recipient=recipient,
-                        received_before=now - parse_duration(older_than) if older_than else None,
-                        include_done=include_done, limit=limit)
-    found: list[MessageView] = in_queue(config, lambda q: q.list_messages(query))
+    page = in_service(config, lambda ctx: service.list_messages(
+        ctx, states=states, store=store, sender=sender, recipient=recipient,
+        older_than=older_than or None, include_done=include_done, limit=limit))
+    found: list[MessageView] = page.messages
     if ids_only:
         for m in found:
             click.echo(m.queue_id)
@@ -115,19 +106,7 @@ def queue_list(config_path: str | None, states: tuple[str, ...], store: str | No
         click.echo(format_table(found, now))
 
 
-def message_json(m: MessageView, now: float) -> dict[str, Any]:
-    """The JSON form of one message (``queue list --json`` and ``queue show --json``)."""
-    return {
-        "queue_id": m.queue_id, "arrival_time": format_time(m.received_at),
-        "age_seconds": round(now - m.received_at, 3), "size": m.size, "sender": m.mail_from,
-        "message_id": m.message_id, "done": m.done_at is not None,
-        "auth_user": m.auth_user, "tls": m.tls,
-        "recipients": [{
-            "address": r.address, "store": r.store, "state": r.state, "attempts": r.attempts,
-            "next_attempt": format_time(r.next_attempt_at)
-            if r.state in (RecipientState.QUEUED, RecipientState.ACTIVE) else None,
-            "last_error": r.last_error,
-        } for r in m.recipients]}
+message_json = service.message_json
 
 
 def format_table(found: Sequence[MessageView], now: float) -> str:
@@ -166,33 +145,16 @@ def queue_show(config_path: str | None, queue_id: str, raw: bool, as_json: bool)
     """Show one message: envelope, headers, each recipient's history."""
     config: Config = load(config_path)
     now = SystemClock().now()
-    detail: MessageDetail | None = in_queue(config, lambda q: q.message(queue_id))
-    if detail is None:
-        raise UnknownQueueIdError(f"no such queue id: {queue_id}")
     if raw:
-        if detail.body is None:
-            delivered = any(r.state == RecipientState.DELIVERED
-                            for r in detail.message.recipients)
-            raise UnknownQueueIdError(f"message {queue_id} is done: its content is no longer "
-                                      "kept" + (" (see the mailboxes)" if delivered else ""))
-        sys.stdout.buffer.write(detail.body)
+        body = in_service(config, lambda ctx: service.raw_message(ctx, queue_id))
+        sys.stdout.buffer.write(body)
         sys.stdout.buffer.flush()
         return
+    detail = in_service(config, lambda ctx: service.show_message(ctx, queue_id))
     if as_json:
-        data = message_json(detail.message, now)
-        data["history"] = [{"at": format_time(e.at), "kind": e.kind, "recipient": e.address,
-                            "detail": e.detail} for e in detail.events]
-        data["headers"] = _headers(detail.body)
-        click.echo(json.dumps(data))
+        click.echo(json.dumps(service.detail_json(detail, now)))
         return
     click.echo(format_detail(detail, now))
-
-
-def _headers(body: bytes | None) -> list[str]:
-    if body is None:
-        return []
-    head = body.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
-    return head.decode("utf-8", "replace").split("\n")
 
 
 def format_detail(detail: MessageDetail, now: float) -> str:
@@ -219,7 +181,7 @@ def format_detail(detail: MessageDetail, now: float) -> str:
     lines += [f"  {format_time(e.at)}  {e.address or '-'}  {e.kind}"
               + (f"  {e.detail}" if e.detail else "") for e in detail.events] or ["  (none)"]
     lines += ["", "headers:"]
-    lines += [f"  {h}" for h in _headers(detail.body)] or ["  (content no longer kept)"]
+    lines += [f"  {h}" for h in header_lines(detail.body)] or ["  (content no longer kept)"]
     return "\n".join(lines)
 
 
@@ -245,17 +207,21 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _report(verb: str, result: ActionResult, ids: list[str] | None, what: str) -> None:
+# The past tense each verb's lines use.
+VERBS = {Action.HOLD: "held", Action.RELEASE: "released", Action.RETRY: "retried",
+         Action.DELETE: "deleted", Action.BOUNCE: "bounced"}
+
+
+def _report(outcome: service.ActionOutcome) -> None:
     """One line per recipient changed or left in delivery, one per given id left alone,
     a total; exit :data:`IN_DELIVERY_EXIT` if a recipient was left in delivery."""
+    verb, result = VERBS[outcome.action], outcome.result
     for c in result.changed:
         click.echo(f"{verb} {c.queue_id} {c.address} ({c.before or '?'} -> {c.after})")
     for c in result.in_delivery:
         click.echo(f"skipped {c.queue_id} {c.address} (in delivery; not {verb})")
-    touched = {c.queue_id for c in result.changed + result.in_delivery}
-    for queue_id in dict.fromkeys(ids or ()):
-        if queue_id not in touched:
-            click.echo(f"unchanged {queue_id}: no {what} recipients")
+    for queue_id in outcome.unchanged:
+        click.echo(f"unchanged {queue_id}: no {ACTS_ON[outcome.action]} recipients")
     total = (f"{verb} {_count(len(result.changed), 'recipient')} of "
              f"{_count(len({c.queue_id for c in result.changed}), 'message')}")
     if result.in_delivery:
@@ -263,70 +229,55 @@ def _report(verb: str, result: ActionResult, ids: list[str] | None, what: str) -
         total += (f"; {_count(left, 'recipient')} in delivery, not {verb}: run again once "
                   f"{'it settles' if left == 1 else 'they settle'}")
     click.echo(total)
-    if result.in_delivery:
+    if not outcome.complete:
         sys.exit(IN_DELIVERY_EXIT)
 
 
-def _action_command(action: Action, verb: str, what: str, doc: str) -> click.Command:
+def _act(config_path: str | None, action: Action, ids: tuple[str, ...], every: bool,
+         reason: str | None = None) -> None:
+    config: Config = load(config_path)
+    wanted = _ids(ids, every)
+    _report(in_service(config, lambda ctx: service.act(ctx, action, wanted, reason)))
+
+
+def _action_command(action: Action, doc: str) -> click.Command:
     @config_option
     @click.argument("ids", nargs=-1, metavar="[ID]... | -")
     @click.option("--all", "every", is_flag=True, help="Every message not yet done.")
     def command(config_path: str | None, ids: tuple[str, ...], every: bool) -> None:
-        config: Config = load(config_path)
-        wanted = _ids(ids, every)
-        now = SystemClock().now()
-
-        async def run(q: QueueStore) -> ActionResult:
-            return await q.change(action, wanted, now)
-
-        _report(verb, in_queue(config, run), wanted, what)
+        _act(config_path, action, ids, every)
 
     command.__doc__ = doc
     return queue.command(action.value)(command)
 
 
-_action_command(Action.HOLD, "held", "queued",
+_action_command(Action.HOLD,
                 "Hold messages: not delivered until released (postsuper -h).\n\n"
                 "Queued recipients become held. Held recipients neither expire nor get\n"
                 "delay warnings. A recipient being delivered right now is left to its\n"
                 "worker and listed as 'in delivery; not held'; the command then exits 3,\n"
                 "so a script can run it again once it settles.")
-_action_command(Action.RELEASE, "released", "held",
+_action_command(Action.RELEASE,
                 "Release held messages; they are due at once (postsuper -H).")
-_action_command(Action.RETRY, "retried", "queued",
+_action_command(Action.RETRY,
                 "Deliver now, skipping the backoff (postqueue -i, postsuper -r).\n\n"
                 "Queued recipients become due at once. Held recipients stay held, and a\n"
                 "store inside an active window stays closed.")
-
-
-@queue.command("delete")
-@config_option
-@click.argument("ids", nargs=-1, metavar="[ID]... | -")
-@click.option("--all", "every", is_flag=True, help="Every message not yet done.")
-def queue_delete(config_path: str | None, ids: tuple[str, ...], every: bool) -> None:
-    """Delete messages, with no notice to anyone (postsuper -d).
-
-    Queued and held recipients become deleted: never delivered, and still counted as
-    accepted (stats, verify and queue show account for them). A recipient being
-    delivered right now is left to its worker and listed as 'in delivery; not deleted';
-    the command then exits 3, so a script can run it again once it settles. A message
-    whose recipients are all delivered, bounced or deleted is left as it is.
-    """
-    config: Config = load(config_path)
-    wanted = _ids(ids, every)
-    now = SystemClock().now()
-
-    async def run(q: QueueStore) -> ActionResult:
-        return await q.delete(wanted, now)
-
-    _report("deleted", in_queue(config, run), wanted, "queued or held")
+_action_command(Action.DELETE,
+                "Delete messages, with no notice to anyone (postsuper -d).\n\n"
+                "Queued and held recipients become deleted: never delivered, and still\n"
+                "counted as accepted (stats, verify and queue show account for them). A\n"
+                "recipient being delivered right now is left to its worker and listed as\n"
+                "'in delivery; not deleted'; the command then exits 3, so a script can run\n"
+                "it again once it settles. A message whose recipients are all delivered,\n"
+                "bounced or deleted is left as it is.")
 
 
 @queue.command("bounce")
 @config_option
 @click.argument("ids", nargs=-1, metavar="[ID]... | -")
 @click.option("--all", "every", is_flag=True, help="Every message not yet done.")
-@click.option("--reason", default="bounced by the operator", show_default=True,
+@click.option("--reason", default=service.DEFAULT_BOUNCE_REASON, show_default=True,
               help="The diagnostic the sender's notice gives.")
 def queue_bounce(config_path: str | None, ids: tuple[str, ...], every: bool,
                  reason: str) -> None:
@@ -337,15 +288,7 @@ def queue_bounce(config_path: str | None, ids: tuple[str, ...], every: bool,
     A recipient being delivered right now is left to its worker and listed as 'in
     delivery; not bounced'; the command then exits 3, so a script can run it again.
     """
-    config: Config = load(config_path)
-    wanted = _ids(ids, every)
-    now = SystemClock().now()
-    notifier = Notifier(Router(config.stores), config.smtp.hostname, config.queue.max_lifetime)
-
-    async def run(q: QueueStore) -> ActionResult:
-        return await q.bounce(wanted, reason, now, notifier)
-
-    _report("bounced", in_queue(config, run), wanted, "queued or held")
+    _act(config_path, Action.BOUNCE, ids, every, reason)
 
 
 # --- shape --------------------------------------------------------------------------------
@@ -360,16 +303,11 @@ def queue_shape(config_path: str | None, as_json: bool) -> None:
     T is the total. A message with recipients in two stores counts in both rows.
     """
     config: Config = load(config_path)
-    now = SystemClock().now()
-    shape: dict[str, list[int]] = in_queue(config, lambda q: q.shape(now))
-    for store in config.stores:
-        shape.setdefault(store.name, [0] * (len(SHAPE_EDGES_MINUTES) + 1))
-    heads = [str(e) for e in SHAPE_EDGES_MINUTES] + [f"{SHAPE_EDGES_MINUTES[-1]}+"]
+    shape = in_service(config, service.queue_shape)
     if as_json:
-        click.echo(json.dumps({"buckets_minutes": heads, "stores": {
-            name: {"total": sum(counts), "buckets": counts} for name, counts in shape.items()}}))
+        click.echo(json.dumps(service.shape_json(shape)))
         return
-    click.echo(format_shape(shape, heads))
+    click.echo(format_shape(shape, SHAPE_HEADS))
 
 
 def format_shape(shape: dict[str, list[int]], heads: list[str]) -> str:

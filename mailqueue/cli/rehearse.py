@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -43,6 +42,7 @@ def run(scenario_path: str, speed: float | None, seed: int | None, out: str | No
     from mailqueue.rehearsal.report import figures_text, write_report
     from mailqueue.rehearsal.runner import run_rehearsal
     from mailqueue.rehearsal.scenario import load_scenario
+    from mailqueue.service.rehearsals import passed, temporary_workdir, writable_directories
 
     scenario = load_scenario(scenario_path)
     target = Path(out or Path("var") / "rehearsal" / Path(scenario_path).stem).absolute()
@@ -50,7 +50,7 @@ def run(scenario_path: str, speed: float | None, seed: int | None, out: str | No
     if workdir:
         directories["--workdir"] = Path(workdir).absolute()
     writable_directories(directories)
-    work = directories.get("--workdir") or _temporary_workdir()
+    work = directories.get("--workdir") or temporary_workdir()
     configure_logging("console", "warning")
     print(f"rehearsing {scenario.info.name} at {speed or scenario.info.speed:g}x "
           f"(work dir {work})", file=sys.stderr)
@@ -66,32 +66,4 @@ def run(scenario_path: str, speed: float | None, seed: int | None, out: str | No
             shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write(figures_text(figures))
     print(f"report: {target}/ (timeline.md, queue.png, series.csv, report.json)")
-    return 1 if figures["lost"] or figures["duplicated"] or figures["pending"] else 0
-
-
-def writable_directories(directories: dict[str, Path]) -> None:
-    """Make each directory (with its parents) and write a file in it, or raise a usage
-    error naming the option and the path; none is made when one can never be."""
-    from mailqueue.mailbox.placement import never_holds_maildirs
-
-    for what, path in directories.items():
-        reason = never_holds_maildirs(path)
-        if reason is not None:
-            raise click.UsageError(f"{what}: {reason}")
-    for what, path in directories.items():
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as exc:
-            raise click.UsageError(f"{what}: cannot write to {path}: {exc.strerror or exc}"
-                                   ) from exc
-
-
-def _temporary_workdir() -> Path:
-    try:
-        return Path(tempfile.mkdtemp(prefix="mailqueue-rehearsal-"))
-    except OSError as exc:
-        raise click.UsageError(f"cannot make a temporary work directory: "
-                               f"{exc.strerror or exc} (give --workdir DIR, or set TMPDIR)"
-                               ) from exc
+    return 0 if passed(figures) else 1

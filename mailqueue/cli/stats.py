@@ -6,9 +6,10 @@ import json
 
 import click
 
-from mailqueue.cli._common import config_option, in_queue, load
+from mailqueue.cli._common import config_option, in_service, load
 from mailqueue.clock import SystemClock
 from mailqueue.queue.values import QueueReport
+from mailqueue.service.messages import queue_report, stats_json
 from mailqueue.timeparse import format_duration
 
 
@@ -18,31 +19,15 @@ from mailqueue.timeparse import format_duration
 def stats(config_path: str | None, as_json: bool) -> None:
     """Queue counts by state, bytes, oldest age, totals and drain rate."""
     config = load(config_path)
-    now = SystemClock().now()
-    report = in_queue(config, lambda q: q.report(now))
-    click.echo(render_stats(report, now, as_json))
+    report = in_service(config, queue_report)
+    click.echo(render_stats(report, SystemClock().now(), as_json))
 
 
 def render_stats(report: QueueReport, now: float, as_json: bool = False) -> str:
     """Counts per state, bytes queued, oldest age, totals and the current drain rate."""
     oldest = None if report.oldest_pending is None else max(0.0, now - report.oldest_pending)
     if as_json:
-        return json.dumps({
-            "recipients": report.by_state,
-            "messages_pending": report.messages_pending,
-            "bytes_pending": report.bytes_pending,
-            "oldest_pending_seconds": oldest,
-            "messages_total": report.accepted,
-            "accepted": report.accepted,
-            "recipients_accepted": report.recipients_accepted,
-            "delivered": report.delivered,
-            "bounced": report.bounced,
-            "deleted": report.deleted,
-            "drain_rate_per_second": round(report.drain_rate, 3),
-            "drain_rate_window_seconds": report.recent_seconds,
-            "by_store": {f"{store}/{state}": count
-                         for (store, state), count in sorted(report.depth.items())},
-        })
+        return json.dumps(stats_json(report, now))
     states = " ".join(f"{k}={v}" for k, v in report.by_state.items())
     lines = [f"recipients: {states}",
              f"messages pending: {report.messages_pending} ({report.bytes_pending} bytes); "

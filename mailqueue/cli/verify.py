@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from mailqueue.cli._common import config_option
+from mailqueue.cli._common import config_option, in_service
 from mailqueue.config import load_config
-from mailqueue.verify.instance import audit_instance
+from mailqueue.service.verify import run_audit, verdict, verify_json
 from mailqueue.verify.snapshot import Manifest, compare_snapshot, take_snapshot
 
 
@@ -56,18 +56,15 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
         _echo_json(diff.as_dict()) if as_json else click.echo(diff.report(before.created_at))
         _exit(diff.ok)
         return
-    result = audit_instance(config)
-    passed = result.passed(strict)
+    result = in_service(config, run_audit, seed=False)
     if as_json:
-        _echo_json(result.as_dict() | {"ok": passed, "strict": strict})
+        _echo_json(verify_json(result, strict))
     else:
         click.echo(result.report())
         if result.same_message_id:
             click.echo(result.notes())
-        click.echo("OK: nothing lost, nothing delivered twice" if passed else
-                   "FAILED: see the exceptions above" if not result.ok else
-                   "FAILED (--strict): a Message-ID was accepted as several messages")
-    _exit(passed)
+        click.echo(verdict(result, strict))
+    _exit(result.passed(strict))
 
 
 def _exit(ok: bool) -> None:

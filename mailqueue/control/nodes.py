@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Mapping
 from enum import StrEnum
 
-from mailqueue.errors import NodeError
+from mailqueue.errors import UnknownNodeError
 
 MAX_NODES = 1000  # nodes per store, in the config and in scenarios
 
@@ -88,20 +88,20 @@ def node_span(store: str, count: int) -> str:
 
 def find_node(name: str, counts: Mapping[str, int]) -> tuple[str, int]:
     """The store and 0-based index of node ``name`` (``STORE-N``), given each store's number
-    of nodes. Raises :class:`NodeError` naming the nodes there are."""
+    of nodes. Raises :class:`UnknownNodeError` naming the nodes there are."""
     store, _, number = name.rpartition("-")
     count = counts.get(store)
     shown = repr(name if len(name) <= 80 else name[:77] + "...")
     if count is None:
         known = ", ".join(node_span(s, c) for s, c in counts.items())
-        raise NodeError(f"no node {shown} (known: {known})")
+        raise UnknownNodeError(f"no node {shown} (known: {known})")
     # Only the canonical spelling: "basic-01" would be a second name for basic-1's row.
     if number.isascii() and number.isdigit() and not number.startswith("0") and \
             len(number) <= len(str(count)) and int(number) <= count:
         return store, int(number) - 1
     has = f"has one node: {node_name(store, 0)}" if count == 1 else \
         f"has nodes {node_span(store, count)}"
-    raise NodeError(f"no node {shown} ({store} {has})")
+    raise UnknownNodeError(f"no node {shown} ({store} {has})")
 
 
 def node_index(address: str, count: int) -> int:

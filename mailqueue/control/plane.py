@@ -92,6 +92,8 @@ class ControlPlane:
         self._current = WindowSet((), clock.now())
         self._blocked: frozenset[str] = frozenset()
         self._listeners: list[Callable[[], None]] = []
+        self._window_watchers: list[Callable[[str, Window], None]] = []
+        self._node_watchers: list[Callable[[NodeState], None]] = []
         self._poke = asyncio.Event()
         # Serialised, so that a refresh that started before a change cannot finish after
         # a refresh that saw it and put the stale view back.
@@ -104,6 +106,14 @@ class ControlPlane:
 
     def listen(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)
+
+    def watch(self, on_window: Callable[[str, Window], None],
+              on_node: Callable[[NodeState], None]) -> None:
+        """Hear each change this process sees, whoever made it: ``on_window(change,
+        window)`` with ``change`` one of started, ended, cancelled, scheduled, extended;
+        ``on_node(node)`` for a node that changed mode or settings."""
+        self._window_watchers.append(on_window)
+        self._node_watchers.append(on_node)
 
     def current(self) -> WindowSet:
         """The windows in force now (time-driven transitions applied on the fly)."""
@@ -165,6 +175,9 @@ class ControlPlane:
                 continue
             if before is not None or node.mode is not NodeMode.UP:
                 log.info("node_changed", node=node.name, mode=node.mode.value)
+            if before is not None:
+                for watcher in self._node_watchers:
+                    watcher(node)
             if before is not None and came_back(old, node):
                 self._back.add(node.name)
 
@@ -204,10 +217,16 @@ class ControlPlane:
             if before is None and first and window.state is not WindowState.ACTIVE:
                 continue
             if before is not window.state or before is None:
-                log.info(_EVENTS.get(window.state, "window_scheduled"), window=window.name,
+                event = _EVENTS.get(window.state, "window_scheduled")
+                log.info(event, window=window.name,
                          stores=",".join(window.stores) or "*", inbound=window.inbound.value)
             elif window.end != self._ends.get(window.name):
-                log.info("window_extended", window=window.name, end=window.end)
+                event = "window_extended"
+                log.info(event, window=window.name, end=window.end)
+            else:
+                continue
+            for watcher in self._window_watchers:
+                watcher(event.removeprefix("window_"), window)
         self._seen = {w.name: w.state for w in windows}
         self._ends = {w.name: w.end for w in windows}
 

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
-from mailqueue.errors import WindowError
+from mailqueue.errors import WindowError, WindowStateError
 from mailqueue.timeparse import TIME_RANGE, format_duration, format_time, time_in_range
 
 
@@ -76,33 +76,36 @@ class Window:
         """Start now (ahead of plan, or again with a new end)."""
         state = self.effective_state(now)
         if state is WindowState.ACTIVE and until is None:
-            raise WindowError(f"window {self.name!r} is already active")
+            raise WindowStateError(f"window {self.name!r} is already active")
         if state is WindowState.CANCELLED:
-            raise WindowError(f"window {self.name!r} was cancelled; create a new one")
+            raise WindowStateError(f"window {self.name!r} was cancelled; create a new one")
         end = self.end if until is None else until
         self._check_end(end)
         if end <= now:
             raise WindowError(f"window {self.name!r} would end at {format_time(end)}, which "
-                              "is not in the future: give --until or --for")
-        started = self.started_at if state is WindowState.ACTIVE else now
+                              "is not in the future: give --until or --for", field="until")
+        # Active already (by an operator, or because its start has passed): it started
+        # when it did, or at its planned start; otherwise it starts now.
+        started = (self.started_at or min(self.start, now)) if state is WindowState.ACTIVE \
+            else now
         return dataclasses.replace(self, state=WindowState.ACTIVE, start=min(self.start, now),
                                    end=end, started_at=started, ended_at=None)
 
     def ended_now(self, now: float) -> Window:
         state = self.effective_state(now)
         if state is not WindowState.ACTIVE:
-            raise WindowError(f"window {self.name!r} is {state}, not active")
+            raise WindowStateError(f"window {self.name!r} is {state}, not active")
         return dataclasses.replace(self, state=WindowState.ENDED, ended_at=now,
                                    started_at=self.started_at or self.start)
 
     def extended(self, now: float, until: float) -> Window:
         state = self.effective_state(now)
         if state in (WindowState.ENDED, WindowState.CANCELLED):
-            raise WindowError(f"window {self.name!r} is {state}; start it again with --until")
+            raise WindowStateError(f"window {self.name!r} is {state}; start it again with --until")
         self._check_end(until)
         if until <= max(now, self.start):
             raise WindowError(f"new end {format_time(until)} must be after now and after the "
-                              "window's start")
+                              "window's start", field="until")
         return dataclasses.replace(self, end=until)
 
     def _check_end(self, end: float) -> None:
@@ -110,12 +113,12 @@ class Window:
         would have to show it)."""
         if not time_in_range(end):
             raise WindowError(f"window {self.name!r} would end at {format_time(end)}, out of "
-                              f"range: {TIME_RANGE}")
+                              f"range: {TIME_RANGE}", field="until")
 
     def cancelled(self, now: float) -> Window:
         state = self.effective_state(now)
         if state in (WindowState.ENDED, WindowState.CANCELLED):
-            raise WindowError(f"window {self.name!r} is already {state}")
+            raise WindowStateError(f"window {self.name!r} is already {state}")
         return dataclasses.replace(self, state=WindowState.CANCELLED,
                                    ended_at=now if state is WindowState.ACTIVE else None)
 

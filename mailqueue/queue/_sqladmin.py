@@ -15,12 +15,14 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    and_,
     bindparam,
     case,
     exists,
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -451,6 +453,19 @@ def _message_conditions(query: QueueFilter) -> list[ColumnElement[bool]]:
                                                                     autoescape=True))
     if query.received_before is not None:
         conditions.append(messages.c.received_at < query.received_before)
+    if query.received_after is not None:
+        conditions.append(messages.c.received_at > query.received_after)
+    if query.message_id:
+        conditions.append(_contains(messages.c.message_id, query.message_id))
+    if query.text:
+        conditions.append(or_(
+            messages.c.queue_id == query.text.strip(),
+            _contains(messages.c.message_id, query.text),
+            _contains(messages.c.mail_from, query.text),
+            exists().where(recipients.c.queue_id == messages.c.queue_id,
+                           _contains(recipients.c.address, query.text))))
+    if query.after is not None:
+        conditions.append(_after(query.after))
     rcpt: list[ColumnElement[bool]] = []
     if query.states:
         rcpt.append(recipients.c.state.in_(query.states))
@@ -462,6 +477,19 @@ def _message_conditions(query: QueueFilter) -> list[ColumnElement[bool]]:
     if rcpt:
         conditions.append(exists().where(recipients.c.queue_id == messages.c.queue_id, *rcpt))
     return conditions
+
+
+def _contains(column: Any, text: str) -> ColumnElement[bool]:
+    """``column`` holds ``text``, case-insensitively (``%`` and ``_`` match themselves)."""
+    return func.lower(column).contains(text.lower(), autoescape=True)
+
+
+def _after(queue_id: str) -> ColumnElement[bool]:
+    """Messages after ``queue_id`` in the list's order (received time, then queue id)."""
+    at = select(messages.c.received_at).where(messages.c.queue_id == queue_id) \
+        .scalar_subquery()
+    return or_(messages.c.received_at > at,
+               and_(messages.c.received_at == at, messages.c.queue_id > queue_id))
 
 
 async def _recipients_of(conn: AsyncConnection, queue_ids: Sequence[str],

@@ -190,6 +190,13 @@ class QueueFilter:
     received_before: float | None = None
     include_done: bool = False
     limit: int | None = None
+    message_id: str | None = None  # case-insensitive substring
+    # One search box: the queue id itself, or a substring of the Message-ID, the sender or
+    # a recipient (case-insensitive).
+    text: str | None = None
+    received_after: float | None = None
+    # Keyset paging: only messages after this queue id in the list's order (oldest first).
+    after: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

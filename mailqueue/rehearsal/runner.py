@@ -140,6 +140,20 @@ class Rehearsal:
         self.app: MailqueueApp | None = None
         self._phase = "starting"
 
+    @property
+    def phase(self) -> str:
+        """Where the run is: starting, running, sending the last mail, draining."""
+        return self._phase
+
+    @property
+    def latest(self) -> Sample | None:
+        """The last sample of the queue taken (None before the first)."""
+        return self.obs.samples[-1] if self.obs.samples else None
+
+    def simulated_now(self) -> float | None:
+        """The scenario's clock now (None before the run starts it)."""
+        return None if self.clock is None else self.clock.now()
+
     # --- assembly ---------------------------------------------------------------------
 
     async def run(self, drain_limit: float = 300.0) -> Observations:

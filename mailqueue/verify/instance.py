@@ -21,8 +21,14 @@ async def read_ledger(url: str) -> list[LedgerEntry]:
         await store.close()
 
 
-def audit_instance(config: Config) -> Audit:
-    """Read the ledger, then the mailboxes (after, so a delivery in between is not missed)."""
-    ledger = asyncio.run(read_ledger(config.queue.url))
+def audit_ledger(config: Config, ledger: list[LedgerEntry]) -> Audit:
+    """Compare ``ledger`` with the mailboxes of ``config``'s stores (reads files: blocking;
+    read the ledger first, so a delivery in between is not missed)."""
     copies, roots = scan_config(config)
     return audit(ledger, copies, roots, unchecked_stores(config))
+
+
+def audit_instance(config: Config) -> Audit:
+    """Read the ledger, then the mailboxes: a blocking audit for scripts (the command and
+    the API use :func:`mailqueue.service.verify.run_audit`)."""
+    return audit_ledger(config, asyncio.run(read_ledger(config.queue.url)))
