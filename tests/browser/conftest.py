@@ -14,7 +14,7 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # Where screenshots are kept; default: the test's own temporary directory.
-ARTIFACTS_ENV = "MAILQUEUE_TEST_ARTIFACTS"
+ARTIFACTS_ENV = "TEST_ARTIFACTS"  # not MAILQUEUE_*: those override the config
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def chrome() -> Iterator[Any]:
 
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Path:
-    """The directory for screenshots: ``$MAILQUEUE_TEST_ARTIFACTS`` or the test's tmp dir."""
+    """The directory for screenshots: ``$TEST_ARTIFACTS`` or the test's tmp dir."""
     given = os.environ.get(ARTIFACTS_ENV)
     path = Path(given) if given else tmp_path / "artifacts"
     path.mkdir(parents=True, exist_ok=True)

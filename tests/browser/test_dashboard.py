@@ -5,13 +5,16 @@ page, the search finds a message by its Message-ID, and a token is asked for onc
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
+import urllib.request
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
@@ -34,6 +37,14 @@ class Served:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.admin}/"
+
+    def post(self, path: str, body: dict[str, Any], method: str = "POST") -> Any:
+        """POST (or PUT) to the API, as a script in another language would."""
+        request = urllib.request.Request(f"{self.url}api/v1{path}", method=method,
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
 
     def send(self, count: int, rcpt: str = "alice@basic.example", tag: str = "m") -> list[str]:
         """``count`` messages over SMTP; their Message-IDs."""
@@ -73,8 +84,25 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
 
 def until(driver: Any, check: Any, timeout: float = 20, message: str = "") -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+    # The page redraws its live parts each second: an element found may be gone a moment
+    # later, so a wait reads again rather than fail.
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: check(d), message)
+
+
+def texts(driver: Any, selector: str) -> list[str]:
+    """The text of every element ``selector`` finds, read at one moment (in the page)."""
+    return list(driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.textContent)",
+        selector))
+
+
+def chart_value(driver: Any, name: str) -> str | None:
+    """One of the chart's data attributes (``latestDepth``, ``points``), read in the page."""
+    return driver.execute_script(  # type: ignore[no-any-return]
+        "const svg = document.querySelector('#queue-chart svg.queue-chart');"
+        "return svg ? svg.dataset[arguments[0]] : null", name)
 
 
 def live(driver: Any, served: Served) -> None:
@@ -82,10 +110,6 @@ def live(driver: Any, served: Served) -> None:
     until(driver, lambda d: d.find_element(By.ID, "connection").get_attribute("data-state")
           == "live", message="the event stream connects")
     until(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#stores tr")) == 2)
-
-
-def chart(driver: Any) -> WebElement:
-    return driver.find_element(By.CSS_SELECTOR, "#queue-chart svg.queue-chart")
 
 
 def window_item(driver: Any, name: str) -> WebElement:
@@ -124,16 +148,17 @@ def test_a_window_from_start_to_drain_on_the_page(chrome: Any, served: Served,
     until(chrome, lambda d: "held" in d.find_element(
         By.CSS_SELECTOR, '#stores tr[data-store="basic"]').text)
 
-    before = chart(chrome).get_attribute("innerHTML")
+    before = texts(chrome, "#queue-chart svg desc")
     served.send(4)
-    until(chrome, lambda d: chart(d).get_attribute("data-latest-depth") == "4",
+    until(chrome, lambda d: chart_value(d, "latestDepth") == "4",
           message="the chart shows the four queued recipients")
     served.send(3)
-    until(chrome, lambda d: chart(d).get_attribute("data-latest-depth") == "7")
-    depth = chrome.find_element(By.CSS_SELECTOR, '#queue-chart .depth-line[data-store="basic"]')
-    assert depth.get_attribute("d") and chart(chrome).get_attribute("innerHTML") != before
+    until(chrome, lambda d: chart_value(d, "latestDepth") == "7")
+    lines = chrome.execute_script("return [...document.querySelectorAll("
+                                  "'#queue-chart .depth-line')].map((e) => e.dataset.store)")
+    assert lines == ["basic"]  # the one store holding mail
+    assert texts(chrome, "#queue-chart svg desc") != before
     assert chrome.find_element(By.ID, "fig-waiting").text == "7"
-    chrome.save_screenshot(str(artifacts / "dashboard.png"))
 
     # From the keyboard: the End button opens its confirmation; Escape leaves it unasked.
     end = window_item(chrome, "upgrade").find_element(By.CSS_SELECTOR, '[data-action="end"]')
@@ -147,19 +172,61 @@ def test_a_window_from_start_to_drain_on_the_page(chrome: Any, served: Served,
     assert chrome.switch_to.active_element == end  # focus back where it was
     assert window_item(chrome, "upgrade").get_attribute("data-state") == "active"
 
+    # Extend, confirmed with a duration: a numbered mark on the chart, a later end.
+    ends = window_item(chrome, "upgrade").find_element(By.CSS_SELECTOR, ".window-meta + "
+                                                       ".window-meta").text
+    window_item(chrome, "upgrade").find_element(By.CSS_SELECTOR,
+                                                '[data-action="extend"]').click()
+    by = chrome.find_element(By.ID, "field-by")
+    assert chrome.switch_to.active_element == by
+    by.clear()
+    by.send_keys("30m", Keys.ENTER)
+    until(chrome, lambda d: texts(d, "#queue-chart g.event title"),
+          message="the extension is marked on the chart")
+    assert "extended" in texts(chrome, "#queue-chart g.event title")[0]
+    until(chrome, lambda d: window_item(d, "upgrade").find_element(
+        By.CSS_SELECTOR, ".window-meta + .window-meta").text.split(" — ")[0] !=
+        ends.split(" — ")[0], message="the window's end moves")
+
     # Now for real: End, confirmed; the queue drains and the page says so.
+    end = window_item(chrome, "upgrade").find_element(By.CSS_SELECTOR, '[data-action="end"]')
     end.click()
     chrome.find_element(By.ID, "confirm-ok").click()
     until(chrome, lambda d: d.find_element(By.ID, "drain").get_attribute("data-done") == "true",
           timeout=30, message="the drain completes on the page")
     assert "Drained: 7 recipients settled" in chrome.find_element(By.ID, "drain-text").text
-    until(chrome, lambda d: chart(d).get_attribute("data-latest-depth") == "0")
+    until(chrome, lambda d: chart_value(d, "latestDepth") == "0")
     assert window_item(chrome, "upgrade").get_attribute("data-state") == "ended"
     until(chrome, lambda d: d.find_element(By.ID, "fig-waiting").text == "0")
+    chrome.save_screenshot(str(artifacts / "dashboard-drained.png"))
+    assert console_problems(chrome) == []
+
+
+def test_a_node_down_shows_with_its_deferrals(chrome: Any, served: Served,
+                                              artifacts: Path) -> None:
+    """A window holding basic while exchange's node is down: both stories on one page (the
+    screenshot in the docs)."""
+    served.post("/windows/platform-upgrade/start", {"duration": "2h", "stores": ["basic"]})
+    live(chrome, served)
+    held = 0
+    for batch in range(4):
+        held += len(served.send(3 + batch, tag=f"b{batch}"))
+        if batch == 1:
+            served.post("/nodes/exchange-1", {"mode": "down"}, method="PUT")
+        served.send(2, rcpt=f"carol{batch}@exchange.example", tag=f"x{batch}")
+        until(chrome, lambda d, n=held: int(chart_value(d, "latestDepth") or 0) >= n)
+        asyncio.run(asyncio.sleep(1.5))  # so the curve climbs in steps
+    until(chrome, lambda d: "exchange-1 down" in texts(d, '#stores tr[data-store="exchange"]')[0])
+    until(chrome, lambda d: len(texts(d, "#problems tr")) >= 4, message="deferrals are listed")
+    row = texts(chrome, "#problems tr")[0]
+    assert "deferred" in row and "exchange-1" in row and "down" in row
+    assert any("exchange-1 down" in m for m in texts(chrome, "#queue-chart g.event title"))
+    chrome.save_screenshot(str(artifacts / "dashboard.png"))
     assert console_problems(chrome) == []
 
 
 def test_search_finds_a_message_by_message_id(chrome: Any, served: Served) -> None:
+    served.post("/windows/upgrade/start", {"duration": "1h", "stores": ["basic"]})
     live(chrome, served)
     served.send(2, rcpt="bob@exchange.example", tag="other")
     mid = served.send(1, rcpt="carol@basic.example", tag="wanted")[0]
@@ -173,7 +240,9 @@ def test_search_finds_a_message_by_message_id(chrome: Any, served: Served) -> No
     until(chrome, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is not None)
     until(chrome, lambda d: "carol@basic.example" in d.find_element(By.ID, "detail-body").text)
     body = chrome.find_element(By.ID, "detail-body").text
+    # Held by the window, so its headers are still kept.
     assert mid in body and "sender@src.test" in body and "Subject: wanted 0" in body
+    assert "queued" in body
     chrome.switch_to.active_element.send_keys(Keys.ESCAPE)
     until(chrome, lambda d: d.find_element(By.ID, "detail").get_attribute("open") is None)
     assert chrome.switch_to.active_element == button

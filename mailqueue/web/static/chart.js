@@ -6,7 +6,8 @@
 // renderQueueChart(container, data) replaces the container's content with the chart.
 // data = {
 //   title: "queue depth and deliveries",
-//   unit: "messages",                 // what the depth counts (the y axis says "… queued")
+//   unit: "messages",                 // what the depth counts
+//   depthLabel: "messages queued",    // the depth axis's label (default: unit + " queued")
 //   zone: "America/Chicago",          // IANA zone of the time axis (default: the browser's)
 //   interval: 60,                     // seconds each bar counts (delivered, replies)
 //   start: epoch, end: epoch,         // the time axis (default: the points' span)
@@ -27,7 +28,7 @@ const REPLIES = [["accepted", "#2e7d32"], ["deferred", "#b35900"], ["bounced", "
 const WINDOW_FILL = "#c44e52";
 const INK = "#1f2328";
 const GRID = "#d0d7de";
-const MARGIN = {left: 64, right: 16, top: 34, bottom: 44};
+const MARGIN = {left: 64, right: 16, top: 42, bottom: 44};
 const GAP = 26;
 const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
                     21600, 43200, 86400, 172800];
@@ -110,7 +111,8 @@ function stackedSteps(svg, panel, data, stores, x, yOf, end) {
   stores.forEach((store, index) => {
     const colour = STORE_COLOURS[index % STORE_COLOURS.length];
     const upper = points.map((p, i) => lower[i] + ((p.depth || {})[store] || 0));
-    if (points.length) {
+    // A store with nothing queued draws nothing: its line would hide the one below.
+    if (upper.some((value, i) => value !== lower[i])) {
       const xs = points.map((p) => x(p.at)).concat([x(end)]);
       let line = `M${xs[0]},${yOf(upper[0])}`;
       let area = line;
@@ -133,7 +135,8 @@ function stackedSteps(svg, panel, data, stores, x, yOf, end) {
 function bars(panel, rows, keys, x, yOf, interval) {
   for (const row of rows) {
     let below = 0;
-    const left = x(row.at - interval);
+    // A bar stands over the interval it counts, cut at the left edge of the plot.
+    const left = Math.max(MARGIN.left, x(row.at - interval));
     const width = Math.max(1, (x(row.at) - left) * 0.9);
     for (const [key, colour] of keys) {
       const value = row[key] || 0;
@@ -147,7 +150,7 @@ function bars(panel, rows, keys, x, yOf, interval) {
 }
 
 function yAxis(svg, top, height, max, label, plotWidth) {
-  const [step, highest] = niceScale(max);
+  const [step, highest] = niceScale(max, height >= 160 ? 4 : 2);
   const yOf = (v) => top + height - (v / highest) * height;
   for (let v = 0; v <= highest; v += step) {
     el("line", {x1: MARGIN.left, x2: MARGIN.left + plotWidth, y1: yOf(v), y2: yOf(v),
@@ -271,7 +274,7 @@ export function renderQueueChart(container, data, options = {}) {
   windows(svg, data, x, MARGIN.top, bottom, end);
   const maxDepth = Math.max(0, ...points.map(total));
   const yDepth = yAxis(svg, tops[0], depthHeight, maxDepth,
-                       `${data.unit || "messages"} queued`, plotWidth);
+                       data.depthLabel || `${data.unit || "messages"} queued`, plotWidth);
   const depth = el("g", {class: "depth"}, svg);
   stackedSteps(svg, depth, data, stores, x, yDepth, end);
 

@@ -54,7 +54,7 @@ function drawChart() {
   const [interval, delivered] = series.deliveredBars(end);
   renderQueueChart(document.getElementById("queue-chart"), {
     title: "Recipients waiting, by store, and deliveries",
-    unit: "recipients",
+    unit: "recipients", depthLabel: "recipients waiting",
     zone: state.zone, interval, start: series.start, end,
     stores: state.stores.map((s) => s.name),
     points: series.points, delivered,
@@ -209,9 +209,9 @@ const handlers = {
   bounced(data) { problems.add("bounced", data); },
   async window(data) {
     const w = data.window;
+    // Starts and ends show as the shading; the other changes get a numbered mark.
     if (data.change === "extended") mark(`Window ${w.name} extended to ${time(w.end_epoch)}`);
-    if (data.change === "started") mark(`Window ${w.name} started`);
-    if (data.change === "ended") mark(`Window ${w.name} ended`);
+    if (data.change === "cancelled") mark(`Window ${w.name} cancelled`);
     await refreshAll();
   },
   async node(data) {

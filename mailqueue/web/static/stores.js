@@ -11,16 +11,16 @@ export function renderStores(stores, nodes, counts) {
     const states = perStore[store.name] || {};
     const own = nodes.filter((n) => n.store === store.name);
     const state = store.open ? badge("open") :
-      h("span", {}, badge("held"), ` by ${store.window}`);
+      [badge("held"), h("br"), h("span", {class: "muted"}, `by ${store.window}`)];
     return h("tr", {dataset: {store: store.name}},
-      h("th", {scope: "row"}, store.name, h("br"),
-        h("span", {class: "muted"}, `${store.kind} · ${store.domains.join(", ")}`)),
+      h("th", {scope: "row"}, store.name,
+        h("div", {class: "muted small"}, `${store.kind} · ${store.domains.join(", ")}`),
+        own.length ? h("div", {class: "nodes"}, own.map((n) => h("span", {
+          class: `badge state-${n.mode}`, title: nodeTitle(n)}, `${n.name} ${n.mode}`)))
+          : null),
       h("td", {}, state),
       h("td", {class: "num"}, count(waiting(states))),
-      h("td", {class: "num"}, count(states.delivered || 0)),
-      h("td", {}, own.length ? h("span", {class: "nodes"}, own.map((n) => h("span", {
-        class: `badge state-${n.mode}`, title: nodeTitle(n)}, `${n.name} ${n.mode}`)))
-        : h("span", {class: "muted"}, "–")));
+      h("td", {class: "num"}, count(states.delivered || 0)));
   }));
 }
 
