@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
-import urllib.request
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
