@@ -2,8 +2,9 @@
 :class:`~mailqueue.events.EventHub`, and a ``counts`` event once a second.
 
 The counts come from one read of the queue per second, shared by every subscriber, and
-only while someone subscribes. A stream ends when its client goes away (the next write
-fails), when it falls too far behind (the hub drops it), or when the server stops.
+only while someone subscribes; a running rehearsal's progress comes with them. A stream
+ends when its client goes away (aiohttp cancels its handler), when it falls too far
+behind (the hub drops it and closes the connection), or when the server stops.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ async def counts(api: Api) -> dict[str, Any]:
 
 
 class CountsTicker:
-    """Publishes ``counts`` once a second while the hub has subscribers."""
+    """Publishes ``counts`` once a second while the hub has subscribers, and the progress
+    of a rehearsal while one runs."""
 
     def __init__(self, api: Api) -> None:
         self._api = api
@@ -61,6 +63,9 @@ class CountsTicker:
                 hub.publish("counts", await counts(self._api))
             except QueueError as exc:
                 log.warning("api_counts_unavailable", error=str(exc))
+            for run in self._api.runs.runs():
+                if run.state == "running":
+                    hub.publish("rehearsal", run.view())
             await asyncio.sleep(COUNTS_EVERY)
 
     async def close(self) -> None:

@@ -17,7 +17,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -31,6 +31,9 @@ from mailqueue.errors import (
 )
 from mailqueue.rehearsal.scenario import Scenario, load_scenario, scenario_from_dict
 from mailqueue.timeparse import format_time
+
+if TYPE_CHECKING:
+    from mailqueue.rehearsal.runner import Rehearsal
 
 log = structlog.get_logger("mailqueue.rehearsal")
 
@@ -101,7 +104,7 @@ class Run:
     finished_at: float | None = None
     figures: dict[str, Any] | None = None
     error: str | None = None
-    rehearsal: Any = None  # the Rehearsal while it runs (progress)
+    rehearsal: Rehearsal | None = None  # while it runs: where it is
     task: asyncio.Task[None] | None = None
 
     def view(self) -> dict[str, Any]:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
+
 from mailqueue.app import MailqueueApp
 from tests.api_client import ApiClient
 from tests.helpers import make_config, running
+from tests.integration.test_http_events import EventReader
 
 SCENARIO = """
 [scenario]
@@ -63,7 +66,16 @@ async def test_a_rehearsal_runs_in_the_server_and_its_report_is_served(
             assert busy.status == 409
             early = await client.get(f"/rehearsals/{run_id}/report")
             assert early.status == 409
+            async with aiohttp.ClientSession() as session, session.get(
+                    client.base + "/api/v1/events?types=rehearsal") as stream:
+                events = EventReader(stream)
+                moving = await events.until("rehearsal", {"id": run_id, "state": "running"})
+                assert moving["phase"] in ("starting", "running", "sending the last mail",
+                                           "draining", "writing the report")
+                done = await events.until("rehearsal", {"id": run_id, "state": "finished"},
+                                          timeout=60)
             run = await finished(client, run_id)
+            assert done == run
             assert run["state"] == "finished" and run["passed"] is True, run
             assert run["progress"] == 1.0 and run["out"] == str(out)
             listed = (await client.get("/rehearsals")).data["rehearsals"]
