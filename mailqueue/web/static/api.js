@@ -77,8 +77,11 @@ export async function checkAuth() {
  * runs on every (re)connect, so the page can re-read what it may have missed.
  */
 export function listen(handlers, {onState = () => {}, onOpen = () => {}} = {}) {
+  // Only the kinds the page handles: under load, one event per message would be a flood.
+  const query = new URLSearchParams({types: Object.keys(handlers).join(",")});
   const given = token();
-  const url = `${BASE}/events` + (given ? `?token=${encodeURIComponent(given)}` : "");
+  if (given) query.set("token", given);
+  const url = `${BASE}/events?${query}`;
   const source = new EventSource(url);
   source.onopen = () => { onState("live"); onOpen(); };
   source.onerror = () => onState(source.readyState === EventSource.CLOSED ? "lost" :
