@@ -9,7 +9,8 @@ lives on is down; and ``POST /dovecot/policy``: the same decision for an IMAP or
 login, answered in Dovecot's auth-policy protocol (:mod:`mailqueue.access.dovecot`).
 The JSON API (:mod:`mailqueue.api`) is mounted under ``/api/v1``. Off unless
 ``[admin]`` is configured; loopback by default; with ``token`` set, every path but the
-health checks needs ``Authorization: Bearer TOKEN`` (the API's event stream also takes
+health checks and the dashboard's page and files (:mod:`mailqueue.web`) needs
+``Authorization: Bearer TOKEN`` (the API's event stream also takes
 ``?token=TOKEN``, for a browser's EventSource, which cannot set headers).
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from mailqueue import web as dashboard
 from mailqueue.access import Closed, mailbox_closed
 from mailqueue.api import Api, build_api
 from mailqueue.api.problems import problem
@@ -81,6 +83,7 @@ class AdminServer:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/mailboxes/{address}/messages", self.mailbox_messages)
         app.router.add_post("/dovecot/policy", self.dovecot_policy)
+        dashboard.add_routes(app)
         if self._api is not None:
             app.add_subapp(API_PREFIX, build_api(self._api))
         return app
@@ -196,8 +199,9 @@ class AdminServer:
 
 
 def _is_open(path: str) -> bool:
-    """Whether ``path`` is served without the token (the health checks)."""
-    return path in _OPEN_PATHS
+    """Whether ``path`` is served without the token (the health checks, the dashboard's
+    page and files)."""
+    return path in _OPEN_PATHS or dashboard.is_public(path)
 
 
 def _authorized(request: web.Request, token: str) -> bool:

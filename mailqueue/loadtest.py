@@ -124,6 +124,7 @@ def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
     smtp["port"] = 0
     smtp["host"] = "127.0.0.1"
     smtp.pop("listeners", None)
+    data.pop("admin", None)  # the load needs no admin endpoint, whose port may be taken
     smtp.pop("tls_dir", None)  # a self-signed certificate is made beside the copy's queue
     for key in ("tls_cert", "tls_key", "users_file"):  # as the source's config reads them
         if key in smtp:
@@ -131,8 +132,6 @@ def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
     if tls and smtp.get("tls", "files" if "tls_cert" in smtp else "off") == "off":
         smtp["tls"] = "self-signed"
     data.setdefault("queue", {})["url"] = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
-    if "admin" in data:  # the copy's admin endpoint on a free port too, beside the original
-        data["admin"]["port"] = 0
     for store in data.get("stores", []):
         if store.get("kind", "maildir") == "maildir":  # a remote store has no path
             store["path"] = str(workdir / "mail" / store["name"])

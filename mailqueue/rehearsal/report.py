@@ -1,4 +1,5 @@
-"""The rehearsal report: figures, a status timeline, the queue curve as CSV and PNG, JSON.
+"""The rehearsal report: figures, a status timeline, the queue curve as CSV and PNG, JSON,
+and all of it in one ``report.html`` that opens offline in a browser.
 
 Lost and duplicated mail is counted from the Maildirs themselves, not from the queue's
 own bookkeeping: every file is read for its ``X-Rehearsal-Id`` and ``Delivered-To``, and
@@ -306,6 +307,7 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 def write_report(obs: Observations, out: Path) -> dict[str, Any]:
     """Scan the Maildirs, write every part of the report into ``out``; the figures."""
     from mailqueue.rehearsal.chart import draw_chart
+    from mailqueue.rehearsal.html import report_html
 
     out.mkdir(parents=True, exist_ok=True)
     files = scan_maildirs(obs.workdir / "mail")
@@ -322,6 +324,8 @@ def write_report(obs: Observations, out: Path) -> dict[str, Any]:
     (out / "timeline.md").write_text(timeline_text(obs), encoding="utf-8")
     (out / "figures.txt").write_text(figures_text(figures), encoding="utf-8")
     draw_chart(obs, rows, out / "queue.png", backend)
+    (out / "report.html").write_text(report_html(obs, figures, rows, backend),
+                                     encoding="utf-8")
     document = {"figures": figures, "timeline": [
         {"time": obs.scenario.time(e.at), "event": e.text, "queue_depth": e.depth,
          "kind": e.kind, "applied_late_seconds": round(e.late)} for e in obs.timeline]}
