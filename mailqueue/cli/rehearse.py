@@ -65,5 +65,5 @@ def run(scenario_path: str, speed: float | None, seed: int | None, out: str | No
         if not workdir and not keep:
             shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write(figures_text(figures))
-    print(f"report: {target}/ (timeline.md, queue.png, series.csv, report.json)")
+    print(f"report: {target}/ (report.html, timeline.md, queue.png, series.csv, report.json)")
     return 0 if passed(figures) else 1
