@@ -90,7 +90,9 @@ def writable_directories(directories: dict[str, Path]) -> None:
 
 def _temporary_workdir() -> Path:
     try:
-        return Path(tempfile.mkdtemp(prefix="mailqueue-rehearsal-"))
+        work = Path(tempfile.mkdtemp(prefix="mailqueue-rehearsal-"))
+        work.chmod(0o711)  # the probes' Dovecot serves the Maildirs in it as its mail user
+        return work
     except OSError as exc:
         raise click.UsageError(f"cannot make a temporary work directory: "
                                f"{exc.strerror or exc} (give --workdir DIR, or set TMPDIR)"
