@@ -4,6 +4,7 @@ scenario delivers into mail servers, what they answered."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from mailqueue.rehearsal.moments import round_rows
 from mailqueue.rehearsal.probe_report import accesses
-from mailqueue.rehearsal.probes import OUTCOMES, round_rows
+from mailqueue.rehearsal.probes import OUTCOMES
 from mailqueue.rehearsal.runner import Observations
 from mailqueue.timeparse import get_zone
 
@@ -58,7 +60,8 @@ def draw_chart(obs: Observations, rows: list[dict[str, Any]], path: Path,
     if backend:
         _replies(obs, axes[-1], backend, zone, width)
     for axis in axes:
-        _windows(obs, axis, zone)
+        if not band or axis is not axes[1]:  # the band shows the window in its own colours
+            _windows(obs, axis, zone)
         axis.grid(True, alpha=0.3)
     _events(obs, top, axes, zone)
     top.set_ylabel("messages queued")
@@ -120,20 +123,23 @@ def _access(obs: Observations, axis: Any, zone: Any) -> None:
     assert log is not None
     stores = log.stores()
     seen = {r.answer.outcome for r in log.results}
+    # What a round saw holds until the next round, as the queue depth holds until the next
+    # sample; a skipped round (or the wait for the drain) leaves a gap.
+    until = {at: min(after, at + 1.1 * log.interval) for at, after in
+             zip(log.rounds, [*log.rounds[1:], math.inf], strict=True)}
     handles: list[Any] = []
     for outcome, (colour, hatch, label) in ACCESS_STYLE.items():
-        lefts, heights, bottoms = [], [], []
+        lefts, widths, heights, bottoms = [], [], [], []
         for at, store, counts, _ in round_rows(log):
             total = sum(counts.values())
             below = sum(counts[k] for k in OUTCOMES[:OUTCOMES.index(outcome)])
             if counts[outcome]:
                 lefts.append(datetime.fromtimestamp(at, zone))
+                widths.append((until[at] - at) / 86400)
                 heights.append(0.8 * counts[outcome] / total)
                 bottoms.append(stores.index(store) + 0.1 + 0.8 * below / total)
-        # A round's answer holds until the next round: the bars of a store meet.
-        axis.bar(lefts, heights, width=log.interval / 86400, bottom=bottoms, align="edge",
-                 color=colour, hatch=hatch, edgecolor="white" if hatch else colour,
-                 linewidth=0, antialiased=False)
+        axis.bar(lefts, heights, width=widths, bottom=bottoms, align="edge", color=colour,
+                 hatch=hatch, edgecolor="white" if hatch else colour, linewidth=0)
         if outcome != "error" or outcome in seen:  # the three states always, errors if any
             handles.append(Patch(facecolor=colour, hatch=hatch, edgecolor="white",
                                  label=label))

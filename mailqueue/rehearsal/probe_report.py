@@ -1,20 +1,14 @@
 """The mailbox probes in the rehearsal report: figures per store (``report.json``,
 ``figures.txt``), logins per round and store (``probes.csv``) and every login
-(``logins.csv``).
-
-Per store, the two moments an incident commander is asked about:
-
-- *read again*: the first probe login that succeeded after the store's last refused one;
-- *mail arrived*: when the last of the store's recipients received while a window held the
-  store was delivered (recipients that bounced or were deleted do not count; while any is
-  still queued there is no such moment).
+(``logins.csv``), with the two moments per store (:mod:`mailqueue.rehearsal.moments`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mailqueue.rehearsal.probes import OUTCOMES, StoreAccess, round_rows, store_access
+from mailqueue.rehearsal.moments import StoreAccess, round_rows, store_access
+from mailqueue.rehearsal.probes import OUTCOMES
 from mailqueue.rehearsal.runner import Observations
 from mailqueue.timeparse import format_duration
 

@@ -28,11 +28,10 @@ import asyncio
 import contextlib
 import dataclasses
 import imaplib
-import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,9 +40,8 @@ from mailqueue.access import mailbox_closed
 from mailqueue.clock import Clock
 from mailqueue.config import Config, StoreConfig
 from mailqueue.control.nodes import NodeState, node_index, node_of
-from mailqueue.control.windows import Window, WindowSet
+from mailqueue.control.windows import WindowSet
 from mailqueue.errors import ConfigError, MailqueueError
-from mailqueue.queue.values import FINAL_STATES, RecipientOutcome, RecipientState
 from mailqueue.rehearsal.scenario import ProbesSpec, Scenario, ScenarioError, StoreSpec
 
 if TYPE_CHECKING:
@@ -297,7 +295,7 @@ def imap_problem(scenario: Scenario, workdir: Path) -> str | None:
     from mailqueue.testing.dovecot import ACCESS_HINT, access_binary
 
     if access_binary() is None:
-        return f"Dovecot with IMAP is not installed ({ACCESS_HINT})"
+        return f"Dovecot with IMAP is not installed: {ACCESS_HINT}"
     probed = {u.store for u in choose_users(scenario)}
     base = Path(scenario.source).absolute().parent
     roots = []
@@ -362,114 +360,3 @@ def closed_to(path: Path, uid: int, gid: int) -> Path | None:
         if not allowed:
             return directory
     return None
-
-
-# --- what the probes tell -------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class StoreAccess:
-    """One store's mailbox access over the rehearsal, and the two moments an incident
-    commander is asked about."""
-
-    store: str
-    users: tuple[ProbeUser, ...]
-    logins: dict[str, int]  # by outcome
-    last_refusal: float | None
-    # When every probe user refused at some point could read mail again (for each, the
-    # first login that succeeded after their last refusal; the latest of these).
-    read_again: float | None
-    # Recipients of the store received while a window held it; of those, how many were
-    # delivered, and how many are still queued when the rehearsal stops.
-    window_mail: int
-    window_delivered: int
-    window_pending: int
-    # When the last of those recipients was delivered (None: none was queued, or some
-    # still are).
-    mail_arrived: float | None
-    # At the last round: the INBOX messages of the store's probe users (IMAP only), and
-    # the recipients delivered to them.
-    messages_seen: int | None
-    delivered_to_users: int
-
-
-def store_access(log: ProbeLog, store: str, windows: Sequence[Window],
-                 outcomes: Sequence[RecipientOutcome], finished_at: float) -> StoreAccess:
-    """What ``log`` saw of ``store``'s mailboxes, with its window mail from ``outcomes``."""
-    mine = [r for r in log.results if r.user.store == store]
-    users = tuple(u for u in log.users if u.store == store)
-    last_refusal = max((r.at for r in mine if r.answer.outcome in REFUSALS), default=None)
-    backs = [at for at in (read_again_at(mine, user) for user in users) if at is not None]
-    read_again = max(backs) if backs and math.isfinite(max(backs)) else None
-    spans = window_spans(windows, store, finished_at)
-    held = [o for o in outcomes if o.store == store and
-            any(lo <= o.received_at < hi for lo, hi in spans)]
-    delivered = [o for o in held if o.state is RecipientState.DELIVERED]
-    pending = sum(1 for o in held if o.state not in FINAL_STATES)
-    arrived = max((o.settled_at or o.received_at for o in delivered), default=None) \
-        if not pending else None
-    return StoreAccess(
-        store=store, users=users, logins={k: sum(1 for r in mine if r.answer.outcome == k)
-                                          for k in OUTCOMES},
-        last_refusal=last_refusal, read_again=read_again, window_mail=len(held),
-        window_delivered=len(delivered), window_pending=pending, mail_arrived=arrived,
-        messages_seen=_seen(log, users), delivered_to_users=sum(
-            1 for o in outcomes if o.state is RecipientState.DELIVERED and
-            o.address.lower() in {u.address for u in users}))
-
-
-def read_again_at(results: Sequence[ProbeResult], user: ProbeUser) -> float | None:
-    """When ``user`` could read mail again: their first successful login after their last
-    refused one (None: never refused; infinity: still refused at the end)."""
-    mine = [r for r in results if r.user == user]
-    last = max((r.at for r in mine if r.answer.outcome in REFUSALS), default=None)
-    if last is None:
-        return None
-    return min((r.at for r in mine if r.answer.outcome == "available" and r.at > last),
-               default=float("inf"))
-
-
-def window_spans(windows: Sequence[Window], store: str, finished_at: float
-                 ) -> list[tuple[float, float]]:
-    """When windows held ``store``: (start, end) of each window covering it that began."""
-    return [(w.started_at, w.ended_at if w.ended_at is not None else finished_at)
-            for w in windows if w.covers(store) and w.started_at is not None]
-
-
-def _seen(log: ProbeLog, users: tuple[ProbeUser, ...]) -> int | None:
-    if log.via != "imap" or not log.rounds:
-        return None
-    last = len(log.rounds) - 1
-    counts = [r.answer.messages for r in log.results if r.round == last and r.user in users]
-    if len(counts) != len(users) or any(c is None for c in counts):
-        return None
-    return sum(c or 0 for c in counts)
-
-
-def first_reasons(log: ProbeLog) -> list[ProbeResult]:
-    """The first login refused with each reason, per store, in time order: what users'
-    clients showed, and each time it changed (a window's new planned end, another node)."""
-    seen: set[tuple[str, str]] = set()
-    found = []
-    for result in sorted(log.results, key=lambda r: r.at):
-        key = (result.user.store, result.answer.detail)
-        if result.answer.outcome in REFUSALS and key not in seen:
-            seen.add(key)
-            found.append(result)
-    return found
-
-
-def round_rows(log: ProbeLog) -> list[tuple[float, str, Counter[str], int | None]]:
-    """Per round and store: (round start, store, logins by outcome, INBOX messages seen by
-    its available probe users, None without IMAP)."""
-    rows: dict[tuple[int, str], Counter[str]] = {}
-    seen: dict[tuple[int, str], int] = {}
-    for result in log.results:
-        key = (result.round, result.user.store)
-        rows.setdefault(key, Counter())[result.answer.outcome] += 1
-        if result.answer.messages is not None:
-            seen[key] = seen.get(key, 0) + result.answer.messages
-    return [(log.rounds[number], store, counts,
-             seen.get((number, store), 0) if log.via == "imap" else None)
-            for (number, store), counts in sorted(rows.items())]
-

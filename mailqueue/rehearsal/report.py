@@ -16,7 +16,7 @@ node's fault), bounced by reply code.
 
 With mailbox probes, it shows what their logins got over time (``probes.csv``, a band on
 the chart, lines per store in the figures) and when each store's users could read mail
-again and their queued mail had arrived (:mod:`mailqueue.rehearsal.probe_report`).
+again and their queued mail had arrived (:mod:`mailqueue.rehearsal.moments`).
 """
 
 from __future__ import annotations

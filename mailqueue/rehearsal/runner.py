@@ -29,17 +29,16 @@ from mailqueue.control.windows import Inbound, Window, WindowState
 from mailqueue.errors import MailqueueError
 from mailqueue.loadtest import free_port
 from mailqueue.queue.values import Claim, RecipientOutcome, Settlement
+from mailqueue.rehearsal.moments import access_notes
 from mailqueue.rehearsal.probes import (
     ProbeLog,
     Prober,
     choose_users,
     decision_answer,
-    first_reasons,
     imap_answer,
     mail_owner,
     probe_way,
     start_dovecot,
-    store_access,
 )
 from mailqueue.rehearsal.scenario import Event, Scenario, ScenarioError
 from mailqueue.rehearsal.traffic import TrafficSender, plan_traffic
@@ -77,7 +76,7 @@ class Entry:
     at: float
     text: str
     depth: int
-    kind: str = "event"  # event, window, milestone, problem
+    kind: str = "event"  # event, window, milestone, problem, access (what clients showed)
     late: float = 0.0  # simulated seconds the event was applied after its time
 
 
@@ -445,35 +444,12 @@ class Rehearsal:
         entries.sort(key=lambda e: e.at)
 
     def _access_entries(self) -> list[Entry]:
-        """What the probe users' clients showed (each refusal reason as it first appeared)
-        and, per store, the two moments: users read mail again, and their queued mail has
-        arrived."""
-        log = self.obs.probes
-        if log is None:
+        """What the probe users' clients showed, and per store the two moments."""
+        if self.obs.probes is None:
             return []
-        entries = []
-        for result in first_reasons(log):
-            kind = "for maintenance" if result.answer.outcome == "maintenance" else \
-                "(node down)"
-            entries.append(Entry(at=result.at, kind="access", depth=self._depth_at(result.at),
-                                 text=f"{result.user.store}: logins refused {kind}; clients "
-                                      f"show \"{result.answer.detail}\""))
-        for store in log.stores():
-            access = store_access(log, store, self.obs.windows, self.obs.outcomes,
-                                  self.obs.finished_at)
-            if access.read_again is not None:
-                entries.append(Entry(at=access.read_again, kind="milestone",
-                                     depth=self._depth_at(access.read_again),
-                                     text=f"{store}: its users can read mail again (each "
-                                          "probe user's first login that succeeds after "
-                                          "their last refusal)"))
-            if access.mail_arrived is not None:
-                entries.append(Entry(at=access.mail_arrived, kind="milestone",
-                                     depth=self._depth_at(access.mail_arrived),
-                                     text=f"{store}: the mail queued for its users during "
-                                          f"the window has arrived ({access.window_delivered}"
-                                          " recipients)"))
-        return entries
+        return [Entry(at=at, kind=kind, depth=self._depth_at(at), text=text)
+                for at, kind, text in access_notes(self.obs.probes, self.obs.windows,
+                                                   self.obs.outcomes, self.obs.finished_at)]
 
     def _depth_at(self, at: float) -> int:
         before = [s for s in self.obs.samples if s.at <= at]

@@ -20,6 +20,7 @@ from mailqueue.control.nodes import node_of
 from mailqueue.control.windows import Inbound, Window, WindowState
 from mailqueue.mailbox.maildir import resolve_owner
 from mailqueue.queue.values import RecipientOutcome, RecipientState
+from mailqueue.rehearsal.moments import store_access
 from mailqueue.rehearsal.probes import (
     Answer,
     ProbeLog,
@@ -31,7 +32,6 @@ from mailqueue.rehearsal.probes import (
     closed_to,
     mail_owner,
     probe_way,
-    store_access,
 )
 from mailqueue.rehearsal.scenario import ScenarioError, load_scenario, scenario_from_dict
 from mailqueue.testing.dovecot import access_binary
@@ -227,6 +227,17 @@ def test_no_moment_while_refused_or_queued_at_the_end() -> None:
 def test_the_scenario_may_ask_for_the_decision(tmp_path: Path) -> None:
     loaded = scenario_from_dict(scenario(via="decision"))
     assert probe_way(loaded, tmp_path) == ("decision", 'probes.via = "decision"')
+
+
+def test_without_dovecot_probes_ask_the_decision(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mailqueue.testing.dovecot.access_binary", lambda: None)
+    missing = ("decision", "Dovecot with IMAP is not installed: apt-get install dovecot-core "
+               "dovecot-imapd dovecot-pop3d")
+    assert probe_way(scenario_from_dict(scenario()), tmp_path) == missing
+    with pytest.raises(ScenarioError, match=r'^s.toml: probes.via: "imap" cannot run here: '
+                                            "Dovecot with IMAP is not installed: apt-get"):
+        probe_way(scenario_from_dict(scenario(via="imap"), "s.toml"), tmp_path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="Dovecot's mail user differs only for root")
