@@ -174,6 +174,7 @@ class ProbesSpec(ConfigModel):
             if not (local and at and domain) or "/" in local or local.startswith("."):
                 raise ValueError(f"[{index}] {address!r} is not a mailbox address "
                                  "(local@domain)")
+        no_duplicates("address", [a.lower() for a in value])
         return [a.lower() for a in value]
 
 

@@ -75,6 +75,8 @@ def error(**probes: Any) -> str:
                               "one"),
     ({"addresses": ["alice"]}, "probes.addresses: [0] 'alice' is not a mailbox address "
                                "(local@domain)"),
+    ({"addresses": ["A@basic.example", "a@basic.example"]},
+     "probes.addresses: duplicate address 'a@basic.example'"),
     ({"addresses": []}, "probes.addresses: give at least one address, or leave addresses "
                         "out"),
     ({"addresses": ["a@basic.example", "bob@nowhere.example"]},
