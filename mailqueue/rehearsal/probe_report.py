@@ -123,11 +123,13 @@ def probe_rows(obs: Observations) -> list[dict[str, Any]]:
 
 
 def login_rows(obs: Observations) -> list[dict[str, Any]]:
-    """``logins.csv``: every probe login, with what it got."""
+    """``logins.csv``: every probe login, with what it got and how long it took (in
+    simulated seconds, from connecting to the answer)."""
     if obs.probes is None:
         return []
     return [{"time": obs.scenario.time(r.at), "epoch": round(r.at, 1), "round": r.round,
              "store": r.user.store, "node": r.user.node, "address": r.user.address,
              "outcome": r.answer.outcome,
              "inbox_messages": "" if r.answer.messages is None else r.answer.messages,
-             "reply": r.answer.detail} for r in obs.probes.results]
+             "login_seconds": round(r.seconds, 1), "reply": r.answer.detail}
+            for r in obs.probes.results]

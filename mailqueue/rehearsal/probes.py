@@ -83,6 +83,7 @@ class ProbeResult:
     round: int
     user: ProbeUser
     answer: Answer
+    seconds: float = 0.0  # simulated time from connecting to the answer
 
 
 @dataclasses.dataclass
@@ -247,12 +248,14 @@ class Prober:
             loop = asyncio.get_running_loop()
             timed = await asyncio.gather(*(loop.run_in_executor(self._pool, self._timed, user)
                                            for user in self.log.users))
-        self.log.results += [ProbeResult(at, number, user, answer)
-                             for user, (at, answer) in zip(self.log.users, timed, strict=True)]
+        self.log.results += [ProbeResult(at, number, user, answer, at - started)
+                             for user, (started, at, answer) in
+                             zip(self.log.users, timed, strict=True)]
 
-    def _timed(self, user: ProbeUser) -> tuple[float, Answer]:
+    def _timed(self, user: ProbeUser) -> tuple[float, float, Answer]:
+        started = self._clock.now()
         answer = self._answer(user)
-        return self._clock.now(), answer
+        return started, self._clock.now(), answer
 
 
 # --- how probes run -----------------------------------------------------------------------
