@@ -56,6 +56,10 @@ class DovecotOptions:
     users_file: Path | None = None  # passwd-file of NAME:HASH; None: any password
     fail_open: bool = False
     failure_delay: str = "2 secs"  # Dovecot's auth_failure_delay
+    # Any password only: a refused login is answered at once, with neither the failure
+    # delay nor Dovecot's growing penalty for repeated failures from one address (for a
+    # prober that logs in on a schedule, as a rehearsal's probes do).
+    nodelay: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +135,7 @@ def render_config(config: Config, options: DovecotOptions) -> str:
         "auth_policy_report_after_auth = no",
         f"auth_policy_reject_on_fail = {'no' if options.fail_open else 'yes'}",
         "",
-        *_passdb(options.users_file),
+        *_passdb(options.users_file, options.nodelay),
         "userdb {",
         "  driver = static",
         f"  args = allow_all_users=yes uid={uid} gid={gid} home={_home(stores)}",
@@ -218,10 +222,11 @@ def _home(stores: Sequence[Served]) -> str:
     return expression
 
 
-def _passdb(users_file: Path | None) -> list[str]:
+def _passdb(users_file: Path | None, nodelay: bool = False) -> list[str]:
     if users_file is None:
         return ["# Any password: for a test rig on loopback only.",
-                "passdb {", "  driver = static", "  args = nopassword=y", "}"]
+                "passdb {", "  driver = static",
+                f"  args = nopassword=y{' nodelay=y' if nodelay else ''}", "}"]
     users = users_file.resolve()
     _check_path(users, "--users")
     return ["# The users file `mailqueue user add` writes: NAME:ARGON2ID-HASH.",

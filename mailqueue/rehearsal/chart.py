@@ -1,8 +1,10 @@
-"""The queue curve as a PNG: depth and deliveries over simulated time, windows shaded, and,
-where the scenario delivers into mail servers, what they answered."""
+"""The queue curve as a PNG: depth and deliveries over simulated time, windows shaded; with
+mailbox probes, a band of mailbox access per store under the queue depth; and, where the
+scenario delivers into mail servers, what they answered."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,22 +15,38 @@ matplotlib.use("Agg")
 
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
+from mailqueue.rehearsal.moments import round_rows
+from mailqueue.rehearsal.probe_report import accesses
+from mailqueue.rehearsal.probes import OUTCOMES
 from mailqueue.rehearsal.runner import Observations
 from mailqueue.timeparse import get_zone
+
+# Mailbox access, in colours told apart with any colour vision (Okabe and Ito), node down
+# and errors hatched as well.
+ACCESS_STYLE = {
+    "available": ("#009E73", "", "available"),
+    "maintenance": ("#E69F00", "", "refused: maintenance"),
+    "node-down": ("#D55E00", "////", "refused: node down"),
+    "error": ("#999999", "xx", "error"),
+}
 
 
 def draw_chart(obs: Observations, rows: list[dict[str, Any]], path: Path,
                backend: list[dict[str, Any]] | None = None) -> None:
     """Queue depth (top) and recipients delivered per interval (below), events numbered;
-    with ``backend`` (the remote stores' replies per interval, as ``backend.csv`` holds
-    them), a third panel of what the mail servers answered: accepted, deferred, bounced."""
+    with probes, between them a band per store of what its probe users' logins got; with
+    ``backend`` (the remote stores' replies per interval, as ``backend.csv`` holds them), a
+    last panel of what the mail servers answered: accepted, deferred, bounced."""
     zone = get_zone(obs.scenario.timezone)
     when = [datetime.fromtimestamp(r["epoch"], zone) for r in rows]
-    ratios = [3, 2, 2] if backend else [3, 2]
-    fig, axes = plt.subplots(len(ratios), 1, figsize=(12, 6.5 + 2.5 * (len(ratios) - 2)),
-                             sharex=True, gridspec_kw={"height_ratios": ratios})
-    top, bottom = axes[0], axes[1]
+    band = 0.3 + 0.35 * len(obs.probes.stores()) if obs.probes is not None else 0.0
+    ratios = [3.0, *([band] if band else []), 2.0, *([2.0] if backend else [])]
+    fig, axes = plt.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios},
+                             figsize=(12, 6.5 + 2.5 * bool(backend) + 1.3 * band))
+    top, bottom = axes[0], axes[2 if band else 1]
     top.fill_between(when, [r["queue_depth"] for r in rows], step="post", color="#4c72b0",
                      alpha=0.35, linewidth=0)
     top.step(when, [r["queue_depth"] for r in rows], where="post", color="#4c72b0",
@@ -37,16 +55,20 @@ def draw_chart(obs: Observations, rows: list[dict[str, Any]], path: Path,
     # A sample counts the deliveries since the one before: its bar ends at its time.
     bottom.bar(when, [r["delivered_in_interval"] for r in rows], width=-width, align="edge",
                color="#55a868", label="delivered per interval (recipients)")
+    if band:
+        _access(obs, axes[1], zone)
     if backend:
-        _replies(obs, axes[2], backend, zone, width)
+        _replies(obs, axes[-1], backend, zone, width)
     for axis in axes:
-        _windows(obs, axis, zone)
+        if not band or axis is not axes[1]:  # the band shows the window in its own colours
+            _windows(obs, axis, zone)
         axis.grid(True, alpha=0.3)
     _events(obs, top, axes, zone)
     top.set_ylabel("messages queued")
     bottom.set_ylabel(f"delivered / {int(obs.scenario.info.sample // 60)} min")
-    top.set_title(f"{obs.scenario.info.name}: queue depth and deliveries "
-                  f"({obs.scenario.timezone})", pad=22)
+    shown = "queue depth, mailbox access and deliveries" if band else \
+        "queue depth and deliveries"
+    top.set_title(f"{obs.scenario.info.name}: {shown} ({obs.scenario.timezone})", pad=22)
     top.legend(loc="upper left", fontsize=9)
     axes[-1].xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
         "%a %d %b\n%H:%M", tz=zone))
@@ -91,6 +113,53 @@ def _replies(obs: Observations, axis: Any, backend: list[dict[str, Any]], zone: 
     axis.set_ylabel(f"replies / {int(obs.scenario.info.sample // 60)} min")
     axis.legend(loc="upper left", fontsize=9, title=f"mail servers of {stores}",
                 title_fontsize=9)
+
+
+def _access(obs: Observations, axis: Any, zone: Any) -> None:
+    """A row per store: at each probe round, the share of its probe users whose login
+    was available, refused for maintenance, refused with the node down, or failed; a
+    circle where its users read mail again, a diamond where its queued mail had arrived."""
+    log = obs.probes
+    assert log is not None
+    stores = log.stores()
+    seen = {r.answer.outcome for r in log.results}
+    # What a round saw holds until the next round, as the queue depth holds until the next
+    # sample; a skipped round (or the wait for the drain) leaves a gap.
+    until = {at: min(after, at + 1.1 * log.interval) for at, after in
+             zip(log.rounds, [*log.rounds[1:], math.inf], strict=True)}
+    handles: list[Any] = []
+    for outcome, (colour, hatch, label) in ACCESS_STYLE.items():
+        lefts, widths, heights, bottoms = [], [], [], []
+        for at, store, counts, _ in round_rows(log):
+            total = sum(counts.values())
+            below = sum(counts[k] for k in OUTCOMES[:OUTCOMES.index(outcome)])
+            if counts[outcome]:
+                lefts.append(datetime.fromtimestamp(at, zone))
+                widths.append((until[at] - at) / 86400)
+                heights.append(0.8 * counts[outcome] / total)
+                bottoms.append(stores.index(store) + 0.1 + 0.8 * below / total)
+        axis.bar(lefts, heights, width=widths, bottom=bottoms, align="edge", color=colour,
+                 hatch=hatch, edgecolor="white" if hatch else colour, linewidth=0)
+        if outcome != "error" or outcome in seen:  # the three states always, errors if any
+            handles.append(Patch(facecolor=colour, hatch=hatch, edgecolor="white",
+                                 label=label))
+    for access in accesses(obs):
+        row = stores.index(access.store) + 0.5
+        for moment, marker in ((access.read_again, "o"), (access.mail_arrived, "D")):
+            if moment is not None:
+                axis.plot([datetime.fromtimestamp(moment, zone)], [row], marker=marker,
+                          markersize=7, color="black", markerfacecolor="white",
+                          linestyle="none", zorder=5)
+    handles += [Line2D([], [], marker=marker, markersize=7, color="black",
+                       markerfacecolor="white", linestyle="none", label=label)
+                for marker, label in (("o", "users read mail again"),
+                                      ("D", "their queued mail arrived"))]
+    axis.set_ylim(len(stores), 0)
+    axis.set_yticks([i + 0.5 for i in range(len(stores))], stores, fontsize=9)
+    way = "IMAP logins" if log.via == "imap" else "access decision"
+    axis.set_ylabel(f"mailbox access\n({way})", fontsize=9)
+    axis.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=6,
+                fontsize=8, frameon=False, borderaxespad=0.1, handlelength=1.5)
 
 
 def _events(obs: Observations, top: Any, axes: Any, zone: Any) -> None:

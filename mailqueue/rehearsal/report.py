@@ -14,6 +14,10 @@ For remote stores the report also shows what their servers answered over time
 (``backend.csv``, and a line per store in the figures): deliveries accepted, deferred by
 reply code (``no reply`` for a refused or dropped connection or a timeout, ``node`` for a
 node's fault), bounced by reply code.
+
+With mailbox probes, it shows what their logins got over time (``probes.csv``, a band on
+the chart, lines per store in the figures) and when each store's users could read mail
+again and their queued mail had arrived (:mod:`mailqueue.rehearsal.moments`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from mailqueue.queue.values import FINAL_STATES, RecipientState
+from mailqueue.rehearsal.probe_report import (
+    login_rows,
+    probe_figures,
+    probe_lines,
+    probe_rows,
+    probe_warnings,
+)
 from mailqueue.rehearsal.runner import Observations, drain_complete, last_window_end
 from mailqueue.timeparse import format_duration, get_zone
 from mailqueue.verify.scan import read_files
@@ -112,6 +123,7 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
     peak = max(obs.samples, key=lambda s: s.depth, default=None)
     peak_bytes = max((s.bytes for s in obs.samples), default=0)
     drain = drain_complete(obs)
+    probes = probe_figures(obs)
     return {
         "scenario": obs.scenario.info.name, "speed": obs.speed, "seed": obs.seed,
         "wall_seconds": round(obs.wall_seconds, 1),
@@ -142,8 +154,10 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
         "delay_max_seconds": _round(max(delays) if delays else None),
         "warnings": _warnings(obs, drain) + [
             f"store {name!r} has no verify_path: its deliveries are counted from the queue, "
-            "not found in its mailboxes" for name in sorted(unreadable)],
+            "not found in its mailboxes" for name in sorted(unreadable)] +
+            probe_warnings(probes),
         "backend": backend_figures(obs),
+        "probes": probes,
     }
 
 
@@ -267,9 +281,11 @@ def figures_text(figures: dict[str, Any]) -> str:
     ]
     for store, seen in sorted(figures.get("backend", {}).items()):
         rows.append((f"{store} replies", _replies_text(seen)))
-    text = "\n".join(f"{name:>15}: {value}" for name, value in rows)
+    rows += probe_lines(figures.get("probes"))
+    width = max(15, *(len(name) for name, _ in rows))
+    text = "\n".join(f"{name:>{width}}: {value}" for name, value in rows)
     for warning in figures["warnings"]:
-        text += f"\n        warning: {warning}"
+        text += f"\n{'warning':>{width}}: {warning}"
     return text + "\n"
 
 
@@ -321,6 +337,9 @@ def write_report(obs: Observations, out: Path) -> dict[str, Any]:
     backend = backend_rows(obs)
     if backend:
         write_csv(out / "backend.csv", backend)
+    if obs.probes is not None:
+        write_csv(out / "probes.csv", probe_rows(obs))
+        write_csv(out / "logins.csv", login_rows(obs))
     (out / "timeline.md").write_text(timeline_text(obs), encoding="utf-8")
     (out / "figures.txt").write_text(figures_text(figures), encoding="utf-8")
     draw_chart(obs, rows, out / "queue.png", backend)

@@ -4,7 +4,9 @@
 work directory, its stores on the scenario's nodes), starts
 :class:`~mailqueue.app.MailqueueApp` with the scenario's seed for node faults, sends the
 planned traffic, applies the timeline's events when the clock reaches them, samples the
-queue, waits for the drain, stops everything and hands the observations to the report.
+queue, runs the scenario's mailbox probes (:mod:`mailqueue.rehearsal.probes`: over IMAP
+through a Dovecot of its own, or asking the access decision directly), waits for the drain,
+stops everything and hands the observations to the report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mailqueue.app import MailqueueApp
 from mailqueue.clock import ScaledClock
@@ -25,10 +27,25 @@ from mailqueue.control.nodes import NodeMode, NodeState, node_name
 from mailqueue.control.plane import set_nodes
 from mailqueue.control.windows import Inbound, Window, WindowState
 from mailqueue.errors import MailqueueError
+from mailqueue.loadtest import free_port
 from mailqueue.queue.values import Claim, RecipientOutcome, Settlement
+from mailqueue.rehearsal.moments import access_notes
+from mailqueue.rehearsal.probes import (
+    ProbeLog,
+    Prober,
+    choose_users,
+    decision_answer,
+    imap_answer,
+    mail_owner,
+    probe_way,
+    start_dovecot,
+)
 from mailqueue.rehearsal.scenario import Event, Scenario, ScenarioError
 from mailqueue.rehearsal.traffic import TrafficSender, plan_traffic
 from mailqueue.timeparse import format_duration, parse_time
+
+if TYPE_CHECKING:
+    from mailqueue.testing.dovecot import AccessDovecot
 
 HOSTNAME = "mx.rehearsal.test"
 # Real seconds before its moment that an extension due as its window ends is applied.
@@ -59,7 +76,7 @@ class Entry:
     at: float
     text: str
     depth: int
-    kind: str = "event"  # event, window, milestone, problem
+    kind: str = "event"  # event, window, milestone, problem, access (what clients showed)
     late: float = 0.0  # simulated seconds the event was applied after its time
 
 
@@ -90,14 +107,18 @@ class Observations:
     outcomes: list[RecipientOutcome] = dataclasses.field(default_factory=list)
     replies: list[BackendReply] = dataclasses.field(default_factory=list)
     sender: TrafficSender | None = None
+    probes: ProbeLog | None = None
     planned: int = 0
     drained: bool = False
     wall_seconds: float = 0.0
     finished_at: float = 0.0
 
 
-def build_config(scenario: Scenario, workdir: Path, speed: float) -> Config:
-    """The server's config: the scenario's stores and windows, its ``[server]`` overrides."""
+def build_config(scenario: Scenario, workdir: Path, speed: float,
+                 admin_port: int | None = None) -> Config:
+    """The server's config: the scenario's stores and windows, its ``[server]`` overrides;
+    with ``admin_port``, the admin endpoint there (Dovecot asks it who may log in) and the
+    Maildirs given to a mail user Dovecot can serve them as."""
     server = scenario.file.server
     unknown = set(server) - {"smtp", "queue", "delivery"}
     if unknown:
@@ -118,6 +139,12 @@ def build_config(scenario: Scenario, workdir: Path, speed: float) -> Config:
                    for s in scenario.file.stores],
         "windows": [w.model_dump() for w in scenario.file.windows],
     }
+    if admin_port is not None:
+        data["admin"] = {"host": "127.0.0.1", "port": admin_port}
+        owner = mail_owner()
+        for store in data["stores"]:
+            if owner is not None and store.get("kind", "maildir") == "maildir":
+                store["owner"] = owner
     for section in ("smtp", "queue", "delivery"):
         data[section] = {**data[section], **server.get(section, {})}
     return config_from_dict(data, f"{scenario.source} [server]")
@@ -132,12 +159,16 @@ class Rehearsal:
         self.speed = speed or scenario.info.speed
         self.seed = scenario.info.seed if seed is None else seed
         self.workdir = workdir
-        self.config = build_config(scenario, workdir, self.speed)
+        probes = self._probe_log()
+        # Dovecot asks the admin endpoint who may log in: a port known before it starts.
+        admin = free_port() if probes is not None and probes.via == "imap" else None
+        self.config = build_config(scenario, workdir, self.speed, admin)
         self.progress = progress
         self.obs = Observations(scenario=scenario, speed=self.speed, seed=self.seed,
-                                workdir=workdir, config=self.config)
+                                workdir=workdir, config=self.config, probes=probes)
         self.clock: ScaledClock | None = None
         self.app: MailqueueApp | None = None
+        self._imap_port: int | None = None
         self._phase = "starting"
 
     @property
@@ -154,11 +185,49 @@ class Rehearsal:
         """The scenario's clock now (None before the run starts it)."""
         return None if self.clock is None else self.clock.now()
 
+    def _probe_log(self) -> ProbeLog | None:
+        spec = self.scenario.file.probes
+        if spec is None:
+            return None
+        via, why = probe_way(self.scenario, self.workdir)
+        return ProbeLog(via=via, why=why, interval=spec.interval,
+                        users=choose_users(self.scenario))
+
     # --- assembly ---------------------------------------------------------------------
 
     async def run(self, drain_limit: float = 300.0) -> Observations:
         """Run the whole scenario; ``drain_limit`` real seconds for the drain after its end."""
         wall0 = time.monotonic()
+        # Dovecot starts before the clock does: its start takes no simulated time.
+        dovecot = await self._start_dovecot()
+        try:
+            await self._serve(drain_limit)
+        finally:
+            if dovecot is not None:
+                await asyncio.to_thread(dovecot.stop)
+        self.obs.wall_seconds = time.monotonic() - wall0
+        return self.obs
+
+    async def _start_dovecot(self) -> AccessDovecot | None:
+        """The probes' Dovecot, started, when they log in over IMAP; when it cannot start
+        and the scenario does not insist on IMAP, the probes ask the decision instead."""
+        log = self.obs.probes
+        if log is None or log.via != "imap":
+            return None
+        (self.workdir / "mail").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "mail").chmod(0o755)  # Dovecot's mail user passes through
+        try:
+            dovecot = await asyncio.to_thread(start_dovecot, self.config)
+        except MailqueueError as exc:
+            spec = self.scenario.file.probes
+            if spec is not None and spec.via == "imap":
+                raise
+            log.via, log.why = "decision", str(exc)
+            return None
+        self._imap_port = dovecot.imap_port
+        return dovecot
+
+    async def _serve(self, drain_limit: float) -> None:
         plan = plan_traffic(self.scenario, self.seed)
         self.obs.planned = len(plan)
         clock = self.clock = ScaledClock(self.scenario.start, self.speed)
@@ -181,8 +250,6 @@ class Rehearsal:
         finally:
             app.stop()
             await asyncio.wait_for(server, 30)
-        self.obs.wall_seconds = time.monotonic() - wall0
-        return self.obs
 
     async def _until_ready(self, app: MailqueueApp, server: asyncio.Task[None]) -> None:
         ready = asyncio.create_task(app.ready.wait())
@@ -205,6 +272,9 @@ class Rehearsal:
         async with asyncio.TaskGroup() as group:
             sampler = group.create_task(self._sampler(app, stop))
             ticker = group.create_task(self._ticker(stop))
+            prober = self._prober(app)
+            if prober is not None:
+                group.create_task(prober.run(stop))
             traffic = group.create_task(sender.run())
             await self._timeline(app)
             await self._sleep_until(self.scenario.end)
@@ -216,6 +286,23 @@ class Rehearsal:
             await sampler
             ticker.cancel()
         self.obs.finished_at = self._now()
+
+    def _prober(self, app: MailqueueApp) -> Prober | None:
+        """The probes' rounds: IMAP logins in a pool of threads, or the decision asked on
+        the event loop (it does not block)."""
+        log, spec = self.obs.probes, self.scenario.file.probes
+        if log is None or spec is None:
+            return None
+        assert self.clock is not None
+        if log.via == "imap":
+            port = self._imap_port
+            assert port is not None
+            return Prober(log, self.clock, lambda user: imap_answer(port, user.address),
+                          threads=spec.connections)
+        stores = {s.name: s for s in self.config.stores}
+        return Prober(log, self.clock, lambda user: decision_answer(
+            stores[user.store], user.address, app.control.current(), app.control.nodes()),
+            threads=0)
 
     # --- the timeline -----------------------------------------------------------------
 
@@ -367,7 +454,16 @@ class Rehearsal:
             entries.append(Entry(at=at, kind="milestone", depth=self._depth_at(at),
                                  text="Everything queued during the window is delivered "
                                       f"({format_duration(at - end)} after the window ended)"))
+        entries += self._access_entries()
         entries.sort(key=lambda e: e.at)
+
+    def _access_entries(self) -> list[Entry]:
+        """What the probe users' clients showed, and per store the two moments."""
+        if self.obs.probes is None:
+            return []
+        return [Entry(at=at, kind=kind, depth=self._depth_at(at), text=text)
+                for at, kind, text in access_notes(self.obs.probes, self.obs.windows,
+                                                   self.obs.outcomes, self.obs.finished_at)]
 
     def _depth_at(self, at: float) -> int:
         before = [s for s in self.obs.samples if s.at <= at]

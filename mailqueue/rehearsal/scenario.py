@@ -1,7 +1,8 @@
 """Rehearsal scenarios: TOML files that describe an upgrade window to replay.
 
 A scenario has a clock (simulated start, end and speed), mailbox stores sharded over nodes,
-windows as in the core config, a timeline of events at simulated times, and traffic. It is
+windows as in the core config, a timeline of events at simulated times, traffic, and
+optionally mailbox probes (simulated users logging in on a schedule). It is
 validated at load: an error names the file, the key and what to fix, e.g.
 ``june.toml: events[4]: window 'upgrade' has already ended at 2019-06-28T17:00:00-05:00``.
 """
@@ -135,6 +136,48 @@ class TrafficSpec(ConfigModel):
         return value
 
 
+ProbeWay = Literal["auto", "imap", "decision"]
+
+
+class ProbesSpec(ConfigModel):
+    """``[probes]``: simulated users logging in to their mailboxes every ``interval``
+    (simulated time), over IMAP through Dovecot or by asking the access decision directly."""
+
+    interval: PositiveDuration = 900.0
+    # Per store (a number for every store, or a table store -> number); None: one per node.
+    users: int | dict[str, int] | None = None
+    addresses: list[str] | None = None  # these mailboxes instead of users
+    via: ProbeWay = "auto"  # auto: IMAP when Dovecot is installed, else the decision
+    connections: int = Field(4, ge=1, le=32)  # IMAP logins at once
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _users(cls, value: Any) -> Any:
+        def count(n: Any, least: int) -> bool:
+            return isinstance(n, int) and not isinstance(n, bool) and n >= least
+
+        if value is None or count(value, 1) or (
+                isinstance(value, dict) and all(count(n, 0) for n in value.values())):
+            return value
+        raise ValueError("give a number of probe users per store (e.g. 2), or a table of "
+                         "store = number (e.g. { basic = 2 })")
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one address, or leave addresses out")
+        for index, address in enumerate(value):
+            local, at, domain = address.partition("@")
+            if not (local and at and domain) or "/" in local or local.startswith("."):
+                raise ValueError(f"[{index}] {address!r} is not a mailbox address "
+                                 "(local@domain)")
+        no_duplicates("address", [a.lower() for a in value])
+        return [a.lower() for a in value]
+
+
 class EventSpec(ConfigModel):
     """``[[events]]``: something that happens at a simulated time."""
 
@@ -161,6 +204,7 @@ class ScenarioFile(ConfigModel):
     windows: list[WindowConfig] = []
     traffic: TrafficSpec = TrafficSpec()
     events: list[EventSpec] = []
+    probes: ProbesSpec | None = None
     report: dict[str, float] = {}
 
 
@@ -255,8 +299,25 @@ def _check(parsed: ScenarioFile, source: str) -> Scenario:
             _known(f"windows[{i}].stores", "store", store, stores)
     for store in (parsed.traffic.stores or {}):
         _known("traffic.stores", "store", store, stores)
+    if parsed.probes is not None:
+        _check_probes(parsed.probes, parsed.stores)
     events = _events(parsed, start, end)
     return Scenario(source=source, file=parsed, start=start, end=end, events=events)
+
+
+def _check_probes(probes: ProbesSpec, specs: list[StoreSpec]) -> None:
+    stores = [s.name for s in specs]
+    if probes.addresses is not None and probes.users is not None:
+        raise ValueError("probes: give users (a number per store) or addresses, not both")
+    for store in probes.users if isinstance(probes.users, dict) else {}:
+        _known("probes.users", "store", store, stores)
+    domains = {d: s.name for s in specs for d in s.domains}
+    for index, address in enumerate(probes.addresses or []):
+        if address.rpartition("@")[2] not in domains:
+            raise ValueError(f"probes.addresses[{index}]: {address!r} is in no store's "
+                             f"domains ({', '.join(domains)})")
+    if isinstance(probes.users, dict) and not any(probes.users.values()):
+        raise ValueError("probes.users: every store has 0 probe users; give at least one")
 
 
 def _known(key: str, what: str, name: str, known: list[str]) -> None:

@@ -71,7 +71,9 @@ def writable_directories(directories: Mapping[str, Path], field: str = "out") ->
 def temporary_workdir() -> Path:
     """A fresh directory for a rehearsal's queue and Maildirs."""
     try:
-        return Path(tempfile.mkdtemp(prefix="mailqueue-rehearsal-"))
+        work = Path(tempfile.mkdtemp(prefix="mailqueue-rehearsal-"))
+        work.chmod(0o711)  # the probes' Dovecot serves the Maildirs in it as its mail user
+        return work
     except OSError as exc:
         raise InvalidInputError(f"cannot make a temporary work directory: "
                                 f"{exc.strerror or exc} (give --workdir DIR, or set TMPDIR)"

@@ -48,7 +48,8 @@ running mailqueue's admin endpoint), started on free loopback ports::
 
 It sets Dovecot's failure delay to 0 so that a test of refusals does not wait two seconds
 for each; Dovecot's penalty for repeated failures from one address still applies (tests
-that fail many logins connect from different 127.x addresses).
+that fail many logins connect from different 127.x addresses), unless ``nodelay=True``
+(any password only), which answers every refusal at once.
 """
 
 from __future__ import annotations
@@ -340,7 +341,7 @@ class AccessDovecot:
     loopback ports, with its files in a new temporary directory."""
 
     def __init__(self, config: Config, *, users_file: Path | None = None,
-                 fail_open: bool = False, keep: bool = False) -> None:
+                 fail_open: bool = False, keep: bool = False, nodelay: bool = False) -> None:
         binary = access_binary()
         if binary is None:
             raise DovecotMissing(f"Dovecot with IMAP and POP3 is not installed ({ACCESS_HINT})")
@@ -349,6 +350,7 @@ class AccessDovecot:
         self.users_file = users_file
         self.fail_open = fail_open
         self.keep = keep
+        self.nodelay = nodelay
         self.root = Path(tempfile.mkdtemp(prefix="mq-access-"))
         self.root.chmod(0o711)
         self.config_path = self.root / "dovecot.conf"
@@ -369,7 +371,8 @@ class AccessDovecot:
             self.imap_port, self.pop3_port = free_port(), free_port()
             write_config(self.config, DovecotOptions(
                 directory=self.root, imap_port=self.imap_port, pop3_port=self.pop3_port,
-                users_file=self.users_file, fail_open=self.fail_open, failure_delay="0"))
+                users_file=self.users_file, fail_open=self.fail_open, failure_delay="0",
+                nodelay=self.nodelay))
             with (self.root / "stderr.txt").open("ab") as stderr:
                 self._process = subprocess.Popen(
                     [self.binary, "-c", str(self.config_path), "-F"],
