@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mailqueue.queue.values import FINAL_STATES, RecipientState
+from mailqueue.rehearsal.replay_report import replay_figures, replay_text, write_replay
 from mailqueue.rehearsal.runner import Observations, drain_complete, last_window_end
 from mailqueue.timeparse import format_duration, get_zone
 from mailqueue.verify.scan import read_files
@@ -143,6 +144,7 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
             f"store {name!r} has no verify_path: its deliveries are counted from the queue, "
             "not found in its mailboxes" for name in sorted(unreadable)],
         "backend": backend_figures(obs),
+        "replay": replay_figures(obs),
     }
 
 
@@ -266,6 +268,8 @@ def figures_text(figures: dict[str, Any]) -> str:
     ]
     for store, seen in sorted(figures.get("backend", {}).items()):
         rows.append((f"{store} replies", _replies_text(seen)))
+    if figures.get("replay"):
+        rows += replay_text(figures["replay"])
     text = "\n".join(f"{name:>15}: {value}" for name, value in rows)
     for warning in figures["warnings"]:
         text += f"\n        warning: {warning}"
@@ -322,6 +326,8 @@ def write_report(obs: Observations, out: Path) -> dict[str, Any]:
     (out / "timeline.md").write_text(timeline_text(obs), encoding="utf-8")
     (out / "figures.txt").write_text(figures_text(figures), encoding="utf-8")
     draw_chart(obs, rows, out / "queue.png", backend)
+    if obs.scenario.replay is not None:
+        write_replay(obs, out)
     document = {"figures": figures, "timeline": [
         {"time": obs.scenario.time(e.at), "event": e.text, "queue_depth": e.depth,
          "kind": e.kind, "applied_late_seconds": round(e.late)} for e in obs.timeline]}
