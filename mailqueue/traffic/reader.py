@@ -178,11 +178,16 @@ class LogReader:
             postfix.finish()
             exim.finish()
             tallies += [postfix.tally, exim.tally]
+        names = ", ".join(str(log.path) for group in self.groups for log in group)
         if not total.mail_lines:
-            names = ", ".join(str(log.path) for group in self.groups for log in group)
             raise MailLogError(f"no Postfix or Exim lines in {names} ({total.lines} lines: "
                                f"{total.other} from other programs, {total.unknown} in no "
                                "log form)")
+        if not builder.messages:
+            rejected = sum(t.rejected for t in tallies)
+            raise MailLogError(f"no accepted messages in {names} ({total.mail_lines} "
+                               f"Postfix or Exim lines, {rejected} rejected, "
+                               f"{builder.outside} outside --since/--until)")
         parse = Parse(lines=total.lines, mail_lines=total.mail_lines,
                       other_programs=total.other, unknown=total.unknown,
                       truncated=total.truncated, clock_jumps=jumps,
