@@ -27,10 +27,10 @@ from mailqueue.traffic.profile import NO_DOMAIN, NULL_SENDER
 UNKNOWN_DOMAIN = "(unknown)"  # a recipient counted by nrcpt whose address no line shows
 _QUEUE_ID = re.compile(r"([0-9A-F]{6,}|[0-9BCDFGHJ-NP-TV-Zbcdfghj-np-tv-z]{10,}): ")
 _FROM = re.compile(r"from=<(.*)>, size=(\d+), nrcpt=(\d+)")
-_TO = re.compile(r"to=<([^>]*)>,.*?\brelay=([^,]*),.*?\bstatus=(\w+)")
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 _NOTICE = re.compile(r"notification: ([0-9A-Za-z]+)$")
 OPEN_LIMIT = 200_000  # messages followed at once; past it the oldest is closed
+_DAEMONS: dict[str, str] = {}  # syslog program -> Postfix daemon (postfix/smtpd -> smtpd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,9 @@ class PostfixFollower:
                 self.tally.rejected += 1
             return True
         queue_id, rest = match.group(1), text[match.end():]
-        daemon = program.rpartition("/")[2]
+        daemon = _DAEMONS.get(program)
+        if daemon is None:
+            daemon = _DAEMONS[program] = program.rpartition("/")[2]
         if rest.startswith("to=<"):
             return self._delivery(queue_id, rest)
         if rest.startswith("from=<") and daemon == "qmgr":
@@ -164,17 +166,22 @@ class PostfixFollower:
         return True
 
     def _delivery(self, queue_id: str, rest: str) -> bool:
-        found = _TO.match(rest)
-        if found is None:
+        # "to=<ADDRESS>, [orig_to=<...>, ]relay=RELAY, ..., status=STATUS (reply)", read
+        # with find (every delivery line of a large log comes through here).
+        end = rest.find(">,", 4)
+        relay_at = rest.find(" relay=", end)
+        status_at = rest.find(" status=", relay_at)
+        if end < 0 or relay_at < 0 or status_at < 0:
             return False
         message = self._open.get(queue_id)
         if message is not None:
-            message.recipients.add(found.group(1))
-        relay, status = found.group(2), found.group(3)
-        if status == "sent" and ("[127." in relay or "[::1]" in relay):
-            back = _QUEUED_AS.search(rest, found.end())
-            if back:
-                self._reinjected.add(back.group(1))
+            message.recipients.add(rest[4:end])
+        if rest.startswith("sent", status_at + 8):
+            relay = rest[relay_at + 7:rest.find(",", relay_at)]
+            if "[127." in relay or "[::1]" in relay:
+                back = _QUEUED_AS.search(rest, status_at)
+                if back:
+                    self._reinjected.add(back.group(1))
         return True
 
     def _close(self, queue_id: str) -> None:

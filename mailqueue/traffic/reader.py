@@ -201,44 +201,50 @@ class LogReader:
     def _read(self, log: LogFile, timeline: Timeline, postfix: PostfixFollower,
               exim: EximFollower, builder: ProfileBuilder, progress: Progress | None
               ) -> _Counts:
+        # The loop every line goes through: locals, and the time worked out once a second.
         counts = _Counts()
         last_stamp, last_ts = "", 0.0
+        number = other = postfix_lines = exim_lines = 0
         try:
             for number, raw in enumerate(read_lines(log, progress), start=1):
-                counts.lines += 1
                 if not raw.endswith(b"\n"):
                     counts.truncated += 1
                     continue
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 kind, form, stamp, program, text = classify(line)
                 if kind == "other":
-                    counts.other += 1
+                    other += 1
                     continue
                 if kind == "unknown":
                     if line.strip():
                         self._unknown(log, number, line, counts, "not a Postfix or Exim "
                                       "log line")
                     continue
-                try:
-                    if stamp != last_stamp:
+                if stamp != last_stamp:
+                    try:
                         last_ts = _time(form, stamp, timeline)
-                        last_stamp = stamp
-                except ValueError:
-                    self._unknown(log, number, line, counts, "not a time")
-                    continue
-                ok = postfix.line(last_ts, program, text) if kind == "postfix" else \
-                    exim.line(last_ts, text)
+                    except ValueError:
+                        self._unknown(log, number, line, counts, "not a time")
+                        continue
+                    last_stamp = stamp
+                    builder.seen(last_ts)
+                    if counts.first is None:
+                        counts.first = last_ts
+                if kind == "postfix":
+                    ok = postfix.line(last_ts, program, text)
+                    postfix_lines += ok
+                else:
+                    ok = exim.line(last_ts, text)
+                    exim_lines += ok
                 if not ok:
                     self._unknown(log, number, line, counts, f"a {kind.capitalize()} line "
                                   "without the fields it should have")
-                    continue
-                counts.mail_lines += 1
-                setattr(counts, kind, getattr(counts, kind) + 1)
-                builder.seen(last_ts)
-                counts.first = last_ts if counts.first is None else counts.first
-                counts.last = last_ts
         except Truncated:
             counts.truncated += 1
+        counts.lines, counts.other = number, other
+        counts.postfix, counts.exim = postfix_lines, exim_lines
+        counts.mail_lines = postfix_lines + exim_lines
+        counts.last = last_ts if counts.first is not None else None
         return counts
 
     def _unknown(self, log: LogFile, number: int, line: str, counts: _Counts,
