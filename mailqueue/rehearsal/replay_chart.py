@@ -18,7 +18,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 
 from mailqueue.rehearsal.runner import Observations
-from mailqueue.timeparse import get_zone
+from mailqueue.timeparse import format_duration, get_zone
 from mailqueue.traffic.show import by_doubling, human_size
 
 
@@ -38,7 +38,7 @@ def draw_replay(obs: Observations, rows: list[dict[str, Any]], path: Path) -> No
             color="#4c72b0", alpha=0.7, label="replayed: acknowledged per interval")
     top.step(when, [r["expected"] for r in rows], where="post", color="#c44e52",
              linewidth=1.4, label="profile, times the scale")
-    top.set_ylabel(f"messages / {int(obs.scenario.info.sample // 60)} min")
+    top.set_ylabel(f"messages / {format_duration(obs.scenario.info.sample)}")
     top.grid(True, alpha=0.3)
     # The running totals: a faithful replay's stays on the profile's.
     total: Any = top.twinx()
@@ -51,8 +51,9 @@ def draw_replay(obs: Observations, rows: list[dict[str, Any]], path: Path) -> No
     handles = top.get_legend_handles_labels()
     more = total.get_legend_handles_labels()
     top.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", fontsize=9)
+    span = obs.scenario.end - obs.scenario.start
     top.xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
-        "%a %d %b\n%H:%M", tz=zone))
+        "%a %d %b\n%H:%M" if span > 6 * 3600 else "%H:%M:%S", tz=zone))
     top.set_title(f"{obs.scenario.info.name}: traffic replayed from {Path(replay.path).name} "
                   f"({obs.scenario.timezone})")
     plan = obs.sender.plan if obs.sender else []

@@ -115,8 +115,9 @@ def replay_text(replay: dict[str, Any]) -> list[tuple[str, str]]:
              f"{_size(replay['size_p95']['profile'])})")
     per = replay["recipients_per_message"]
     return [
-        ("traffic", f"replayed from {replay['profile']} at scale {replay['scale']}, shift "
-                    f"{replay['shift']}; covers {replay['coverage']:.0%} of the scenario"),
+        ("traffic", f"replayed from {Path(replay['profile']).name} at scale "
+                    f"{replay['scale']}, shift {replay['shift']}; covers "
+                    f"{replay['coverage']:.0%} of the scenario"),
         ("replayed", f"{replay['planned_messages']} messages planned for "
                      f"{replay['expected_messages']:g} expected, "
                      f"{replay['accepted_messages']} accepted; arrivals per interval "

@@ -14,44 +14,42 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 
-from mailqueue.timeparse import get_zone
+from mailqueue.timeparse import format_duration, get_zone
 from mailqueue.traffic.profile import TrafficProfile
 from mailqueue.traffic.show import human_size
 
+BARS = 400  # at most this many bars of arrivals
+_STEPS = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 
-def hourly(profile: TrafficProfile) -> tuple[list[float], list[int]]:
-    """Arrivals summed per hour (UTC-aligned hours; the zones used are whole hours)."""
-    totals: dict[float, int] = {}
-    for index, count in enumerate(profile.arrivals.counts):
-        hour = profile.interval_start(index) // 3600 * 3600
-        totals[hour] = totals.get(hour, 0) + count
-    starts = sorted(totals)
-    return starts, [totals[s] for s in starts]
+
+def binned(profile: TrafficProfile, bars: int = BARS) -> tuple[int, list[float], list[int]]:
+    """Arrivals summed into at most ``bars`` bins of a round length (a multiple of the
+    profile's interval): ``(seconds, starts, counts)``."""
+    counts = profile.arrivals.counts
+    span = len(counts) * profile.resolution
+    width = next((step for step in _STEPS if step >= profile.resolution and
+                  step % profile.resolution == 0 and span / step <= bars), _STEPS[-1])
+    per = max(1, width // profile.resolution)
+    starts = [profile.interval_start(i) for i in range(0, len(counts), per)]
+    return width, starts, [sum(counts[i:i + per]) for i in range(0, len(counts), per)]
 
 
 def draw_profile(profile: TrafficProfile, path: Path, title: str = "") -> None:
-    """Arrivals per hour (per interval faint behind, when finer), the size histogram and
+    """Arrivals over the logs' span (in at most :data:`BARS` bars), the size histogram and
     recipients per message."""
     zone = get_zone(profile.timezone)
     fig = plt.figure(figsize=(12, 7.5))
     grid = fig.add_gridspec(2, 2, height_ratios=[3, 2])
     top: Any = fig.add_subplot(grid[0, :])
-    starts, counts = hourly(profile)
+    width, starts, counts = binned(profile)
     when = [datetime.fromtimestamp(s, zone) for s in starts]
-    top.bar(when, counts, width=1 / 24, align="edge", color="#4c72b0", alpha=0.8,
-            label="messages per hour")
-    if profile.resolution < 3600:
-        fine = [datetime.fromtimestamp(profile.interval_start(i), zone)
-                for i in range(len(profile.arrivals.counts))]
-        per_hour = 3600 / profile.resolution
-        top.plot(fine, [c * per_hour for c in profile.arrivals.counts], color="#dd8452",
-                 linewidth=0.5, alpha=0.6,
-                 label=f"per {profile.resolution} s, as an hourly rate")
-    top.set_ylabel("messages per hour")
+    top.bar(when, counts, width=width / 86400 * 0.9, align="edge", color="#4c72b0")
+    top.set_ylabel(f"messages per {format_duration(width)}")
     top.grid(True, alpha=0.3)
-    top.legend(loc="upper left", fontsize=9)
+    span = len(profile.arrivals.counts) * profile.resolution
     top.xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
-        "%a %d %b\n%H:%M", tz=zone))
+        "%a %d %b\n%H:%M" if span > 6 * 3600 else "%H:%M:%S", tz=zone))
+    top.set_xlim(when[0], datetime.fromtimestamp(starts[-1] + width, zone))
     top.set_title(f"{title or 'traffic profile'}: {profile.totals.messages:,} messages "
                   f"({profile.timezone})")
     _sizes(fig.add_subplot(grid[1, 0]), profile)
