@@ -109,8 +109,3 @@ def _syslog(match: re.Match[str], form: Form) -> tuple[Kind, Form, str, str, str
         if lead:
             text = text[lead.end():]
     return kind, form, match.group(1), program, text
-
-
-def looks_like_log(line: str) -> bool:
-    """Whether a line is in one of the known forms (any program's)."""
-    return classify(line)[0] != "unknown"

@@ -22,9 +22,8 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -323,13 +322,3 @@ def _check(profile: TrafficProfile, source: Path) -> None:
             sum(counts.values()) != profile.totals.messages:
         raise ProfileError(f"{source}: recipients: give messages by number of recipients "
                            "(adding up to totals.messages)")
-
-
-def local_time(profile: TrafficProfile, ts: float) -> datetime:
-    """``ts`` in the profile's zone."""
-    return datetime.fromtimestamp(ts, get_zone(profile.timezone))
-
-
-def as_dict(profile: TrafficProfile) -> dict[str, Any]:
-    """The profile as plain JSON-ready values."""
-    return profile.model_dump(mode="json")

@@ -126,12 +126,14 @@ class LogReader:
             first = self._firsts[log.path]
             if first is None:
                 continue
+            if first[0] is not None:  # its times carry their year
+                following = (first[0], (first[1], first[2]))
+                continue
             last = self._last_edge(log, progress) or first
             last_year = last[0] if last[0] is not None else \
                 self._year_before(last[1:], following) if following is not None else \
                 self._anchor(log, last[1:])
-            first_year = first[0] if first[0] is not None else \
-                last_year - (1 if first[1:] > last[1:] else 0)
+            first_year = last_year - (1 if first[1:] > last[1:] else 0)
             years[log.path] = first_year
             following = (first_year, (first[1], first[2]))
         return years
@@ -155,8 +157,9 @@ class LogReader:
     # --- reading ----------------------------------------------------------------------
 
     def run(self, progress: Progress | None = None) -> TrafficProfile:
-        """Read every file; the profile. MailLogError for a file that cannot be read (or,
-        strict, a line in no known form); ProfileError if no message was found."""
+        """Read every file; the profile. MailLogError for a file that cannot be read, for
+        logs without an accepted message, or (strict) for a line in no known form;
+        ProfileError for a span too long for the resolution."""
         options = self.options
         builder = ProfileBuilder(options.timezone, options.resolution, options.stores,
                                  options.since, options.until)
