@@ -6,9 +6,11 @@ A message's lines (``postfix/smtpd``'s ``client=``, ``postfix/pickup``'s ``uid=`
 :class:`Arrival`: the time of its first line, its size, its recipients' domains (each
 recipient once, however many attempts it took; as many as ``nrcpt`` says at least), its
 sender's domain. Mail the
-server makes itself (``postfix/bounce``'s notices) and mail coming back from a content
-filter on the same host (a delivery to ``127.0.0.1`` answered ``queued as ID``) are not
-arrivals. ``NOQUEUE: reject`` lines count as rejected.
+server makes itself (``postfix/bounce``'s notices, and any message queued without an
+``smtpd`` or ``pickup`` line and from the null sender), mail coming back from a content
+filter on the same host (a delivery to ``127.0.0.1`` answered ``queued as ID``) and mail
+received before the logs begin (queued without its ``client=`` line) are not arrivals.
+``NOQUEUE: reject`` lines count as rejected.
 
 Recipients are held in memory as salted hashes (the salt is made per run and never
 written) only until their message's last line; the record keeps domains and counts.
@@ -78,10 +80,11 @@ class Recipients:
 
 
 class _Message:
-    __slots__ = ("at", "nrcpt", "recipients", "sender", "size")
+    __slots__ = ("at", "nrcpt", "received", "recipients", "sender", "size")
 
-    def __init__(self, at: float, salt: bytes) -> None:
+    def __init__(self, at: float, salt: bytes, received: bool) -> None:
         self.at = at
+        self.received = received  # its smtpd client= or pickup line was seen
         self.size: int | None = None
         self.nrcpt = 0
         self.sender = ""
@@ -96,6 +99,7 @@ class Tally:
     generated: int = 0
     reinjected: int = 0
     incomplete: int = 0
+    before_log: int = 0
 
 
 class PostfixFollower:
@@ -130,10 +134,10 @@ class PostfixFollower:
         if rest == "removed":
             self._close(queue_id)
         elif rest.startswith("client=") or (daemon == "pickup" and "from=<" in rest):
-            self._begin(ts, queue_id)
+            self._begin(ts, queue_id, received=True)
         elif daemon == "bounce":
             notice = _NOTICE.search(rest)
-            if notice:
+            if notice and notice.group(1) in self._open:  # (else it is done already)
                 self._generated.add(notice.group(1))
         elif daemon == "cleanup" and rest.startswith(("reject:", "milter-reject:",
                                                       "discard:", "milter-discard:")):
@@ -146,10 +150,10 @@ class PostfixFollower:
         for queue_id in list(self._open):
             self._close(queue_id)
 
-    def _begin(self, ts: float, queue_id: str) -> _Message:
+    def _begin(self, ts: float, queue_id: str, received: bool) -> _Message:
         if queue_id in self._open:  # a queue id used again: the earlier message is done
             self._close(queue_id)
-        message = self._open[queue_id] = _Message(ts, self._salt)
+        message = self._open[queue_id] = _Message(ts, self._salt, received)
         if len(self._open) > self._limit:
             self._close(next(iter(self._open)))
         return message
@@ -158,7 +162,7 @@ class PostfixFollower:
         found = _FROM.match(rest)
         if found is None:
             return "status=" in rest  # "from=<...>, status=expired, returned to sender"
-        message = self._open.get(queue_id) or self._begin(ts, queue_id)
+        message = self._open.get(queue_id) or self._begin(ts, queue_id, received=False)
         if message.size is None:  # qmgr logs it again each time it retries the message
             message.sender = found.group(1)
             message.size = int(found.group(2))
@@ -196,6 +200,13 @@ class PostfixFollower:
             return
         elif message.size is None:
             self.tally.incomplete += 1
+        elif not message.received:
+            # Queued without being received: a notice the server made (its bounce line may
+            # come after it is done), or a message received before the logs begin.
+            if message.sender:
+                self.tally.before_log += 1
+            else:
+                self.tally.generated += 1
         else:
             self._emit(Arrival(message.at, message.size,
                                message.recipients.domains(max(1, message.nrcpt)),

@@ -96,6 +96,7 @@ class Parse(_Model):
     generated: int = Field(0, ge=0)  # bounces and notices the server made itself
     reinjected: int = Field(0, ge=0)  # back from a content filter on the same host
     incomplete: int = Field(0, ge=0)  # begun in the logs, never queued (dropped, cut off)
+    before_log: int = Field(0, ge=0)  # received before the logs begin (no client= line)
     outside: int = Field(0, ge=0)  # arrived outside --since/--until
 
 

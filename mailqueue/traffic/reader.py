@@ -198,7 +198,8 @@ class LogReader:
                       rejected=sum(t.rejected for t in tallies),
                       generated=sum(t.generated for t in tallies),
                       reinjected=sum(t.reinjected for t in tallies),
-                      incomplete=sum(t.incomplete for t in tallies))
+                      incomplete=sum(t.incomplete for t in tallies),
+                      before_log=sum(t.before_log for t in tallies))
         return builder.build(sources, parse)
 
     def _read(self, log: LogFile, timeline: Timeline, postfix: PostfixFollower,

@@ -125,6 +125,7 @@ def show_text(profile: TrafficProfile, name: str = "") -> str:
     rows.append(("not arrivals", f"{parse.rejected:,} rejected, {parse.generated:,} made by "
                                  f"the server, {parse.reinjected:,} back from a content "
                                  f"filter, {parse.incomplete:,} never queued, "
+                                 f"{parse.before_log:,} received before the logs, "
                                  f"{parse.outside:,} outside --since/--until"))
     text = "\n".join(f"{label:>14}: {value}" for label, value in rows)
     return text + "\n" + size_table(profile) + "\n"

@@ -107,12 +107,23 @@ def test_what_is_not_an_arrival_is_counted_apart(tmp_path: Path) -> None:
         # begun, never queued (the client went away)
         f"{stamp} mx1 postfix/smtpd[8]: 3D3D3D3D3D: client=y.example[192.0.2.67]",
         f"{stamp} mx1 postfix/qmgr[7]: 3D3D3D3D3D: removed",
+        # received before the log begins: its client= line is in an older file
+        f"{stamp} mx1 postfix/qmgr[7]: 4E4E4E4E4E: from=<b@b.test>, size=700, nrcpt=1 "
+        "(queue active)",
+        f"{stamp} mx1 postfix/qmgr[7]: 4E4E4E4E4E: removed",
+        # a notice done before the bounce daemon's line about it
+        f"{stamp} mx1 postfix/cleanup[6]: 5F5F5F5F5F: message-id=<y@mx1>",
+        f"{stamp} mx1 postfix/qmgr[7]: 5F5F5F5F5F: from=<>, size=2100, nrcpt=1 "
+        "(queue active)",
+        f"{stamp} mx1 postfix/qmgr[7]: 5F5F5F5F5F: removed",
+        f"{stamp} mx1 postfix/bounce[5]: 1B1B1B1B1B: sender non-delivery notification: "
+        "5F5F5F5F5F",
     ]
     profile = read(write(tmp_path / "mail.log", lines, mtime=START + 3600))
     assert profile.totals.messages == 3  # two, and the original of the filtered one
     parse = profile.parse
-    assert (parse.generated, parse.reinjected, parse.rejected, parse.incomplete) == \
-        (1, 1, 2, 1)
+    assert (parse.generated, parse.reinjected, parse.rejected, parse.incomplete,
+            parse.before_log) == (2, 1, 2, 1, 1)
     assert "<>" not in profile.sender_domains
 
 
