@@ -23,6 +23,9 @@ carries a message that says what to fix::
     │   ├── QueueLostError   the queue file is no longer the one at its path (deleted, replaced)
     │   └── SchemaError      the queue database's schema is not at this version's revision
     ├── UsersError           the users file cannot be read or written, or a user name is invalid
+    ├── MailLogError         a mail log cannot be read, is not a mail log, or (--strict) has a
+    │                        line that is not one
+    ├── ProfileError         a traffic profile file cannot be read or is not one
     └── DeliveryError        a mailbox store could not take a message
         ├── TemporaryDeliveryError   retry later (disk full, node down, a 4xx, ...)
         └── PermanentDeliveryError   give up and bounce (a 5xx, ...)
@@ -133,6 +136,17 @@ class UnknownQueueIdError(NotFoundError):
 class UsersError(MailqueueError):
     """The users file (``[smtp] users_file``) cannot be read or written, is not a users
     file, or a user name given is not one it can hold."""
+
+
+class MailLogError(MailqueueError):
+    """A mail log given to ``mailqueue traffic profile`` cannot be read, is not a Postfix or
+    Exim log, or (with ``--strict``) holds a line that is not one; the message names the
+    file and, for a line, its number."""
+
+
+class ProfileError(MailqueueError):
+    """A traffic profile file cannot be read, or is not one ``mailqueue traffic profile``
+    wrote."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,19 @@ import sys
 import click
 
 from mailqueue import __version__
-from mailqueue.cli import db, dovecot, node, queue, rehearse, serve, stats, user, verify, window
+from mailqueue.cli import (
+    db,
+    dovecot,
+    node,
+    queue,
+    rehearse,
+    serve,
+    stats,
+    traffic,
+    user,
+    verify,
+    window,
+)
 from mailqueue.errors import InvalidInputError, MailqueueError
 
 
@@ -26,7 +38,7 @@ def cli() -> None:
 # (``mailqueue --help`` lists them sorted by name).
 COMMANDS: tuple[click.Command, ...] = (
     serve.serve, window.window, stats.stats, queue.queue, verify.verify, rehearse.rehearse,
-    node.node, db.db, user.user, dovecot.dovecot,
+    node.node, db.db, user.user, dovecot.dovecot, traffic.traffic,
 )
 for command in COMMANDS:
     cli.add_command(command)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mailqueue.cli._common import FiniteFloatRange
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import configure_logging
+
+if TYPE_CHECKING:
+    from mailqueue.rehearsal.scenario import Scenario
 
 
 @click.command(short_help="Replay a scenario file; write a report.")
@@ -23,16 +27,25 @@ from mailqueue.logs import configure_logging
 @click.option("--workdir", metavar="DIR", help="Keep the queue and Maildirs here (default: a "
               "temporary directory, removed after).")
 @click.option("--keep", is_flag=True, help="Keep the temporary work directory.")
+@click.option("--profile", "profile_path", metavar="FILE", help="Replay this traffic profile "
+              "(mailqueue traffic profile) instead of the scenario's traffic.")
+@click.option("--scale", metavar="N", help="The profile's scale: 0.01 or 1/100 keeps one "
+              "message in a hundred, 2 sends each twice (default: the scenario's, or 1).")
+@click.option("--shift", metavar="week|TIME", help="The profile's shift: week (the same "
+              "weekday and time of day) or the log time that plays at the scenario's start.")
 def rehearse(scenario: str, speed: float | None, seed: int | None, out: str | None,
-             workdir: str | None, keep: bool) -> None:
+             workdir: str | None, keep: bool, profile_path: str | None, scale: str | None,
+             shift: str | None) -> None:
     """Replay SCENARIO (a TOML file) over real SMTP on a scaled clock; write a report.
 
-    Needs no config file: the scenario describes the server, its stores and its traffic."""
-    sys.exit(run(scenario, speed, seed, out, workdir, keep))
+    Needs no config file: the scenario describes the server, its stores and its traffic
+    (or --profile: traffic replayed from a traffic profile)."""
+    sys.exit(run(scenario, speed, seed, out, workdir, keep, profile_path, scale, shift))
 
 
 def run(scenario_path: str, speed: float | None, seed: int | None, out: str | None,
-        workdir: str | None, keep: bool) -> int:
+        workdir: str | None, keep: bool, profile: str | None = None,
+        scale: str | None = None, shift: str | None = None) -> int:
     """Run ``scenario_path``; print the figures; the exit status (1 if lost or duplicated).
 
     The report and work directories (relative to the current directory) are checked
@@ -45,6 +58,8 @@ def run(scenario_path: str, speed: float | None, seed: int | None, out: str | No
     from mailqueue.service.rehearsals import passed, temporary_workdir, writable_directories
 
     scenario = load_scenario(scenario_path)
+    if profile or scale is not None or shift is not None:
+        scenario = _with_profile(scenario, profile, scale, shift)
     target = Path(out or Path("var") / "rehearsal" / Path(scenario_path).stem).absolute()
     directories = {"--out" if out else "report directory (--out)": target}
     if workdir:
@@ -67,3 +82,19 @@ def run(scenario_path: str, speed: float | None, seed: int | None, out: str | No
     sys.stdout.write(figures_text(figures))
     print(f"report: {target}/ (report.html, timeline.md, queue.png, series.csv, report.json)")
     return 0 if passed(figures) else 1
+
+
+def _with_profile(scenario: Scenario, profile: str | None, scale: str | None,
+                  shift: str | None) -> Scenario:
+    """The scenario replaying ``--profile`` (or its own profile) at ``--scale``/``--shift``;
+    a usage error naming the option."""
+    from mailqueue.rehearsal.replay import with_profile
+
+    if not profile and not isinstance(scenario.file.traffic.profile, str):
+        raise click.UsageError("--scale and --shift apply to a traffic profile: give "
+                               "--profile FILE (or [traffic] profile = \"FILE\")")
+    try:
+        return with_profile(scenario, profile, scale, shift)
+    except ValueError as exc:
+        key, _, reason = str(exc).partition(": ")
+        raise click.UsageError(f"--{key.removeprefix('traffic.')}: {reason}") from None

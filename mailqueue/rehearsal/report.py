@@ -39,6 +39,7 @@ from mailqueue.rehearsal.probe_report import (
     probe_rows,
     probe_warnings,
 )
+from mailqueue.rehearsal.replay_report import replay_figures, replay_text, write_replay
 from mailqueue.rehearsal.runner import Observations, drain_complete, last_window_end
 from mailqueue.timeparse import format_duration, get_zone
 from mailqueue.verify.scan import read_files
@@ -158,6 +159,7 @@ def compute_figures(obs: Observations, files: Counter[tuple[int, str]]) -> dict[
             probe_warnings(probes),
         "backend": backend_figures(obs),
         "probes": probes,
+        "replay": replay_figures(obs),
     }
 
 
@@ -282,6 +284,8 @@ def figures_text(figures: dict[str, Any]) -> str:
     for store, seen in sorted(figures.get("backend", {}).items()):
         rows.append((f"{store} replies", _replies_text(seen)))
     rows += probe_lines(figures.get("probes"))
+    if figures.get("replay"):
+        rows += replay_text(figures["replay"])
     width = max(15, *(len(name) for name, _ in rows))
     text = "\n".join(f"{name:>{width}}: {value}" for name, value in rows)
     for warning in figures["warnings"]:
@@ -345,6 +349,8 @@ def write_report(obs: Observations, out: Path) -> dict[str, Any]:
     draw_chart(obs, rows, out / "queue.png", backend)
     (out / "report.html").write_text(report_html(obs, figures, rows, backend),
                                      encoding="utf-8")
+    if obs.scenario.replay is not None:
+        write_replay(obs, out)
     document = {"figures": figures, "timeline": [
         {"time": obs.scenario.time(e.at), "event": e.text, "queue_depth": e.depth,
          "kind": e.kind, "applied_late_seconds": round(e.late)} for e in obs.timeline]}

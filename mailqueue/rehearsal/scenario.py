@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from mailqueue.config import (
     ConfigModel,
@@ -30,6 +30,7 @@ from mailqueue.config import (
 )
 from mailqueue.control.nodes import NodeMode, find_node, mode_needs, node_name
 from mailqueue.errors import ConfigError, NodeError, TimeParseError
+from mailqueue.rehearsal.profile import Replay, load_replay, profile_value, scale_value
 from mailqueue.timeparse import format_time, parse_time
 
 WINDOW_ACTIONS = ("window.start", "window.extend", "window.end", "window.cancel")
@@ -102,10 +103,14 @@ class StoreSpec(ConfigModel):
 
 
 class TrafficSpec(ConfigModel):
-    """``[traffic]``: inbound mail, sent over real SMTP."""
+    """``[traffic]``: inbound mail, sent over real SMTP: synthetic, or replayed from a
+    traffic profile (``profile = "FILE"``; see :mod:`mailqueue.rehearsal.profile`)."""
 
     rate: float = Field(60.0, ge=0)  # messages per simulated hour (mean over a day)
-    profile: list[float] | None = None  # 24 weights by local hour; scaled to mean 1
+    # A list: 24 weights by local hour (scaled to mean 1); a string: a traffic profile file.
+    profile: Annotated[list[float] | str | None, BeforeValidator(profile_value)] = None
+    scale: Annotated[float | None, BeforeValidator(scale_value)] = None  # of a profile
+    shift: str | None = None  # of a profile: "week" (the default) or a time of the log
     connections: int = Field(4, ge=1, le=200)
     size_median: Size = 8 * 1024
     size_sigma: float = Field(1.0, ge=0)  # lognormal spread
@@ -116,8 +121,8 @@ class TrafficSpec(ConfigModel):
 
     @field_validator("profile")
     @classmethod
-    def _profile(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and (len(value) != 24 or min(value) < 0 or not sum(value)):
+    def _profile(cls, value: list[float] | str | None) -> list[float] | str | None:
+        if isinstance(value, list) and (len(value) != 24 or min(value) < 0 or not sum(value)):
             raise ValueError("give 24 non-negative weights (one per local hour), not all 0")
         return value
 
@@ -240,6 +245,7 @@ class Scenario:
     start: float
     end: float
     events: tuple[Event, ...]
+    replay: Replay | None = None  # traffic from a profile, when [traffic] profile is a file
 
     @property
     def info(self) -> ScenarioInfo:
@@ -302,7 +308,8 @@ def _check(parsed: ScenarioFile, source: str) -> Scenario:
     if parsed.probes is not None:
         _check_probes(parsed.probes, parsed.stores)
     events = _events(parsed, start, end)
-    return Scenario(source=source, file=parsed, start=start, end=end, events=events)
+    return Scenario(source=source, file=parsed, start=start, end=end, events=events,
+                    replay=load_replay(parsed.traffic, source))
 
 
 def _check_probes(probes: ProbesSpec, specs: list[StoreSpec]) -> None:

@@ -30,6 +30,7 @@ _QUEUED_AS = re.compile(r"queued as (\S+)")
 _LOCAL_PARTS = ("alerts", "billing", "info", "jane.doe", "john.smith", "noreply", "orders",
                 "support", "team", "updates")
 RETRIES = 8
+HOST = "rehearsal.invalid"  # the Message-ID's domain for mail from the null sender
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +73,17 @@ def _weights(profile: Sequence[float] | None) -> list[float]:
 
 
 def plan_traffic(scenario: Scenario, seed: int) -> list[Planned]:
-    """Every arrival between the scenario's start and end, drawn from ``seed``."""
+    """Every arrival between the scenario's start and end, drawn from ``seed``: synthetic,
+    or replayed from the scenario's traffic profile
+    (:func:`~mailqueue.rehearsal.replay.plan_replay`)."""
+    if scenario.replay is not None:
+        from mailqueue.rehearsal.replay import plan_replay
+
+        return plan_replay(scenario, seed)
     rng = random.Random(seed)
     traffic = scenario.file.traffic
     zone = get_zone(scenario.timezone)
-    hourly = _weights(traffic.profile)
+    hourly = _weights(traffic.profile if isinstance(traffic.profile, list) else None)
     changes = _rate_changes(scenario)
     stamps = [at for at, _ in changes]
     plan: list[Planned] = []
@@ -128,7 +135,7 @@ def render_message(item: Planned, zone: str) -> bytes:
     date = format_datetime(datetime.fromtimestamp(item.at, get_zone(zone)))
     head = (f"From: <{item.sender}>\r\nTo: {', '.join(item.recipients)}\r\n"
             f"Subject: Rehearsal message {item.seq}\r\nDate: {date}\r\n"
-            f"Message-ID: <rehearsal-{item.seq}@{item.sender.partition('@')[2]}>\r\n"
+            f"Message-ID: <rehearsal-{item.seq}@{item.sender.partition('@')[2] or HOST}>\r\n"
             f"X-Rehearsal-Id: {item.seq}\r\n\r\n")
     # Long lines (the SMTP limit is 998): the front end reads DATA line by line, and the
     # rehearsal is about the queue, not about parsing many short lines.
@@ -153,6 +160,11 @@ class TrafficSender:
         self.refused: list[tuple[int, str]] = []  # (seq, reply) for permanent refusals
         self.tempfailed = 0  # 4xx replies (retried)
         self.released = 0
+
+    @property
+    def plan(self) -> Sequence[Planned]:
+        """The messages it sends, in time order."""
+        return self._plan
 
     async def run(self) -> None:
         """Release and send every planned message; return when all are answered."""
