@@ -4,7 +4,6 @@ scenario delivers into mail servers, what they answered."""
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from mailqueue.rehearsal.moments import round_rows
+from mailqueue.rehearsal.moments import round_ends, round_rows
 from mailqueue.rehearsal.probe_report import accesses
 from mailqueue.rehearsal.probes import OUTCOMES
 from mailqueue.rehearsal.runner import Observations
@@ -123,10 +122,7 @@ def _access(obs: Observations, axis: Any, zone: Any) -> None:
     assert log is not None
     stores = log.stores()
     seen = {r.answer.outcome for r in log.results}
-    # What a round saw holds until the next round, as the queue depth holds until the next
-    # sample; a skipped round (or the wait for the drain) leaves a gap.
-    until = {at: min(after, at + 1.1 * log.interval) for at, after in
-             zip(log.rounds, [*log.rounds[1:], math.inf], strict=True)}
+    until = round_ends(log)
     handles: list[Any] = []
     for outcome, (colour, hatch, label) in ACCESS_STYLE.items():
         lefts, widths, heights, bottoms = [], [], [], []

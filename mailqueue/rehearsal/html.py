@@ -3,7 +3,10 @@
 The queue chart is the dashboard's own (``mailqueue/web/static/chart.js``), inlined with
 the series embedded as JSON, so the file opens offline in any browser and can be passed
 around on its own. It draws what ``queue.png`` draws: queue depth, deliveries per interval,
-the windows, the numbered events and, for remote stores, what their servers answered.
+the windows, the numbered events, with mailbox probes a band of mailbox access per store
+(:mod:`mailqueue.rehearsal.probe_html`) and, for remote stores, what their servers
+answered; with traffic replayed from a profile, the replayed arrivals against the profile
+(:mod:`mailqueue.rehearsal.replay_html`). Each chart has its information as text as well.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 from typing import Any
 
 from mailqueue import web
+from mailqueue.rehearsal.probe_html import access_data, access_section
+from mailqueue.rehearsal.replay_html import replay_section
 from mailqueue.rehearsal.report import local
 from mailqueue.rehearsal.runner import Observations
 from mailqueue.timeparse import format_duration
@@ -33,6 +38,8 @@ th { color: #57606a; font-weight: 600; }
 .bad { color: #b3261e; font-weight: 600; }
 .good { color: #1a7f37; font-weight: 600; }
 ol li { margin: .2rem 0; }
+details { margin: .75rem 0; }
+summary { cursor: pointer; color: #0b5cad; }
 """
 
 
@@ -42,9 +49,10 @@ def chart_data(obs: Observations, rows: list[dict[str, Any]],
     does not know are left alone."""
     end = obs.finished_at or (rows[-1]["epoch"] if rows else obs.scenario.end)
     planned = {w.name: w.end_ts for w in obs.scenario.file.windows}
+    shown = "queue depth, mailbox access and deliveries" if obs.probes is not None else \
+        "queue depth and deliveries"
     data: dict[str, Any] = {
-        "title": f"{obs.scenario.info.name}: queue depth and deliveries "
-                 f"({obs.scenario.timezone})",
+        "title": f"{obs.scenario.info.name}: {shown} ({obs.scenario.timezone})",
         "zone": obs.scenario.timezone, "interval": obs.scenario.info.sample,
         "start": rows[0]["epoch"] if rows else obs.scenario.start, "end": end,
         "stores": [DEPTH], "unit": "messages",
@@ -58,6 +66,9 @@ def chart_data(obs: Observations, rows: list[dict[str, Any]],
     }
     if backend:
         data["replies"] = _replies(backend)
+    access = access_data(obs)
+    if access is not None:
+        data["access"] = access
     return data
 
 
@@ -88,11 +99,13 @@ def timeline_lines(obs: Observations) -> list[tuple[str, str]]:
 
 def report_html(obs: Observations, figures: dict[str, Any], rows: list[dict[str, Any]],
                 backend: list[dict[str, Any]] | None = None) -> str:
-    """The whole page: the verdict, the chart, the figures, warnings, the status timeline."""
+    """The whole page: the verdict, the chart, mailbox access, the figures, the replay,
+    warnings, the status timeline."""
     script = web.read_asset("chart.js")
     if "</script" in script.lower():  # would end the inline script early
         raise ValueError("chart.js must not contain '</script'")
-    data = json.dumps(chart_data(obs, rows, backend)).replace("</", "<\\/")
+    data = _json(chart_data(obs, rows, backend))
+    replay, arrivals = replay_section(obs, figures.get("replay"))
     name = html.escape(obs.scenario.info.name)
     description = obs.scenario.info.description.strip()
     return f"""<!doctype html>
@@ -109,8 +122,10 @@ def report_html(obs: Observations, figures: dict[str, Any], rows: list[dict[str,
 {f'<p class="muted">{html.escape(description)}</p>' if description else ''}
 {_verdict(figures)}
 <div id="queue-chart"></div>
+{access_section(obs, figures.get("probes"))}
 <h2>Figures</h2>
 {_figures_table(figures)}
+{replay}
 {_warnings(figures)}
 <h2>Status timeline</h2>
 <ol>
@@ -119,16 +134,27 @@ def report_html(obs: Observations, figures: dict[str, Any], rows: list[dict[str,
 </ol>
 </main>
 <script type="application/json" id="report-data">{data}</script>
+<script type="application/json" id="arrival-data">{_json(arrivals)}</script>
 <script type="module">
 {script}
-const reportData = JSON.parse(document.getElementById("report-data").textContent);
-const drawReport = () => renderQueueChart(document.getElementById("queue-chart"), reportData);
+const read = (id) => JSON.parse(document.getElementById(id).textContent);
+const reportData = read("report-data");
+const arrivalData = read("arrival-data");
+const drawReport = () => {{
+  renderQueueChart(document.getElementById("queue-chart"), reportData);
+  if (arrivalData) renderArrivalChart(document.getElementById("arrival-chart"), arrivalData);
+}};
 drawReport();
 window.addEventListener("resize", drawReport);
 </script>
 </body>
 </html>
 """
+
+
+def _json(value: Any) -> str:
+    """JSON to embed in a script element: no ``</`` to end it early."""
+    return json.dumps(value).replace("</", "<\\/")
 
 
 def _verdict(figures: dict[str, Any]) -> str:

@@ -152,3 +152,10 @@ def round_rows(log: ProbeLog) -> list[tuple[float, str, Counter[str], int | None
              seen.get((number, store), 0) if log.via == "imap" else None)
             for (number, store), counts in sorted(rows.items())]
 
+
+def round_ends(log: ProbeLog) -> dict[float, float]:
+    """Until when each round's answers hold (by its start): until the next round, as the
+    queue depth holds until the next sample, but no longer than a little over the interval,
+    so a skipped round (or the wait for the drain) leaves a gap."""
+    return {at: min(after, at + 1.1 * log.interval) for at, after in
+            zip(log.rounds, [*log.rounds[1:], math.inf], strict=True)}

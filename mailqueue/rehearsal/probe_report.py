@@ -87,19 +87,23 @@ def probe_lines(figures: dict[str, Any] | None) -> list[tuple[str, str]]:
     for store, seen in figures["stores"].items():
         rows.append((f"{store} logins", "   ".join(
             f"{kind.replace('-', ' ')} {seen['logins'][kind]}" for kind in OUTCOMES)))
-        rows.append((f"{store} users", f"read mail again {_read_again(seen)}; queued mail "
-                                       f"arrived {_arrived(seen)}"))
+        rows.append((f"{store} users", f"read mail again {read_again_text(seen)}; queued "
+                                       f"mail arrived {arrived_text(seen)}"))
     return rows
 
 
-def _read_again(seen: dict[str, Any]) -> str:
+def read_again_text(seen: dict[str, Any]) -> str:
+    """When a store's users read mail again (its figures ``seen``), or why there is no
+    such moment."""
     if seen["read_again"] is not None:
         return str(seen["read_again"])
     return "- (never refused)" if seen["last_refusal"] is None else \
         "- (still refused at the end)"
 
 
-def _arrived(seen: dict[str, Any]) -> str:
+def arrived_text(seen: dict[str, Any]) -> str:
+    """When a store's queued mail arrived (its figures ``seen``), or why there is no such
+    moment."""
     if seen["mail_arrived"] is not None:
         return str(seen["mail_arrived"])
     if seen["window_pending"]:
