@@ -44,11 +44,10 @@ def access_data(obs: Observations) -> dict[str, Any] | None:
     log = obs.probes
     if log is None:
         return None
-    way = "IMAP logins" if log.via == "imap" else "access decision"
     moments = [{"store": a.store, "at": at, "kind": kind} for a in accesses(obs)
                for kind, at in (("read_again", a.read_again), ("mail_arrived", a.mail_arrived))
                if at is not None]
-    return {"label": f"mailbox access ({way})", "stores": log.stores(),
+    return {"label": "mailbox access", "stores": log.stores(),
             "spans": access_spans(obs), "moments": moments}
 
 

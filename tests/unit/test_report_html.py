@@ -81,7 +81,7 @@ def test_probes_draw_the_access_band_with_its_text(tmp_path: Path) -> None:
     start = obs.scenario.start
     data = chart_data(obs, series_rows(obs), None)
     access = data["access"]
-    assert access["label"] == "mailbox access (access decision)"
+    assert access["label"] == "mailbox access"
     assert access["stores"] == ["basic"]
     # Rounds in a row that got the same are one span; the last two hold until 330 s after.
     assert [(s["start"] - start, s["end"] - start, s["rounds"]) for s in access["spans"]] == [

@@ -49,3 +49,21 @@ def test_chart_colours_against_white() -> None:
     others = re.findall(r'(?:DELIVERED|INK) = "(#[0-9a-f]{6})"', script)
     for colour in stores + others:
         assert contrast(colour, WHITE) >= 3, colour
+
+
+def test_access_band_outline_against_white_and_each_fill() -> None:
+    """The band keeps queue.png's fills, two of them light: every segment is outlined in a
+    colour that stands out from white and from each fill."""
+    script = web.read_asset("chart.js")
+    fills = re.findall(r'\["[a-z-]+", "(#[0-9a-f]{6})", "[a-z]*", "[^"]+"\]', script)
+    assert len(fills) == 4
+    outline = re.findall(r'ACCESS_OUTLINE = "(#[0-9a-f]{6})"', script)[0]
+    assert contrast(outline, WHITE) >= 3
+    for colour in fills:
+        assert contrast(outline, colour) >= 3, colour
+
+
+def test_arrival_chart_colours_against_white() -> None:
+    script = web.read_asset("chart.js")
+    for colour in re.findall(r'(?:REPLAYED|PROFILE) = "(#[0-9a-f]{6})"', script):
+        assert contrast(colour, WHITE) >= 3, colour

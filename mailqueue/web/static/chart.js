@@ -18,7 +18,7 @@
 //   windows: [{name, start, end, planned_end}],      // end null: still active
 //   events: [{at, label}],                           // numbered in order
 //   access: {                       // optional: mailbox access, a band under the depth
-//     label: "mailbox access",
+//     label: "mailbox access",     // drawn a word a line left of the band
 //     stores: ["basic", ...],       // a row each, top to bottom
 //     spans: [{store, start, end, rounds,          // rounds that each got these counts
 //              counts: {available, maintenance, "node-down", error}}],
@@ -286,8 +286,11 @@ function accessBand(svg, access, id, x, top, height, plotWidth, end, formatTime)
   const band = el("g", {class: "access-band"}, svg);
   // The band shows the window in its own colours: no window shading under it.
   el("rect", {x: MARGIN.left, y: top, width: plotWidth, height, fill: "#fff"}, band);
-  text(band, 14, top + height / 2, access.label || "mailbox access",
-       {"text-anchor": "middle", transform: `rotate(-90 14 ${top + height / 2})`});
+  // Across, a word a line: turned up the label would be longer than a band of few rows.
+  const words = (access.label || "mailbox access").split(" ");
+  words.forEach((word, i) => text(band, MARGIN.left - 6,
+                                  top + height / 2 + 13 * (i - (words.length - 1) / 2) + 4,
+                                  word, {"text-anchor": "end", "font-size": 11}));
   const when = (at) => formatTime(at).join(" ");
   access.stores.forEach((store, row) => {
     const rowTop = top + row * ACCESS_ROW;
