@@ -177,28 +177,29 @@ def write_config(config: Config, options: DovecotOptions) -> Path:
 
 def mail_user(stores: Sequence[StoreConfig]) -> tuple[int, int]:
     """The (uid, gid) Dovecot reads and writes the Maildirs as: the stores' ``owner``, else
-    the owner of their roots (or of the nearest directory above that exists). One for all
-    stores, and never root."""
-    found: dict[tuple[int, int], list[str]] = {}
+    the owner of their roots (or of the nearest directory above that exists). One user for
+    all stores, and never root; the group is the first store's (Dovecot's mail processes
+    read and write as the files' owner, whatever their group)."""
+    found: dict[int, list[tuple[str, int]]] = {}
     for store in stores:
         root = store.mailbox_root
         if root is None:
             continue
-        ids = resolve_owner(store.owner) if store.owner is not None else _owner_of(root)
-        found.setdefault(ids, []).append(store.name)
+        uid, gid = resolve_owner(store.owner) if store.owner is not None else _owner_of(root)
+        found.setdefault(uid, []).append((store.name, gid))
     if len(found) > 1:
-        described = "; ".join(f"{', '.join(names)}: uid {uid} gid {gid}"
-                              for (uid, gid), names in found.items())
+        described = "; ".join(f"{', '.join(name for name, _ in named)}: uid {uid}"
+                              for uid, named in found.items())
         raise ConfigError(f"the stores' Maildirs belong to different users ({described}): "
                           "Dovecot serves them as one mail user; set the same owner on "
                           "every store")
-    (uid, gid), names = next(iter(found.items()))
+    uid, named = next(iter(found.items()))
     if uid == 0:
-        raise ConfigError(f"the Maildirs of {', '.join(names)} belong to root, and Dovecot "
-                          'serves no mail as root: set owner = "5000" (or any user but '
-                          'root, as "vmail") on those [[stores]] before their first '
-                          "delivery, or run mailqueue as a user who is not root")
-    return uid, gid
+        raise ConfigError(f"the Maildirs of {', '.join(name for name, _ in named)} belong "
+                          'to root, and Dovecot serves no mail as root: set owner = "5000" '
+                          '(or any user but root, as "vmail") on those [[stores]] before '
+                          "their first delivery, or run mailqueue as a user who is not root")
+    return uid, named[0][1]
 
 
 def _owner_of(path: Path) -> tuple[int, int]:

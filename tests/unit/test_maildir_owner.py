@@ -5,6 +5,7 @@ stops with when ownership cannot be given."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import tempfile
 import warnings
@@ -91,8 +92,15 @@ def test_check_writable_says_when_ownership_cannot_be_given() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _gid_of(uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return uid  # a bare uid needs no passwd entry; its gid alike
+
+
 @pytest.mark.parametrize(("spec", "ids"), [
-    ("5000", (5000, 5000)),             # a bare uid needs no passwd entry; its gid alike
+    ("5000", (5000, _gid_of(5000))),    # the passwd entry's group, where there is one
     ("5000:5001", (5000, 5001)),
     ("root", (0, 0)),
     ("root:5001", (0, 5001)),
