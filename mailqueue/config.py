@@ -375,13 +375,14 @@ class AdminConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AdminConfig:
-        if not _is_loopback(self.host) and not self.token:
+        if not is_loopback(self.host) and not self.token:
             raise ValueError(f"host {self.host!r} is not a loopback address: set admin.token "
                              "(clients send 'Authorization: Bearer TOKEN')")
         return self
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) is this machine's loopback."""
     if host == "localhost":
         return True
     try:

@@ -34,7 +34,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from mailqueue.config import Config, StoreConfig
+from mailqueue.config import Config, StoreConfig, is_loopback
 from mailqueue.errors import ConfigError
 from mailqueue.mailbox.maildir import resolve_owner
 
@@ -99,7 +99,7 @@ def render_config(config: Config, options: DovecotOptions) -> str:
     for store in stores:
         _check_path(store.root, f"store {store.name}'s Maildir root")
     _check_path(directory, "--dir")
-    loopback = _is_loopback(options.listen)
+    loopback = is_loopback(options.listen)
     if options.users_file is None and not loopback:
         raise ConfigError(f"any password is allowed only on loopback; to listen on "
                           f"{options.listen} give --users FILE")
@@ -316,15 +316,6 @@ def _check_listen(host: str) -> None:
     except ValueError:
         raise ConfigError(f"--listen {host!r}: give an IP address (127.0.0.1, ::1, "
                           "0.0.0.0, ::), * or localhost") from None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _digest(text: str) -> str:

@@ -64,7 +64,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mailqueue.config import Config
@@ -197,15 +197,7 @@ class Dovecot:
         """Stop Dovecot, keeping its directory, mail and port: ``start()`` brings it back
         where it was (a backend host that goes down and comes back)."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        _terminate(process, timeout)
 
     def __enter__(self) -> Dovecot:
         self.start()
@@ -216,14 +208,7 @@ class Dovecot:
 
     def _wait_listening(self, timeout: float) -> bool:
         assert self._process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                return False
-            if self._answers():
-                return True
-            time.sleep(0.05)
-        return False
+        return _wait_until(self._process, timeout, self._answers)
 
     def _answers(self) -> bool:
         try:
@@ -393,14 +378,7 @@ class AccessDovecot:
 
     def stop_process(self, timeout: float = STOP_TIMEOUT) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        _terminate(process, timeout)
 
     def __enter__(self) -> AccessDovecot:
         self.start()
@@ -411,15 +389,9 @@ class AccessDovecot:
 
     def _wait_listening(self, timeout: float) -> bool:
         assert self._process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                return False
-            if all(_greets(port, prefix) for port, prefix in
-                   ((self.imap_port, b"* OK"), (self.pop3_port, b"+OK"))):
-                return True
-            time.sleep(0.05)
-        return False
+        return _wait_until(self._process, timeout, lambda: all(
+            _greets(port, prefix) for port, prefix in
+            ((self.imap_port, b"* OK"), (self.pop3_port, b"+OK"))))
 
     def log_text(self) -> str:
         text = ""
@@ -435,3 +407,28 @@ def _greets(port: int, prefix: bytes) -> bool:
             return sock.recv(64).startswith(prefix)
     except OSError:
         return False
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``, unless it has ended already."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
+def _wait_until(process: subprocess.Popen[bytes], timeout: float,
+                answers: Callable[[], bool]) -> bool:
+    """Whether ``answers()`` came true within ``timeout`` while ``process`` ran."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if answers():
+            return True
+        time.sleep(0.05)
+    return False
