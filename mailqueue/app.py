@@ -74,6 +74,7 @@ class MailqueueApp:
         self.config = config
         self.clock = clock or SystemClock()
         # The writer process serves the front end's group commit: only where one runs.
+        # ``auto`` is decided by ``serve`` (mailqueue.tuning); embedded, it is a thread.
         self.queue = queue or SqlQueueStore(
             config.queue.url, writer_process=config.queue.writer == "process" and run_smtp,
             writer_cpus=loops.child_cpus(config.queue.writer_cpus, config.server.cpus,
