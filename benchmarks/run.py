@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import _docs  # benchmarks/_docs.py: this script's folder is on sys.path
+import maildir_ceiling
 
 from mailqueue import loadtest, loops
 
@@ -216,8 +217,21 @@ def key(kind: str, setup: str, loop: str) -> str:
     return f"{kind}/{loop}" if setup == "tuned" else f"{kind}/{setup}/{loop}"
 
 
+def disk_ceiling(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """benchmarks/maildir_ceiling.py with the drain's message count, size and mailbox (the
+    smtp-source line's one recipient), on the disk the drains write to."""
+    settle(args)
+    root = Path(tempfile.mkdtemp(prefix="ceiling-", dir=args.scratch))
+    return maildir_ceiling.ceiling(root, args.messages, args.size, mailboxes=1,
+                                   threads=threads)
+
+
 def one_round(args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"postfix": postfix(args)}
+    if args.ceiling:
+        # One thread, as a plain loop writes; and as many as a Maildir store's writers.
+        row["ceiling"] = disk_ceiling(args, 1)
+        row["ceiling/threads"] = disk_ceiling(args, 16)
     for setup, loop in rows(args):
         config = setup_config(setup, args.scratch)
         row[key("null", setup, loop)] = mailqueue_smtp_source(config, loop, True, args)
@@ -267,11 +281,15 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
     pf_accept = median(rounds, "postfix", "accept_rate")
     pf_drain = median(rounds, "postfix", "drain_rate")
+    ceilings = [max(r[k]["rate"] for k in ("ceiling", "ceiling/threads") if r.get(k))
+                for r in rounds if r.get("ceiling") or r.get("ceiling/threads")]
+    disk = statistics.median(ceilings) if ceilings else None
     lines = [
         "| setup | loop | accept vs Postfix | accept vs `--null` | drain vs Postfix | accept msg/s "
         "(null / Postfix) | drain msg/s (Postfix) | accept p50 / p99 ms, 50 conns, "
-        "saturated | same, paced | light-load end-to-end p50 / p99 ms | server peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "saturated | same, paced | light-load end-to-end p50 / p99 ms | server peak RSS MiB | "
+        "drain vs the disk's ceiling |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for setup, loop in rows(args):
         durable = key("durable", setup, loop)
@@ -292,13 +310,23 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{fmt(median(rounds, paced, 'accept_latency_p99_ms'), 1)} | "
             f"{fmt(median(rounds, light, 'e2e_p50_ms'), 1)} / "
             f"{fmt(median(rounds, light, 'e2e_p99_ms'), 1)} | "
-            f"{fmt(median(rounds, durable, 'rss_mb'), 0)} |")
+            f"{fmt(median(rounds, durable, 'rss_mb'), 0)} | {ratio(drain, disk)} |")
     lines.append("")
     raced = sum(1 for r in rounds if (r.get("postfix") or {}).get("redeferred"))
     if raced:
         valid = sum(1 for r in rounds if (r.get("postfix") or {}).get("drain_rate"))
         lines.append(f"Postfix's drain is the median of {valid} round(s): in {raced} the "
                      f"anchor's flush raced its reload (see run.py's redeferred()).")
+        lines.append("")
+    if disk is not None:
+        one = median(rounds, "ceiling", "rate")
+        many = median(rounds, "ceiling/threads", "rate")
+        lines.append(f"The disk's ceiling: {fmt(disk)} files/s, the better of "
+                     f"`benchmarks/maildir_ceiling.py` on one thread ({fmt(one)}/s) and on "
+                     f"16 ({fmt(many)}/s) in each round: the same files (4 KiB and the trace "
+                     "headers, into the one Maildir smtp-source sends to) created, written, "
+                     "fsynced and renamed into `new/`, one fsync of `new/` per 250, with "
+                     "nothing else around them.")
         lines.append("")
     if "defaults" in args.setups:
         lines.append("Setups: `defaults` is `benchmarks/bench.toml` without `[server] cpus` and "
@@ -324,6 +352,8 @@ def main() -> int:
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument("--setups", default="tuned",
                         help="comma-separated: defaults (what a user gets), tuned (bench.toml)")
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="the disk's ceiling for the drain (benchmarks/maildir_ceiling.py)")
     parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
                         help="the load script's latency runs (saturated, paced, light)")
     parser.add_argument("--paced-rate", type=int, default=1000,
