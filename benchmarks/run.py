@@ -236,13 +236,15 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
         config = setup_config(setup, args.scratch)
         row[key("null", setup, loop)] = mailqueue_smtp_source(config, loop, True, args)
         row[key("durable", setup, loop)] = mailqueue_smtp_source(config, loop, False, args)
-        if args.latency:
+        if "saturated" in args.latency_runs:
             row[key("latency", setup, loop)] = load_script(
                 args, "--loop", loop, "-n", str(args.latency_messages), "-C", "50",
                 "--window", config=config)
+        if "paced" in args.latency_runs:
             row[key("paced", setup, loop)] = load_script(
                 args, "--loop", loop, "--rate", str(args.paced_rate), "-n",
                 str(args.latency_messages), "-C", "50", "--window", config=config)
+        if "light" in args.latency_runs:
             row[key("light", setup, loop)] = load_script(
                 args, "--loop", loop, "--rate", "20", "-n", "100", "-C", "1", config=config)
         kinds = ("null", "durable", "latency", "paced", "light")
@@ -336,9 +338,11 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append("")
     lines.append(f"Medians of {len(rounds)} interleaved round(s); {args.messages:,} messages of "
                  f"{args.size:,} bytes over {args.sessions} sessions (smtp-source -d), "
-                 f"{os.cpu_count()} cores. Latency: scripts/load_test.py, "
-                 f"{args.latency_messages:,} messages over 50 connections, as fast as they "
-                 f"go (saturated) or offered at {args.paced_rate:,} msg/s (paced).")
+                 f"{os.cpu_count()} cores, shared; load average {args.load[0]:.1f} when the "
+                 f"run began, {args.load[1]:.1f} when it ended. Latency: "
+                 f"scripts/load_test.py, {args.latency_messages:,} messages over 50 "
+                 f"connections, as fast as they go (saturated) or offered at "
+                 f"{args.paced_rate:,} msg/s (paced); n/a where the run left it out.")
     return "\n".join(lines)
 
 
@@ -354,8 +358,9 @@ def main() -> int:
                         help="comma-separated: defaults (what a user gets), tuned (bench.toml)")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="the disk's ceiling for the drain (benchmarks/maildir_ceiling.py)")
-    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
-                        help="the load script's latency runs (saturated, paced, light)")
+    parser.add_argument("--latency-runs", default="saturated,paced,light",
+                        help="the load script's latency runs to make (comma-separated; "
+                        "empty: none)")
     parser.add_argument("--paced-rate", type=int, default=1000,
                         help="offered msg/s for the paced latency run")
     parser.add_argument("--postfix", action=argparse.BooleanOptionalAction, default=True)
@@ -366,6 +371,10 @@ def main() -> int:
     args = parser.parse_args()
     args.loops = [loop for loop in args.loops.split(",") if loop]
     args.setups = [setup for setup in args.setups.split(",") if setup]
+    args.latency_runs = {run for run in args.latency_runs.split(",") if run}
+    if unknown := args.latency_runs - {"saturated", "paced", "light"}:
+        raise SystemExit(f"--latency-runs: unknown {', '.join(sorted(unknown))} "
+                         "(known: saturated, paced, light)")
     if unknown := set(args.setups) - set(SETUPS):
         raise SystemExit(f"--setups: unknown {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(SETUPS)})")
@@ -377,7 +386,9 @@ def main() -> int:
     args.scratch = Path(tempfile.mkdtemp(prefix="mq-bench-runs-"))
     os.chmod(args.scratch, 0o755)
     try:
+        began = os.getloadavg()[0]
         rounds = [one_round(args) for _ in range(args.rounds)]
+        args.load = (began, os.getloadavg()[0])
     finally:
         shutil.rmtree(args.scratch, ignore_errors=True)
     (HERE / "results.json").write_text(json.dumps(rounds, indent=1) + "\n")
