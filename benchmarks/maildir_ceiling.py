@@ -4,9 +4,9 @@
 For every message: create ``tmp/NAME``, write it, fsync it, rename it into ``new/``; after
 each batch, one fsync of every ``new/`` directory the batch wrote into — what mailqueue's
 Maildir store does for each copy, with no queue, no claims, no settles and no event loop
-around it. ``benchmarks/run.py`` runs it in every round with the same message count, size
-and mailbox spread as its drain (``ceiling`` in results.json), so the drain can be given as
-a share of what the disk allows in the same minutes.
+around it. ``benchmarks/run.py`` runs it right after each drain with the same message
+count, size and mailbox spread (``ceiling/...`` in results.json), so the drain can be given
+as a share of what the disk allows in the same minute.
 
     python benchmarks/maildir_ceiling.py -n 10000 --size 4096 --mailboxes 1
     python benchmarks/maildir_ceiling.py -n 10000 --mailboxes 10 --threads 16

@@ -39,6 +39,7 @@ import _docs  # benchmarks/_docs.py: this script's folder is on sys.path
 import maildir_ceiling
 
 from mailqueue import loadtest, loops
+from mailqueue.mailbox.maildir import DEFAULT_WRITERS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -217,25 +218,25 @@ def key(kind: str, setup: str, loop: str) -> str:
     return f"{kind}/{loop}" if setup == "tuned" else f"{kind}/{setup}/{loop}"
 
 
-def disk_ceiling(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+def disk_ceiling(args: argparse.Namespace) -> dict[str, Any]:
     """benchmarks/maildir_ceiling.py with the drain's message count, size and mailbox (the
-    smtp-source line's one recipient), on the disk the drains write to."""
+    smtp-source line's one recipient), on the disk the drains write to, on as many threads
+    as a Maildir store has writers."""
     settle(args)
     root = Path(tempfile.mkdtemp(prefix="ceiling-", dir=args.scratch))
     return maildir_ceiling.ceiling(root, args.messages, args.size, mailboxes=1,
-                                   threads=threads)
+                                   threads=DEFAULT_WRITERS)
 
 
 def one_round(args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"postfix": postfix(args)}
-    if args.ceiling:
-        # One thread, as a plain loop writes; and as many as a Maildir store's writers.
-        row["ceiling"] = disk_ceiling(args, 1)
-        row["ceiling/threads"] = disk_ceiling(args, 16)
     for setup, loop in rows(args):
         config = setup_config(setup, args.scratch)
         row[key("null", setup, loop)] = mailqueue_smtp_source(config, loop, True, args)
         row[key("durable", setup, loop)] = mailqueue_smtp_source(config, loop, False, args)
+        if args.ceiling:
+            # Right after the drain: the disk's speed swings from one minute to the next.
+            row[key("ceiling", setup, loop)] = disk_ceiling(args)
         if "saturated" in args.latency_runs:
             row[key("latency", setup, loop)] = load_script(
                 args, "--loop", loop, "-n", str(args.latency_messages), "-C", "50",
@@ -247,7 +248,7 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
         if "light" in args.latency_runs:
             row[key("light", setup, loop)] = load_script(
                 args, "--loop", loop, "--rate", "20", "-n", "100", "-C", "1", config=config)
-        kinds = ("null", "durable", "latency", "paced", "light")
+        kinds = ("null", "durable", "ceiling", "latency", "paced", "light")
         print(f"{setup}/{loop}: " + json.dumps(
             {k: row[k] for k in (key(kind, setup, loop) for kind in kinds) if k in row}),
             file=sys.stderr)
@@ -257,6 +258,16 @@ def one_round(args: argparse.Namespace) -> dict[str, Any]:
 def median(rounds: list[dict[str, Any]], key: str, field: str) -> float | None:
     values = [r[key][field] for r in rounds if r.get(key) and r[key].get(field) is not None]
     return statistics.median(values) if values else None
+
+
+def share(rounds: list[dict[str, Any]], durable: str, ceiling: str) -> str:
+    """The median of the rounds' drain rates over the ceilings measured beside them, with
+    the lowest and the highest."""
+    ratios = sorted(r[durable]["drain_rate"] / r[ceiling]["rate"] for r in rounds
+                    if (r.get(durable) or {}).get("drain_rate") and r.get(ceiling))
+    if not ratios:
+        return "n/a"
+    return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f} to {ratios[-1]:.2f})"
 
 
 def setup_name(setup: str, rounds: list[dict[str, Any]], durable: str) -> str:
@@ -283,9 +294,6 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
     pf_accept = median(rounds, "postfix", "accept_rate")
     pf_drain = median(rounds, "postfix", "drain_rate")
-    ceilings = [max(r[k]["rate"] for k in ("ceiling", "ceiling/threads") if r.get(k))
-                for r in rounds if r.get("ceiling") or r.get("ceiling/threads")]
-    disk = statistics.median(ceilings) if ceilings else None
     lines = [
         "| setup | loop | accept vs Postfix | accept vs `--null` | drain vs Postfix | accept msg/s "
         "(null / Postfix) | drain msg/s (Postfix) | accept p50 / p99 ms, 50 conns, "
@@ -312,7 +320,8 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{fmt(median(rounds, paced, 'accept_latency_p99_ms'), 1)} | "
             f"{fmt(median(rounds, light, 'e2e_p50_ms'), 1)} / "
             f"{fmt(median(rounds, light, 'e2e_p99_ms'), 1)} | "
-            f"{fmt(median(rounds, durable, 'rss_mb'), 0)} | {ratio(drain, disk)} |")
+            f"{fmt(median(rounds, durable, 'rss_mb'), 0)} | "
+            f"{share(rounds, durable, key('ceiling', setup, loop))} |")
     lines.append("")
     raced = sum(1 for r in rounds if (r.get("postfix") or {}).get("redeferred"))
     if raced:
@@ -320,15 +329,17 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(f"Postfix's drain is the median of {valid} round(s): in {raced} the "
                      f"anchor's flush raced its reload (see run.py's redeferred()).")
         lines.append("")
-    if disk is not None:
-        one = median(rounds, "ceiling", "rate")
-        many = median(rounds, "ceiling/threads", "rate")
-        lines.append(f"The disk's ceiling: {fmt(disk)} files/s, the better of "
-                     f"`benchmarks/maildir_ceiling.py` on one thread ({fmt(one)}/s) and on "
-                     f"16 ({fmt(many)}/s) in each round: the same files (4 KiB and the trace "
-                     "headers, into the one Maildir smtp-source sends to) created, written, "
-                     "fsynced and renamed into `new/`, one fsync of `new/` per 250, with "
-                     "nothing else around them.")
+    if args.ceiling:
+        ceilings = ", ".join(
+            f"{fmt(median(rounds, key('ceiling', setup, loop), 'rate'))} files/s after the "
+            f"{setup} drains" for setup, loop in rows(args))
+        lines.append(f"The disk's ceiling: `benchmarks/maildir_ceiling.py` run right after "
+                     f"each drain on {DEFAULT_WRITERS} threads (a Maildir store's writers), "
+                     "the same files (4 KiB and the trace headers, into the one Maildir "
+                     "smtp-source sends to) created, written, fsynced and renamed into "
+                     "`new/`, one fsync of `new/` per 250, with nothing else around them; "
+                     f"median {ceilings}. The drain's share of it is the median of the "
+                     "rounds' own ratios (the lowest and the highest in brackets).")
         lines.append("")
     if "defaults" in args.setups:
         lines.append("Setups: `defaults` is `benchmarks/bench.toml` without `[server] cpus` and "
