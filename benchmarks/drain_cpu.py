@@ -2,15 +2,16 @@
 """Where a Maildir drain's CPU goes, beside the disk's ceiling in the same minute.
 
 Each round fills a queue through its store (``-n`` messages of about 4 KiB, one recipient
-each over ``--mailboxes`` mailboxes), starts a worker-only server on it (``serve --role
-worker``, on a copy of ``--config``), and reads from ``/proc`` the user and system CPU of
-its event loop's thread and of all its other threads (Maildir writers, SQLite) between the
-first file written and the last; then ``benchmarks/maildir_ceiling.py`` writes as many
-files of the same size into as many Maildirs, and its own CPU is read the same way. The
-drain rate runs from the first file to the last, so the server's start is left out.
+each over ``--mailboxes`` mailboxes) and starts a worker-only server on it (``serve --role
+worker``, on a copy of the ``--setup``'s configuration as ``benchmarks/run.py`` makes it),
+and reads from ``/proc`` the user and system CPU of its event loop's thread and of all its
+other threads (Maildir writers, SQLite) between the first file written and the last; then
+``benchmarks/maildir_ceiling.py`` writes as many files of the same size into as many
+Maildirs on as many threads as a store has writers, and its own CPU is read the same way.
+The drain rate runs from the first file to the last, so the server's start is left out.
 
-    python benchmarks/drain_cpu.py --rounds 3
-    MAILQUEUE_SERVER_CPUS=0 python benchmarks/drain_cpu.py --rounds 3   # the server pinned
+    python benchmarks/drain_cpu.py --rounds 3            # what a user gets
+    python benchmarks/drain_cpu.py --rounds 3 --setup tuned
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import maildir_ceiling  # benchmarks/maildir_ceiling.py: this script's folder is on sys.path
+import run  # benchmarks/run.py: its setups
 
 from mailqueue import loadtest
 from mailqueue.mailbox.maildir import DEFAULT_WRITERS
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import NewMessage, new_queue_id
 
-HERE = Path(__file__).resolve().parent
 BODY = b"Subject: drain\r\nMessage-ID: <x@drain.test>\r\n\r\n" + (b"x" * 78 + b"\r\n") * 50
 
 
@@ -122,20 +123,29 @@ def main() -> int:
     parser.add_argument("-n", "--messages", type=int, default=5000)
     parser.add_argument("--mailboxes", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("-c", "--config", type=Path, default=HERE / "bench.toml")
+    parser.add_argument("--setup", choices=run.SETUPS, default="defaults",
+                        help="defaults: what a user gets; tuned: bench.toml")
     args = parser.parse_args()
-    rounds = []
-    for _ in range(args.rounds):
-        row = {"drain": drain(args.config, args.messages, args.mailboxes),
-               "ceiling": ceiling(args.messages, args.mailboxes)}
-        row["share"] = round(row["drain"]["rate"] / row["ceiling"]["rate"], 2)
-        print(json.dumps(row), file=sys.stderr)
-        rounds.append(row)
+    scratch = Path(tempfile.mkdtemp(prefix="mq-drain-cpu-config-"))
+    try:
+        config = run.setup_config(args.setup, scratch)
+        rounds = [one_round(config, args) for _ in range(args.rounds)]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     medians = {side: {k: statistics.median(r[side][k] for r in rounds) for k in rounds[0][side]}
                for side in ("drain", "ceiling")}
     medians["share"] = statistics.median(r["share"] for r in rounds)
     print(json.dumps(medians))
     return 0
+
+
+def one_round(config: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A drain, then the ceiling; the drain's rate as a share of the ceiling's."""
+    row: dict[str, Any] = {"drain": drain(config, args.messages, args.mailboxes),
+                           "ceiling": ceiling(args.messages, args.mailboxes)}
+    row["share"] = round(row["drain"]["rate"] / row["ceiling"]["rate"], 2)
+    print(json.dumps(row), file=sys.stderr)
+    return row
 
 
 if __name__ == "__main__":
