@@ -551,6 +551,27 @@ def scan_maildirs(stores: Sequence[StoreInfo], want_mtime: bool = False,
     return found
 
 
+def disk_use_mb(url: str, stores: Sequence[StoreInfo]) -> dict[str, float | None]:
+    """MiB on disk of an SQLite queue's file with its WAL (None for another database) and of
+    every store's Maildirs (the blocks their files take)."""
+    from mailqueue.sqliteurl import sqlite_path
+
+    queue: float | None = None
+    path = sqlite_path(url)
+    if path is not None:
+        queue = sum(os.stat(name).st_blocks * 512 for name in (path, f"{path}-wal")
+                    if os.path.exists(name)) / 2**20
+    blocks = 0
+    for store in stores:
+        if store["path"]:
+            for folder, _, names in os.walk(store["path"]):
+                for name in names:
+                    with contextlib.suppress(FileNotFoundError):
+                        blocks += os.lstat(os.path.join(folder, name)).st_blocks
+    return {"queue": None if queue is None else round(queue, 1),
+            "maildirs": round(blocks * 512 / 2**20, 1)}
+
+
 def count_files(stores: Sequence[StoreInfo]) -> int:
     total = 0
     for store in stores:
@@ -659,6 +680,10 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"checked   {report['delivered']}/{report['expected']} in the Maildirs; lost "
               f"{report['lost']}, duplicated {report['duplicated']}, "
               f"unexpected {report['unexpected']}")
+    if "disk_use_mb" in report:
+        disk = report["disk_use_mb"]
+        print(f"disk use  queue {fmt(disk['queue'], ' MiB')}, Maildirs "
+              f"{fmt(disk['maildirs'], ' MiB')}")
     by_process = ", ".join(f"{name} {mb} MiB" for name, mb in
                            report.get("peak_rss_mb_by_process", {}).items())
     print(f"server peak RSS {fmt(report['server_peak_rss_mb'], ' MiB')}"
@@ -762,6 +787,8 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
         sys.stderr.write(progress.line() + "\n" if progress else "")
     report = summarize(args, results, drain, check, peak_rss_mb(target.pid), loop)
     report["peak_rss_mb_by_process"] = peak_rss_by_process(target.pid)
+    if not args.null:
+        report["disk_use_mb"] = await asyncio.to_thread(disk_use_mb, target.queue_url, stores)
     if cpu_before is not None and cpu_after is not None and results.sent_at:
         # Per accepted message while sending: robust to other jobs on the machine.
         report["server_cpu_ms_per_msg"] = round(

@@ -82,6 +82,8 @@ def test_every_message_is_checked_off_after_a_window(tmp_path: Path) -> None:
         rates = report[phase]
         assert isinstance(rates, dict) and rates["first"] > 0 and rates["last"] > 0, phase
         assert rates["last_vs_first"] == pytest.approx(rates["last"] / rates["first"], 0.01)
+    disk = report["disk_use_mb"]
+    assert isinstance(disk, dict) and disk["queue"] > 0 and disk["maildirs"] > 0
 
 
 def test_fixed_rate_light_load_reports_end_to_end_delay(tmp_path: Path) -> None:
