@@ -9,8 +9,9 @@ test run (scripts/load_test.py) for accept latency at 50 connections, and a ligh
 for end-to-end delay. The setups: ``defaults`` is bench.toml without its ``[server] cpus``
 and ``[queue] writer`` (what a user gets: unpinned, the writer ``serve`` chooses),
 ``tuned`` is bench.toml as it stands (the server on CPU 0, its writer process on the
-other). Every round's figures are written to benchmarks/results.json and their
-medians printed as a Markdown table; ``--docs`` also replaces the table between the
+other), ``thread`` is ``defaults`` with ``[queue] writer = "thread"``. Every round's
+figures are written to benchmarks/results.json and their medians printed as a Markdown
+table; ``--docs`` also replaces the table between the
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers in docs/performance.md.
 
     python benchmarks/run.py --rounds 3 --docs       # about 5 minutes on 2 cores
@@ -52,7 +53,7 @@ ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR") or next(
      if p.exists()), ROOT.parent / "shared/bench/postfix-anchor.sh"))
 # What a user gets: bench.toml without the keys that tune it for these benchmarks.
 TUNING_KEYS = {"server": ("cpus",), "queue": ("writer", "writer_cpus")}
-SETUPS = ("defaults", "tuned")
+SETUPS = ("defaults", "thread", "tuned")
 _ANCHOR_RE = re.compile(r"postfix accept: (\d+) msg/s .* drain: (\d+) msg/s .*delivered=(\d+)")
 
 
@@ -87,16 +88,18 @@ def settle(args: argparse.Namespace) -> None:
 
 
 def setup_config(setup: str, scratch: Path) -> Path:
-    """The configuration file of ``setup`` (see :data:`SETUPS`); ``defaults`` is written to
-    ``scratch``."""
+    """The configuration file of ``setup`` (see :data:`SETUPS`); ``defaults`` and ``thread``
+    are written to ``scratch``."""
     if setup == "tuned":
         return CONFIG
     data = tomllib.loads(CONFIG.read_text())
     for section, keys in TUNING_KEYS.items():
         for key in keys:
             data.get(section, {}).pop(key, None)
+    if setup == "thread":  # the defaults with the writer auto does not pick on two CPUs
+        data.setdefault("queue", {})["writer"] = "thread"
     data = {k: v for k, v in data.items() if v != {}}
-    path = scratch / "bench-defaults.toml"
+    path = scratch / f"bench-{setup}.toml"
     path.write_text(loadtest.dump_toml(data) + "\n")
     return path
 
@@ -341,11 +344,12 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
                      f"median {ceilings}. The drain's share of it is the median of the "
                      "rounds' own ratios (the lowest and the highest in brackets).")
         lines.append("")
-    if "defaults" in args.setups:
+    if {"defaults", "thread"} & set(args.setups):
         lines.append("Setups: `defaults` is `benchmarks/bench.toml` without `[server] cpus` and "
                      "`[queue] writer`, as `config/default.toml` leaves them (unpinned, the "
-                     "writer `serve` chooses, named in brackets); `tuned` is bench.toml (the "
-                     "server on CPU 0, its writer process on the other).")
+                     "writer `serve` chooses, named in brackets); `thread` is the same with "
+                     "`[queue] writer = \"thread\"`; `tuned` is bench.toml (the server on "
+                     "CPU 0, its writer process on the other).")
         lines.append("")
     lines.append(f"Medians of {len(rounds)} interleaved round(s); {args.messages:,} messages of "
                  f"{args.size:,} bytes over {args.sessions} sessions (smtp-source -d), "
@@ -366,7 +370,8 @@ def main() -> int:
     parser.add_argument("--latency-messages", type=int, default=3000)
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument("--setups", default="tuned",
-                        help="comma-separated: defaults (what a user gets), tuned (bench.toml)")
+                        help="comma-separated: defaults (what a user gets), thread (the "
+                        "defaults with a writer thread), tuned (bench.toml)")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="the disk's ceiling for the drain (benchmarks/maildir_ceiling.py)")
     parser.add_argument("--latency-runs", default="saturated,paced,light",
