@@ -3,14 +3,19 @@
 
 Each round runs, interleaved on the same machine: the Postfix anchor
 (../shared/bench/postfix-anchor.sh, smtp-source into Postfix with defer_transports, then a
-flush into Maildir), then for each event loop: the ``--null`` ceiling and the durable server
-under the same smtp-source line (inside a window, then the drain), a load test run
-(scripts/load_test.py) for accept latency at 50 connections, and a light-load run for
-end-to-end delay. Every round's figures are written to benchmarks/results.json and their
-medians printed as a Markdown table; ``--docs`` also replaces the table between the
+flush into Maildir), then for each setup and event loop: the ``--null`` ceiling and the
+durable server under the same smtp-source line (inside a window, then the drain), a load
+test run (scripts/load_test.py) for accept latency at 50 connections, and a light-load run
+for end-to-end delay. The setups: ``defaults`` is bench.toml without its ``[server] cpus``
+and ``[queue] writer`` (what a user gets: unpinned, the writer ``serve`` chooses),
+``tuned`` is bench.toml as it stands (the server on CPU 0, its writer process on the
+other), ``thread`` is ``defaults`` with ``[queue] writer = "thread"``. Every round's
+figures are written to benchmarks/results.json and their medians printed as a Markdown
+table; ``--docs`` also replaces the table between the
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers in docs/performance.md.
 
     python benchmarks/run.py --rounds 3 --docs       # about 5 minutes on 2 cores
+    python benchmarks/run.py --rounds 5 --setups defaults,tuned --loops auto --docs
     python benchmarks/run.py --rounds 1 --no-postfix # mailqueue only
 """
 
@@ -27,12 +32,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import _docs  # benchmarks/_docs.py: this script's folder is on sys.path
+import maildir_ceiling
 
-from mailqueue import loadtest
+from mailqueue import loadtest, loops
+from mailqueue.mailbox.maildir import DEFAULT_WRITERS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -43,6 +51,9 @@ DOCS_TABLE = "bench"  # its table in docs/performance.md
 ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR") or next(
     (p for p in (base / "shared/bench/postfix-anchor.sh" for base in ROOT.parents[:2])
      if p.exists()), ROOT.parent / "shared/bench/postfix-anchor.sh"))
+# What a user gets: bench.toml without the keys that tune it for these benchmarks.
+TUNING_KEYS = {"server": ("cpus",), "queue": ("writer", "writer_cpus")}
+SETUPS = ("defaults", "thread", "tuned")
 _ANCHOR_RE = re.compile(r"postfix accept: (\d+) msg/s .* drain: (\d+) msg/s .*delivered=(\d+)")
 
 
@@ -76,12 +87,31 @@ def settle(args: argparse.Namespace) -> None:
     time.sleep(args.settle)
 
 
-def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> dict[str, Any]:
-    """The anchor's smtp-source line against a spawned mailqueue; for a durable server,
-    inside a window that is then ended, timing the drain into Maildir."""
+def setup_config(setup: str, scratch: Path) -> Path:
+    """The configuration file of ``setup`` (see :data:`SETUPS`); ``defaults`` and ``thread``
+    are written to ``scratch``."""
+    if setup == "tuned":
+        return CONFIG
+    data = tomllib.loads(CONFIG.read_text())
+    for section, keys in TUNING_KEYS.items():
+        for key in keys:
+            data.get(section, {}).pop(key, None)
+    if setup == "thread":  # the defaults with the writer auto does not pick on two CPUs
+        data.setdefault("queue", {})["writer"] = "thread"
+    data = {k: v for k, v in data.items() if v != {}}
+    path = scratch / f"bench-{setup}.toml"
+    path.write_text(loadtest.dump_toml(data) + "\n")
+    return path
+
+
+def mailqueue_smtp_source(source: Path, loop: str, null: bool,
+                          args: argparse.Namespace) -> dict[str, Any]:
+    """The anchor's smtp-source line against a mailqueue spawned on a copy of ``source``;
+    for a durable server, inside a window that is then ended, timing the drain into
+    Maildir."""
     settle(args)
     workdir = Path(tempfile.mkdtemp(prefix="mq-bench-", dir=args.scratch))
-    config = loadtest.spawn_config(CONFIG, workdir)
+    config = loadtest.spawn_config(source, workdir)
     server = loadtest.Server(config, workdir, null, loop)
     try:
         port = server.start()
@@ -103,12 +133,23 @@ def mailqueue_smtp_source(loop: str, null: bool, args: argparse.Namespace) -> di
                           duplicated=sum(len(v) - 1 for v in found.values()))
         assert server.proc is not None
         result["rss_mb"] = loadtest.peak_rss_mb(server.proc.pid)
+        result["tuned"] = server_tuned(server.log_path)
         return result
     finally:
         server.stop()
 
 
-def load_script(args: argparse.Namespace, *extra: str, checkout: Path = ROOT) -> dict[str, Any]:
+def server_tuned(log: Path) -> dict[str, Any] | None:
+    """The ``server_tuned`` event of a spawned server's log: what it chose, and why."""
+    for line in log.read_text(errors="replace").splitlines():
+        if '"server_tuned"' in line:
+            event = json.loads(line)
+            return {k: event.get(k) for k in ("writer", "writer_reason", "loop", "cpus")}
+    return None
+
+
+def load_script(args: argparse.Namespace, *extra: str, checkout: Path = ROOT,
+                config: Path = CONFIG) -> dict[str, Any]:
     """``checkout``'s ``scripts/load_test.py --spawn`` on bench.toml, run from ``checkout``
     with ``checkout`` first on ``PYTHONPATH`` (so the load test and the server it spawns are
     that checkout's); its JSON report. With ``args.scratch`` the spawned servers' dirs are
@@ -120,7 +161,7 @@ def load_script(args: argparse.Namespace, *extra: str, checkout: Path = ROOT) ->
     if scratch:
         env["TMPDIR"] = str(scratch)
     out = subprocess.run([sys.executable, str(checkout / "scripts/load_test.py"), "--spawn",
-                          "-c", str(CONFIG), "--json", "--no-progress",
+                          "-c", str(config), "--json", "--no-progress",
                           *(["--keep"] if scratch else []), *extra],
                          cwd=checkout, capture_output=True, text=True, timeout=900,
                          check=False, env=env)
@@ -170,26 +211,81 @@ def redeferred(log: Path, messages: int) -> int:
     return max(0, text.count("status=deferred (deferred transport)") - messages)
 
 
+def rows(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The table's rows: (setup, loop), each with its key in a round's figures."""
+    return [(setup, loop) for setup in args.setups for loop in args.loops]
+
+
+def key(kind: str, setup: str, loop: str) -> str:
+    # The tuned setup keeps the keys of the figures measured before there were setups.
+    return f"{kind}/{loop}" if setup == "tuned" else f"{kind}/{setup}/{loop}"
+
+
+def disk_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    """benchmarks/maildir_ceiling.py with the drain's message count, size and mailbox (the
+    smtp-source line's one recipient), on the disk the drains write to, on as many threads
+    as a Maildir store has writers."""
+    settle(args)
+    root = Path(tempfile.mkdtemp(prefix="ceiling-", dir=args.scratch))
+    return maildir_ceiling.ceiling(root, args.messages, args.size, mailboxes=1,
+                                   threads=DEFAULT_WRITERS)
+
+
 def one_round(args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"postfix": postfix(args)}
-    for loop in args.loops:
-        row[f"null/{loop}"] = mailqueue_smtp_source(loop, True, args)
-        row[f"durable/{loop}"] = mailqueue_smtp_source(loop, False, args)
-        row[f"latency/{loop}"] = load_script(args, "--loop", loop, "-n",
-                                             str(args.latency_messages), "-C", "50", "--window")
-        row[f"paced/{loop}"] = load_script(args, "--loop", loop, "--rate",
-                                           str(args.paced_rate), "-n",
-                                           str(args.latency_messages), "-C", "50", "--window")
-        row[f"light/{loop}"] = load_script(args, "--loop", loop, "--rate", "20", "-n", "100",
-                                           "-C", "1")
-        print(f"{loop}: " + json.dumps({k: v for k, v in row.items() if loop in k}),
-              file=sys.stderr)
+    for setup, loop in rows(args):
+        config = setup_config(setup, args.scratch)
+        row[key("null", setup, loop)] = mailqueue_smtp_source(config, loop, True, args)
+        row[key("durable", setup, loop)] = mailqueue_smtp_source(config, loop, False, args)
+        if args.ceiling:
+            # Right after the drain: the disk's speed swings from one minute to the next.
+            row[key("ceiling", setup, loop)] = disk_ceiling(args)
+        if "saturated" in args.latency_runs:
+            row[key("latency", setup, loop)] = load_script(
+                args, "--loop", loop, "-n", str(args.latency_messages), "-C", "50",
+                "--window", config=config)
+        if "paced" in args.latency_runs:
+            row[key("paced", setup, loop)] = load_script(
+                args, "--loop", loop, "--rate", str(args.paced_rate), "-n",
+                str(args.latency_messages), "-C", "50", "--window", config=config)
+        if "light" in args.latency_runs:
+            row[key("light", setup, loop)] = load_script(
+                args, "--loop", loop, "--rate", "20", "-n", "100", "-C", "1", config=config)
+        kinds = ("null", "durable", "ceiling", "latency", "paced", "light")
+        print(f"{setup}/{loop}: " + json.dumps(
+            {k: row[k] for k in (key(kind, setup, loop) for kind in kinds) if k in row}),
+            file=sys.stderr)
     return row
 
 
 def median(rounds: list[dict[str, Any]], key: str, field: str) -> float | None:
     values = [r[key][field] for r in rounds if r.get(key) and r[key].get(field) is not None]
     return statistics.median(values) if values else None
+
+
+def share(rounds: list[dict[str, Any]], durable: str, ceiling: str) -> str:
+    """The median of the rounds' drain rates over the ceilings measured beside them, with
+    the lowest and the highest."""
+    ratios = sorted(r[durable]["drain_rate"] / r[ceiling]["rate"] for r in rounds
+                    if (r.get(durable) or {}).get("drain_rate") and r.get(ceiling))
+    if not ratios:
+        return "n/a"
+    return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f} to {ratios[-1]:.2f})"
+
+
+def setup_name(setup: str, rounds: list[dict[str, Any]], durable: str) -> str:
+    """``setup`` with the writer its servers ran (as their ``server_tuned`` logged it)."""
+    tuned = [(r.get(durable) or {}).get("tuned") or {} for r in rounds]
+    writers = sorted({t["writer"] for t in tuned if t.get("writer")})
+    cpus = sorted({t["cpus"] for t in tuned if t.get("cpus")})
+    detail = [f"{'/'.join(writers)} writer"] if writers else []
+    detail += [f"cpus {'/'.join(cpus)}"] if cpus else []
+    return f"{setup} ({', '.join(detail)})" if detail else setup
+
+
+def loop_label(loop: str) -> str:
+    """``loop``, and for ``auto`` the loop it resolves to here."""
+    return f"auto ({loops.loop_name('auto')})" if loop == "auto" else loop
 
 
 def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -202,20 +298,23 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
     pf_accept = median(rounds, "postfix", "accept_rate")
     pf_drain = median(rounds, "postfix", "drain_rate")
     lines = [
-        "| loop | accept vs Postfix | accept vs `--null` | drain vs Postfix | accept msg/s "
+        "| setup | loop | accept vs Postfix | accept vs `--null` | drain vs Postfix | accept msg/s "
         "(null / Postfix) | drain msg/s (Postfix) | accept p50 / p99 ms, 50 conns, "
-        "saturated | same, paced | light-load end-to-end p50 / p99 ms | server peak RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "saturated | same, paced | light-load end-to-end p50 / p99 ms | server peak RSS MiB | "
+        "drain vs the disk's ceiling |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for loop in args.loops:
-        acc = median(rounds, f"durable/{loop}", "accept_rate")
-        null = median(rounds, f"null/{loop}", "accept_rate")
-        drain = median(rounds, f"durable/{loop}", "drain_rate")
-        lat = f"latency/{loop}"
-        paced = f"paced/{loop}"
-        light = f"light/{loop}"
+    for setup, loop in rows(args):
+        durable = key("durable", setup, loop)
+        acc = median(rounds, durable, "accept_rate")
+        null = median(rounds, key("null", setup, loop), "accept_rate")
+        drain = median(rounds, durable, "drain_rate")
+        lat = key("latency", setup, loop)
+        paced = key("paced", setup, loop)
+        light = key("light", setup, loop)
         lines.append(
-            f"| {loop} | {ratio(acc, pf_accept)} | {ratio(acc, null)} | "
+            f"| {setup_name(setup, rounds, durable)} | {loop_label(loop)} | "
+            f"{ratio(acc, pf_accept)} | {ratio(acc, null)} | "
             f"{ratio(drain, pf_drain)} | {fmt(acc)} ({fmt(null)} / {fmt(pf_accept)}) | "
             f"{fmt(drain)} ({fmt(pf_drain)}) | "
             f"{fmt(median(rounds, lat, 'accept_latency_p50_ms'), 1)} / "
@@ -224,7 +323,8 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{fmt(median(rounds, paced, 'accept_latency_p99_ms'), 1)} | "
             f"{fmt(median(rounds, light, 'e2e_p50_ms'), 1)} / "
             f"{fmt(median(rounds, light, 'e2e_p99_ms'), 1)} | "
-            f"{fmt(median(rounds, f'durable/{loop}', 'rss_mb'), 0)} |")
+            f"{fmt(median(rounds, durable, 'rss_mb'), 0)} | "
+            f"{share(rounds, durable, key('ceiling', setup, loop))} |")
     lines.append("")
     raced = sum(1 for r in rounds if (r.get("postfix") or {}).get("redeferred"))
     if raced:
@@ -232,11 +332,32 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(f"Postfix's drain is the median of {valid} round(s): in {raced} the "
                      f"anchor's flush raced its reload (see run.py's redeferred()).")
         lines.append("")
+    if args.ceiling:
+        ceilings = ", ".join(
+            f"{fmt(median(rounds, key('ceiling', setup, loop), 'rate'))} files/s after the "
+            f"{setup} drains" for setup, loop in rows(args))
+        lines.append(f"The disk's ceiling: `benchmarks/maildir_ceiling.py` run right after "
+                     f"each drain on {DEFAULT_WRITERS} threads (a Maildir store's writers), "
+                     "the same files (4 KiB and the trace headers, into the one Maildir "
+                     "smtp-source sends to) created, written, fsynced and renamed into "
+                     "`new/`, one fsync of `new/` per 250, with nothing else around them; "
+                     f"median {ceilings}. The drain's share of it is the median of the "
+                     "rounds' own ratios (the lowest and the highest in brackets).")
+        lines.append("")
+    if {"defaults", "thread"} & set(args.setups):
+        lines.append("Setups: `defaults` is `benchmarks/bench.toml` without `[server] cpus` and "
+                     "`[queue] writer`, as `config/default.toml` leaves them (unpinned, the "
+                     "writer `serve` chooses, named in brackets); `thread` is the same with "
+                     "`[queue] writer = \"thread\"`; `tuned` is bench.toml (the server on "
+                     "CPU 0, its writer process on the other).")
+        lines.append("")
     lines.append(f"Medians of {len(rounds)} interleaved round(s); {args.messages:,} messages of "
                  f"{args.size:,} bytes over {args.sessions} sessions (smtp-source -d), "
-                 f"{os.cpu_count()} cores. Latency: scripts/load_test.py, "
-                 f"{args.latency_messages:,} messages over 50 connections, as fast as they "
-                 f"go (saturated) or offered at {args.paced_rate:,} msg/s (paced).")
+                 f"{os.cpu_count()} cores, shared; load average {args.load[0]:.1f} when the "
+                 f"run began, {args.load[1]:.1f} when it ended. Latency: "
+                 f"scripts/load_test.py, {args.latency_messages:,} messages over 50 "
+                 f"connections, as fast as they go (saturated) or offered at "
+                 f"{args.paced_rate:,} msg/s (paced); n/a where the run left it out.")
     return "\n".join(lines)
 
 
@@ -248,6 +369,14 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--latency-messages", type=int, default=3000)
     parser.add_argument("--loops", default="asyncio,uvloop")
+    parser.add_argument("--setups", default="tuned",
+                        help="comma-separated: defaults (what a user gets), thread (the "
+                        "defaults with a writer thread), tuned (bench.toml)")
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="the disk's ceiling for the drain (benchmarks/maildir_ceiling.py)")
+    parser.add_argument("--latency-runs", default="saturated,paced,light",
+                        help="the load script's latency runs to make (comma-separated; "
+                        "empty: none)")
     parser.add_argument("--paced-rate", type=int, default=1000,
                         help="offered msg/s for the paced latency run")
     parser.add_argument("--postfix", action=argparse.BooleanOptionalAction, default=True)
@@ -257,6 +386,14 @@ def main() -> int:
                         help="replace the table in docs/performance.md")
     args = parser.parse_args()
     args.loops = [loop for loop in args.loops.split(",") if loop]
+    args.setups = [setup for setup in args.setups.split(",") if setup]
+    args.latency_runs = {run for run in args.latency_runs.split(",") if run}
+    if unknown := args.latency_runs - {"saturated", "paced", "light"}:
+        raise SystemExit(f"--latency-runs: unknown {', '.join(sorted(unknown))} "
+                         "(known: saturated, paced, light)")
+    if unknown := set(args.setups) - set(SETUPS):
+        raise SystemExit(f"--setups: unknown {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(SETUPS)})")
     if args.docs:
         _docs.around(DOCS_TABLE)  # the markers are there, before minutes of measuring
     if shutil.which("smtp-source") is None:
@@ -265,7 +402,9 @@ def main() -> int:
     args.scratch = Path(tempfile.mkdtemp(prefix="mq-bench-runs-"))
     os.chmod(args.scratch, 0o755)
     try:
+        began = os.getloadavg()[0]
         rounds = [one_round(args) for _ in range(args.rounds)]
+        args.load = (began, os.getloadavg()[0])
     finally:
         shutil.rmtree(args.scratch, ignore_errors=True)
     (HERE / "results.json").write_text(json.dumps(rounds, indent=1) + "\n")

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -70,10 +70,15 @@ class MailqueueApp:
     def __init__(self, config: Config, clock: Clock | None = None,
                  queue: QueueStore | None = None,
                  mailboxes: dict[str, MailboxStore] | None = None,
-                 run_smtp: bool = True, run_worker: bool = True, seed: int = 0) -> None:
+                 run_smtp: bool = True, run_worker: bool = True, seed: int = 0,
+                 tuned: Mapping[str, object] | None = None) -> None:
         self.config = config
+        # What serve chose where the configuration left it open (mailqueue.tuning), logged
+        # as server_tuned once the server is up: a start-up that fails prints one line.
+        self.tuned = dict(tuned or {})
         self.clock = clock or SystemClock()
         # The writer process serves the front end's group commit: only where one runs.
+        # ``auto`` is decided by ``serve`` (mailqueue.tuning); embedded, it is a thread.
         self.queue = queue or SqlQueueStore(
             config.queue.url, writer_process=config.queue.writer == "process" and run_smtp,
             writer_cpus=loops.child_cpus(config.queue.writer_cpus, config.server.cpus,
@@ -251,6 +256,8 @@ class MailqueueApp:
                                                   for name, port in self.ports.items())
             if self.run_smtp:
                 listening.update(tls=self.config.smtp.tls, auth=self.authenticator is not None)
+            if self.tuned:
+                log.info("server_tuned", **self.tuned)
             log.info("server_started", **listening, queue=self.queue_url,
                      loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                      stores=",".join(self.mailboxes), worker=self.run_worker)

@@ -308,20 +308,25 @@ class QueueConfig(ConfigModel):
                                "delivery failures.")
     commit_batch: int = Field(256, ge=1, description="Most messages one group commit "
                               "takes.")
-    writer: Literal["thread", "process"] = Field(
-        "thread", description="Where an SQLite file queue's group commit runs: a thread of "
-        "the server's, or a child process of its own on the CPUs `writer_cpus` names.")
-    writer_cpus: CpuSet = Field(None, description="With `writer = \"process\"`: the CPUs "
-                                "the child runs on (default: those `[server] cpus` leaves "
-                                "free).")
+    writer: Literal["auto", "thread", "process"] = Field(
+        "auto", description="Where an SQLite file queue's group commit runs: a thread of "
+        "the server's, or a child process of its own on the CPUs `writer_cpus` names. "
+        "`auto`: `mailqueue serve` starts a process where it has two CPUs or more to run "
+        "on, a thread otherwise, and logs its choice (`server_tuned`); a server embedded "
+        "in another process (the pytest plugin, `rehearse`) uses a thread.")
+    writer_cpus: CpuSet = Field(None, description="With `writer = \"process\"` (or "
+                                "`auto`, which it then makes a process): the CPUs the child "
+                                "runs on (default: those `[server] cpus` leaves free).")
 
     @model_validator(mode="after")
     def _writer_fits(self) -> QueueConfig:
         if self.writer == "process" and sqlite_path(self.url) is None:
             raise ValueError('writer = "process" is for a queue in an SQLite file; '
                              'remove it, or set it to "thread"')
-        if self.writer_cpus is not None and self.writer != "process":
-            raise ValueError('writer_cpus applies only with writer = "process"')
+        if self.writer_cpus is not None and sqlite_path(self.url) is None:
+            raise ValueError("writer_cpus is for a queue in an SQLite file; remove it")
+        if self.writer_cpus is not None and self.writer == "thread":
+            raise ValueError('writer_cpus applies only with writer = "process" or "auto"')
         return self
 
     @field_validator("url")

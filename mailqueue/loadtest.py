@@ -242,6 +242,40 @@ def cpu_seconds(pid: int | None) -> float | None:
     return None if times is None else sum(times)
 
 
+def peak_rss_by_process(pid: int | None) -> dict[str, float]:
+    """The peak resident set (VmHWM) in MiB of the process at ``pid`` (``"server"``) and of
+    each of its live children (``"child PID"``: the queue writer process, when one runs)."""
+    if pid is None:
+        return {}
+    found: dict[str, float] = {}
+    for member in (pid, *children(pid)):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    name = "server" if member == pid else f"child {member}"
+                    found[name] = round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            continue
+    return found
+
+
+def rates_over_time(times: Sequence[float], share: float = 0.1) -> dict[str, float | None]:
+    """The rate (events a second) over the first and the last ``share`` of ``times`` (wall
+    times of the events, in any order), and the last as a share of the first: whether a
+    long run slows down as it goes. None where there are too few events to tell."""
+    ordered = sorted(times)
+    count = int(len(ordered) * share)
+    if count < 2:
+        return {"first": None, "last": None, "last_vs_first": None}
+
+    def rate(part: Sequence[float]) -> float:
+        return (len(part) - 1) / max(1e-9, part[-1] - part[0])
+
+    first, last = rate(ordered[:count]), rate(ordered[-count:])
+    return {"first": round(first, 1), "last": round(last, 1),
+            "last_vs_first": round(last / first, 3)}
+
+
 def peak_rss_mb(pid: int | None) -> float | None:
     """The peak resident set (VmHWM) of the process plus its live children's, in MiB."""
     if pid is None:
@@ -306,6 +340,7 @@ class Results:
     sent_at: dict[str, float] = field(default_factory=dict)  # queue id -> wall time
     rcpts: dict[str, list[str]] = field(default_factory=dict)  # queue id -> addresses
     latencies: list[float] = field(default_factory=list)
+    accepted_at: list[float] = field(default_factory=list)  # wall time of each 250
     errors: Counter[str] = field(default_factory=Counter)
     attempted: int = 0
     first: float = 0.0
@@ -457,6 +492,7 @@ class Sender:
                 await smtp.rset()
             return
         results.latencies.append(time.perf_counter() - started)
+        results.accepted_at.append(time.time())
         for code in refused.values():
             results.errors[str(code)] += 1
         match = _QUEUED_RE.search(reply)
@@ -513,6 +549,27 @@ def scan_maildirs(stores: Sequence[StoreInfo], want_mtime: bool = False,
                             mtime = entry.stat().st_mtime if want_mtime else 0.0
                             found.setdefault((key[0], address), []).append(mtime)
     return found
+
+
+def disk_use_mb(url: str, stores: Sequence[StoreInfo]) -> dict[str, float | None]:
+    """MiB on disk of an SQLite queue's file with its WAL (None for another database) and of
+    every store's Maildirs (the blocks their files take)."""
+    from mailqueue.sqliteurl import sqlite_path
+
+    queue: float | None = None
+    path = sqlite_path(url)
+    if path is not None:
+        queue = sum(os.stat(name).st_blocks * 512 for name in (path, f"{path}-wal")
+                    if os.path.exists(name)) / 2**20
+    blocks = 0
+    for store in stores:
+        if store["path"]:
+            for folder, _, names in os.walk(store["path"]):
+                for name in names:
+                    with contextlib.suppress(FileNotFoundError):
+                        blocks += os.lstat(os.path.join(folder, name)).st_blocks
+    return {"queue": None if queue is None else round(queue, 1),
+            "maildirs": round(blocks * 512 / 2**20, 1)}
 
 
 def count_files(stores: Sequence[StoreInfo]) -> int:
@@ -573,7 +630,7 @@ def verify(results: Results, found: dict[tuple[str, str], list[float]],
 
 
 def summarize(args: argparse.Namespace, results: Results,
-              drain: dict[str, float | None] | None,
+              drain: dict[str, Any] | None,
               check: dict[str, int] | None, rss: float | None, loop: str) -> dict[str, Any]:
     accepted = len(results.sent_at)
     elapsed = max(1e-9, results.last - results.first)
@@ -587,6 +644,8 @@ def summarize(args: argparse.Namespace, results: Results,
         "accept_latency_p99_ms": ms(pct(results.latencies, 0.99)),
         "errors": dict(sorted(results.errors.items())),
         "server_peak_rss_mb": rss,
+        # The first 10% of the 250s against the last 10%.
+        "accept_rate_over_time": rates_over_time(results.accepted_at),
     }
     if drain is not None:
         report.update(drain)
@@ -607,9 +666,11 @@ def print_report(report: dict[str, Any]) -> None:
           f"{report['accept_seconds']}s: {report['accept_rate']} msg/s; latency p50 "
           f"{fmt(report['accept_latency_p50_ms'], ' ms')}, p99 "
           f"{fmt(report['accept_latency_p99_ms'], ' ms')}")
+    _print_over_time("accept   ", report.get("accept_rate_over_time"), "msg/s")
     if "drain_rate" in report:
         print(f"drained   {report['drained']} in {report['drain_seconds']}s: "
               f"{report['drain_rate']} deliveries/s")
+        _print_over_time("drain    ", report.get("drain_rate_over_time"), "deliveries/s")
     if "e2e_p50_ms" in report:
         print(f"end to end delay p50 {fmt(report['e2e_p50_ms'], ' ms')}, "
               f"p99 {fmt(report['e2e_p99_ms'], ' ms')}")
@@ -619,8 +680,21 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"checked   {report['delivered']}/{report['expected']} in the Maildirs; lost "
               f"{report['lost']}, duplicated {report['duplicated']}, "
               f"unexpected {report['unexpected']}")
-    print(f"server peak RSS {fmt(report['server_peak_rss_mb'], ' MiB')}, CPU "
+    if "disk_use_mb" in report:
+        disk = report["disk_use_mb"]
+        print(f"disk use  queue {fmt(disk['queue'], ' MiB')}, Maildirs "
+              f"{fmt(disk['maildirs'], ' MiB')}")
+    by_process = ", ".join(f"{name} {mb} MiB" for name, mb in
+                           report.get("peak_rss_mb_by_process", {}).items())
+    print(f"server peak RSS {fmt(report['server_peak_rss_mb'], ' MiB')}"
+          f"{f' ({by_process})' if by_process else ''}, CPU "
           f"{fmt(report.get('server_cpu_ms_per_msg'), ' ms')} per accepted message")
+
+
+def _print_over_time(label: str, rates: dict[str, float | None] | None, unit: str) -> None:
+    if rates and rates.get("first") is not None:
+        print(f"{label} first 10% {rates['first']} {unit}, last 10% {rates['last']} {unit} "
+              f"({rates['last_vs_first']}x)")
 
 
 class Progress:
@@ -694,7 +768,7 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
     cpu_before = cpu_seconds(target.pid)
     results = await Sender(plan, target.host, target.port, progress).run()
     cpu_after = cpu_seconds(target.pid)
-    drain: dict[str, float | None] | None = None
+    drain: dict[str, Any] | None = None
     check: dict[str, int] | None = None
     if not args.null and results.sent_at:
         expected = sum(len(r) for r in results.rcpts.values())
@@ -712,6 +786,9 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
         ticker.cancel()
         sys.stderr.write(progress.line() + "\n" if progress else "")
     report = summarize(args, results, drain, check, peak_rss_mb(target.pid), loop)
+    report["peak_rss_mb_by_process"] = peak_rss_by_process(target.pid)
+    if not args.null:
+        report["disk_use_mb"] = await asyncio.to_thread(disk_use_mb, target.queue_url, stores)
     if cpu_before is not None and cpu_after is not None and results.sent_at:
         # Per accepted message while sending: robust to other jobs on the machine.
         report["server_cpu_ms_per_msg"] = round(
@@ -720,9 +797,9 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
 
 
 def drain_figures(results: Results, found: dict[tuple[str, str], list[float]],
-                  released: float | None) -> dict[str, float | None]:
+                  released: float | None) -> dict[str, Any]:
     delays: list[float] = []
-    last = 0.0
+    written: list[float] = []
     for (qid, _), mtimes in found.items():
         sent = results.sent_at.get(qid)
         if sent is None:
@@ -730,13 +807,15 @@ def drain_figures(results: Results, found: dict[tuple[str, str], list[float]],
         start = sent if released is None else max(sent, released)
         for mtime in mtimes:
             delays.append(max(0.0, mtime - start))
-            last = max(last, mtime)
-    figures: dict[str, float | None] = {"e2e_p50_ms": ms(pct(delays, 0.5)),
-                                        "e2e_p99_ms": ms(pct(delays, 0.99))}
+            written.append(mtime)
+    figures: dict[str, Any] = {"e2e_p50_ms": ms(pct(delays, 0.5)),
+                               "e2e_p99_ms": ms(pct(delays, 0.99))}
     if released is not None and delays:
-        seconds = max(1e-9, last - released)
+        seconds = max(1e-9, max(written) - released)
         figures.update(drained=len(delays), drain_seconds=round(seconds, 3),
-                       drain_rate=round(len(delays) / seconds, 1))
+                       drain_rate=round(len(delays) / seconds, 1),
+                       # The first 10% of the files written against the last 10%.
+                       drain_rate_over_time=rates_over_time(written))
     return figures
 
 

@@ -7,6 +7,7 @@ process's ``/metrics`` shows the whole queue.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -57,14 +58,21 @@ class Metrics:
                            now: float) -> None:
         """The worker's observer: count outcomes, time deliveries."""
         by_id = {c.recipient_id: c for c in claims}
+        # Counted per store, then added once a store: a batch is hundreds of recipients.
+        delivered: collections.Counter[str] = collections.Counter()
+        observe = self.latency.observe
         for rid in settlement.delivered:
             claim = by_id[rid]
-            self.delivered.labels(claim.store).inc()
-            self.latency.observe(max(0.0, now - claim.received_at))
-        for rid, _, _ in settlement.deferred:
-            self.deferred.labels(by_id[rid].store).inc()
-        for rid, _ in settlement.bounced:
-            self.bounced.labels(by_id[rid].store).inc()
+            delivered[claim.store] += 1
+            observe(max(0.0, now - claim.received_at))
+        for counter, counts in (
+                (self.delivered, delivered),
+                (self.deferred, collections.Counter(by_id[rid].store
+                                                    for rid, _, _ in settlement.deferred)),
+                (self.bounced, collections.Counter(by_id[rid].store
+                                                   for rid, _ in settlement.bounced))):
+            for store, count in counts.items():
+                counter.labels(store).inc(count)
 
     def observe_expired(self, bounced: Sequence[BouncedRecipient]) -> None:
         """The expiry sweep's observer: recipients it gave up on count as bounced."""

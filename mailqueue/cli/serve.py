@@ -11,6 +11,7 @@ import click
 import structlog
 
 from mailqueue.cli._common import config_option, load
+from mailqueue.config import Config
 from mailqueue.logs import configure_logging
 from mailqueue.loops import LOOPS
 
@@ -51,11 +52,12 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
     if config.queue.writer_cpus is not None:
         loops.check_cpus(config.queue.writer_cpus, "[queue] writer_cpus",
                          loops.cpus_before_pinning() or None)
+    config, tuned = _tune(config, role, null_queue, loop_choice)
 
     async def main() -> None:
         app = MailqueueApp(config, run_smtp=role in ("all", "smtp"),
                            run_worker=role in ("all", "worker") and not null_queue,
-                           queue=NullQueueStore() if null_queue else None)
+                           queue=NullQueueStore() if null_queue else None, tuned=tuned)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, app.stop)
@@ -72,3 +74,20 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
     gc.collect()
     gc.freeze()
     loops.run(main(), loop_choice)
+
+
+def _tune(config: Config, role: str, null_queue: bool,
+          loop_choice: str) -> tuple[Config, dict[str, object]]:
+    """``config`` with what ``auto`` leaves open decided for this machine, and the choices
+    with their reasons (the server logs them as ``server_tuned`` once it is up)."""
+    from mailqueue import loops, tuning
+
+    cpus = tuning.usable_cpus(loops.cpus_before_pinning(), tuning.cpu_quota())
+    writer = tuning.choose_writer(config, run_smtp=role in ("all", "smtp"), null=null_queue,
+                                  cpus=cpus)
+    loop = tuning.choose_loop(loop_choice)
+    fields: dict[str, object] = {
+        "writer": writer.value, "writer_reason": writer.reason, "loop": loop.value,
+        "loop_reason": loop.reason, "usable_cpus": cpus,
+        "cpus": ",".join(map(str, config.server.cpus)) if config.server.cpus else "all"}
+    return tuning.tuned(config, writer), fields

@@ -27,6 +27,7 @@ time, so a batch costs a handful of hand-offs between threads rather than one pe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -105,9 +106,15 @@ def mailbox_path(root: Path, address: str) -> Path:
     return root / domain.lower() / local.lower()
 
 
+@functools.lru_cache(maxsize=64)
+def _date(second: int) -> str:
+    """``Received:``'s date for a time in whole seconds (a batch's messages share few)."""
+    return formatdate(second, localtime=False)
+
+
 def render(claim: Claim, hostname: str) -> bytes:
     """The delivered file: trace headers a delivery agent adds, then the message (LF ends)."""
-    stamp = formatdate(claim.received_at, localtime=False)
+    stamp = _date(int(claim.received_at))
     peer = claim.peer or "unknown"
     trace = (
         f"Return-Path: <{claim.mail_from}>\n"
@@ -188,6 +195,8 @@ def resolve_owner(spec: str) -> tuple[int, int]:
 
 
 DEFAULT_WRITERS = 16
+# Mailboxes a store keeps the paths of (beyond it, it starts over): a few MiB at most.
+_BOXES_KEPT = 50_000
 
 
 class MaildirStore:
@@ -204,6 +213,9 @@ class MaildirStore:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._known: set[Path] = set()  # mailboxes whose tmp/new/cur exist
+        # address -> (its mailbox, the mailbox as a string): each copy's paths are built
+        # from it as strings, which costs a fraction of joining Paths.
+        self._boxes: dict[str, tuple[Path, str]] = {}
 
     def check_writable(self) -> str | None:
         """Why no Maildir can be written under ``root`` now (None: they can): create it,
@@ -236,7 +248,7 @@ class MaildirStore:
                                                   for c in claims if c.attempts > 1}}
         tried = self._map(lambda claim: self._try_one(claim, present), claims)
         outcomes: list[DeliveryOutcome] = [outcome for outcome, _ in tried]
-        written: dict[Path, list[int]] = {}
+        written: dict[str, list[int]] = {}
         for index, (_, new_dir) in enumerate(tried):
             if new_dir is not None:
                 written.setdefault(new_dir, []).append(index)
@@ -274,15 +286,24 @@ class MaildirStore:
         return results
 
     def _try_one(self, claim: Claim, present: dict[Path, _Present],
-                 ) -> tuple[DeliveryOutcome, Path | None]:
+                 ) -> tuple[DeliveryOutcome, str | None]:
         try:
             return None, self._deliver_one(claim, present)
         except OSError as exc:
             return _os_error(exc), None
 
-    def _deliver_one(self, claim: Claim, present: dict[Path, _Present]) -> Path | None:
+    def _mailbox(self, address: str) -> tuple[Path, str]:
+        found = self._boxes.get(address)
+        if found is None:
+            if len(self._boxes) >= _BOXES_KEPT:
+                self._boxes.clear()
+            box = mailbox_path(self.root, address)
+            found = self._boxes[address] = (box, os.fspath(box))
+        return found
+
+    def _deliver_one(self, claim: Claim, present: dict[Path, _Present]) -> str | None:
         """Write one copy; the ``new/`` dir to fsync, or None if it was already there."""
-        box = mailbox_path(self.root, claim.address)
+        box, where = self._mailbox(claim.address)
         if claim.attempts > 1 and present[box].holds(claim_key(claim)):
             return None
         name = maildir_name(claim, self.hostname)
@@ -290,7 +311,7 @@ class MaildirStore:
         if box not in self._known:
             ensure_maildir(box, self.owner)
             self._known.add(box)
-        tmp = box / "tmp" / name
+        tmp = f"{where}/tmp/{name}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except FileNotFoundError:
@@ -306,12 +327,13 @@ class MaildirStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, box / "new" / name)
+            os.rename(tmp, f"{where}/new/{name}")
         except BaseException:
-            tmp.unlink(missing_ok=True)  # a half-written or unplaced copy
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # a half-written or unplaced copy
             raise
         faults.hit("deliver.linked")
-        return box / "new"
+        return f"{where}/new"
 
 
 class _Present:
@@ -339,7 +361,7 @@ class _Present:
         return key in self.keys
 
 
-def _try_fsync_dir(path: Path) -> DeliveryOutcome:
+def _try_fsync_dir(path: str) -> DeliveryOutcome:
     try:
         _fsync_dir(path)
     except OSError as exc:
@@ -347,7 +369,7 @@ def _try_fsync_dir(path: Path) -> DeliveryOutcome:
     return None
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -372,11 +372,12 @@ class SqlQueueStore(SqlAdminMixin):
                 .where(recipients.c.id.in_(claimed))
                 .order_by(recipients.c.queue_id))
             self._wrote(len(claimed) * _CLAIM_WAL_BYTES)
-            return [Claim(recipient_id=r.id, queue_id=r.queue_id, address=r.address,
-                          store=r.store, attempts=r.attempts, mail_from=r.mail_from,
-                          received_at=r.received_at, helo=r.helo, peer=r.peer,
-                          body=r.body or b"", auth_user=r.auth_user, tls=r.tls)
-                    for r in rows]
+            # The row's columns in Claim's order, unpacked: a batch is hundreds of rows,
+            # and reading each column by name costs several times as much.
+            return [Claim(rid, queue_id, address, store, attempts, mail_from, received_at,
+                          helo, peer, body or b"", auth_user, tls)
+                    for (rid, queue_id, address, store, attempts, mail_from, received_at,
+                         helo, peer, body, auth_user, tls) in rows]
 
     @staticmethod
     async def _within_bytes(conn: AsyncConnection, claimed: list[int],

@@ -74,6 +74,16 @@ def test_every_message_is_checked_off_after_a_window(tmp_path: Path) -> None:
     assert report["drained"] == 80 and float(report["drain_rate"]) > 0  # type: ignore[arg-type]
     assert report["accept_latency_p99_ms"] is not None
     assert report["server_peak_rss_mb"] and report["server_exit"] == 0
+    # The default writer on two CPUs is a child process: its peak RSS is given on its own.
+    by_process = report["peak_rss_mb_by_process"]
+    assert isinstance(by_process, dict) and by_process["server"] > 0
+    assert sum(by_process.values()) == pytest.approx(report["server_peak_rss_mb"], abs=0.2)
+    for phase in ("accept_rate_over_time", "drain_rate_over_time"):
+        rates = report[phase]
+        assert isinstance(rates, dict) and rates["first"] > 0 and rates["last"] > 0, phase
+        assert rates["last_vs_first"] == pytest.approx(rates["last"] / rates["first"], 0.01)
+    disk = report["disk_use_mb"]
+    assert isinstance(disk, dict) and disk["queue"] > 0 and disk["maildirs"] > 0
 
 
 def test_fixed_rate_light_load_reports_end_to_end_delay(tmp_path: Path) -> None:
