@@ -66,6 +66,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 from mailqueue.config import Config
 from mailqueue.loadtest import free_port
@@ -135,51 +136,40 @@ def _mail_ids() -> tuple[int, int]:
     return MAIL_ID, MAIL_ID
 
 
-class Dovecot:
-    """One private Dovecot (see the module)."""
+class _Private:
+    """A Dovecot of its own under ``root``: started with a config written for each attempt
+    (a port taken between choosing and binding it is retried), stopped, its log read."""
 
-    def __init__(self, *, users: Sequence[str] | None = None,
-                 protocols: Sequence[str] = ("lmtp",), unix_socket: bool = True,
-                 extra: str = "", keep: bool = False) -> None:
-        binary = dovecot_binary()
-        if binary is None:
-            raise DovecotMissing(f"Dovecot with LMTP is not installed ({INSTALL_HINT})")
+    def __init__(self, binary: str, prefix: str, keep: bool) -> None:
         self.binary = binary
-        self.root = Path(tempfile.mkdtemp(prefix="mq-dovecot-"))
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.root.chmod(0o711)
         self.keep = keep
-        self.users = None if users is None else [u.lower() for u in users]
-        self.protocols = tuple(protocols)
-        self.unix_socket = unix_socket
-        self.extra = extra
-        self.mail_root = self.root / "mail"
         self.config_path = self.root / "dovecot.conf"
         self.log_path = self.root / "dovecot.log"
-        self.port = 0
-        self.uid, self.gid = _mail_ids()
         self._process: subprocess.Popen[bytes] | None = None
 
-    # --- where it listens ------------------------------------------------------------------
-
     @property
-    def lmtp_host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def pid(self) -> int | None:
+        """The Dovecot master process's id while it runs."""
+        return None if self._process is None else self._process.pid
 
-    @property
-    def lmtp_socket(self) -> Path:
-        return self.root / "lmtp.sock"
+    def _configure(self, attempt: int) -> None:
+        """Write the config for this start attempt (0 first)."""
+        raise NotImplementedError
 
-    # --- life ------------------------------------------------------------------------------
+    def _answers(self) -> bool:
+        """Whether its listeners answer."""
+        raise NotImplementedError
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         for attempt in range(3):
-            # The port it had before, if any (a restart), else a free one.
-            self._prepare(self.port if self.port and not attempt else free_port())
+            self._configure(attempt)
             with (self.root / "stderr.txt").open("ab") as stderr:
                 self._process = subprocess.Popen(
                     [self.binary, "-c", str(self.config_path), "-F"],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-            if self._wait_listening(timeout):
+            if _wait_until(self._process, timeout, self._answers):
                 return
             taken = "Address already in use" in self.log_text()
             self.stop_process()
@@ -194,21 +184,63 @@ class Dovecot:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def stop_process(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop Dovecot, keeping its directory, mail and port: ``start()`` brings it back
-        where it was (a backend host that goes down and comes back)."""
+        """Stop Dovecot, keeping its directory: ``start()`` brings it back."""
         process, self._process = self._process, None
         _terminate(process, timeout)
 
-    def __enter__(self) -> Dovecot:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _wait_listening(self, timeout: float) -> bool:
-        assert self._process is not None
-        return _wait_until(self._process, timeout, self._answers)
+    def log_text(self) -> str:
+        text = ""
+        for path in (self.log_path, self.root / "stderr.txt"):
+            with contextlib.suppress(FileNotFoundError):
+                text += path.read_text(errors="replace")
+        return text
+
+
+class Dovecot(_Private):
+    """One private Dovecot (see the module)."""
+
+    def __init__(self, *, users: Sequence[str] | None = None,
+                 protocols: Sequence[str] = ("lmtp",), unix_socket: bool = True,
+                 extra: str = "", keep: bool = False) -> None:
+        binary = dovecot_binary()
+        if binary is None:
+            raise DovecotMissing(f"Dovecot with LMTP is not installed ({INSTALL_HINT})")
+        super().__init__(binary, "mq-dovecot-", keep)
+        self.users = None if users is None else [u.lower() for u in users]
+        self.protocols = tuple(protocols)
+        self.unix_socket = unix_socket
+        self.extra = extra
+        self.mail_root = self.root / "mail"
+        self.port = 0
+        self.uid, self.gid = _mail_ids()
+
+    # --- where it listens ------------------------------------------------------------------
+
+    @property
+    def lmtp_host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def lmtp_socket(self) -> Path:
+        return self.root / "lmtp.sock"
+
+    # --- life ------------------------------------------------------------------------------
+
+    def _configure(self, attempt: int) -> None:
+        # The port it had before, if any (a restart), else a free one.
+        self._prepare(self.port if self.port and not attempt else free_port())
+
+    def stop_process(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop Dovecot, keeping its directory, mail and port: ``start()`` brings it back
+        where it was (a backend host that goes down and comes back)."""
+        super().stop_process(timeout)
 
     def _answers(self) -> bool:
         try:
@@ -313,15 +345,7 @@ service lmtp {{
         return [line.split(":", 1)[1].strip() for line in out.splitlines()
                 if line.lower().startswith("hdr.x-mailqueue-id:")]
 
-    def log_text(self) -> str:
-        text = ""
-        for path in (self.log_path, self.root / "stderr.txt"):
-            with contextlib.suppress(FileNotFoundError):
-                text += path.read_text(errors="replace")
-        return text
-
-
-class AccessDovecot:
+class AccessDovecot(_Private):
     """The Dovecot of ``mailqueue dovecot config`` for ``config`` (see the module), on free
     loopback ports, with its files in a new temporary directory."""
 
@@ -330,75 +354,26 @@ class AccessDovecot:
         binary = access_binary()
         if binary is None:
             raise DovecotMissing(f"Dovecot with IMAP and POP3 is not installed ({ACCESS_HINT})")
-        self.binary = binary
+        super().__init__(binary, "mq-access-", keep)
         self.config = config
         self.users_file = users_file
         self.fail_open = fail_open
-        self.keep = keep
         self.nodelay = nodelay
-        self.root = Path(tempfile.mkdtemp(prefix="mq-access-"))
-        self.root.chmod(0o711)
-        self.config_path = self.root / "dovecot.conf"
-        self.log_path = self.root / "dovecot.log"
         self.imap_port = 0
         self.pop3_port = 0
-        self._process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int | None:
-        """The Dovecot master process's id while it runs."""
-        return None if self._process is None else self._process.pid
-
-    def start(self, timeout: float = START_TIMEOUT) -> None:
+    def _configure(self, attempt: int) -> None:
         from mailqueue.access.dovecot import DovecotOptions, write_config
 
-        for attempt in range(3):
-            self.imap_port, self.pop3_port = free_port(), free_port()
-            write_config(self.config, DovecotOptions(
-                directory=self.root, imap_port=self.imap_port, pop3_port=self.pop3_port,
-                users_file=self.users_file, fail_open=self.fail_open, failure_delay="0",
-                nodelay=self.nodelay))
-            with (self.root / "stderr.txt").open("ab") as stderr:
-                self._process = subprocess.Popen(
-                    [self.binary, "-c", str(self.config_path), "-F"],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-            if self._wait_listening(timeout):
-                return
-            taken = "Address already in use" in self.log_text()
-            self.stop_process()
-            if not taken or attempt == 2:
-                raise RuntimeError(f"Dovecot did not start within {timeout}s:\n"
-                                   f"{self.log_text()[-2000:]}")
+        self.imap_port, self.pop3_port = free_port(), free_port()
+        write_config(self.config, DovecotOptions(
+            directory=self.root, imap_port=self.imap_port, pop3_port=self.pop3_port,
+            users_file=self.users_file, fail_open=self.fail_open, failure_delay="0",
+            nodelay=self.nodelay))
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop Dovecot and remove its directory (unless ``keep``)."""
-        self.stop_process(timeout)
-        if not self.keep:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def stop_process(self, timeout: float = STOP_TIMEOUT) -> None:
-        process, self._process = self._process, None
-        _terminate(process, timeout)
-
-    def __enter__(self) -> AccessDovecot:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _wait_listening(self, timeout: float) -> bool:
-        assert self._process is not None
-        return _wait_until(self._process, timeout, lambda: all(
-            _greets(port, prefix) for port, prefix in
-            ((self.imap_port, b"* OK"), (self.pop3_port, b"+OK"))))
-
-    def log_text(self) -> str:
-        text = ""
-        for path in (self.log_path, self.root / "stderr.txt"):
-            with contextlib.suppress(FileNotFoundError):
-                text += path.read_text(errors="replace")
-        return text
+    def _answers(self) -> bool:
+        return all(_greets(port, prefix) for port, prefix in
+                   ((self.imap_port, b"* OK"), (self.pop3_port, b"+OK")))
 
 
 def _greets(port: int, prefix: bytes) -> bool:
