@@ -46,7 +46,8 @@ from mailqueue.traffic.profile import TrafficProfile, load_profile
 from mailqueue.traffic.show import by_doubling
 from tests.cli_run import Mq, cli_runner
 
-pytestmark = pytest.mark.timeout(240)
+# A drill: the private Postfix takes half a minute to pass its pattern of mail through.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.drill]
 OVERHEAD = 600  # bytes a message may grow by in Postfix (its Received: line)
 
 
