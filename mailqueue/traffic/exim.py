@@ -11,11 +11,9 @@ is not an arrival; lines with `` rejected `` and no message id count as rejected
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
 
-from mailqueue.traffic.postfix import OPEN_LIMIT, Arrival, Recipients, Tally, sender_domain
+from mailqueue.traffic.postfix import Arrival, Follower, Recipients, sender_domain
 
 _ID = re.compile(r"([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}) ")
 _SIZE = re.compile(r"\bS=(\d+)")
@@ -41,16 +39,8 @@ def recipient(rest: str) -> str:
     return head.split(" ", 1)[0].rstrip(":")
 
 
-class EximFollower:
+class EximFollower(Follower[_Message]):
     """Feeds Exim main-log lines in log order; calls ``emit`` with each accepted message."""
-
-    def __init__(self, emit: Callable[[Arrival], None], salt: bytes | None = None,
-                 limit: int = OPEN_LIMIT) -> None:
-        self._emit = emit
-        self._salt = salt or os.urandom(16)
-        self._limit = limit
-        self._open: dict[str, _Message] = {}
-        self.tally = Tally()
 
     def line(self, ts: float, text: str) -> bool:
         """One line's text (after the time and pid); False if it is malformed."""
@@ -74,11 +64,6 @@ class EximFollower:
             self._close(message_id)
         return True
 
-    def finish(self) -> None:
-        """The end of the logs: messages still followed are closed as they are."""
-        for message_id in list(self._open):
-            self._close(message_id)
-
     def _arrival(self, ts: float, message_id: str, rest: str) -> bool:
         sender, _, fields = rest.partition(" ")
         size = _SIZE.search(fields)
@@ -87,17 +72,13 @@ class EximFollower:
         if sender == "<>" and fields.startswith("R="):  # a bounce Exim made itself
             self.tally.generated += 1
             return True
-        if message_id in self._open:
-            self._close(message_id)
-        message = self._open[message_id] = _Message(ts, sender, int(size.group(1)),
-                                                     self._salt)
+        message = self._track(message_id, _Message(ts, sender, int(size.group(1)),
+                                                   self._salt))
         # +received_recipients: "for a@b c@d" at the end (a quoted subject may hold " for ").
         plain = _QUOTED.sub('""', fields)
         if " for " in plain:
             for address in plain.rsplit(" for ", 1)[1].split():
                 message.recipients.add(address)
-        if len(self._open) > self._limit:
-            self._close(next(iter(self._open)))
         return True
 
     def _close(self, message_id: str) -> None:

@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from mailqueue.traffic.profile import NO_DOMAIN, NULL_SENDER
 
@@ -32,6 +33,7 @@ _FROM = re.compile(r"from=<(.*)>, size=(\d+), nrcpt=(\d+)")
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
 _NOTICE = re.compile(r"notification: ([0-9A-Za-z]+)$")
 OPEN_LIMIT = 200_000  # messages followed at once; past it the oldest is closed
+M = TypeVar("M")  # what a follower holds of each message it follows
 _DAEMONS: dict[str, str] = {}  # syslog program -> Postfix daemon (postfix/smtpd -> smtpd)
 
 
@@ -102,18 +104,45 @@ class Tally:
     before_log: int = 0
 
 
-class PostfixFollower:
-    """Feeds Postfix lines in log order; calls ``emit`` with each accepted message."""
+class Follower(Generic[M]):
+    """What a log's follower shares: the messages it follows by id (at most ``limit``; past
+    it the oldest is closed), its salt for recipients, its tally, and ``emit``."""
 
     def __init__(self, emit: Callable[[Arrival], None], salt: bytes | None = None,
                  limit: int = OPEN_LIMIT) -> None:
         self._emit = emit
         self._salt = salt or os.urandom(16)
         self._limit = limit
-        self._open: dict[str, _Message] = {}
+        self._open: dict[str, M] = {}
+        self.tally = Tally()
+
+    def _close(self, key: str) -> None:
+        """Stop following ``key``, emitting it if it was an arrival."""
+        raise NotImplementedError
+
+    def _track(self, key: str, message: M) -> M:
+        """Follow ``message`` under ``key``: an earlier message under it is done."""
+        if key in self._open:
+            self._close(key)
+        self._open[key] = message
+        if len(self._open) > self._limit:
+            self._close(next(iter(self._open)))
+        return message
+
+    def finish(self) -> None:
+        """The end of the logs: messages still followed are closed as they are."""
+        for key in list(self._open):
+            self._close(key)
+
+
+class PostfixFollower(Follower[_Message]):
+    """Feeds Postfix lines in log order; calls ``emit`` with each accepted message."""
+
+    def __init__(self, emit: Callable[[Arrival], None], salt: bytes | None = None,
+                 limit: int = OPEN_LIMIT) -> None:
+        super().__init__(emit, salt, limit)
         self._generated: set[str] = set()
         self._reinjected: set[str] = set()
-        self.tally = Tally()
 
     def line(self, ts: float, program: str, text: str) -> bool:
         """One line's program and text; False if it is malformed (a line of a kind this
@@ -145,18 +174,9 @@ class PostfixFollower:
             self.tally.rejected += 1
         return True
 
-    def finish(self) -> None:
-        """The end of the logs: messages still followed are closed as they are."""
-        for queue_id in list(self._open):
-            self._close(queue_id)
-
     def _begin(self, ts: float, queue_id: str, received: bool) -> _Message:
-        if queue_id in self._open:  # a queue id used again: the earlier message is done
-            self._close(queue_id)
-        message = self._open[queue_id] = _Message(ts, self._salt, received)
-        if len(self._open) > self._limit:
-            self._close(next(iter(self._open)))
-        return message
+        # A queue id used again: the earlier message is done.
+        return self._track(queue_id, _Message(ts, self._salt, received))
 
     def _queued(self, ts: float, queue_id: str, rest: str) -> bool:
         found = _FROM.match(rest)
