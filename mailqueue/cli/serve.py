@@ -45,7 +45,8 @@ def serve(config_path: str | None, role: str, log_json: bool, port: int | None,
     if port is not None:
         config = config.model_copy(update={"smtp": config.smtp.model_copy(
             update={"port": port})})
-    configure_logging("json" if log_json else config.logging.format, config.logging.level)
+    configure_logging("json" if log_json else config.logging.format, config.logging.level,
+                      background=True)
     if config.server.cpus is not None:
         loops.pin_cpus(config.server.cpus)  # before any thread starts: they inherit it
         log.info("cpus_pinned", cpus=",".join(map(str, config.server.cpus)))
