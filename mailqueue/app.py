@@ -53,6 +53,7 @@ from mailqueue.smtp.server import listeners
 log = structlog.get_logger("mailqueue.app")
 
 CAPACITY_REFRESH = 5.0
+CAPACITY_SHARE = 0.02  # at most this share of the time counting the queue for its capacity
 
 
 def _ramp(config: Config, clock: Clock) -> DrainRamp | None:
@@ -331,6 +332,13 @@ class MailqueueApp:
             log.warning("capacity_refresh_failed", error=str(exc))
 
     async def _capacity_loop(self) -> None:
+        # The count walks every pending message: at a million queued it takes a good part
+        # of a second, so the pause after it grows with it and the count never takes more
+        # than a small share of the time (CAPACITY_SHARE). Between counts the front end
+        # adds what it accepts to the last count itself.
+        pause = CAPACITY_REFRESH
         while True:
-            await asyncio.sleep(CAPACITY_REFRESH)
+            await asyncio.sleep(pause)
+            started = time.monotonic()
             await self._refresh_capacity()
+            pause = max(CAPACITY_REFRESH, (time.monotonic() - started) / CAPACITY_SHARE)
