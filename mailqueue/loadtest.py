@@ -17,10 +17,15 @@ Examples::
     # self-signed certificate if its config has no TLS)
     python scripts/load_test.py --spawn -c config/default.toml -n 10000 -C 50 --starttls
 
+    # a million messages in a window on a PostgreSQL queue (a database of its own on the
+    # config's server, dropped afterwards), then mailqueue verify on what is left
+    python scripts/load_test.py --spawn -c pg.toml -n 1000000 -C 50 --window --verify
+
 Against a running server the script reads the Maildir paths from ``-c`` (and the SMTP port
 unless ``--port``); with ``--spawn`` it runs ``python -m mailqueue serve`` on a copy of the
 config whose queue, Maildirs and port are its own (a temp dir, removed afterwards unless
-``--keep``).
+``--keep``). Where the config's queue is on PostgreSQL, the copy's queue is a new database on
+the same server, dropped afterwards unless ``--keep``.
 
 ``scripts/load_test.py`` runs :func:`main`; the benchmarks in ``benchmarks/`` and the drills
 (:mod:`mailqueue.testing.drills`) reuse the spawned server, the ``/proc`` readings and the
@@ -114,11 +119,14 @@ def dump_toml(data: Mapping[str, object], prefix: str = "") -> str:
     return "\n".join(line for line in lines if line is not None)
 
 
-def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
+def spawn_config(source: Path, workdir: Path, tls: bool = False,
+                 queue_url: str | None = None) -> Path:
     """A copy of ``source`` with its own queue, Maildirs and free ports, in ``workdir``.
 
     ``tls``: STARTTLS on, with a self-signed certificate made in ``workdir`` if ``source``
-    has no TLS of its own. Extra listeners are left out (the load goes to one port)."""
+    has no TLS of its own. Extra listeners are left out (the load goes to one port).
+    ``queue_url``: the copy's queue (a :class:`ScratchDatabase`); by default an SQLite
+    file in ``workdir``."""
     data = tomllib.loads(source.read_text())
     smtp = data.setdefault("smtp", {})
     smtp["port"] = 0
@@ -131,7 +139,8 @@ def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
             smtp[key] = str(source.absolute().parent / smtp[key])
     if tls and smtp.get("tls", "files" if "tls_cert" in smtp else "off") == "off":
         smtp["tls"] = "self-signed"
-    data.setdefault("queue", {})["url"] = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
+    data.setdefault("queue", {})["url"] = (
+        queue_url or f"sqlite+aiosqlite:///{workdir / 'queue.db'}")
     for store in data.get("stores", []):
         if store.get("kind", "maildir") == "maildir":  # a remote store has no path
             store["path"] = str(workdir / "mail" / store["name"])
@@ -139,6 +148,48 @@ def spawn_config(source: Path, workdir: Path, tls: bool = False) -> Path:
     path = workdir / "mailqueue.toml"
     path.write_text(dump_toml(data) + "\n")
     return path
+
+
+def source_queue_url(source: Path) -> str | None:
+    """The queue URL ``source`` names, as written (None where it names none)."""
+    url = tomllib.loads(source.read_text()).get("queue", {}).get("url")
+    return url if isinstance(url, str) else None
+
+
+class ScratchDatabase:
+    """A new PostgreSQL database beside the one ``url`` names, for a spawned server's
+    queue: made by :meth:`create`, dropped by :meth:`drop`."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self._url = make_url(url)
+        self.name = f"mq_load_{uuid.uuid4().hex[:8]}"
+        self.url = self._url.set(database=self.name).render_as_string(hide_password=False)
+
+    async def _run(self, statement: str) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(self._url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    def create(self) -> str:
+        try:
+            asyncio.run(self._run(f'CREATE DATABASE "{self.name}"'))
+        except Exception as exc:  # unreachable, no rights, a driver not installed
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise SystemExit(f"load_test: cannot make a database for the spawned server on "
+                             f"the config's PostgreSQL: {first}") from None
+        return self.url
+
+    def drop(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run(self._run(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
 
 
 def make_target(config: Path, host: str | None, port: int, pid: int | None) -> Target:
@@ -274,6 +325,17 @@ def rates_over_time(times: Sequence[float], share: float = 0.1) -> dict[str, flo
     first, last = rate(ordered[:count]), rate(ordered[-count:])
     return {"first": round(first, 1), "last": round(last, 1),
             "last_vs_first": round(last / first, 3)}
+
+
+def rates_by_part(times: Sequence[float], parts: int = 10) -> list[float] | None:
+    """The rate (events a second) over each of ``parts`` equal shares of ``times`` in
+    order: how a long run's pace moves from start to end. None with too few events."""
+    ordered = sorted(times)
+    size = len(ordered) // parts
+    if size < 2:
+        return None
+    return [round((size - 1) / max(1e-9, ordered[(i + 1) * size - 1] - ordered[i * size]), 1)
+            for i in range(parts)]
 
 
 def peak_rss_mb(pid: int | None) -> float | None:
@@ -572,6 +634,72 @@ def disk_use_mb(url: str, stores: Sequence[StoreInfo]) -> dict[str, float | None
             "maildirs": round(blocks * 512 / 2**20, 1)}
 
 
+def postgres_size_mb(url: str) -> float | None:
+    """MiB the PostgreSQL database at ``url`` takes (its tables, indexes and TOAST; the
+    server's WAL is shared with other databases and left out); None where unreachable."""
+    async def size() -> float | None:
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                found = await conn.scalar(text("SELECT pg_database_size(current_database())"))
+        finally:
+            await engine.dispose()
+        return None if found is None else round(int(found) / 2**20, 1)
+
+    try:
+        return asyncio.run(size())
+    except Exception:  # a figure for the report, not worth failing a run over
+        return None
+
+
+async def wait_queue_empty(url: str, stall: float) -> float | None:
+    """Poll the queue's counts until no recipient is queued or active; the wall time it
+    was first seen empty, or None if it stops moving for ``stall`` seconds first."""
+    from mailqueue.queue.sqlstore import SqlQueueStore
+
+    store = SqlQueueStore(url)
+    await store.open()
+    try:
+        seen, moved = -1, time.monotonic()
+        while True:
+            counts = (await store.stats()).recipients
+            pending = counts.get("queued", 0) + counts.get("active", 0)
+            if not pending:
+                return time.time()
+            if pending != seen:
+                seen, moved = pending, time.monotonic()
+            elif time.monotonic() - moved > stall:
+                return None
+            await asyncio.sleep(0.2)
+    finally:
+        await store.close()
+
+
+def run_verify(config: Path) -> dict[str, Any]:
+    """``mailqueue verify --json`` on ``config``, as a user runs it after a window: its
+    verdict, the seconds it took and its peak RSS."""
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "mailqueue", "verify", "-c", str(config),
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    seconds = time.monotonic() - start
+    try:
+        verdict = json.loads(out)
+    except ValueError:
+        verdict = {}
+    # The child has been waited for: its peak RSS is in this process's children's usage.
+    import resource
+
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"verify_ok": bool(verdict.get("ok")), "verify_exit": proc.returncode,
+            "verify_seconds": round(seconds, 1),
+            "verify_peak_rss_mb_at_most": round(peak_kib / 1024, 1),
+            **({} if verdict else {"verify_error": err.decode(errors="replace")[-500:]})}
+
+
 def count_files(stores: Sequence[StoreInfo]) -> int:
     total = 0
     for store in stores:
@@ -644,8 +772,9 @@ def summarize(args: argparse.Namespace, results: Results,
         "accept_latency_p99_ms": ms(pct(results.latencies, 0.99)),
         "errors": dict(sorted(results.errors.items())),
         "server_peak_rss_mb": rss,
-        # The first 10% of the 250s against the last 10%.
+        # The first 10% of the 250s against the last 10%, and each tenth's rate.
         "accept_rate_over_time": rates_over_time(results.accepted_at),
+        "accept_rate_by_tenth": rates_by_part(results.accepted_at),
     }
     if drain is not None:
         report.update(drain)
@@ -671,6 +800,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"drained   {report['drained']} in {report['drain_seconds']}s: "
               f"{report['drain_rate']} deliveries/s")
         _print_over_time("drain    ", report.get("drain_rate_over_time"), "deliveries/s")
+        if "queue_empty_seconds" in report:
+            print(f"queue     empty {fmt(report['queue_empty_seconds'], 's')} after the "
+                  f"window ended")
     if "e2e_p50_ms" in report:
         print(f"end to end delay p50 {fmt(report['e2e_p50_ms'], ' ms')}, "
               f"p99 {fmt(report['e2e_p99_ms'], ' ms')}")
@@ -684,6 +816,10 @@ def print_report(report: dict[str, Any]) -> None:
         disk = report["disk_use_mb"]
         print(f"disk use  queue {fmt(disk['queue'], ' MiB')}, Maildirs "
               f"{fmt(disk['maildirs'], ' MiB')}")
+    if "verify_ok" in report:
+        print(f"verify    {'OK' if report['verify_ok'] else 'FAILED'} in "
+              f"{report['verify_seconds']}s, peak RSS at most "
+              f"{report['verify_peak_rss_mb_at_most']} MiB")
     by_process = ", ".join(f"{name} {mb} MiB" for name, mb in
                            report.get("peak_rss_mb_by_process", {}).items())
     print(f"server peak RSS {fmt(report['server_peak_rss_mb'], ' MiB')}"
@@ -778,10 +914,16 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
         if progress is not None:
             progress.next_phase("delivering", expected)
         await wait_drained(stores, expected + args.baseline_files, args.stall, progress)
+        emptied = (await wait_queue_empty(target.queue_url, args.stall)
+                   if window and args.spawn else None)
         found = await asyncio.to_thread(scan_maildirs, stores, True)
         mine = set(results.sent_at)
         check = verify(results, found, mine)
         drain = drain_figures(results, found, released if window else None)
+        if window and args.spawn:
+            # From the window's end to the last recipient settled in the queue.
+            drain["queue_empty_seconds"] = (None if emptied is None else
+                                            round(emptied - released, 3))
     if ticker is not None:
         ticker.cancel()
         sys.stderr.write(progress.line() + "\n" if progress else "")
@@ -789,6 +931,9 @@ async def measure(args: argparse.Namespace, target: Target, loop: str) -> dict[s
     report["peak_rss_mb_by_process"] = peak_rss_by_process(target.pid)
     if not args.null:
         report["disk_use_mb"] = await asyncio.to_thread(disk_use_mb, target.queue_url, stores)
+        if report["disk_use_mb"]["queue"] is None and target.queue_url.startswith("postgres"):
+            report["disk_use_mb"]["queue"] = await asyncio.to_thread(postgres_size_mb,
+                                                                     target.queue_url)
     if cpu_before is not None and cpu_after is not None and results.sent_at:
         # Per accepted message while sending: robust to other jobs on the machine.
         report["server_cpu_ms_per_msg"] = round(
@@ -815,7 +960,8 @@ def drain_figures(results: Results, found: dict[tuple[str, str], list[float]],
         figures.update(drained=len(delays), drain_seconds=round(seconds, 3),
                        drain_rate=round(len(delays) / seconds, 1),
                        # The first 10% of the files written against the last 10%.
-                       drain_rate_over_time=rates_over_time(written))
+                       drain_rate_over_time=rates_over_time(written),
+                       drain_rate_by_tenth=rates_by_part(written))
     return figures
 
 
@@ -860,7 +1006,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="status line on stderr (default: when stderr is a terminal)")
-    parser.add_argument("--keep", action="store_true", help="keep the spawned server's dir")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the spawned server's dir (and its PostgreSQL database)")
+    parser.add_argument("--verify", action="store_true",
+                        help="after the drain, run mailqueue verify on the queue and the "
+                             "Maildirs and report its verdict, time and peak RSS")
     parser.add_argument("--cpus", type=_cpu_arg, default=None, metavar="LIST",
                         help="CPUs this script runs on, as taskset writes them (\"1\", "
                              "\"0-3\"), or \"all\"; default: with --spawn, the CPUs the "
@@ -872,6 +1022,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--null starts its own server: add --spawn")
     if args.window and args.null:
         parser.error("--window needs a queue: drop --null")
+    if args.verify and args.null:
+        parser.error("--verify needs a queue: drop --null")
     if args.client_loop == "uvloop" and not loops.uvloop_available():
         parser.error("--client-loop uvloop: uvloop is not installed (pip install "
                      "'mailqueue[fast]')")
@@ -925,9 +1077,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mq-load-")) if args.spawn else None
     server: Server | None = None
+    scratch: ScratchDatabase | None = None
     try:
         if workdir is not None:
-            config = spawn_config(args.config, workdir, tls=args.starttls)
+            url = source_queue_url(args.config) or ""
+            if url.startswith("postgres") and not args.null:
+                scratch = ScratchDatabase(url)
+                scratch.create()
+            config = spawn_config(args.config, workdir, tls=args.starttls,
+                                  queue_url=scratch.url if scratch else None)
             server = Server(config, workdir, args.null, args.loop)
             port = server.start()
             assert server.proc is not None
@@ -940,10 +1098,15 @@ def main(argv: list[str] | None = None) -> int:
         client_cpus = pin_client(args.cpus, pid if args.spawn else None)
         loop = _server_loop(server) if server else args.loop
         report = loops.run(measure(args, target, loop), args.client_loop)
+        code = server.stop() if server is not None else None
+        if args.verify:
+            report.update(run_verify(config))
     finally:
         code = server.stop() if server is not None else None
         if workdir is not None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+        if scratch is not None and not args.keep:
+            scratch.drop()
     report["client_cpus"] = client_cpus
     if server is not None:
         report["server_exit"] = code
@@ -951,7 +1114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         print_report(report)
-    failed = report.get("lost", 0) or report.get("duplicated", 0) or not report["accepted"]
+    failed = (report.get("lost", 0) or report.get("duplicated", 0) or not report["accepted"]
+              or report.get("verify_ok") is False)
     return 1 if failed else 0
 
 

@@ -62,6 +62,19 @@ def drop_database(name: str) -> None:
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def database_names() -> list[str]:
+    """The names of the test server's databases."""
+    async def names() -> list[str]:
+        conn = await asyncpg.connect(ADMIN_URL, timeout=5)
+        try:
+            return [r[0] for r in await conn.fetch("SELECT datname FROM pg_database")]
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, names()).result()
+
+
 def truncate_all(database: str) -> None:
     """Empty every table except the schema version (a clean queue for the next test)."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

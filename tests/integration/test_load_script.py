@@ -86,6 +86,39 @@ def test_every_message_is_checked_off_after_a_window(tmp_path: Path) -> None:
     assert isinstance(disk, dict) and disk["queue"] > 0 and disk["maildirs"] > 0
 
 
+def test_a_postgresql_config_gets_a_database_of_its_own_and_verify(tmp_path: Path,
+                                                                    pg_url: str) -> None:
+    """A config whose queue is on PostgreSQL: the spawned server's queue is a new database
+    on that server (dropped at the end), the queue is seen empty after the window, and
+    --verify runs mailqueue verify on what is left."""
+    from tests import pg
+
+    before = {name for name in pg.database_names() if name.startswith("mq_load_")}
+    config = CONFIG.replace("[delivery]", f'[queue]\nurl = "{pg_url}"\n\n[delivery]')
+    report = run_script(tmp_path, "-n", "30", "-C", "3", "--window", "--verify",
+                        config_text=config)
+    assert (report["accepted"], report["delivered"], report["lost"]) == (30, 30, 0)
+    assert report["verify_ok"] is True and report["verify_exit"] == 0
+    assert float(report["queue_empty_seconds"]) >= 0  # type: ignore[arg-type]
+    assert report["disk_use_mb"]["queue"] > 0  # type: ignore[index]
+    after = {name for name in pg.database_names() if name.startswith("mq_load_")}
+    assert after <= before  # its database is dropped
+    tenths = report["accept_rate_by_tenth"]
+    assert isinstance(tenths, list) and len(tenths) == 10
+
+
+def test_an_unreachable_postgresql_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "load.toml"
+    config.write_text(CONFIG.replace(
+        "[delivery]", '[queue]\nurl = "postgresql+asyncpg://postgres@127.0.0.1:1/x"\n\n'
+        "[delivery]"))
+    out = subprocess.run([sys.executable, str(SCRIPT), "--spawn", "-c", str(config), "-n",
+                          "5"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("load_test: cannot make a database")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
 def test_fixed_rate_light_load_reports_end_to_end_delay(tmp_path: Path) -> None:
     report = run_script(tmp_path, "--rate", "50", "-n", "10", "-C", "1", "--loop", "asyncio")
     assert report["loop"] == "asyncio" and report["lost"] == 0 and report["delivered"] == 10
