@@ -9,7 +9,8 @@ test run (scripts/load_test.py) for accept latency at 50 connections, and a ligh
 for end-to-end delay. The setups: ``defaults`` is bench.toml without its ``[server] cpus``
 and ``[queue] writer`` (what a user gets: unpinned, the writer ``serve`` chooses),
 ``tuned`` is bench.toml as it stands (the server on CPU 0, its writer process on the
-other), ``thread`` is ``defaults`` with ``[queue] writer = "thread"``. Every round's
+other), ``thread`` is ``defaults`` with ``[queue] writer = "thread"``, ``postgres`` is
+``defaults`` on a PostgreSQL queue (a new database per run on ``--pg-url``'s server). Every round's
 figures are written to benchmarks/results.json and their medians printed as a Markdown
 table; ``--docs`` also replaces the table between the
 ``<!-- bench:start -->`` and ``<!-- bench:end -->`` markers in docs/performance.md.
@@ -53,7 +54,9 @@ ANCHOR = Path(os.environ.get("POSTFIX_ANCHOR") or next(
      if p.exists()), ROOT.parent / "shared/bench/postfix-anchor.sh"))
 # What a user gets: bench.toml without the keys that tune it for these benchmarks.
 TUNING_KEYS = {"server": ("cpus",), "queue": ("writer", "writer_cpus")}
-SETUPS = ("defaults", "thread", "tuned")
+SETUPS = ("defaults", "thread", "tuned", "postgres")
+# The PostgreSQL server the postgres setup makes its databases on (--pg-url).
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 _ANCHOR_RE = re.compile(r"postfix accept: (\d+) msg/s .* drain: (\d+) msg/s .*delivered=(\d+)")
 
 
@@ -87,7 +90,7 @@ def settle(args: argparse.Namespace) -> None:
     time.sleep(args.settle)
 
 
-def setup_config(setup: str, scratch: Path) -> Path:
+def setup_config(setup: str, scratch: Path, pg_url: str = PG_URL) -> Path:
     """The configuration file of ``setup`` (see :data:`SETUPS`); ``defaults`` and ``thread``
     are written to ``scratch``."""
     if setup == "tuned":
@@ -98,6 +101,8 @@ def setup_config(setup: str, scratch: Path) -> Path:
             data.get(section, {}).pop(key, None)
     if setup == "thread":  # the defaults with the writer auto does not pick on two CPUs
         data.setdefault("queue", {})["writer"] = "thread"
+    if setup == "postgres":  # each spawned server gets a database of its own there
+        data.setdefault("queue", {})["url"] = pg_url
     data = {k: v for k, v in data.items() if v != {}}
     path = scratch / f"bench-{setup}.toml"
     path.write_text(loadtest.dump_toml(data) + "\n")
@@ -111,11 +116,15 @@ def mailqueue_smtp_source(source: Path, loop: str, null: bool,
     Maildir."""
     settle(args)
     workdir = Path(tempfile.mkdtemp(prefix="mq-bench-", dir=args.scratch))
-    config = loadtest.spawn_config(source, workdir)
+    source_url = loadtest.source_queue_url(source) or ""
+    database = (loadtest.ScratchDatabase(source_url)
+                if source_url.startswith("postgres") and not null else None)
+    config = loadtest.spawn_config(source, workdir,
+                                   queue_url=database.create() if database else None)
     server = loadtest.Server(config, workdir, null, loop)
     try:
         port = server.start()
-        url = f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
+        url = database.url if database else f"sqlite+aiosqlite:///{workdir / 'queue.db'}"
         stores = [{"name": "vmail", "path": str(workdir / "mail" / "vmail")}]
         if not null:
             asyncio.run(loadtest.set_window(url, "bench", start=True))
@@ -137,6 +146,8 @@ def mailqueue_smtp_source(source: Path, loop: str, null: bool,
         return result
     finally:
         server.stop()
+        if database is not None:
+            database.drop()
 
 
 def server_tuned(log: Path) -> dict[str, Any] | None:
@@ -234,7 +245,7 @@ def disk_ceiling(args: argparse.Namespace) -> dict[str, Any]:
 def one_round(args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"postfix": postfix(args)}
     for setup, loop in rows(args):
-        config = setup_config(setup, args.scratch)
+        config = setup_config(setup, args.scratch, args.pg_url)
         row[key("null", setup, loop)] = mailqueue_smtp_source(config, loop, True, args)
         row[key("durable", setup, loop)] = mailqueue_smtp_source(config, loop, False, args)
         if args.ceiling:
@@ -349,7 +360,10 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
                      "`[queue] writer`, as `config/default.toml` leaves them (unpinned, the "
                      "writer `serve` chooses, named in brackets); `thread` is the same with "
                      "`[queue] writer = \"thread\"`; `tuned` is bench.toml (the server on "
-                     "CPU 0, its writer process on the other).")
+                     "CPU 0, its writer process on the other); `postgres` is `defaults` with "
+                     "its queue on the machine's PostgreSQL 15 (a new database for each "
+                     "run; the front end's commit and the worker's claims and settles go "
+                     "there).")
         lines.append("")
     lines.append(f"Medians of {len(rounds)} interleaved round(s); {args.messages:,} messages of "
                  f"{args.size:,} bytes over {args.sessions} sessions (smtp-source -d), "
@@ -371,7 +385,10 @@ def main() -> int:
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument("--setups", default="tuned",
                         help="comma-separated: defaults (what a user gets), thread (the "
-                        "defaults with a writer thread), tuned (bench.toml)")
+                        "defaults with a writer thread), tuned (bench.toml), postgres (the "
+                        "defaults on a PostgreSQL queue)")
+    parser.add_argument("--pg-url", default=PG_URL,
+                        help="the PostgreSQL server the postgres setup makes its databases on")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="the disk's ceiling for the drain (benchmarks/maildir_ceiling.py)")
     parser.add_argument("--latency-runs", default="saturated,paced,light",
