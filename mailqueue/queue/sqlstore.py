@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -519,12 +520,15 @@ class SqlQueueStore(SqlAdminMixin):
     async def ledger(self) -> list[LedgerEntry]:
         async with self._tx() as conn:
             by_message: dict[str, list[LedgerRecipient]] = {}
-            for r in await conn.execute(
+            states = {state.value: state for state in RecipientState}
+            for queue_id, address, store, state, last_error in await conn.execute(
                     select(recipients.c.queue_id, recipients.c.address, recipients.c.store,
                            recipients.c.state, recipients.c.last_error)
                     .order_by(recipients.c.id)):
-                by_message.setdefault(r.queue_id, []).append(LedgerRecipient(
-                    r.address, r.store, RecipientState(r.state), r.last_error))
+                # Interned: a ledger of a million recipients over a thousand mailboxes
+                # holds a thousand address strings, not a million.
+                by_message.setdefault(queue_id, []).append(LedgerRecipient(
+                    sys.intern(address), sys.intern(store), states[state], last_error))
             rows = await conn.execute(
                 select(messages.c.queue_id, messages.c.message_id, messages.c.digest,
                        messages.c.received_at, messages.c.size, messages.c.rcpt_count)

@@ -112,7 +112,7 @@ class QueueStats:
     messages_total: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class LedgerRecipient:
     """One recipient of an accepted message and where it stands."""
 
@@ -122,7 +122,7 @@ class LedgerRecipient:
     last_error: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """What the queue remembers of an accepted message, kept after delivery."""
 

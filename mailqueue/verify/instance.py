@@ -8,7 +8,7 @@ from mailqueue.config import Config
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import LedgerEntry
 from mailqueue.verify.audit import Audit, audit
-from mailqueue.verify.scan import scan_config, unchecked_stores
+from mailqueue.verify.scan import iter_config, unchecked_stores
 
 
 async def read_ledger(url: str) -> list[LedgerEntry]:
@@ -24,7 +24,7 @@ async def read_ledger(url: str) -> list[LedgerEntry]:
 def audit_ledger(config: Config, ledger: list[LedgerEntry]) -> Audit:
     """Compare ``ledger`` with the mailboxes of ``config``'s stores (reads files: blocking;
     read the ledger first, so a delivery in between is not missed)."""
-    copies, roots = scan_config(config)
+    copies, roots = iter_config(config)
     return audit(ledger, copies, roots, unchecked_stores(config))
 
 

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -59,7 +60,7 @@ class Restored:
     message: bytes  # as received, CRLF line ends
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class DeliveredCopy:
     """One file found in a mailbox."""
 
@@ -111,7 +112,10 @@ def read_copy(store: str, path: Path) -> DeliveredCopy:
     restored = restore_message(path.read_bytes())
     if restored is None:
         return DeliveredCopy(store, path, None, None, None)
-    return DeliveredCopy(store, path, restored.queue_id, restored.recipient,
+    # Interned: a mailbox's copies share one recipient string (a million copies, a
+    # thousand mailboxes).
+    recipient = None if restored.recipient is None else sys.intern(restored.recipient)
+    return DeliveredCopy(store, path, restored.queue_id, recipient,
                          hashlib.sha256(restored.message).hexdigest())
 
 
@@ -152,14 +156,16 @@ def mailbox_files(root: Path, skip: Collection[Path] = ()) -> Iterator[Path]:
 
 
 def read_files(root: Path, read: Callable[[Path], T],
-               skip: Collection[Path] = ()) -> list[tuple[Path, T]]:
+               skip: Collection[Path] = ()) -> Iterator[tuple[Path, T]]:
     """``read(path)`` for every message file under ``root`` (see :func:`maildirs`).
 
     Each Maildir is listed in full (``new/``, then ``cur/``) before its files are read. A
     file a reader moves on after the listing (flags added, ``new/`` to ``cur/``) is looked
     for again under its unique part in a second listing of its Maildir, so it is neither
-    skipped nor read twice. An unreadable file raises :class:`ScanError`."""
-    return [done for maildir in maildirs(root, skip) for done in _read_maildir(maildir, read)]
+    skipped nor read twice. An unreadable file raises :class:`ScanError`. One Maildir at a
+    time: a million files are never all in memory at once here."""
+    for maildir in maildirs(root, skip):
+        yield from _read_maildir(maildir, read)
 
 
 def _read_maildir(maildir: Path, read: Callable[[Path], T]) -> list[tuple[Path, T]]:
@@ -203,8 +209,13 @@ def _read(read: Callable[[Path], T], path: Path) -> T:
 
 def scan_root(store: str, root: Path, skip: Collection[Path] = ()) -> list[DeliveredCopy]:
     """Every file in the Maildirs under ``root``, taken apart (blocking)."""
-    return [placed(copy, root)
-            for _, copy in read_files(root, lambda path: read_copy(store, path), skip)]
+    return list(iter_root(store, root, skip))
+
+
+def iter_root(store: str, root: Path, skip: Collection[Path] = ()) -> Iterator[DeliveredCopy]:
+    """:func:`scan_root`, one file at a time."""
+    for _, copy in read_files(root, lambda path: read_copy(store, path), skip):
+        yield placed(copy, root)
 
 
 def store_roots(stores: Mapping[str, Path]) -> dict[str, Path]:
@@ -230,8 +241,13 @@ def distinct_roots(roots: Mapping[str, Path]) -> list[tuple[str, Path, set[Path]
 def scan_stores(roots: Mapping[str, Path]) -> list[DeliveredCopy]:
     """Every file in the stores' Maildirs (``roots`` from :func:`store_roots`), each once
     (blocking)."""
-    return [copy for store, root, inner in distinct_roots(roots)
-            for copy in scan_root(store, root, inner)]
+    return list(iter_stores(roots))
+
+
+def iter_stores(roots: Mapping[str, Path]) -> Iterator[DeliveredCopy]:
+    """:func:`scan_stores`, one file at a time."""
+    for store, root, inner in distinct_roots(roots):
+        yield from iter_root(store, root, inner)
 
 
 def unchecked_stores(config: Config) -> list[str]:
@@ -243,6 +259,12 @@ def unchecked_stores(config: Config) -> list[str]:
 def scan_config(config: Config) -> tuple[list[DeliveredCopy], dict[str, Path]]:
     """Every file in every configured store's Maildirs, each once, and the store roots they
     were found under (blocking)."""
+    copies, roots = iter_config(config)
+    return list(copies), roots
+
+
+def iter_config(config: Config) -> tuple[Iterator[DeliveredCopy], dict[str, Path]]:
+    """:func:`scan_config`, the files read one at a time as the iterator is taken."""
     roots = store_roots({s.name: root for s in config.stores
                          if (root := s.mailbox_root) is not None})
-    return scan_stores(roots), roots
+    return iter_stores(roots), roots
