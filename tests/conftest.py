@@ -7,6 +7,7 @@ import pytest
 from mailqueue.logs import configure_logging
 from mailqueue.testing.dovecot import Dovecot, require_dovecot
 from tests import pg
+from tests.rehearsed import Rehearsals, shared_root
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -15,6 +16,13 @@ def _quiet_logs() -> None:
 
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def rehearsals(tmp_path_factory: pytest.TempPathFactory) -> Rehearsals:
+    """Rehearsals run once per test run and read by every test that asks for the same
+    scenario (see tests/rehearsed.py): only for tests that read their output."""
+    return Rehearsals(shared_root(tmp_path_factory.getbasetemp()) / "rehearsals")
 
 
 # --- PostgreSQL (see tests/pg.py) ---------------------------------------------------------

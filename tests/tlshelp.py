@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import os
 import shutil
@@ -28,8 +29,15 @@ def write_users(path: Path, **passwords: str) -> Path:
     """A users file at ``path`` with each name's password hashed, as ``user add`` writes."""
     with editing(path, create=True) as users:
         for name, password in passwords.items():
-            users[name] = hasher().hash(password)
+            users[name] = hashed(password)
     return path
+
+
+@functools.cache
+def hashed(password: str) -> str:
+    """``password`` hashed as ``user add`` hashes it (Argon2id, slow on purpose): once per
+    test process, each users file holding the same password gets the same hash."""
+    return hasher().hash(password)
 
 
 def tls_config(tmp_path: Path, users: dict[str, str] | None = None,

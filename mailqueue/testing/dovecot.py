@@ -74,6 +74,7 @@ from mailqueue.mailbox.maildir import list_maildir, mailbox_path
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+LOG_WAIT = 1.0  # seconds Dovecot's master waits for its log process when it stops
 MAIL_ID = 5000  # uid and gid of the mail when the tests run as root
 INSTALL_HINT = "apt-get install dovecot-core dovecot-lmtpd"
 ACCESS_HINT = "apt-get install dovecot-core dovecot-imapd dovecot-pop3d"
@@ -385,15 +386,51 @@ def _greets(port: int, prefix: bytes) -> bool:
 
 
 def _terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``, unless it has ended already."""
+    """SIGTERM, then SIGKILL after ``timeout``, unless it has ended already.
+
+    Dovecot's master ends its ``log`` process last, and once it has reaped the others it
+    waits a second for the log to go: as soon as every other child has ended (within the
+    second the master would wait), the log is sent SIGTERM as well, and the master ends
+    without that second."""
     if process is None or process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    # A child still serving a client may take longer to end than the master waits for.
+    watch = min(deadline, time.monotonic() + LOG_WAIT)
+    while process.poll() is None and time.monotonic() < watch:
+        children = _children(process.pid)
+        if children is None:  # no /proc to read them from: wait for the master
+            break
+        logs = [pid for pid, name, _ in children if name == "log"]
+        if len(logs) != 1 or not all(state == "Z" for _, name, state in children
+                                     if name != "log"):
+            time.sleep(0.001)
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(logs[0], signal.SIGTERM)
+        break
     try:
-        process.wait(timeout)
+        process.wait(max(deadline - time.monotonic(), 0.1))
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout)
+
+
+def _children(pid: int) -> list[tuple[int, str, str]] | None:
+    """The (pid, name, state) of each child of ``pid`` (``Z``: ended, not yet reaped), from
+    ``/proc``; None where it cannot be read (no ``/proc``, or no children lists)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    children = []
+    for child in map(int, listed):
+        with contextlib.suppress(OSError, IndexError):
+            stat = Path(f"/proc/{child}/stat").read_text()
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            children.append((child, name, stat[stat.rindex(")") + 2:].split()[0]))
+    return children
 
 
 def _wait_until(process: subprocess.Popen[bytes], timeout: float,

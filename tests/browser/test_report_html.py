@@ -13,18 +13,20 @@ from selenium.webdriver.common.by import By
 from mailqueue.traffic.profile import save_profile
 from tests.browser.conftest import console_problems, keep
 from tests.integration.test_rehearsal import SCENARIO, rehearse
-from tests.integration.test_rehearsal_probes import SCENARIO as PROBES
+from tests.integration.test_rehearsal_probes import DECISION
+from tests.rehearsed import Rehearsals
 from tests.unit.test_traffic_replay import week_profile
 
 pytestmark = pytest.mark.browser
 
 
-def test_report_html_draws_the_queue_chart(tmp_path: Path, chrome: Any,
+def test_report_html_draws_the_queue_chart(rehearsals: Rehearsals, chrome: Any,
                                            artifacts: Path) -> None:
-    result = rehearse(tmp_path, SCENARIO)
+    # The rehearsal test_rehearsal.py checks the figures of.
+    result = rehearsals.run(SCENARIO, workdir=True)
     assert result.returncode == 0, result.stderr + result.stdout
-    report = tmp_path / "out" / "report.html"
-    assert (tmp_path / "out" / "queue.png").exists()
+    report = result.out / "report.html"
+    assert (result.out / "queue.png").exists()
 
     chrome.get(report.as_uri())
     svg = chrome.find_element(By.CSS_SELECTOR, "#queue-chart svg.queue-chart")
@@ -48,11 +50,12 @@ def attribute(chrome: Any, selector: str, name: str) -> list[str]:
     return [e.get_attribute(name) for e in chrome.find_elements(By.CSS_SELECTOR, selector)]
 
 
-def test_report_html_draws_the_mailbox_access_band(tmp_path: Path, chrome: Any,
+def test_report_html_draws_the_mailbox_access_band(rehearsals: Rehearsals, chrome: Any,
                                                    artifacts: Path) -> None:
-    result = rehearse(tmp_path, PROBES + 'via = "decision"\n')
+    # The rehearsal test_rehearsal_probes.py checks the logins of.
+    result = rehearsals.run(DECISION)
     assert result.returncode == 0, result.stderr + result.stdout
-    report = tmp_path / "out" / "report.html"
+    report = result.out / "report.html"
 
     chrome.get(report.as_uri())
     band = chrome.find_element(By.CSS_SELECTOR, "#queue-chart svg g.access-band")

@@ -41,10 +41,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailqueue.config import Config, load_config
 from mailqueue.control.nodes import node_of
-from mailqueue.smtp.users import editing, hasher
+from mailqueue.smtp.users import editing
 from mailqueue.testing.dovecot import AccessDovecot, require_dovecot_access
 from tests.cli_run import Mq, cli_runner
 from tests.served import free_port, start, wait_listening
+from tests.tlshelp import hashed
 
 T = TypeVar("T")
 
@@ -218,7 +219,7 @@ def add_users(path: Path, names: list[str]) -> None:
     cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
     with editing(path, create=True) as users:
         for name in names:
-            users[name] = hasher().hash(PASSWORD) if name == ALICE else cheap
+            users[name] = hashed(PASSWORD) if name == ALICE else cheap
 
 
 @dataclasses.dataclass

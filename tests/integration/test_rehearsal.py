@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.rehearsed import Rehearsals
+
 SCENARIO = """
 [scenario]
 name = "CI rehearsal"
@@ -66,11 +68,12 @@ def rehearse(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=100, check=False)
 
 
-def test_short_rehearsal_loses_nothing_and_shows_the_window(tmp_path: Path) -> None:
-    result = rehearse(tmp_path, SCENARIO)
+def test_short_rehearsal_loses_nothing_and_shows_the_window(rehearsals: Rehearsals) -> None:
+    # The browser's report test reads this run's report.html.
+    result = rehearsals.run(SCENARIO, workdir=True)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "lost: 0   duplicated 0" in result.stdout
-    out = tmp_path / "out"
+    out = result.out
     figures = json.loads((out / "report.json").read_text())["figures"]
     assert figures["lost"] == 0 and figures["duplicated"] == 0 and figures["pending"] == 0
     assert figures["accepted_messages"] == figures["planned_messages"] > 20

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mailqueue.testing.dovecot import require_dovecot_access
+from tests.rehearsed import Rehearsals
 
 SCENARIO = """
 [scenario]
@@ -79,6 +80,9 @@ interval = "5m"
 users = { basic = 2, "hosted-exchange" = 1 }
 """
 
+# The same story with the access decision asked directly, no Dovecot.
+DECISION = SCENARIO + 'via = "decision"\n'
+
 WINDOW_START = "2019-06-26T16:20:00+00:00"
 WINDOW_END = "2019-06-26T17:10:00+00:00"
 NODE_UP = "2019-06-26T17:40:00+00:00"
@@ -87,19 +91,17 @@ NODE_UP = "2019-06-26T17:40:00+00:00"
 MARGIN = 60
 
 
-def rehearse(tmp_path: Path, text: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    path = tmp_path / "scenario.toml"
-    path.write_text(text)
+def rehearse(rehearsals: Rehearsals,
+             text: str) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+    """The report (with the command's output as ``stdout``), the logins and the ``--out``
+    directory of the rehearsal of ``text``, run once for all the tests that read it."""
     # No --workdir: the rehearsal's own temporary one, which Dovecot's mail user can enter.
-    result = subprocess.run([sys.executable, "-m", "mailqueue", "rehearse", str(path),
-                             "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = rehearsals.run(text)
     assert result.returncode == 0, result.stderr + result.stdout
-    out = tmp_path / "out"
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((result.out / "report.json").read_text())
     report["stdout"] = result.stdout
-    logins = list(csv.DictReader((out / "logins.csv").read_text().splitlines()))
-    return report, logins
+    logins = list(csv.DictReader((result.out / "logins.csv").read_text().splitlines()))
+    return report, logins, result.out
 
 
 def ts(text: str) -> float:
@@ -169,9 +171,9 @@ def check_access(report: dict[str, Any], logins: list[dict[str, Any]]) -> None:
                             'unavailable: its node basic-2 is down') for e in timeline)
 
 
-def test_probes_log_in_over_imap_through_dovecot(tmp_path: Path) -> None:
+def test_probes_log_in_over_imap_through_dovecot(rehearsals: Rehearsals) -> None:
     require_dovecot_access()
-    report, logins = rehearse(tmp_path, SCENARIO)
+    report, logins, out = rehearse(rehearsals, SCENARIO)
     check_access(report, logins)
     probes = report["figures"]["probes"]
     assert probes["via"] == "imap"
@@ -179,7 +181,7 @@ def test_probes_log_in_over_imap_through_dovecot(tmp_path: Path) -> None:
     # After the drain the probe users' INBOXes hold exactly what was delivered to them.
     for store in probes["stores"].values():
         assert store["inbox_messages"] == store["delivered_to_probe_users"] > 0
-    rows = list(csv.DictReader((tmp_path / "out" / "probes.csv").read_text().splitlines()))
+    rows = list(csv.DictReader((out / "probes.csv").read_text().splitlines()))
     assert set(rows[0]) == {"time", "epoch", "store", "logins", "available", "maintenance",
                             "node_down", "error", "inbox_messages"}
     assert sum(int(r["node_down"]) for r in rows) == probes["stores"]["basic"]["logins"][
@@ -187,8 +189,9 @@ def test_probes_log_in_over_imap_through_dovecot(tmp_path: Path) -> None:
     assert report["figures"]["lost"] == 0 and report["figures"]["duplicated"] == 0
 
 
-def test_decision_probes_tell_the_same_story(tmp_path: Path) -> None:
-    report, logins = rehearse(tmp_path, SCENARIO + 'via = "decision"\n')
+def test_decision_probes_tell_the_same_story(rehearsals: Rehearsals) -> None:
+    # The browser's report test reads this run's report.html.
+    report, logins, _ = rehearse(rehearsals, DECISION)
     check_access(report, logins)
     probes = report["figures"]["probes"]
     assert (probes["via"], probes["why"]) == ("decision", 'probes.via = "decision"')
