@@ -519,23 +519,30 @@ class SqlQueueStore(SqlAdminMixin):
 
     async def ledger(self) -> list[LedgerEntry]:
         async with self._tx() as conn:
+            # Both read in slices (a million rows are never all in memory as rows at once).
             by_message: dict[str, list[LedgerRecipient]] = {}
             states = {state.value: state for state in RecipientState}
-            for queue_id, address, store, state, last_error in await conn.execute(
-                    select(recipients.c.queue_id, recipients.c.address, recipients.c.store,
-                           recipients.c.state, recipients.c.last_error)
-                    .order_by(recipients.c.id)):
-                # Interned: a ledger of a million recipients over a thousand mailboxes
-                # holds a thousand address strings, not a million.
-                by_message.setdefault(queue_id, []).append(LedgerRecipient(
-                    sys.intern(address), sys.intern(store), states[state], last_error))
-            rows = await conn.execute(
+            result = await conn.stream(
+                select(recipients.c.queue_id, recipients.c.address, recipients.c.store,
+                       recipients.c.state, recipients.c.last_error)
+                .order_by(recipients.c.id))
+            async for part in result.partitions(_READ_SLICE):
+                for queue_id, address, store, state, last_error in part:
+                    # Interned: a ledger of a million recipients over a thousand mailboxes
+                    # holds a thousand address strings, not a million.
+                    by_message.setdefault(queue_id, []).append(LedgerRecipient(
+                        sys.intern(address), sys.intern(store), states[state], last_error))
+            entries: list[LedgerEntry] = []
+            found = await conn.stream(
                 select(messages.c.queue_id, messages.c.message_id, messages.c.digest,
                        messages.c.received_at, messages.c.size, messages.c.rcpt_count)
                 .order_by(messages.c.received_at, messages.c.queue_id))
-            return [LedgerEntry(m.queue_id, m.message_id, m.digest, m.received_at, m.size,
-                                m.rcpt_count, tuple(by_message.get(m.queue_id, ())))
-                    for m in rows]
+            async for rows in found.partitions(_READ_SLICE):
+                entries += [LedgerEntry(queue_id, message_id, digest, received_at, size,
+                                        rcpt_count, tuple(by_message.pop(queue_id, ())))
+                            for queue_id, message_id, digest, received_at, size, rcpt_count
+                            in rows]
+            return entries
 
     # --- windows (the control plane) -------------------------------------------------
 
