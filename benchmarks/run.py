@@ -289,7 +289,8 @@ def setup_name(setup: str, rounds: list[dict[str, Any]], durable: str) -> str:
     tuned = [(r.get(durable) or {}).get("tuned") or {} for r in rounds]
     writers = sorted({t["writer"] for t in tuned if t.get("writer")})
     cpus = sorted({t["cpus"] for t in tuned if t.get("cpus")})
-    detail = [f"{'/'.join(writers)} writer"] if writers else []
+    detail = ([f"{'/'.join(writers)} writer"] if writers and setup != "postgres" else
+              ["PostgreSQL queue"] if setup == "postgres" else [])
     detail += [f"cpus {'/'.join(cpus)}"] if cpus else []
     return f"{setup} ({', '.join(detail)})" if detail else setup
 
