@@ -178,7 +178,12 @@ def load_script(args: argparse.Namespace, *extra: str, checkout: Path = ROOT,
                          check=False, env=env)
     if not out.stdout.strip():
         raise SystemExit(f"load_test.py failed in {checkout}: {out.stderr[-500:]}")
-    return dict(json.loads(out.stdout))
+    report = dict(json.loads(out.stdout))
+    kept = report.get("queue_database")
+    if kept:  # a PostgreSQL queue kept with the run's dir: its files go, so does it
+        url = loadtest.source_queue_url(config) or ""
+        loadtest.ScratchDatabase(url, kept).drop()
+    return report
 
 
 def postfix(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -160,11 +160,11 @@ class ScratchDatabase:
     """A new PostgreSQL database beside the one ``url`` names, for a spawned server's
     queue: made by :meth:`create`, dropped by :meth:`drop`."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, name: str | None = None) -> None:
         from sqlalchemy.engine import make_url
 
         self._url = make_url(url)
-        self.name = f"mq_load_{uuid.uuid4().hex[:8]}"
+        self.name = name or f"mq_load_{uuid.uuid4().hex[:8]}"
         self.url = self._url.set(database=self.name).render_as_string(hide_password=False)
 
     async def _run(self, statement: str) -> None:
@@ -1108,6 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
         if scratch is not None and not args.keep:
             scratch.drop()
     report["client_cpus"] = client_cpus
+    if scratch is not None and args.keep:
+        report["queue_database"] = scratch.name  # kept: drop it when done with it
     if server is not None:
         report["server_exit"] = code
     if args.json:

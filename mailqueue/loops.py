@@ -55,9 +55,8 @@ def run(main: Coroutine[Any, Any, T], name: str = "auto") -> T:
 
 
 def pin_cpus(cpus: tuple[int, ...], setting: str = "[server] cpus") -> None:
-    """Keep this process, and every thread it starts from now on, on ``cpus``
-    (``setting``, which the one-line :class:`ConfigError` names; call it before any thread
-    starts).
+    """Keep this process, the threads it has started and every thread it starts from now
+    on, on ``cpus`` (``setting``, which the one-line :class:`ConfigError` names).
 
     The event loop, the group committer's thread and the checkpoint thread hand the GIL to
     each other thousands of times a second. On different CPUs every hand-off wakes another
@@ -72,6 +71,11 @@ def pin_cpus(cpus: tuple[int, ...], setting: str = "[server] cpus") -> None:
     if _before_pinning is None:
         _before_pinning = tuple(available)
     setaffinity(0, set(cpus))
+    # Threads started before (the log writer's) keep their own affinity: move them too.
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):  # a thread that has just ended
+                setaffinity(int(task), set(cpus))
 
 
 _before_pinning: tuple[int, ...] | None = None
