@@ -26,6 +26,7 @@ A store whose mailboxes cannot be read here (a remote store without ``verify_pat
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -160,13 +161,16 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy],
     copy lies is not checked. The recipients of the ``unchecked`` stores, whose mailboxes
     could not be read, are counted but not looked for."""
     entries = {e.queue_id: e for e in ledger}
-    by_key: dict[tuple[str, str], list[DeliveredCopy]] = defaultdict(list)
+    by_key: dict[tuple[str, str], list[_Found]] = defaultdict(list)
     foreign: list[str] = []
     for copy in copies:
-        if copy.key is None:
+        if copy.queue_id is None or copy.recipient is None:
             foreign.append(str(copy.path))
         else:
-            by_key[copy.key].append(copy)
+            # Kept as strings, not the copy with its Path: a million copies are a
+            # million of these (the recipient's key shared by its mailbox's copies).
+            by_key[(copy.queue_id, sys.intern(copy.recipient.lower()))].append(
+                _Found(str(copy.path), copy.queue_id, copy.digest))
     findings: list[Finding] = []
     findings += _unaccounted(ledger)
     intact = _check_expected(ledger, by_key, findings, roots, frozenset(unchecked))
@@ -190,6 +194,15 @@ def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy],
         unchecked=tuple(sorted(unchecked)))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Found:
+    """What the audit keeps of a copy it found: where, whose, and its digest."""
+
+    path: str
+    queue_id: str
+    digest: str | None
+
+
 def _by_store(rows: Sequence[tuple[LedgerEntry, LedgerRecipient]]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for _, rcpt in rows:
@@ -201,9 +214,9 @@ def _by_store(rows: Sequence[tuple[LedgerEntry, LedgerRecipient]]) -> dict[str, 
 
 
 def _finding(kind: str, entry: LedgerEntry, rcpt: LedgerRecipient | None, detail: str,
-             copies: Sequence[DeliveredCopy] = ()) -> Finding:
+             copies: Sequence[_Found] = ()) -> Finding:
     return Finding(kind, entry.queue_id, rcpt.address if rcpt else None, entry.message_id,
-                   detail, tuple(str(c.path) for c in copies))
+                   detail, tuple(c.path for c in copies))
 
 
 def _unaccounted(ledger: Sequence[LedgerEntry]) -> list[Finding]:
@@ -213,7 +226,7 @@ def _unaccounted(ledger: Sequence[LedgerEntry]) -> list[Finding]:
 
 
 def _check_expected(ledger: Sequence[LedgerEntry],
-                    by_key: dict[tuple[str, str], list[DeliveredCopy]],
+                    by_key: dict[tuple[str, str], list[_Found]],
                     findings: list[Finding], roots: Mapping[str, Path] | None,
                     unchecked: frozenset[str]) -> int:
     """Each delivered recipient: one intact copy, in its mailbox. Returns how many were
@@ -231,7 +244,7 @@ def _check_expected(ledger: Sequence[LedgerEntry],
                                          "in the mailbox holds it"))
                 continue
             home = _home(roots, rcpt)
-            here = [c for c in found if roots is None or _inside(c.path, home)]
+            here = [c for c in found if roots is None or _inside(Path(c.path), home)]
             for away in (c for c in found if c not in here):
                 findings.append(_finding("misplaced", entry, rcpt, _where(away, rcpt, home),
                                          [away]))
@@ -263,18 +276,18 @@ def _inside(path: Path, home: Path | None) -> bool:
     return home is not None and (maildir == home or home in maildir.parents)
 
 
-def _where(copy: DeliveredCopy, rcpt: LedgerRecipient, home: Path | None) -> str:
+def _where(copy: _Found, rcpt: LedgerRecipient, home: Path | None) -> str:
     belongs = f"the mailbox of {rcpt.address} ({home})" if home is not None else \
         f"the mailbox of {rcpt.address} (store {rcpt.store!r} is not configured)"
-    return f"in {copy.path.parent.parent}, not in {belongs}"
+    return f"in {Path(copy.path).parent.parent}, not in {belongs}"
 
 
 def _unexpected(entries: dict[str, LedgerEntry],
-                by_key: dict[tuple[str, str], list[DeliveredCopy]]) -> list[Finding]:
+                by_key: dict[tuple[str, str], list[_Found]]) -> list[Finding]:
     out = []
     for (queue_id, recipient), found in sorted(by_key.items()):
         entry = entries.get(queue_id)
-        paths = tuple(str(c.path) for c in found)
+        paths = tuple(c.path for c in found)
         if entry is None:
             out.append(Finding("unexpected", queue_id, recipient, None,
                                "no such message was accepted", paths))
@@ -285,10 +298,10 @@ def _unexpected(entries: dict[str, LedgerEntry],
 
 
 def _same_message_id(entries: dict[str, LedgerEntry],
-                     by_key: dict[tuple[str, str], list[DeliveredCopy]]) -> list[Finding]:
+                     by_key: dict[tuple[str, str], list[_Found]]) -> list[Finding]:
     """One Message-ID delivered to one recipient under several queue ids: several accepted
     messages, each with its own copy (information, not an exception)."""
-    groups: dict[tuple[str, str], list[DeliveredCopy]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[_Found]] = defaultdict(list)
     for (queue_id, recipient), found in by_key.items():
         entry = entries.get(queue_id)
         if entry is not None and entry.message_id:
@@ -296,8 +309,8 @@ def _same_message_id(entries: dict[str, LedgerEntry],
     out = []
     for (message_id, recipient), found in sorted(groups.items()):
         if len(found) > 1:
-            ids = ", ".join(sorted(c.queue_id or "?" for c in found))
+            ids = ", ".join(sorted(c.queue_id for c in found))
             out.append(Finding(SAME_MESSAGE_ID, None, recipient, message_id,
                                f"accepted as {len(found)} messages ({ids})",
-                               tuple(str(c.path) for c in found)))
+                               tuple(c.path for c in found)))
     return out
