@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -518,31 +518,48 @@ class SqlQueueStore(SqlAdminMixin):
                               messages_total=int(total or 0))
 
     async def ledger(self) -> list[LedgerEntry]:
+        entries: list[LedgerEntry] = []
+
+        async def take(part: list[LedgerEntry]) -> None:
+            entries.extend(part)
+
+        await self.read_ledger(take)
+        return entries
+
+    async def read_ledger(self, take: Callable[[list[LedgerEntry]], Awaitable[object]]
+                          ) -> None:
+        # One statement in one transaction (one consistent view of the queue), read in
+        # slices: a message's recipients follow it, so an entry is whole once the next
+        # message's rows begin.
+        states = {state.value: state for state in RecipientState}
         async with self._tx() as conn:
-            # Both read in slices (a million rows are never all in memory as rows at once).
-            by_message: dict[str, list[LedgerRecipient]] = {}
-            states = {state.value: state for state in RecipientState}
             result = await conn.stream(
-                select(recipients.c.queue_id, recipients.c.address, recipients.c.store,
-                       recipients.c.state, recipients.c.last_error)
-                .order_by(recipients.c.id))
-            async for part in result.partitions(_READ_SLICE):
-                for queue_id, address, store, state, last_error in part:
-                    # Interned: a ledger of a million recipients over a thousand mailboxes
-                    # holds a thousand address strings, not a million.
-                    by_message.setdefault(queue_id, []).append(LedgerRecipient(
-                        sys.intern(address), sys.intern(store), states[state], last_error))
-            entries: list[LedgerEntry] = []
-            found = await conn.stream(
                 select(messages.c.queue_id, messages.c.message_id, messages.c.digest,
-                       messages.c.received_at, messages.c.size, messages.c.rcpt_count)
+                       messages.c.received_at, messages.c.size, messages.c.rcpt_count,
+                       recipients.c.id, recipients.c.address, recipients.c.store,
+                       recipients.c.state, recipients.c.last_error)
+                .select_from(messages.outerjoin(
+                    recipients, recipients.c.queue_id == messages.c.queue_id))
                 .order_by(messages.c.received_at, messages.c.queue_id))
-            async for rows in found.partitions(_READ_SLICE):
-                entries += [LedgerEntry(queue_id, message_id, digest, received_at, size,
-                                        rcpt_count, tuple(by_message.pop(queue_id, ())))
-                            for queue_id, message_id, digest, received_at, size, rcpt_count
-                            in rows]
-            return entries
+            head: Any = None
+            rcpts: list[tuple[int, LedgerRecipient]] = []
+            async for part in result.partitions(_READ_SLICE):
+                whole: list[LedgerEntry] = []
+                for row in part:
+                    if head is None or row[0] != head[0]:
+                        if head is not None:
+                            whole.append(_ledger_entry(head, rcpts))
+                        head, rcpts = row, []
+                    if row[6] is not None:
+                        # Interned: a ledger of a million recipients over a thousand
+                        # mailboxes holds a thousand address strings, not a million.
+                        rcpts.append((row[6], LedgerRecipient(
+                            sys.intern(row[7]), sys.intern(row[8]), states[row[9]],
+                            row[10])))
+                if whole:
+                    await take(whole)
+            if head is not None:
+                await take([_ledger_entry(head, rcpts)])
 
     # --- windows (the control plane) -------------------------------------------------
 
@@ -680,3 +697,11 @@ def _window_from_row(row: Any) -> Window:
                   start=row["start"], end=row["end"], state=WindowState(row["state"]),
                   inbound=Inbound(row["inbound"]), timezone=row["timezone"],
                   started_at=row["started_at"], ended_at=row["ended_at"])
+
+
+def _ledger_entry(head: Any, rcpts: list[tuple[int, LedgerRecipient]]) -> LedgerEntry:
+    """The ledger entry of a message's row and its recipients (by id: in the order
+    accepted)."""
+    queue_id, message_id, digest, received_at, size, rcpt_count = head[:6]
+    return LedgerEntry(queue_id, message_id, digest, received_at, size, rcpt_count,
+                       tuple(r for _, r in sorted(rcpts, key=lambda r: r[0])))

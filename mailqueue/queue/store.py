@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from mailqueue.control.nodes import NodeState
@@ -175,6 +175,12 @@ class QueueAudit(Protocol):
 
     async def ledger(self) -> list[LedgerEntry]:
         """Every accepted message with its recipients' states, oldest first."""
+        ...
+
+    async def read_ledger(self, take: Callable[[list[LedgerEntry]], Awaitable[object]]
+                          ) -> None:
+        """:meth:`ledger` a slice at a time, each awaited through ``take`` before the next
+        is read (in one read transaction): a ledger of any size in bounded memory."""
         ...
 
     async def outcomes(self) -> list[RecipientOutcome]:

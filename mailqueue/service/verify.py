@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from mailqueue.service.context import Context
 from mailqueue.verify.audit import Audit
-from mailqueue.verify.instance import audit_ledger
+from mailqueue.verify.instance import audit_queue
 
 
 async def run_audit(ctx: Context) -> Audit:
     """Read the ledger, then the mailboxes (after, so a delivery in between is not
-    missed), off the event loop."""
-    ledger = await ctx.queue.ledger()
-    return await asyncio.to_thread(audit_ledger, ctx.config, ledger)
+    missed), off the event loop and in bounded memory."""
+    return await audit_queue(ctx.config, ctx.queue)
 
 
 def verdict(result: Audit, strict: bool) -> str:

@@ -26,16 +26,20 @@ A store whose mailboxes cannot be read here (a remote store without ``verify_pat
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import functools
+import itertools
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.queue.values import LedgerEntry, LedgerRecipient, RecipientState
+from mailqueue.verify._scratch import CHUNK, AuditError, Interrupted, Scratch, blob
 from mailqueue.verify.scan import DeliveredCopy
 
+__all__ = ["KINDS", "SAME_MESSAGE_ID", "Audit", "AuditError", "Auditor", "Finding", "audit"]
+
+T = TypeVar("T")
 _PENDING = (RecipientState.QUEUED, RecipientState.ACTIVE, RecipientState.HELD)
 KINDS = ("missing", "duplicated", "misplaced", "corrupted", "unexpected")
 SAME_MESSAGE_ID = "same Message-ID"
@@ -151,122 +155,195 @@ class Audit:
                 "unchecked_stores": list(self.unchecked)}
 
 
-def audit(ledger: Sequence[LedgerEntry], copies: Iterable[DeliveredCopy],
+def audit(ledger: Iterable[LedgerEntry], copies: Iterable[DeliveredCopy],
           roots: Mapping[str, Path] | None = None,
           unchecked: Collection[str] = ()) -> Audit:
-    """Compare ``ledger`` with the ``copies`` found in the mailboxes.
+    """Compare ``ledger`` with the ``copies`` found in the mailboxes (an :class:`Auditor`
+    fed both at once; blocking).
 
     ``roots`` (store name to root, as the copies' paths were found under them) places each
     recipient's mailbox, so that a copy anywhere else is *misplaced*; without it, where a
     copy lies is not checked. The recipients of the ``unchecked`` stores, whose mailboxes
     could not be read, are counted but not looked for."""
-    entries = {e.queue_id: e for e in ledger}
-    by_key: dict[tuple[str, str], list[_Found]] = defaultdict(list)
-    foreign: list[str] = []
-    for copy in copies:
-        if copy.queue_id is None or copy.recipient is None:
-            foreign.append(str(copy.path))
-        else:
-            # Kept as strings, not the copy with its Path: a million copies are a
-            # million of these (the recipient's key shared by its mailbox's copies).
-            by_key[(copy.queue_id, sys.intern(copy.recipient.lower()))].append(
-                _Found(str(copy.path), copy.queue_id, copy.digest))
-    findings: list[Finding] = []
-    findings += _unaccounted(ledger)
-    intact = _check_expected(ledger, by_key, findings, roots, frozenset(unchecked))
-    findings += _unexpected(entries, by_key)
-    rows = [(e, r) for e in ledger for r in e.recipients]
-    return Audit(
-        accepted=sum(e.rcpt_count for e in ledger),
-        delivered=sum(1 for _, r in rows if r.state is RecipientState.DELIVERED),
-        bounced=sum(1 for _, r in rows if r.state is RecipientState.BOUNCED),
-        queued=sum(1 for _, r in rows if r.state in _PENDING),
-        intact=intact, findings=tuple(findings),
-        bounces=tuple(_finding("bounced", e, r, r.last_error or "bounced")
-                      for e, r in rows if r.state is RecipientState.BOUNCED),
-        pending=tuple(_finding("pending", e, r, f"still {r.state.value}")
-                      for e, r in rows if r.state in _PENDING),
-        foreign_files=tuple(foreign), by_store=_by_store(rows),
-        deleted=sum(1 for _, r in rows if r.state is RecipientState.DELETED),
-        deletions=tuple(_finding("deleted", e, r, "deleted by an operator")
-                        for e, r in rows if r.state is RecipientState.DELETED),
-        same_message_id=tuple(_same_message_id(entries, by_key)),
-        unchecked=tuple(sorted(unchecked)))
+    with Auditor(roots, unchecked) as auditor:
+        auditor.add_entries(ledger)
+        auditor.add_copies(copies)
+        return auditor.result()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Found:
-    """What the audit keeps of a copy it found: where, whose, and its digest."""
+class Auditor:
+    """:func:`audit` in parts and in bounded memory: feed it the ledger (in slices, in
+    ledger order), then the copies found, and take the :meth:`result`.
 
-    path: str
-    queue_id: str
-    digest: str | None
+    Only counters and findings stay in memory; the recipients and copies to match go to a
+    scratch file in a temporary directory (``directory``, else the system's), removed by
+    :meth:`close`. Blocking; one thread at a time, but :meth:`close` may come from another
+    thread and stops the work in hand (:class:`AuditError`)."""
 
+    def __init__(self, roots: Mapping[str, Path] | None = None,
+                 unchecked: Collection[str] = (), directory: str | None = None) -> None:
+        self._roots = roots
+        self._unchecked = frozenset(unchecked)
+        self._scratch = Scratch(directory)
+        self._seq = 0
+        self._accepted = 0
+        self._by_store: dict[str, dict[str, int]] = {}
+        self._unaccounted: list[Finding] = []
+        self._listed: dict[RecipientState, list[Finding]] = {
+            RecipientState.BOUNCED: [], RecipientState.DELETED: [], RecipientState.QUEUED: []}
+        self._foreign: list[str] = []
 
-def _by_store(rows: Sequence[tuple[LedgerEntry, LedgerRecipient]]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for _, rcpt in rows:
-        counts = out.setdefault(rcpt.store, {"delivered": 0, "bounced": 0, "deleted": 0,
-                                             "queued": 0})
-        key = "queued" if rcpt.state in _PENDING else rcpt.state.value
-        counts[key] += 1
-    return out
+    def __enter__(self) -> Auditor:
+        return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-def _finding(kind: str, entry: LedgerEntry, rcpt: LedgerRecipient | None, detail: str,
-             copies: Sequence[_Found] = ()) -> Finding:
-    return Finding(kind, entry.queue_id, rcpt.address if rcpt else None, entry.message_id,
-                   detail, tuple(c.path for c in copies))
+    def close(self) -> None:
+        """Remove the scratch file (from any thread; again is a no-op)."""
+        self._scratch.close()
 
+    def add_entries(self, entries: Iterable[LedgerEntry]) -> None:
+        """Take the next ledger entries, in ledger order."""
+        for batch in _batches(entries):
+            rcpts = []
+            for entry in batch:
+                self._tally(entry)
+                for rcpt in entry.recipients:
+                    self._seq += 1
+                    rcpts.append((self._seq, blob(entry.queue_id), blob(rcpt.address.lower()),
+                                  rcpt.address, rcpt.store, rcpt.state.value,
+                                  entry.message_id, entry.digest))
+            self._scratch.add_recipients(rcpts)
+            self._scratch.add_entries((blob(e.queue_id), e.message_id) for e in batch)
 
-def _unaccounted(ledger: Sequence[LedgerEntry]) -> list[Finding]:
-    return [_finding("missing", e, None, f"accepted for {e.rcpt_count} recipients, the queue "
-                     f"holds {len(e.recipients)}")
-            for e in ledger if e.rcpt_count != len(e.recipients)]
+    def add_copies(self, copies: Iterable[DeliveredCopy]) -> None:
+        """Take copies found in the mailboxes, in the order they were found."""
+        rows: list[tuple[bytes, bytes, bytes, str | None]] = []
+        for copy in copies:
+            if copy.queue_id is None or copy.recipient is None:
+                self._foreign.append(str(copy.path))
+            else:
+                rows.append((blob(copy.queue_id), blob(copy.recipient.lower()),
+                             blob(str(copy.path)), copy.digest))
+            if len(rows) >= CHUNK:
+                self._scratch.add_copies(rows)
+                rows = []
+            elif self._scratch.closed:
+                raise Interrupted("the audit was stopped")
+        self._scratch.add_copies(rows)
 
+    def result(self) -> Audit:
+        """The audit of everything taken so far."""
+        findings = list(self._unaccounted)
+        intact = self._check_expected(findings)
+        findings += self._unexpected()
+        counts = {state: sum(n[state] for n in self._by_store.values())
+                  for state in ("delivered", "bounced", "deleted", "queued")}
+        return Audit(
+            accepted=self._accepted, delivered=counts["delivered"],
+            bounced=counts["bounced"], queued=counts["queued"], intact=intact,
+            findings=tuple(findings), bounces=tuple(self._listed[RecipientState.BOUNCED]),
+            pending=tuple(self._listed[RecipientState.QUEUED]),
+            foreign_files=tuple(self._foreign),
+            by_store={store: dict(n) for store, n in self._by_store.items()},
+            deleted=counts["deleted"], deletions=tuple(self._listed[RecipientState.DELETED]),
+            same_message_id=tuple(self._same_message_id()),
+            unchecked=tuple(sorted(self._unchecked)))
 
-def _check_expected(ledger: Sequence[LedgerEntry],
-                    by_key: dict[tuple[str, str], list[_Found]],
-                    findings: list[Finding], roots: Mapping[str, Path] | None,
-                    unchecked: frozenset[str]) -> int:
-    """Each delivered recipient: one intact copy, in its mailbox. Returns how many were
-    intact."""
-    intact = 0
-    for entry in ledger:
+    def _tally(self, entry: LedgerEntry) -> None:
+        """The entry's counts, and the findings that follow from the ledger alone."""
+        self._accepted += entry.rcpt_count
+        if entry.rcpt_count != len(entry.recipients):
+            self._unaccounted.append(Finding(
+                "missing", entry.queue_id, None, entry.message_id,
+                f"accepted for {entry.rcpt_count} recipients, the queue holds "
+                f"{len(entry.recipients)}"))
         for rcpt in entry.recipients:
-            found = by_key.get((entry.queue_id, rcpt.address.lower()), [])
-            if rcpt.store in unchecked and not found:
+            counts = self._by_store.setdefault(rcpt.store, {"delivered": 0, "bounced": 0,
+                                                            "deleted": 0, "queued": 0})
+            pending = rcpt.state in _PENDING
+            counts["queued" if pending else rcpt.state.value] += 1
+            listed = self._listed.get(RecipientState.QUEUED if pending else rcpt.state)
+            if listed is not None:
+                listed.append(_listed(entry, rcpt, pending))
+
+    def _check_expected(self, findings: list[Finding]) -> int:
+        """Each delivered recipient: one intact copy, in its mailbox. Returns how many were
+        intact."""
+        intact = 0
+        home_of = functools.lru_cache(maxsize=4096)(self._home)
+        for _, queue_id, address, store, state, message_id, digest, found in \
+                self._scratch.expected(RecipientState.DELIVERED.value):
+            delivered = state == RecipientState.DELIVERED.value
+            if not found and (store in self._unchecked or not delivered):
                 continue
-            if rcpt.state is not RecipientState.DELIVERED and not found:
+
+            def finding(kind: str, detail: str, paths: Sequence[str] = (),
+                        queue_id: str = queue_id, address: str = address,
+                        message_id: str | None = message_id) -> Finding:
+                return Finding(kind, queue_id, address, message_id, detail, tuple(paths))
+
+            if not found:
+                findings.append(finding("missing", "marked delivered; no file in the "
+                                        "mailbox holds it"))
                 continue
-            if rcpt.state is RecipientState.DELIVERED and not found:
-                findings.append(_finding("missing", entry, rcpt, "marked delivered; no file "
-                                         "in the mailbox holds it"))
-                continue
-            home = _home(roots, rcpt)
-            here = [c for c in found if roots is None or _inside(Path(c.path), home)]
+            home = home_of(store, address)
+            here = [c for c in found if self._roots is None or _inside(Path(c[0]), home)]
             for away in (c for c in found if c not in here):
-                findings.append(_finding("misplaced", entry, rcpt, _where(away, rcpt, home),
-                                         [away]))
-            good = [c for c in here if c.digest == entry.digest]
-            for bad in (c for c in found if c.digest != entry.digest):
-                findings.append(_finding("corrupted", entry, rcpt, "content differs from "
-                                         "what was accepted (digest mismatch)", [bad]))
+                findings.append(finding("misplaced", _where(away[0], address, store, home),
+                                        [away[0]]))
+            good = [c for c in here if c[1] == digest]
+            for bad in (c for c in found if c[1] != digest):
+                findings.append(finding("corrupted", "content differs from what was "
+                                        "accepted (digest mismatch)", [bad[0]]))
             if len(here) > 1:
-                findings.append(_finding("duplicated", entry, rcpt,
-                                         f"{len(here)} copies in the mailbox", here))
-            if rcpt.state in (RecipientState.BOUNCED, RecipientState.DELETED):
-                findings.append(_finding("unexpected", entry, rcpt, f"{rcpt.state.value}, yet "
-                                         "a copy is in the mailbox", found))
-            elif rcpt.state is RecipientState.DELIVERED and good:
+                findings.append(finding("duplicated", f"{len(here)} copies in the mailbox",
+                                        [c[0] for c in here]))
+            if state in (RecipientState.BOUNCED.value, RecipientState.DELETED.value):
+                findings.append(finding("unexpected", f"{state}, yet a copy is in the "
+                                        "mailbox", [c[0] for c in found]))
+            elif delivered and good:
                 intact += 1
-    return intact
+        return intact
+
+    def _home(self, store: str, address: str) -> Path | None:
+        """The recipient's mailbox; None if its store is not among the roots."""
+        root = None if self._roots is None else self._roots.get(store)
+        return None if root is None else mailbox_path(root, address)
+
+    def _unexpected(self) -> list[Finding]:
+        return [Finding("unexpected", queue_id, recipient, message_id,
+                        "not a recipient of this message" if accepted else
+                        "no such message was accepted", tuple(paths))
+                for queue_id, recipient, accepted, message_id, paths
+                in self._scratch.unexpected()]
+
+    def _same_message_id(self) -> list[Finding]:
+        """One Message-ID delivered to one recipient under several queue ids: several
+        accepted messages, each with its own copy (information, not an exception)."""
+        return [Finding(SAME_MESSAGE_ID, None, recipient, message_id,
+                        f"accepted as {len(found)} messages "
+                        f"({', '.join(sorted(q for q, _ in found))})",
+                        tuple(path for _, path in found))
+                for message_id, recipient, found in self._scratch.same_message_id()]
 
 
-def _home(roots: Mapping[str, Path] | None, rcpt: LedgerRecipient) -> Path | None:
-    """The recipient's mailbox; None if its store is not among ``roots``."""
-    root = None if roots is None else roots.get(rcpt.store)
-    return None if root is None else mailbox_path(root, rcpt.address)
+def _listed(entry: LedgerEntry, rcpt: LedgerRecipient, pending: bool) -> Finding:
+    """A recipient still pending, bounced or deleted, as its list shows it."""
+    if pending:
+        kind, detail = "pending", f"still {rcpt.state.value}"
+    elif rcpt.state is RecipientState.BOUNCED:
+        kind, detail = "bounced", rcpt.last_error or "bounced"
+    else:
+        kind, detail = "deleted", "deleted by an operator"
+    return Finding(kind, entry.queue_id, rcpt.address, entry.message_id, detail)
+
+
+def _batches(items: Iterable[T]) -> Iterator[list[T]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, CHUNK)):
+        yield batch
 
 
 def _inside(path: Path, home: Path | None) -> bool:
@@ -276,41 +353,7 @@ def _inside(path: Path, home: Path | None) -> bool:
     return home is not None and (maildir == home or home in maildir.parents)
 
 
-def _where(copy: _Found, rcpt: LedgerRecipient, home: Path | None) -> str:
-    belongs = f"the mailbox of {rcpt.address} ({home})" if home is not None else \
-        f"the mailbox of {rcpt.address} (store {rcpt.store!r} is not configured)"
-    return f"in {Path(copy.path).parent.parent}, not in {belongs}"
-
-
-def _unexpected(entries: dict[str, LedgerEntry],
-                by_key: dict[tuple[str, str], list[_Found]]) -> list[Finding]:
-    out = []
-    for (queue_id, recipient), found in sorted(by_key.items()):
-        entry = entries.get(queue_id)
-        paths = tuple(c.path for c in found)
-        if entry is None:
-            out.append(Finding("unexpected", queue_id, recipient, None,
-                               "no such message was accepted", paths))
-        elif recipient not in {r.address.lower() for r in entry.recipients}:
-            out.append(Finding("unexpected", queue_id, recipient, entry.message_id,
-                               "not a recipient of this message", paths))
-    return out
-
-
-def _same_message_id(entries: dict[str, LedgerEntry],
-                     by_key: dict[tuple[str, str], list[_Found]]) -> list[Finding]:
-    """One Message-ID delivered to one recipient under several queue ids: several accepted
-    messages, each with its own copy (information, not an exception)."""
-    groups: dict[tuple[str, str], list[_Found]] = defaultdict(list)
-    for (queue_id, recipient), found in by_key.items():
-        entry = entries.get(queue_id)
-        if entry is not None and entry.message_id:
-            groups[(entry.message_id, recipient)].extend(found[:1])
-    out = []
-    for (message_id, recipient), found in sorted(groups.items()):
-        if len(found) > 1:
-            ids = ", ".join(sorted(c.queue_id for c in found))
-            out.append(Finding(SAME_MESSAGE_ID, None, recipient, message_id,
-                               f"accepted as {len(found)} messages ({ids})",
-                               tuple(c.path for c in found)))
-    return out
+def _where(path: str, address: str, store: str, home: Path | None) -> str:
+    belongs = f"the mailbox of {address} ({home})" if home is not None else \
+        f"the mailbox of {address} (store {store!r} is not configured)"
+    return f"in {Path(path).parent.parent}, not in {belongs}"

@@ -3,32 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from mailqueue.config import Config
 from mailqueue.queue.sqlstore import SqlQueueStore
-from mailqueue.queue.values import LedgerEntry
-from mailqueue.verify.audit import Audit, audit
-from mailqueue.verify.scan import iter_config, unchecked_stores
+from mailqueue.queue.store import QueueAudit
+from mailqueue.verify.audit import Audit, Auditor
+from mailqueue.verify.scan import iter_config, store_roots, unchecked_stores
 
 
-async def read_ledger(url: str) -> list[LedgerEntry]:
-    """The ledger of the queue at ``url`` (which must exist: nothing is created)."""
-    store = SqlQueueStore(url)
-    await store.open(create=False)
+async def audit_queue(config: Config, queue: QueueAudit) -> Audit:
+    """Read ``queue``'s ledger, then the mailboxes of ``config``'s stores (after, so a
+    delivery in between is not missed), and compare them: off the event loop, in bounded
+    memory (an :class:`~mailqueue.verify.audit.Auditor`, its scratch file removed however
+    the audit ends)."""
+    roots = await asyncio.to_thread(_roots, config)
+    auditor = Auditor(roots, unchecked_stores(config))  # its file is made when first fed
     try:
-        return await store.ledger()
+        await queue.read_ledger(lambda part: asyncio.to_thread(auditor.add_entries, part))
+        return await asyncio.to_thread(_scan, auditor, config)
     finally:
-        await store.close()
-
-
-def audit_ledger(config: Config, ledger: list[LedgerEntry]) -> Audit:
-    """Compare ``ledger`` with the mailboxes of ``config``'s stores (reads files: blocking;
-    read the ledger first, so a delivery in between is not missed)."""
-    copies, roots = iter_config(config)
-    return audit(ledger, copies, roots, unchecked_stores(config))
+        # Shielded: a second cancellation (Ctrl-C twice) still removes the file.
+        await asyncio.shield(asyncio.to_thread(auditor.close))
 
 
 def audit_instance(config: Config) -> Audit:
-    """Read the ledger, then the mailboxes: a blocking audit for scripts (the command and
-    the API use :func:`mailqueue.service.verify.run_audit`)."""
-    return audit_ledger(config, asyncio.run(read_ledger(config.queue.url)))
+    """:func:`audit_queue` on the configured queue (which must exist: nothing is created),
+    blocking: for scripts (the command and the API use
+    :func:`mailqueue.service.verify.run_audit`)."""
+    async def main() -> Audit:
+        store = SqlQueueStore(config.queue.url)
+        await store.open(create=False)
+        try:
+            return await audit_queue(config, store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _roots(config: Config) -> dict[str, Path]:
+    return store_roots({s.name: root for s in config.stores
+                        if (root := s.mailbox_root) is not None})
+
+
+def _scan(auditor: Auditor, config: Config) -> Audit:
+    copies, _ = iter_config(config)
+    auditor.add_copies(copies)
+    return auditor.result()
