@@ -26,7 +26,7 @@ from mailqueue.errors import MailqueueError
 
 # Rows are written this many at a time; SQLite's page cache is held to this many KiB.
 CHUNK = 5000
-_CACHE_KIB = 16 * 1024
+_CACHE_KIB = 4 * 1024
 
 _SCHEMA = """
 CREATE TABLE rcpt (seq INTEGER PRIMARY KEY, queue_id BLOB, rkey BLOB, address TEXT,
@@ -38,6 +38,7 @@ CREATE TABLE copy (id INTEGER PRIMARY KEY, queue_id BLOB, rkey BLOB, path BLOB,
 _INDEXES = """
 CREATE INDEX rcpt_key ON rcpt (queue_id, rkey);
 CREATE INDEX copy_key ON copy (queue_id, rkey);
+CREATE INDEX entry_message_id ON entry (message_id);
 """
 
 # A recipient (in ledger order) with each copy of its queue id and recipient, in the order
@@ -60,12 +61,16 @@ ORDER BY c.queue_id, c.rkey, c.id
 """
 
 # The first copy of each queue id and recipient whose Message-ID another queue id delivered
-# to the same recipient, by Message-ID and recipient, then in the order found.
+# to the same recipient, by Message-ID and recipient, then in the order found. Only the
+# messages that share a Message-ID with another are looked at (usually few).
 _SAME_MESSAGE_ID = """
-WITH first AS (
+WITH shared_mid AS (
+    SELECT message_id FROM entry WHERE message_id IS NOT NULL AND message_id != ''
+    GROUP BY message_id HAVING count(*) > 1),
+first AS (
     SELECT e.message_id AS mid, c.rkey, c.queue_id, min(c.id) AS id, c.path
-    FROM copy c JOIN entry e ON e.queue_id = c.queue_id
-    WHERE e.message_id IS NOT NULL AND e.message_id != ''
+    FROM shared_mid s JOIN entry e ON e.message_id = s.message_id
+    JOIN copy c ON c.queue_id = e.queue_id
     GROUP BY c.queue_id, c.rkey),
 shared AS (SELECT mid, rkey FROM first GROUP BY mid, rkey HAVING count(*) > 1)
 SELECT f.mid, f.rkey, f.queue_id, f.path

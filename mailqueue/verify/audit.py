@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import os
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +42,8 @@ __all__ = ["KINDS", "SAME_MESSAGE_ID", "Audit", "AuditError", "Auditor", "Findin
 
 T = TypeVar("T")
 _PENDING = (RecipientState.QUEUED, RecipientState.ACTIVE, RecipientState.HELD)
+_DELIVERED = RecipientState.DELIVERED.value
+_GIVEN_UP = (RecipientState.BOUNCED.value, RecipientState.DELETED.value)
 KINDS = ("missing", "duplicated", "misplaced", "corrupted", "unexpected")
 SAME_MESSAGE_ID = "same Message-ID"
 
@@ -274,8 +277,8 @@ class Auditor:
         intact = 0
         home_of = functools.lru_cache(maxsize=4096)(self._home)
         for _, queue_id, address, store, state, message_id, digest, found in \
-                self._scratch.expected(RecipientState.DELIVERED.value):
-            delivered = state == RecipientState.DELIVERED.value
+                self._scratch.expected(_DELIVERED):
+            delivered = state == _DELIVERED
             if not found and (store in self._unchecked or not delivered):
                 continue
 
@@ -289,7 +292,7 @@ class Auditor:
                                         "mailbox holds it"))
                 continue
             home = home_of(store, address)
-            here = [c for c in found if self._roots is None or _inside(Path(c[0]), home)]
+            here = [c for c in found if self._roots is None or _inside(c[0], home)]
             for away in (c for c in found if c not in here):
                 findings.append(finding("misplaced", _where(away[0], address, store, home),
                                         [away[0]]))
@@ -300,17 +303,17 @@ class Auditor:
             if len(here) > 1:
                 findings.append(finding("duplicated", f"{len(here)} copies in the mailbox",
                                         [c[0] for c in here]))
-            if state in (RecipientState.BOUNCED.value, RecipientState.DELETED.value):
+            if state in _GIVEN_UP:
                 findings.append(finding("unexpected", f"{state}, yet a copy is in the "
                                         "mailbox", [c[0] for c in found]))
             elif delivered and good:
                 intact += 1
         return intact
 
-    def _home(self, store: str, address: str) -> Path | None:
+    def _home(self, store: str, address: str) -> str | None:
         """The recipient's mailbox; None if its store is not among the roots."""
         root = None if self._roots is None else self._roots.get(store)
-        return None if root is None else mailbox_path(root, address)
+        return None if root is None else str(mailbox_path(root, address))
 
     def _unexpected(self) -> list[Finding]:
         return [Finding("unexpected", queue_id, recipient, message_id,
@@ -346,14 +349,15 @@ def _batches(items: Iterable[T]) -> Iterator[list[T]]:
         yield batch
 
 
-def _inside(path: Path, home: Path | None) -> bool:
+def _inside(path: str, home: str | None) -> bool:
     """Whether the file ``path`` (``.../new/NAME`` or ``.../cur/NAME``) is in the mailbox
-    ``home``, in its own ``new/``/``cur/`` or in a folder of it."""
-    maildir = path.parent.parent
-    return home is not None and (maildir == home or home in maildir.parents)
+    ``home``, in its own ``new/``/``cur/`` or in a folder of it (paths as the scan gives
+    them, absolute and normal: compared as strings, a million of them)."""
+    maildir = os.path.dirname(os.path.dirname(path))
+    return home is not None and (maildir == home or maildir.startswith(home + os.sep))
 
 
-def _where(path: str, address: str, store: str, home: Path | None) -> str:
+def _where(path: str, address: str, store: str, home: str | None) -> str:
     belongs = f"the mailbox of {address} ({home})" if home is not None else \
         f"the mailbox of {address} (store {store!r} is not configured)"
     return f"in {Path(path).parent.parent}, not in {belongs}"
