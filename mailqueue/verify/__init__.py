@@ -5,15 +5,16 @@ is compared with what the Maildirs actually hold, found by scanning the files:
 
 - :mod:`mailqueue.verify.scan` reads delivered files back into (queue id, recipient, digest);
 - :mod:`mailqueue.verify.audit` compares them with the ledger and states the conservation
-  equation (accepted = delivered + bounced + deleted + still queued, per recipient);
+  equation (accepted = delivered + bounced + deleted + still queued, per recipient), in
+  bounded memory (the matching is done in a scratch file, :mod:`mailqueue.verify._scratch`);
 - :mod:`mailqueue.verify.snapshot` records existing mailbox content and reports changes.
 - :mod:`mailqueue.verify.instance` audits a configured instance: its queue's ledger
   against its stores' files.
 """
 
-from mailqueue.verify.audit import Audit, audit
+from mailqueue.verify.audit import Audit, Auditor, audit
 from mailqueue.verify.scan import DeliveredCopy, restore_message, scan_root
 from mailqueue.verify.snapshot import Manifest, SnapshotDiff, compare_snapshot, take_snapshot
 
-__all__ = ["Audit", "DeliveredCopy", "Manifest", "SnapshotDiff", "audit", "compare_snapshot",
-           "restore_message", "scan_root", "take_snapshot"]
+__all__ = ["Audit", "Auditor", "DeliveredCopy", "Manifest", "SnapshotDiff", "audit",
+           "compare_snapshot", "restore_message", "scan_root", "take_snapshot"]

@@ -281,31 +281,26 @@ class Auditor:
             delivered = state == _DELIVERED
             if not found and (store in self._unchecked or not delivered):
                 continue
-
-            def finding(kind: str, detail: str, paths: Sequence[str] = (),
-                        queue_id: str = queue_id, address: str = address,
-                        message_id: str | None = message_id) -> Finding:
-                return Finding(kind, queue_id, address, message_id, detail, tuple(paths))
-
+            who = (queue_id, address, message_id)
             if not found:
-                findings.append(finding("missing", "marked delivered; no file in the "
+                findings.append(Finding("missing", *who, "marked delivered; no file in the "
                                         "mailbox holds it"))
                 continue
             home = home_of(store, address)
             here = [c for c in found if self._roots is None or _inside(c[0], home)]
-            for away in (c for c in found if c not in here):
-                findings.append(finding("misplaced", _where(away[0], address, store, home),
-                                        [away[0]]))
+            away = [c for c in found if self._roots is not None and not _inside(c[0], home)]
+            findings += [Finding("misplaced", *who, _where(path, address, store, home),
+                                 (path,)) for path, _ in away]
             good = [c for c in here if c[1] == digest]
-            for bad in (c for c in found if c[1] != digest):
-                findings.append(finding("corrupted", "content differs from what was "
-                                        "accepted (digest mismatch)", [bad[0]]))
+            findings += [Finding("corrupted", *who, "content differs from what was accepted "
+                                 "(digest mismatch)", (path,))
+                         for path, found_digest in found if found_digest != digest]
             if len(here) > 1:
-                findings.append(finding("duplicated", f"{len(here)} copies in the mailbox",
-                                        [c[0] for c in here]))
+                findings.append(Finding("duplicated", *who, f"{len(here)} copies in the "
+                                        "mailbox", tuple(path for path, _ in here)))
             if state in _GIVEN_UP:
-                findings.append(finding("unexpected", f"{state}, yet a copy is in the "
-                                        "mailbox", [c[0] for c in found]))
+                findings.append(Finding("unexpected", *who, f"{state}, yet a copy is in the "
+                                        "mailbox", tuple(path for path, _ in found)))
             elif delivered and good:
                 intact += 1
         return intact

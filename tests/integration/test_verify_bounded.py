@@ -6,6 +6,7 @@ scratch file never outlives the audit, however it ends."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import importlib
 import os
@@ -34,7 +35,8 @@ from tests.helpers import opened_store
 from tests.served import write_config
 
 T0 = 1_700_000_000.0
-ALICE, BOB, CAROL = "alice@basic.example", "bob@basic.example", "carol@basic.example"
+ALICE, BOB, CAROL, DAVE = ("alice@basic.example", "bob@basic.example", "carol@basic.example",
+                           "dave@basic.example")
 MESSAGES = 400  # into one mailbox, over many slices of the ledger and of the copies
 
 
@@ -111,7 +113,7 @@ async def damaged_instance(store: SqlQueueStore, root: Path) -> dict[str, str]:
            "misplaced": sent[7].queue_id, "corrupted": sent[8].queue_id,
            "bounced": bounced.queue_id, "twice": twice.queue_id, "first": sent[1].queue_id,
            "pending": pending.queue_id, "deleted": deleted.queue_id,
-           "bob": sent[10].queue_id}
+           "unknown": sent[2].queue_id}
     [gone] = files_of(root, ids["missing"], ALICE)
     gone.unlink()
     [dup] = files_of(root, ids["duplicated"], ALICE)
@@ -120,11 +122,13 @@ async def damaged_instance(store: SqlQueueStore, root: Path) -> dict[str, str]:
     away.rename(mailbox_path(root, BOB) / "new" / away.name)
     [bad] = files_of(root, ids["corrupted"], ALICE)
     bad.write_bytes(bad.read_bytes() + b"tampered\n")
-    # A copy of a message never accepted, and a file mailqueue did not write.
+    # A copy of a message never accepted, one for a recipient its message did not have,
+    # and a file mailqueue did not write.
     stranger = Claim(recipient_id=1, queue_id="NEVERACCEPTED", address=BOB, store="basic",
                      attempts=1, mail_from="x@src.test", received_at=T0, helo="", peer="",
                      body=b"hi\r\n")
-    assert MaildirStore("basic", root, "mx.test").deliver([stranger]) == [None]
+    unknown = dataclasses.replace(stranger, queue_id=ids["unknown"], address=DAVE)
+    assert MaildirStore("basic", root, "mx.test").deliver([stranger, unknown]) == [None] * 2
     (mailbox_path(root, ALICE) / "cur" / "old-mail").write_bytes(b"Subject: old\n\nhello\n")
     return ids
 
@@ -153,10 +157,12 @@ async def test_sliced_audit_gives_the_whole_ledgers_answer(
         "duplicated": [(ids["duplicated"], ALICE)],
         "misplaced": [(ids["misplaced"], ALICE)],
         "corrupted": [(ids["corrupted"], ALICE)],
-        "unexpected": [(ids["bounced"], ALICE), ("NEVERACCEPTED", BOB)]}
+        "unexpected": [(ids["bounced"], ALICE), (ids["unknown"], DAVE),
+                       ("NEVERACCEPTED", BOB)]}
     assert len(sliced.of_kind("duplicated")[0].paths) == 2
     assert sliced.of_kind("unexpected")[0].detail == "bounced, yet a copy is in the mailbox"
-    assert sliced.of_kind("unexpected")[1].detail == "no such message was accepted"
+    assert [f.detail for f in sliced.of_kind("unexpected")[1:]] == [
+        "not a recipient of this message", "no such message was accepted"]
     accepted = MESSAGES + MESSAGES // 10 * 2 + 4
     assert (sliced.accepted, sliced.delivered, sliced.bounced, sliced.deleted,
             sliced.queued, sliced.unaccounted) == (accepted, accepted - 3, 1, 1, 1, 0)
