@@ -27,6 +27,7 @@ from mailqueue.errors import MailqueueError
 # Rows are written this many at a time; SQLite's page cache is held to this many KiB.
 CHUNK = 5000
 _CACHE_KIB = 4 * 1024
+_FILE = "audit.db"
 
 _SCHEMA = """
 CREATE TABLE rcpt (seq INTEGER PRIMARY KEY, queue_id BLOB, rkey BLOB, address TEXT,
@@ -121,7 +122,7 @@ class Scratch:
             raise AuditError(f"cannot make the audit's scratch directory in {where}: "
                              f"{exc.strerror or exc} (set TMPDIR to a writable directory "
                              "with room)") from None
-        db = sqlite3.connect(os.path.join(self._dir, "audit.db"), check_same_thread=False,
+        db = sqlite3.connect(os.path.join(self._dir, _FILE), check_same_thread=False,
                              isolation_level=None)
         self._db = db
         db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; "
@@ -207,7 +208,7 @@ class Scratch:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
             if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
+                _remove(self._dir)
 
     def _insert(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
         with self._using() as db:
@@ -242,3 +243,14 @@ class Scratch:
     def _error(self, exc: sqlite3.Error) -> AuditError:
         return AuditError(f"cannot write the audit's scratch file in {self._dir}: {exc} "
                           "(set TMPDIR to a directory with room)")
+
+
+def _remove(directory: str) -> None:
+    """Remove the scratch directory: its one file, then itself (anything else found there
+    too, should a file have been left beside it)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, _FILE))
+    try:
+        os.rmdir(directory)
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
