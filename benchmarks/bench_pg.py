@@ -40,7 +40,7 @@ from typing import Any
 import _docs  # benchmarks/_docs.py: this script's folder is on sys.path
 import asyncpg
 
-from mailqueue.loadtest import count_files, free_port, set_window
+from mailqueue.loadtest import ScratchDatabase, count_files, free_port, set_window
 from mailqueue.queue.sqlstore import SqlQueueStore
 
 HERE = Path(__file__).resolve().parent
@@ -49,23 +49,6 @@ DOCS_TABLE = "pg"
 SESSIONS = 50  # smtp-source -s
 SIZE = 4096  # smtp-source -l
 CEILING_CONNECTIONS = 16
-
-
-class Database:
-    def __init__(self, admin: str) -> None:
-        self.admin = admin
-        self.name = f"mq_bench_{secrets.token_hex(4)}"
-
-    async def __aenter__(self) -> str:
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'CREATE DATABASE "{self.name}"')
-        await conn.close()
-        return f"{self.admin.rsplit('/', 1)[0]}/{self.name}"
-
-    async def __aexit__(self, *_: object) -> None:
-        conn = await asyncpg.connect(self.admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        await conn.close()
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -316,7 +299,7 @@ def phase(seconds: float, messages: int, used: dict[str, float],
 async def measure(admin_url: str, workers: int, messages: int, settle: float) -> dict[str, Any]:
     """One front end and ``workers`` workers on a new database: accept, then drain."""
     ncpu = os.cpu_count() or 1
-    async with Database(admin_url) as url:
+    async with ScratchDatabase(admin_url, prefix="mq_bench") as url:
         database = url.rsplit("/", 1)[1]
         store = SqlQueueStore(sqlalchemy_url(url))
         await store.open()  # the schema, before the processes start
@@ -391,7 +374,7 @@ async def ceiling(admin_url: str, seconds: float) -> dict[str, Any]:
     """Commits (one-row INSERTs, synchronous_commit=on, a WAL flush each unless grouped)
     per second by one connection and by ``CEILING_CONNECTIONS`` at once."""
     result: dict[str, Any] = {}
-    async with Database(admin_url) as url:
+    async with ScratchDatabase(admin_url, prefix="mq_bench") as url:
         conn = await asyncpg.connect(url)
         await conn.execute("CREATE TABLE commits (id bigserial PRIMARY KEY, v int)")
         await conn.close()

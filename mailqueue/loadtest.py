@@ -158,25 +158,35 @@ def source_queue_url(source: Path) -> str | None:
 
 class ScratchDatabase:
     """A new PostgreSQL database beside the one ``url`` names, for a spawned server's
-    queue: made by :meth:`create`, dropped by :meth:`drop`."""
+    queue: made by :meth:`create`, dropped by :meth:`drop` (or, inside an event loop,
+    ``async with ScratchDatabase(url) as new_url``). ``url`` may name any driver SQLAlchemy
+    knows for PostgreSQL; the database is made and dropped through asyncpg."""
 
-    def __init__(self, url: str, name: str | None = None) -> None:
+    def __init__(self, url: str, name: str | None = None, prefix: str = "mq_load") -> None:
         from sqlalchemy.engine import make_url
 
         self._url = make_url(url)
-        self.name = name or f"mq_load_{uuid.uuid4().hex[:8]}"
+        self._admin = self._url.set(drivername="postgresql+asyncpg")
+        self.name = name or f"{prefix}_{uuid.uuid4().hex[:8]}"
         self.url = self._url.set(database=self.name).render_as_string(hide_password=False)
 
     async def _run(self, statement: str) -> None:
         from sqlalchemy import text
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        engine = create_async_engine(self._url, isolation_level="AUTOCOMMIT")
+        engine = create_async_engine(self._admin, isolation_level="AUTOCOMMIT")
         try:
             async with engine.connect() as conn:
                 await conn.execute(text(statement))
         finally:
             await engine.dispose()
+
+    async def __aenter__(self) -> str:
+        await self._run(f'CREATE DATABASE "{self.name}"')
+        return self.url
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._run(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
     def create(self) -> str:
         try:
@@ -189,7 +199,7 @@ class ScratchDatabase:
 
     def drop(self) -> None:
         with contextlib.suppress(Exception):
-            asyncio.run(self._run(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            asyncio.run(self.__aexit__())
 
 
 def make_target(config: Path, host: str | None, port: int, pid: int | None) -> Target:
