@@ -6,7 +6,7 @@ is compared with what the Maildirs actually hold, found by scanning the files:
 - :mod:`mailqueue.verify.scan` reads delivered files back into (queue id, recipient, digest);
 - :mod:`mailqueue.verify.audit` compares them with the ledger and states the conservation
   equation (accepted = delivered + bounced + deleted + still queued, per recipient), in
-  bounded memory (the matching is done in a scratch file, :mod:`mailqueue.verify._scratch`);
+  bounded memory (the matching is done in a scratch file, :mod:`mailqueue.queue._auditscratch`);
 - :mod:`mailqueue.verify.snapshot` records existing mailbox content and reports changes.
 - :mod:`mailqueue.verify.instance` audits a configured instance: its queue's ledger
   against its stores' files.

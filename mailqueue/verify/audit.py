@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailqueue.mailbox.maildir import mailbox_path
+from mailqueue.queue._auditscratch import CHUNK, AuditError, Interrupted, Scratch, blob
 from mailqueue.queue.values import LedgerEntry, LedgerRecipient, RecipientState
-from mailqueue.verify._scratch import CHUNK, AuditError, Interrupted, Scratch, blob
 from mailqueue.verify.scan import DeliveredCopy
 
 __all__ = ["KINDS", "SAME_MESSAGE_ID", "Audit", "AuditError", "Auditor", "Finding", "audit"]

@@ -24,10 +24,10 @@ import pytest
 
 from mailqueue.config import load_config
 from mailqueue.mailbox.maildir import MaildirStore, mailbox_path
+from mailqueue.queue import _auditscratch as _scratch
 from mailqueue.queue import sqlstore
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import Claim, LedgerEntry, NewMessage, Settlement, new_queue_id
-from mailqueue.verify import _scratch
 from mailqueue.verify.audit import KINDS, Audit, AuditError, Auditor, audit
 from mailqueue.verify.instance import audit_queue
 from mailqueue.verify.scan import DeliveredCopy, iter_config, store_roots

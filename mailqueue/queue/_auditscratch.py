@@ -1,4 +1,4 @@
-"""The audit's scratch file: the ledger's recipients and the copies found, on disk.
+"""The audit's scratch file (:mod:`mailqueue.verify`): recipients and copies, on disk.
 
 A million recipients and a million copies do not fit in a small process, so the audit
 spills both into a throwaway SQLite file in a temporary directory and lets SQLite match
