@@ -1,13 +1,23 @@
 """The control plane: windows and node states live in the queue database so every process
 sees them.
 
-The :class:`ControlPlane` of a running server rereads the windows and the mailbox nodes
-every ``interval`` real seconds (so a change made by the CLI or a test is followed within a
-second), and every ``held_interval`` seconds while a window holds a store or a node is not
-up: the end of a window or an outage, made by another process, starts the drain within
-that much (on PostgreSQL a notification does it at once). It applies the transitions
-that time alone makes (``scheduled → active → ended``) and persists them, and calls its
-listeners when the set of stores held by a window changes.
+The :class:`ControlPlane` of a running server looks for changes to the windows and the
+mailbox nodes every ``interval`` real seconds (so a change made by the CLI or a test is
+followed within a second), and every ``held_interval`` seconds while a window holds a store
+or a node is not up: the end of a window or an outage, made by another process, starts the
+drain within that much (on PostgreSQL a notification does it at once). A look is cheap
+where the store can tell whether anything changed (an SQLite file: see
+:meth:`~mailqueue.queue.store.ControlState.changes`); the windows and nodes are
+reread only when it says so, when time alone starts or ends a window (the plane wakes at
+that moment), or after a :meth:`ControlPlane.poke`. It applies the transitions that time
+alone makes (``scheduled → active → ended``) and persists them, and calls its listeners
+when the set of stores held by a window changes.
+
+Where the look tells, the plane also watches the mail for the worker: it calls its commit
+listeners when anything was committed to the queue since the last look (by any process:
+mail from a front end of its own, an operator's release), and :meth:`ControlPlane.due`
+says when the earliest queued recipient of an open store comes due, so an idle worker need
+not claim to find out.
 
 A node that comes back (down → up, say) is treated like a window that ends: the mail its
 outage deferred is made due at once and the listeners are called, so its backlog drains
@@ -18,8 +28,8 @@ change itself, after its own deliveries follow the new state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import structlog
 
@@ -29,8 +39,13 @@ from mailqueue.control.nodes import NodeMode, NodeState, came_back, find_node, m
 from mailqueue.control.windows import Inbound, Window, WindowSet, WindowState
 from mailqueue.errors import NodeError, QueueError
 from mailqueue.queue.store import ControlState
+from mailqueue.queue.values import Changes
 
 log = structlog.get_logger("mailqueue.windows")
+
+# Never waits less than this for a window's start or end (a timer may fire a hair early).
+_EDGE_MIN_WAIT = 0.001
+_UNREAD = object()  # the control rows before the first successful reread
 
 _EVENTS = {WindowState.ACTIVE: "window_started", WindowState.ENDED: "window_ended",
            WindowState.CANCELLED: "window_cancelled"}
@@ -94,7 +109,12 @@ class ControlPlane:
         self._listeners: list[Callable[[], None]] = []
         self._window_watchers: list[Callable[[str, Window], None]] = []
         self._node_watchers: list[Callable[[NodeState], None]] = []
-        self._poke = asyncio.Event()
+        self._poked = True  # reread at the next look, whatever control_version says
+        self._waiter: asyncio.Future[None] | None = None  # run()'s sleep between looks
+        self._control: Hashable = _UNREAD  # the look's control rows when last reread
+        self._commits: int | None = None  # the last look's commit count
+        self._due: dict[str, float | None] | None = None  # its due times (None: no look)
+        self._commit_listeners: list[Callable[[], None]] = []
         # Serialised, so that a refresh that started before a change cannot finish after
         # a refresh that saw it and put the stale view back.
         self._lock = asyncio.Lock()
@@ -102,10 +122,26 @@ class ControlPlane:
         self._ends: dict[str, float] = {}
         self._nodes: dict[str, NodeState] | None = None  # None: not read yet
         self._back: set[str] = set()  # nodes seen coming back, their mail not yet let through
-        clock.subscribe(self._poke.set)
+        clock.subscribe(self.poke)
 
     def listen(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)
+
+    def listen_commits(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when a look finds anything committed to the queue since the
+        last one (only where the store can tell: see :meth:`due`)."""
+        self._commit_listeners.append(callback)
+
+    def due(self) -> float | None:
+        """When (clock time) the earliest queued recipient of a store no window holds
+        comes due, as of the last look (``inf``: none is queued), while the plane watches
+        the queue: its store tells of every commit and the last look succeeded. None
+        otherwise: whoever waits for mail must poll."""
+        if self._due is None:
+            return None
+        blocked = self.blocked()
+        return min((when for store, when in self._due.items()
+                    if when is not None and store not in blocked), default=math.inf)
 
     def watch(self, on_window: Callable[[str, Window], None],
               on_node: Callable[[NodeState], None]) -> None:
@@ -137,9 +173,55 @@ class ControlPlane:
                                     for node in self.nodes().values())
         return self._held_interval if held else self._interval
 
+    def next_wait(self) -> float:
+        """Seconds until the next look: :meth:`next_read`, or less when time alone starts
+        or ends a window before then."""
+        wait = self.next_read()
+        edge = self.current().next_change()
+        if edge is not None:
+            until = self._clock.real_seconds(edge - self._clock.now())
+            wait = min(wait, max(_EDGE_MIN_WAIT, until))
+        return wait
+
     def poke(self) -> None:
-        """Reread soon (after a local change)."""
-        self._poke.set()
+        """Reread now (after a local change, a notification, a clock jump)."""
+        self._poked = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def follow(self) -> None:
+        """One look: reread the windows and nodes if they changed since the last reread
+        (or the store cannot tell), if time alone changed a window, if poked, or if mail
+        of a node that came back is still to be let through. Tell the commit listeners
+        of anything committed since the last look."""
+        poked, self._poked = self._poked, False
+        try:
+            changes = await self._store.changes(self._stores)
+        except QueueError:
+            self._due = None
+            raise
+        self._watch_mail(changes)
+        control = _UNREAD if changes is None else changes.control
+        if control is _UNREAD or control != self._control or poked or self._back \
+                or self._time_moved():
+            self._control = _UNREAD  # until this reread has succeeded
+            await self.refresh()
+            self._control = control
+
+    def _watch_mail(self, changes: Changes | None) -> None:
+        if changes is None:
+            self._due = self._commits = None
+            return
+        self._due = dict(changes.due)
+        seen, self._commits = self._commits, changes.commits
+        if seen is not None and seen != changes.commits:
+            for callback in list(self._commit_listeners):
+                callback()
+
+    def _time_moved(self) -> bool:
+        """Whether a window as last read has started or ended by now."""
+        now = self._clock.now()
+        return any(window.advance(now) is not window for window in self._current.windows)
 
     async def refresh(self) -> None:
         async with self._lock:
@@ -233,9 +315,25 @@ class ControlPlane:
     async def run(self) -> None:
         while True:
             try:
-                await self.refresh()
+                await self.follow()
             except QueueError as exc:
                 log.warning("control_refresh_failed", error=str(exc))
-            self._poke.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.next_read())
+            await self._sleep(self.next_wait())
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or until poked."""
+        if self._poked:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _release, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

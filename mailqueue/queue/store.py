@@ -13,6 +13,7 @@ from mailqueue.queue.values import (
     Action,
     ActionResult,
     BouncedRecipient,
+    Changes,
     Claim,
     DrainProgress,
     LedgerEntry,
@@ -85,6 +86,14 @@ class ControlState(Protocol):
     """Windows and mailbox node states, shared through the queue database by every process."""
 
     async def windows(self) -> list[Window]: ...
+
+    async def changes(self, stores: Sequence[str]) -> Changes | None:
+        """A look far cheaper than reading :meth:`windows` and :meth:`nodes`: compared with
+        an earlier look, it tells whether anything was committed since (by any process),
+        whether a window or node changed, and when each of ``stores`` next has a queued
+        recipient due. None where the store cannot tell (read them; poll). Like any
+        read, it fails while the database does."""
+        ...
 
     async def save_window(self, window: Window, expect_state: str | None = None) -> bool:
         """Insert or update ``window``; with ``expect_state``, only if it is still in it."""

@@ -21,6 +21,9 @@ class Shared:
     async def windows(self) -> list[Window]:
         return list(self.saved.values())
 
+    async def control_version(self) -> None:
+        return None  # cannot tell: the plane rereads at every look
+
     async def save_window(self, window: Window, expect_state: str | None = None) -> bool:
         self.saved[window.name] = window
         return True
