@@ -1,23 +1,24 @@
 """The control plane: windows and node states live in the queue database so every process
 sees them.
 
-The :class:`ControlPlane` of a running server looks for changes to the windows and the
-mailbox nodes every ``interval`` real seconds (so a change made by the CLI or a test is
-followed within a second), and every ``held_interval`` seconds while a window holds a store
-or a node is not up: the end of a window or an outage, made by another process, starts the
-drain within that much (on PostgreSQL a notification does it at once). A look is cheap
-where the store can tell whether anything changed (an SQLite file: see
-:meth:`~mailqueue.queue.store.ControlState.changes`); the windows and nodes are
-reread only when it says so, when time alone starts or ends a window (the plane wakes at
-that moment), or after a :meth:`ControlPlane.poke`. It applies the transitions that time
-alone makes (``scheduled → active → ended``) and persists them, and calls its listeners
-when the set of stores held by a window changes.
+The :class:`ControlPlane` of a running server follows the windows and the mailbox nodes
+within ``interval`` real seconds of a change (so a change made by the CLI or a test is
+followed within a second), and within ``held_interval`` seconds while a window holds a
+store or a node is not up: the end of a window or an outage, made by another process,
+starts the drain within that much (on PostgreSQL a notification does it at once). Where
+the store can watch itself cheaply (an SQLite file: see
+:meth:`~mailqueue.queue.store.ControlState.watch`) it looks that often on a thread of its
+own, and the plane rereads only when a look finds the windows or nodes changed; elsewhere
+the plane rereads that often. It also rereads when time alone starts or ends a window (it
+wakes at that moment) and after a :meth:`ControlPlane.poke`. It applies the transitions
+that time alone makes (``scheduled → active → ended``) and persists them, and calls its
+listeners when the set of stores held by a window changes.
 
-Where the look tells, the plane also watches the mail for the worker: it calls its commit
-listeners when anything was committed to the queue since the last look (by any process:
-mail from a front end of its own, an operator's release), and :meth:`ControlPlane.due`
-says when the earliest queued recipient of an open store comes due, so an idle worker need
-not claim to find out.
+Where the store watches itself, the plane also watches the mail for the worker: it calls
+its commit listeners when a look finds anything committed to the queue since the last one
+(by any process: mail from a front end of its own, an operator's release), and
+:meth:`ControlPlane.due` says when the earliest queued recipient of an open store comes
+due, so an idle worker need not claim to find out.
 
 A node that comes back (down → up, say) is treated like a window that ends: the mail its
 outage deferred is made due at once and the listeners are called, so its backlog drains
@@ -111,6 +112,9 @@ class ControlPlane:
         self._node_watchers: list[Callable[[NodeState], None]] = []
         self._poked = True  # reread at the next look, whatever control_version says
         self._waiter: asyncio.Future[None] | None = None  # run()'s sleep between looks
+        self._watched = False  # the store watches itself (run() asked it to)
+        self._looked: Changes | QueueError | None = None  # its last report
+        self._news = False  # a report not yet followed
         self._control: Hashable = _UNREAD  # the look's control rows when last reread
         self._commits: int | None = None  # the last look's commit count
         self._due: dict[str, float | None] | None = None  # its due times (None: no look)
@@ -173,40 +177,50 @@ class ControlPlane:
                                     for node in self.nodes().values())
         return self._held_interval if held else self._interval
 
-    def next_wait(self) -> float:
-        """Seconds until the next look: :meth:`next_read`, or less when time alone starts
-        or ends a window before then."""
-        wait = self.next_read()
+    def next_wait(self) -> float | None:
+        """Seconds until the plane next looks by itself (None: not until told): where the
+        store watches itself, when time alone next starts or ends a window; elsewhere
+        :meth:`next_read`, or less for such a moment."""
+        wait = None if self._watched else self.next_read()
         edge = self.current().next_change()
         if edge is not None:
-            until = self._clock.real_seconds(edge - self._clock.now())
-            wait = min(wait, max(_EDGE_MIN_WAIT, until))
+            until = max(_EDGE_MIN_WAIT, self._clock.real_seconds(edge - self._clock.now()))
+            wait = until if wait is None else min(wait, until)
         return wait
 
     def poke(self) -> None:
         """Reread now (after a local change, a notification, a clock jump)."""
         self._poked = True
+        self._release()
+
+    def _release(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def follow(self) -> None:
-        """One look: reread the windows and nodes if they changed since the last reread
-        (or the store cannot tell), if time alone changed a window, if poked, or if mail
-        of a node that came back is still to be let through. Tell the commit listeners
-        of anything committed since the last look."""
+        """Reread the windows and nodes if the last look found them changed since the last
+        reread (or there is no look), if time alone changed a window, if poked, or if mail
+        of a node that came back is still to be let through. Tell the commit listeners of
+        anything the look found committed."""
         poked, self._poked = self._poked, False
-        try:
-            changes = await self._store.changes(self._stores)
-        except QueueError:
+        self._news = False
+        looked = self._looked
+        if isinstance(looked, QueueError):
             self._due = None
-            raise
-        self._watch_mail(changes)
-        control = _UNREAD if changes is None else changes.control
+            raise QueueError(str(looked))
+        self._watch_mail(looked)
+        control = _UNREAD if looked is None else looked.control
         if control is _UNREAD or control != self._control or poked or self._back \
                 or self._time_moved():
             self._control = _UNREAD  # until this reread has succeeded
             await self.refresh()
             self._control = control
+
+    def _reported(self, looked: Changes | QueueError) -> None:
+        """The store's watch looked (on the loop)."""
+        self._looked = looked
+        self._news = True
+        self._release()
 
     def _watch_mail(self, changes: Changes | None) -> None:
         if changes is None:
@@ -313,6 +327,7 @@ class ControlPlane:
         self._ends = {w.name: w.end for w in windows}
 
     async def run(self) -> None:
+        self._watched = self._store.watch(self._stores, self.next_read, self._reported)
         while True:
             try:
                 await self.follow()
@@ -320,17 +335,18 @@ class ControlPlane:
                 log.warning("control_refresh_failed", error=str(exc))
             await self._sleep(self.next_wait())
 
-    async def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds``, or until poked."""
-        if self._poked:
+    async def _sleep(self, seconds: float | None) -> None:
+        """Wait ``seconds`` (None: no limit), until poked, or until the watch reports."""
+        if self._poked or self._news:
             return
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(seconds, _release, waiter)
+        timer = None if seconds is None else loop.call_later(seconds, _release, waiter)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._waiter = None
 
 

@@ -1,9 +1,11 @@
 """A cheap look at an SQLite queue: has anything changed since the last look?
 
-A running server looks often (the control plane several times a second, to follow windows
-and nodes changed by the CLI), and almost always nothing has changed. Rereading the tables
-through SQLAlchemy would cost a millisecond of CPU each time; :class:`Watch` asks SQLite
-instead, over a read-only connection of its own, on a thread:
+A running server looks often (several times a second, to follow windows and nodes changed
+by the CLI), and almost always nothing has changed. Rereading the tables through
+SQLAlchemy would cost a millisecond of CPU each time, and a hop to a thread and back
+wakes the event loop each time; :class:`Watch` looks on a thread of its own instead, over
+a read-only connection of its own, and wakes the loop only when a look differs from the
+one before:
 
 - ``PRAGMA data_version`` changes whenever another connection (any process's, this
   process's other connections included) has committed to the database since the last
@@ -17,12 +19,13 @@ The same hop looks at the queue's file (one ``stat``: see
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
-from mailqueue.errors import QueueLostError
+from mailqueue.errors import QueueError, QueueLostError
 from mailqueue.queue._dberrors import database_error
 from mailqueue.queue._queuefile import QueueFile
 from mailqueue.queue.values import Changes
@@ -45,6 +48,41 @@ class Watch:
         self._commits = 0  # looks that found the data version moved (or a new connection)
         self._control: Hashable = None
         self._due: dict[str, float | None] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self, stores: Sequence[str], interval: Callable[[], float],
+              report: Callable[[Changes | QueueError], None]) -> None:
+        """Look every ``interval()`` seconds on a thread of its own; call ``report`` on the
+        running event loop with the first look, each one that differs from the last, and
+        the error of each look that fails. Once."""
+        if self._thread is not None:
+            raise RuntimeError("the queue is already watched")
+        loop = asyncio.get_running_loop()
+
+        def tell(value: Changes | QueueError) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                loop.call_soon_threadsafe(report, value)
+
+        self._thread = threading.Thread(target=self._run, args=(stores, interval, tell),
+                                        name="queue-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self, stores: Sequence[str], interval: Callable[[], float],
+             tell: Callable[[Changes | QueueError], None]) -> None:
+        last: Changes | None = None
+        while True:
+            try:
+                changes = self.look(stores)
+            except QueueError as exc:
+                tell(exc)
+                last = None
+            else:
+                if changes != last:
+                    tell(changes)
+                    last = changes
+            if self._stop.wait(interval()):
+                return
 
     def look(self, stores: Sequence[str]) -> Changes:
         """What the database holds now, as :class:`Changes` (``due`` for ``stores``).
@@ -85,6 +123,10 @@ class Watch:
             self._conn = None
 
     def close(self) -> None:
+        """Stop the thread (blocking: waits for a look under way) and close."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
         with self._lock:
             self._drop()
 

@@ -111,7 +111,7 @@ class SqlQueueStore(SqlAdminMixin):
         self._writer_process: WriterProcess | None = None
         # An SQLite file's identity, pinned at open: see mailqueue.queue._queuefile.
         self._file: QueueFile | None = None
-        # An SQLite file's cheap look for changes (changes()), made at open.
+        # An SQLite file's cheap look for changes (watch()), made at open.
         self._watch: Watch | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -584,12 +584,14 @@ class SqlQueueStore(SqlAdminMixin):
             await self._notify_control(conn)
             return True
 
-    async def changes(self, stores: Sequence[str]) -> Changes | None:
+    def watch(self, stores: Sequence[str], interval: Callable[[], float],
+              report: Callable[[Changes | QueueError], None]) -> bool:
         # An SQLite file: its data version, and the rows only when that moved (_watch.py).
         # PostgreSQL has no such cheap look; its notifications make rereads prompt instead.
         if self._watch is None:
-            return None
-        return await asyncio.to_thread(self._watch.look, stores)
+            return False
+        self._watch.start(stores, interval, report)
+        return True
 
     # --- mailbox nodes (the control plane) -------------------------------------------
 

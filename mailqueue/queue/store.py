@@ -9,6 +9,7 @@ from typing import Protocol
 
 from mailqueue.control.nodes import NodeState
 from mailqueue.control.windows import Window
+from mailqueue.errors import QueueError
 from mailqueue.queue.values import (
     Action,
     ActionResult,
@@ -87,12 +88,15 @@ class ControlState(Protocol):
 
     async def windows(self) -> list[Window]: ...
 
-    async def changes(self, stores: Sequence[str]) -> Changes | None:
-        """A look far cheaper than reading :meth:`windows` and :meth:`nodes`: compared with
-        an earlier look, it tells whether anything was committed since (by any process),
-        whether a window or node changed, and when each of ``stores`` next has a queued
-        recipient due. None where the store cannot tell (read them; poll). Like any
-        read, it fails while the database does."""
+    def watch(self, stores: Sequence[str], interval: Callable[[], float],
+              report: Callable[[Changes | QueueError], None]) -> bool:
+        """Look for changes every ``interval()`` seconds, far more cheaply than reading
+        :meth:`windows` and :meth:`nodes`, until the store closes; call ``report`` on the
+        running event loop with the first look, every look that differs from the last
+        (compared with an earlier one, a look tells whether anything was committed since,
+        by any process; whether a window or node changed; when each of ``stores`` next
+        has a queued recipient due) and the error of every look that fails. Once per
+        store. False, and nothing started, where the store cannot tell (read; poll)."""
         ...
 
     async def save_window(self, window: Window, expect_state: str | None = None) -> bool:

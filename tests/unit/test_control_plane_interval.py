@@ -21,8 +21,8 @@ class Shared:
     async def windows(self) -> list[Window]:
         return list(self.saved.values())
 
-    async def control_version(self) -> None:
-        return None  # cannot tell: the plane rereads at every look
+    def watch(self, stores: object, interval: object, report: object) -> bool:
+        return False  # cannot watch itself: the plane rereads at every interval
 
     async def save_window(self, window: Window, expect_state: str | None = None) -> bool:
         self.saved[window.name] = window
