@@ -102,7 +102,7 @@ class MailqueueApp:
                                      RetryPolicy(config.queue), self.control.current,
                                      notify=self.notifier,
                                      observer=self.metrics.observe_settlement,
-                                     ramp=_ramp(config, self.clock))
+                                     ramp=_ramp(config, self.clock), due=self.control.due)
         self.expiry = ExpirySweeper(self.queue, self.clock, RetryPolicy(config.queue),
                                     self.control.current, self.notifier,
                                     delay_warning=config.queue.delay_warning,
@@ -121,6 +121,7 @@ class MailqueueApp:
         self.tls: ssl.SSLContext | None = None
         self.authenticator: Authenticator | None = None
         self.control.listen(self.worker.wake)
+        self.control.listen_commits(self.worker.wake)
         self.clock.subscribe(self.worker.wake)
         self.ready = asyncio.Event()
         self.port: int | None = None

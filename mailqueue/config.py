@@ -356,7 +356,10 @@ class DeliveryConfig(ConfigModel):
                                     "returns to the queue.")
     poll_interval: PositiveDuration = Field(1.0, description="Fallback poll; new mail, "
                                             "window and node changes wake the worker at "
-                                            "once.")
+                                            "once. On an SQLite queue file the server "
+                                            "also sees other processes' commits and the "
+                                            "next retry time, and an idle worker claims "
+                                            "only then (at least every 30 s).")
     reclaim_interval: PositiveDuration = Field(30.0, description="How often expired leases "
                                                "are returned and lifetimes checked.")
     ramp: Duration = Field(0.0, description="After a window ends, delivery rises from "

@@ -1,13 +1,24 @@
 """The control plane: windows and node states live in the queue database so every process
 sees them.
 
-The :class:`ControlPlane` of a running server rereads the windows and the mailbox nodes
-every ``interval`` real seconds (so a change made by the CLI or a test is followed within a
-second), and every ``held_interval`` seconds while a window holds a store or a node is not
-up: the end of a window or an outage, made by another process, starts the drain within
-that much (on PostgreSQL a notification does it at once). It applies the transitions
+The :class:`ControlPlane` of a running server follows the windows and the mailbox nodes
+within ``interval`` real seconds of a change (so a change made by the CLI or a test is
+followed within a second), and within ``held_interval`` seconds while a window holds a
+store or a node is not up: the end of a window or an outage, made by another process,
+starts the drain within that much (on PostgreSQL a notification does it at once). Where
+the store can watch itself cheaply (an SQLite file: see
+:meth:`~mailqueue.queue.store.ControlState.watch`) it looks that often on a thread of its
+own, and the plane rereads only when a look finds the windows or nodes changed; elsewhere
+the plane rereads that often. It also rereads when time alone starts or ends a window (it
+wakes at that moment) and after a :meth:`ControlPlane.poke`. It applies the transitions
 that time alone makes (``scheduled → active → ended``) and persists them, and calls its
 listeners when the set of stores held by a window changes.
+
+Where the store watches itself, the plane also watches the mail for the worker: it calls
+its commit listeners when a look finds anything committed to the queue since the last one
+(by any process: mail from a front end of its own, an operator's release), and
+:meth:`ControlPlane.due` says when the earliest queued recipient of an open store comes
+due, so an idle worker need not claim to find out.
 
 A node that comes back (down → up, say) is treated like a window that ends: the mail its
 outage deferred is made due at once and the listeners are called, so its backlog drains
@@ -18,8 +29,8 @@ change itself, after its own deliveries follow the new state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import structlog
 
@@ -29,8 +40,13 @@ from mailqueue.control.nodes import NodeMode, NodeState, came_back, find_node, m
 from mailqueue.control.windows import Inbound, Window, WindowSet, WindowState
 from mailqueue.errors import NodeError, QueueError
 from mailqueue.queue.store import ControlState
+from mailqueue.queue.values import Changes
 
 log = structlog.get_logger("mailqueue.windows")
+
+# Never waits less than this for a window's start or end (a timer may fire a hair early).
+_EDGE_MIN_WAIT = 0.001
+_UNREAD = object()  # the control rows before the first successful reread
 
 _EVENTS = {WindowState.ACTIVE: "window_started", WindowState.ENDED: "window_ended",
            WindowState.CANCELLED: "window_cancelled"}
@@ -94,7 +110,15 @@ class ControlPlane:
         self._listeners: list[Callable[[], None]] = []
         self._window_watchers: list[Callable[[str, Window], None]] = []
         self._node_watchers: list[Callable[[NodeState], None]] = []
-        self._poke = asyncio.Event()
+        self._poked = True  # reread at the next look, whatever control_version says
+        self._waiter: asyncio.Future[None] | None = None  # run()'s sleep between looks
+        self._watched = False  # the store watches itself (run() asked it to)
+        self._looked: Changes | QueueError | None = None  # its last report
+        self._news = False  # a report not yet followed
+        self._control: Hashable = _UNREAD  # the look's control rows when last reread
+        self._commits: int | None = None  # the last look's commit count
+        self._due: dict[str, float | None] | None = None  # its due times (None: no look)
+        self._commit_listeners: list[Callable[[], None]] = []
         # Serialised, so that a refresh that started before a change cannot finish after
         # a refresh that saw it and put the stale view back.
         self._lock = asyncio.Lock()
@@ -102,10 +126,26 @@ class ControlPlane:
         self._ends: dict[str, float] = {}
         self._nodes: dict[str, NodeState] | None = None  # None: not read yet
         self._back: set[str] = set()  # nodes seen coming back, their mail not yet let through
-        clock.subscribe(self._poke.set)
+        clock.subscribe(self.poke)
 
     def listen(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)
+
+    def listen_commits(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when a look finds anything committed to the queue since the
+        last one (only where the store can tell: see :meth:`due`)."""
+        self._commit_listeners.append(callback)
+
+    def due(self) -> float | None:
+        """When (clock time) the earliest queued recipient of a store no window holds
+        comes due, as of the last look (``inf``: none is queued), while the plane watches
+        the queue: its store tells of every commit and the last look succeeded. None
+        otherwise: whoever waits for mail must poll."""
+        if self._due is None:
+            return None
+        blocked = self.blocked()
+        return min((when for store, when in self._due.items()
+                    if when is not None and store not in blocked), default=math.inf)
 
     def watch(self, on_window: Callable[[str, Window], None],
               on_node: Callable[[NodeState], None]) -> None:
@@ -137,9 +177,65 @@ class ControlPlane:
                                     for node in self.nodes().values())
         return self._held_interval if held else self._interval
 
+    def next_wait(self) -> float | None:
+        """Seconds until the plane next looks by itself (None: not until told): where the
+        store watches itself, when time alone next starts or ends a window; elsewhere
+        :meth:`next_read`, or less for such a moment."""
+        wait = None if self._watched else self.next_read()
+        edge = self.current().next_change()
+        if edge is not None:
+            until = max(_EDGE_MIN_WAIT, self._clock.real_seconds(edge - self._clock.now()))
+            wait = until if wait is None else min(wait, until)
+        return wait
+
     def poke(self) -> None:
-        """Reread soon (after a local change)."""
-        self._poke.set()
+        """Reread now (after a local change, a notification, a clock jump)."""
+        self._poked = True
+        self._release()
+
+    def _release(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def follow(self) -> None:
+        """Reread the windows and nodes if the last look found them changed since the last
+        reread (or there is no look), if time alone changed a window, if poked, or if mail
+        of a node that came back is still to be let through. Tell the commit listeners of
+        anything the look found committed."""
+        poked, self._poked = self._poked, False
+        self._news = False
+        looked = self._looked
+        if isinstance(looked, QueueError):
+            self._due = None
+            raise QueueError(str(looked))
+        self._watch_mail(looked)
+        control = _UNREAD if looked is None else looked.control
+        if control is _UNREAD or control != self._control or poked or self._back \
+                or self._time_moved():
+            self._control = _UNREAD  # until this reread has succeeded
+            await self.refresh()
+            self._control = control
+
+    def _reported(self, looked: Changes | QueueError) -> None:
+        """The store's watch looked (on the loop)."""
+        self._looked = looked
+        self._news = True
+        self._release()
+
+    def _watch_mail(self, changes: Changes | None) -> None:
+        if changes is None:
+            self._due = self._commits = None
+            return
+        self._due = dict(changes.due)
+        seen, self._commits = self._commits, changes.commits
+        if seen is not None and seen != changes.commits:
+            for callback in list(self._commit_listeners):
+                callback()
+
+    def _time_moved(self) -> bool:
+        """Whether a window as last read has started or ended by now."""
+        now = self._clock.now()
+        return any(window.advance(now) is not window for window in self._current.windows)
 
     async def refresh(self) -> None:
         async with self._lock:
@@ -231,11 +327,29 @@ class ControlPlane:
         self._ends = {w.name: w.end for w in windows}
 
     async def run(self) -> None:
+        self._watched = self._store.watch(self._stores, self.next_read, self._reported)
         while True:
             try:
-                await self.refresh()
+                await self.follow()
             except QueueError as exc:
                 log.warning("control_refresh_failed", error=str(exc))
-            self._poke.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.next_read())
+            await self._sleep(self.next_wait())
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Wait ``seconds`` (None: no limit), until poked, or until the watch reports."""
+        if self._poked or self._news:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if seconds is None else loop.call_later(seconds, _release, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiter = None
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

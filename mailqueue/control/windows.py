@@ -57,6 +57,16 @@ class Window:
             return WindowState.ACTIVE
         return WindowState.SCHEDULED
 
+    def next_change(self, now: float) -> float | None:
+        """When time alone next changes this window's state after ``now`` (its start or
+        its end); None if it never will."""
+        state = self.effective_state(now)
+        if state is WindowState.SCHEDULED:
+            return self.start
+        if state is WindowState.ACTIVE:
+            return self.end
+        return None
+
     def advance(self, now: float) -> Window:
         """This window with its time-driven transitions applied (and their times recorded)."""
         state = self.effective_state(now)
@@ -153,6 +163,11 @@ class WindowSet:
             return None
         rank = {Inbound.REJECT: 0, Inbound.TEMPFAIL: 1, Inbound.QUEUE: 2}
         return min(covering, key=lambda w: rank[w.inbound])
+
+    def next_change(self) -> float | None:
+        """When time alone next starts or ends one of these windows (None: never)."""
+        times = [t for w in self.windows if (t := w.next_change(self.now)) is not None]
+        return min(times, default=None)
 
     def blocked_stores(self, stores: Sequence[str]) -> set[str]:
         return {s for s in stores if self.blocking(s) is not None}

@@ -14,12 +14,22 @@ during a settle go in the next). A server's ``250`` cannot be recognised on a re
 Maildir copy can: the stretch between it and its record is the one in which a crash
 delivers the message twice, and this keeps it to at most two settles (the one under way
 when the reply arrives, and the one that records it).
+
+Idle lanes sleep until they are woken: by new mail accepted here, a window or node change,
+reclaimed leases, a clock jump, or a sibling lane whose claim came back with as much as it
+could take (more may be due). One of the sleeping lanes, the poller, also wakes every
+``poll_interval`` (longer while the database fails) to find what no wake-up announces:
+mail committed by another process, retries that have come due. Where the control plane
+watches the queue (an SQLite file: it wakes the worker on every commit it sees and knows
+when the next retry comes due), the poller sleeps until that retry instead, up to
+:data:`WATCHED_POLL_MAX`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import math
 import os
 import socket
@@ -53,6 +63,9 @@ ERROR_BACKOFF_MAX = 30.0
 # claim's lease: the rest is deferred before the lease can run out and another lane
 # deliver the same recipients again.
 LEASE_SHARE = 0.8
+# The longest an idle worker goes without a claim while the control plane watches the queue
+# for it (a safety net: every commit and every retry time already wakes it).
+WATCHED_POLL_MAX = 30.0
 
 
 class DeliveryWorker:
@@ -63,7 +76,8 @@ class DeliveryWorker:
                  windows: Callable[[], WindowSet], owner: str | None = None,
                  notify: Notify | None = None,
                  observer: Callable[[Settlement, Sequence[Claim], float], None] | None = None,
-                 ramp: DrainRamp | None = None) -> None:
+                 ramp: DrainRamp | None = None,
+                 due: Callable[[], float | None] | None = None) -> None:
         self._queue = queue
         self._mailboxes = dict(mailboxes)
         self._clock = clock
@@ -74,8 +88,13 @@ class DeliveryWorker:
         # Called after each settle (metrics; a rehearsal's record of the backends' replies).
         self._observers = [observer] if observer is not None else []
         self._ramp = ramp
+        # When the next queued recipient comes due, from a watcher that also wakes this
+        # worker on every commit (ControlPlane.due); None from it, or none: poll.
+        self._due = due
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._wake = asyncio.Event()
+        self._sleepers = _Sleepers()
+        self._wakes = 0  # wake-ups asked for so far: a lane that missed one looks again
+        self._failures = 0  # claims failed in a row (the poller backs off)
         self._stopping = False
         self._stopped = asyncio.Event()
         self.delivered = 0
@@ -87,14 +106,16 @@ class DeliveryWorker:
         self._observers.append(callback)
 
     def wake(self) -> None:
-        """New mail or a window change: look for work now instead of at the next poll."""
-        self._wake.set()
+        """New mail or a window change: a lane looks for work now instead of at the next
+        poll (it wakes another if it finds more than a batch)."""
+        self._wakes += 1
+        self._sleepers.wake_one()
 
     def stop(self) -> None:
         """Finish the batches in hand, claim no more."""
         self._stopping = True
         self._stopped.set()
-        self._wake.set()
+        self._sleepers.wake_all()
 
     async def run(self) -> None:
         await self._reclaim()
@@ -104,19 +125,39 @@ class DeliveryWorker:
                 group.create_task(self._lane(lane))
 
     async def _lane(self, lane: int) -> None:
-        failures = 0
         while not self._stopping:
+            wakes = self._wakes
             try:
-                # A drain ramp may hold some lanes back while the stores warm up.
-                ramped = self._ramp is not None and lane >= self._ramp.lanes(self._windows())
-                worked = False if ramped else await self.run_once()
-                failures = 0
+                turn = await self._turn(lane)
+                self._failures = 0
             except QueueError as exc:
-                failures += 1
-                log.warning("claim_failed", error=str(exc), lane=lane, failures=failures)
-                worked = False
-            if not worked and not self._stopping:
-                await self._idle(self._backoff(failures))
+                self._failures += 1
+                log.warning("claim_failed", error=str(exc), lane=lane, failures=self._failures)
+                turn = _Turn.IDLE
+            if self._stopping:
+                break
+            if turn is _Turn.FULL:
+                self.wake()  # more may be due: a sibling claims it meanwhile
+            if turn is not _Turn.IDLE:
+                # Still claiming: if no lane polls, a sleeping one takes it on.
+                self._sleepers.keep_polling(self._poll_seconds())
+            if turn is _Turn.HELD_BACK:
+                # The ramp or its rate limit frees this lane in time, not on a wake-up.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), self._config.poll_interval)
+            elif turn is _Turn.IDLE and self._wakes == wakes:
+                await self._sleepers.sleep(self._poll_seconds())
+            # A wake-up asked for during the claim, which may have missed its mail: look again.
+
+    def _poll_seconds(self) -> float:
+        """How long the poller sleeps: until the next retry comes due where the queue is
+        watched, ``poll_interval`` otherwise, longer while the database fails."""
+        poll = self._config.poll_interval
+        due = self._due() if self._due is not None and not self._failures else None
+        if due is None:
+            return self._backoff(self._failures)
+        wait = self._clock.real_seconds(due - self._clock.now())
+        return min(max(poll, wait), max(poll, WATCHED_POLL_MAX))
 
     def _backoff(self, failures: int) -> float:
         """Capped exponential wait after ``failures`` database errors in a row (0: none)."""
@@ -125,22 +166,24 @@ class DeliveryWorker:
             return poll
         return float(min(poll * 2 ** min(failures - 1, 32), max(poll, ERROR_BACKOFF_MAX)))
 
-    async def _idle(self, seconds: float) -> None:
-        """Sleep until woken (new mail, a window change) or ``seconds`` have passed."""
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-
     async def run_once(self) -> bool:
-        """Claim and deliver one batch; False when nothing was due."""
-        open_stores = [s for s in self._mailboxes if self._windows().blocking(s) is None]
+        """Claim and deliver one batch; False when nothing was claimed."""
+        return await self._turn(0) in (_Turn.WORKED, _Turn.FULL)
+
+    async def _turn(self, lane: int) -> _Turn:
+        """Claim and deliver one batch as lane ``lane``."""
+        windows = self._windows()
+        # A drain ramp may hold some lanes back while the stores warm up.
+        if self._ramp is not None and lane >= self._ramp.lanes(windows):
+            return _Turn.HELD_BACK
+        open_stores = [s for s in self._mailboxes if windows.blocking(s) is None]
         if not open_stores:
-            return False
+            return _Turn.IDLE
         limit = self._config.batch_size
         if self._ramp is not None:
-            limit = self._ramp.grant(limit, self._windows())
+            limit = self._ramp.grant(limit, windows)
             if not limit:
-                return False
+                return _Turn.HELD_BACK
         now = self._clock.now()
         claims = await self._queue.claim(open_stores, limit, self.owner,
                                          now, now + self._config.lease,
@@ -148,12 +191,17 @@ class DeliveryWorker:
         if self._ramp is not None:
             self._ramp.refund(limit - len(claims))
         if not claims:
-            return False
+            return _Turn.IDLE
+        # As much as the claim could take for one store (it shares the batch among the
+        # open stores), or half the bytes: what is left may be worth another lane.
+        full = len(claims) >= max(1, limit // len(open_stores)) or (
+            self._config.batch_bytes > 0 and
+            2 * sum(len(c.body) for c in claims) >= self._config.batch_bytes)
         if any(_reports(self._mailboxes.get(store)) for store in {c.store for c in claims}):
             await self._deliver_reporting(claims)
         else:
             await self._settle(await self._deliver(claims), claims)
-        return True
+        return _Turn.FULL if full else _Turn.WORKED
 
     async def _settle(self, settlement: Settlement, claims: Sequence[Claim]) -> None:
         """Record ``settlement`` (the outcomes of ``claims``), with its bounce notices."""
@@ -303,6 +351,74 @@ class DeliveryWorker:
         if count:
             log.warning("leases_reclaimed", recipients=count)
             self.wake()
+
+
+class _Turn(enum.Enum):
+    """What a lane's turn came to."""
+
+    IDLE = "idle"  # nothing claimable (or a failed claim): sleep until woken or polled
+    WORKED = "worked"  # a batch delivered: claim again
+    FULL = "full"  # a batch as large as a claim takes: claim again, and wake a sibling
+    HELD_BACK = "held back"  # the drain ramp holds this lane back for now
+
+
+class _Sleepers:
+    """The idle lanes. Each waits to be woken; one of them, the poller, also wakes after
+    its poll interval, so an idle worker costs one wake-up per interval, not one per lane."""
+
+    def __init__(self) -> None:
+        self._waiting: list[asyncio.Future[None]] = []
+        self._poller: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def sleep(self, poll: float) -> None:
+        """Wait until woken, or for ``poll`` seconds if no other sleeping lane polls
+        sooner."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        self.keep_polling(poll)
+        try:
+            await waiter
+        finally:
+            self._waiting.remove(waiter)
+            if self._poller is waiter:
+                self._poller = None
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+
+    def keep_polling(self, poll: float) -> None:
+        """See that a sleeping lane polls within ``poll`` seconds: make one the poller if
+        none is, or bring the poller's wake-up forward."""
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        if self._poller is not None:
+            if self._timer is None or self._timer.when() <= loop.time() + poll:
+                return
+            self._timer.cancel()
+        else:
+            self._poller = self._waiting[-1]
+        self._timer = loop.call_later(poll, _release, self._poller)
+
+    def wake_one(self) -> None:
+        """Wake the lane that fell asleep last, the poller only if it sleeps alone (it
+        keeps its timer)."""
+        for waiter in reversed(self._waiting):
+            if not waiter.done() and waiter is not self._poller:
+                waiter.set_result(None)
+                return
+        if self._poller is not None:
+            _release(self._poller)
+
+    def wake_all(self) -> None:
+        for waiter in self._waiting:
+            _release(waiter)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _retrieved(task: asyncio.Task[None]) -> None:

@@ -7,7 +7,8 @@ and those commits are gone at the next start. :class:`QueueFile` remembers the i
 now: one ``stat`` a check. The writers check after every commit, before its sessions hear
 250 (see :class:`~mailqueue.queue._sqlitewriter.SqliteWriter`); every other transaction
 looks at the last result, checked again off the event loop once it is older than
-:data:`MAX_AGE` (by the control plane's refresh, at least every half second). The SMTP
+:data:`MAX_AGE`, and the queue's watch looks at least every half second (see
+:mod:`mailqueue.queue._watch`). The SMTP
 front end reads the last result without waiting (:attr:`QueueFile.lost`).
 
 The file is *lost* from the first check that finds the path naming nothing or another file

@@ -57,11 +57,13 @@ from mailqueue.queue._sqlitefile import (
     queue_tables,
 )
 from mailqueue.queue._sqlitewriter import SqliteWriter, configure_sqlite, no_autocheckpoint
+from mailqueue.queue._watch import Watch
 from mailqueue.queue._writerproc import WriterProcess
 from mailqueue.queue.schema import messages, nodes, recipients, windows
 from mailqueue.queue.store import BlockingEnqueue
 from mailqueue.queue.values import (
     FINAL_STATES,
+    Changes,
     Claim,
     EventKind,
     LedgerEntry,
@@ -109,6 +111,8 @@ class SqlQueueStore(SqlAdminMixin):
         self._writer_process: WriterProcess | None = None
         # An SQLite file's identity, pinned at open: see mailqueue.queue._queuefile.
         self._file: QueueFile | None = None
+        # An SQLite file's cheap look for changes (watch()), made at open.
+        self._watch: Watch | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -140,6 +144,8 @@ class SqlQueueStore(SqlAdminMixin):
         if not found:
             await self.close()
             raise QueueError(self._no_tables())
+        if self._path is not None:
+            self._watch = Watch(self._path, self._busy_timeout, self._file)
         if self._threaded_writer:
             self._writer = SqliteWriter(self.url, self._busy_timeout, self._instrument,
                                         file=self._file)
@@ -216,6 +222,9 @@ class SqlQueueStore(SqlAdminMixin):
         return f"queue database {self.safe_url} has no mailqueue tables ({CREATE_HINT})"
 
     async def close(self) -> None:
+        if self._watch is not None:
+            await asyncio.to_thread(self._watch.close)
+            self._watch = None
         if self._writer_process is not None:
             await self._writer_process.close()
             self._writer_process = None
@@ -591,6 +600,15 @@ class SqlQueueStore(SqlAdminMixin):
             await conn.execute(insert(windows).values(_window_to_row(window)))
             await self._notify_control(conn)
             return True
+
+    def watch(self, stores: Sequence[str], interval: Callable[[], float],
+              report: Callable[[Changes | QueueError], None]) -> bool:
+        # An SQLite file: its data version, and the rows only when that moved (_watch.py).
+        # PostgreSQL has no such cheap look; its notifications make rereads prompt instead.
+        if self._watch is None:
+            return False
+        self._watch.start(stores, interval, report)
+        return True
 
     # --- mailbox nodes (the control plane) -------------------------------------------
 

@@ -9,10 +9,12 @@ from typing import Protocol
 
 from mailqueue.control.nodes import NodeState
 from mailqueue.control.windows import Window
+from mailqueue.errors import QueueError
 from mailqueue.queue.values import (
     Action,
     ActionResult,
     BouncedRecipient,
+    Changes,
     Claim,
     DrainProgress,
     LedgerEntry,
@@ -85,6 +87,17 @@ class ControlState(Protocol):
     """Windows and mailbox node states, shared through the queue database by every process."""
 
     async def windows(self) -> list[Window]: ...
+
+    def watch(self, stores: Sequence[str], interval: Callable[[], float],
+              report: Callable[[Changes | QueueError], None]) -> bool:
+        """Look for changes every ``interval()`` seconds, far more cheaply than reading
+        :meth:`windows` and :meth:`nodes`, until the store closes; call ``report`` on the
+        running event loop with the first look, every look that differs from the last
+        (compared with an earlier one, a look tells whether anything was committed since,
+        by any process; whether a window or node changed; when each of ``stores`` next
+        has a queued recipient due) and the error of every look that fails. Once per
+        store. False, and nothing started, where the store cannot tell (read; poll)."""
+        ...
 
     async def save_window(self, window: Window, expect_state: str | None = None) -> bool:
         """Insert or update ``window``; with ``expect_state``, only if it is still in it."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from enum import StrEnum
 
 from mailqueue.errors import RemoteReply
@@ -346,3 +346,14 @@ class DrainProgress:
     bounced: int
     last_settled: float | None  # the last delivery or bounce
     deleted: int = 0  # deleted by an operator since the moment
+
+
+@dataclasses.dataclass(frozen=True)
+class Changes:
+    """A cheap look at the queue database (:meth:`ControlState.changes`); two looks tell
+    what changed between them."""
+
+    commits: int  # differs from an earlier look's once anything was committed since
+    control: Hashable  # differs from an earlier look's once a window or node changed
+    # Each store's earliest retry time of a queued recipient (None: none queued).
+    due: Mapping[str, float | None]

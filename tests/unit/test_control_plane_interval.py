@@ -21,6 +21,9 @@ class Shared:
     async def windows(self) -> list[Window]:
         return list(self.saved.values())
 
+    def watch(self, stores: object, interval: object, report: object) -> bool:
+        return False  # cannot watch itself: the plane rereads at every interval
+
     async def save_window(self, window: Window, expect_state: str | None = None) -> bool:
         self.saved[window.name] = window
         return True
@@ -79,3 +82,27 @@ async def test_rereads_often_while_a_node_is_not_up() -> None:
 def test_the_held_interval_is_never_longer_than_the_interval() -> None:
     control = ControlPlane(Shared(), ManualClock(0.0), ["basic"], interval=0.05)
     assert control.next_read() == 0.05
+
+
+def test_a_window_next_changes_at_its_start_then_at_its_end() -> None:
+    window = Window(name="upgrade", stores=("basic",), start=1000.0, end=2000.0)
+    assert window.next_change(500.0) == 1000.0
+    assert window.next_change(1500.0) == 2000.0
+    assert window.next_change(2500.0) is None
+    assert window.cancelled(500.0).next_change(500.0) is None
+
+
+def test_the_plane_wakes_for_the_next_start_or_end() -> None:
+    from mailqueue.clock import ScaledClock
+    from mailqueue.control.windows import WindowSet
+
+    windows = WindowSet([Window(name="a", stores=(), start=1000.0, end=3000.0),
+                         Window(name="b", stores=(), start=100.0, end=1500.0)], 500.0)
+    assert windows.next_change() == 1000.0  # a's start, before b's end
+    assert WindowSet([], 500.0).next_change() is None
+    control = ControlPlane(Shared(), ScaledClock(500.0, 100.0), ["basic"], interval=0.5)
+    control._current = windows
+    # a starts 500 clock seconds from now, 5 real seconds at 100x: the interval comes first.
+    assert control.next_wait() == 0.5
+    control._current = WindowSet([Window(name="c", stores=(), start=0.0, end=520.0)], 500.0)
+    assert 0.1 < control.next_wait() <= 0.2  # c ends in 20 clock seconds, 0.2 real ones
