@@ -25,9 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mailqueue.config import DeliveryConfig
+
 # What mailqueue adds to a message it writes into a Maildir (Return-Path, Delivered-To,
 # Received, X-Mailqueue-Id): about this many bytes, so both write files of one size.
 TRACE_BYTES = 300
+# A batch: as many files as one claim of the delivery worker takes by default.
+BATCH = DeliveryConfig.model_fields["batch_size"].default
 
 
 def _write(box: Path, name: str, data: bytes) -> None:
@@ -57,7 +61,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def ceiling(root: Path, messages: int, size: int = 4096, mailboxes: int = 1,
-            batch: int = 250, threads: int = 1) -> dict[str, Any]:
+            batch: int = BATCH, threads: int = 1) -> dict[str, Any]:
     """Write ``messages`` files of ``size`` (+ the trace headers) bytes round-robin into
     ``mailboxes`` Maildirs under ``root``, ``batch`` at a time, each batch shared out among
     ``threads``; the rate in files a second."""
@@ -94,7 +98,9 @@ def main() -> int:
     parser.add_argument("-n", "--messages", type=int, default=10000)
     parser.add_argument("--size", type=int, default=4096, help="message bytes")
     parser.add_argument("--mailboxes", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--batch", type=int, default=BATCH,
+                        help="files between two fsyncs of new/ (default: a claim's, "
+                        "[delivery] batch_size)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=None,
                         help="where to write (default: a temporary directory, removed)")

@@ -258,6 +258,8 @@ port = 0
 hostname = "mx.mailqueue.test"
 [queue]
 url = "sqlite+aiosqlite:///{workdir / 'queue.db'}"
+[delivery]
+batch_size = 250
 [logging]
 format = "json"
 level = "info"

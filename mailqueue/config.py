@@ -345,7 +345,7 @@ class QueueConfig(ConfigModel):
 class DeliveryConfig(ConfigModel):
     """The delivery worker."""
 
-    batch_size: int = Field(250, ge=1, description="Recipients one claim takes.")
+    batch_size: int = Field(1000, ge=1, description="Recipients one claim takes.")
     batch_bytes: Size = Field(64 * 1024 * 1024, description="A claim also stops before its "
                               "bodies pass this size (one recipient is claimed however "
                               "large; 0: no limit); `concurrency` x `batch_bytes` bounds "

@@ -33,7 +33,7 @@ def test_default_config_loads() -> None:
 
 def test_minimal_config_has_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), environ={})
-    assert config.smtp.port == 2525 and config.delivery.batch_size == 250
+    assert config.smtp.port == 2525 and config.delivery.batch_size == 1000
 
 
 def test_env_overrides(tmp_path: Path) -> None:
