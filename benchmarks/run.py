@@ -357,7 +357,8 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
                      f"each drain on {DEFAULT_WRITERS} threads (a Maildir store's writers), "
                      "the same files (4 KiB and the trace headers, into the one Maildir "
                      "smtp-source sends to) created, written, fsynced and renamed into "
-                     "`new/`, one fsync of `new/` per 250, with nothing else around them; "
+                     f"`new/`, one fsync of `new/` per {maildir_ceiling.BATCH:,} (a claim), with "
+                     "nothing else around them; "
                      f"median {ceilings}. The drain's share of it is the median of the "
                      "rounds' own ratios (the lowest and the highest in brackets).")
         lines.append("")
