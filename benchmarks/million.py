@@ -87,7 +87,7 @@ def table(reports: list[dict[str, Any]], args: argparse.Namespace, load: tuple[f
         writer = next((v for k, v in rss.items() if k != "server"), None)
         disk = r.get("disk_use_mb") or {}
         verdict = ("OK" if r.get("verify_ok") else "FAILED") + (
-            f" ({minutes(r.get('verify_seconds'))}, {fmt(r.get('verify_peak_rss_mb_at_most'))}"
+            f" ({minutes(r.get('verify_seconds'))}, {fmt(r.get('verify_peak_rss_mb'))}"
             " MiB)")
         name = "SQLite (writer process)" if r["queue_kind"] == "sqlite" else "PostgreSQL"
         lines.append(

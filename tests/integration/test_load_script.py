@@ -99,6 +99,8 @@ def test_a_postgresql_config_gets_a_database_of_its_own_and_verify(tmp_path: Pat
                         config_text=config)
     assert (report["accepted"], report["delivered"], report["lost"]) == (30, 30, 0)
     assert report["verify_ok"] is True and report["verify_exit"] == 0
+    # The verify process's own peak, not this test's (which a child would inherit).
+    assert 20 < float(report["verify_peak_rss_mb"]) < 500  # type: ignore[arg-type]
     assert float(report["queue_empty_seconds"]) >= 0  # type: ignore[arg-type]
     assert report["disk_use_mb"]["queue"] > 0  # type: ignore[index]
     after = {name for name in pg.database_names() if name.startswith("mq_load_")}
