@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import sys
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -112,3 +113,25 @@ async def opened_store(url: str) -> AsyncIterator[SqlQueueStore]:
         yield store
     finally:
         await store.close()
+
+
+def cli_config(tmp_path: Path, config: Config) -> Path:
+    """A config file for CLI commands on ``config``'s queue and make_config's two stores."""
+    path = tmp_path / "mq.toml"
+    path.write_text(
+        f'[queue]\nurl = "{config.queue.url}"\n'
+        f'[[stores]]\nname = "basic"\npath = "{tmp_path / "mail" / "basic"}"\n'
+        'domains = ["basic.example"]\n'
+        f'[[stores]]\nname = "hosted-exchange"\npath = "{tmp_path / "mail" / "hosted-exchange"}"\n'
+        'domains = ["exchange.example"]\n')
+    return path
+
+
+async def run_cli(config_file: Path, *args: str) -> str:
+    """``mailqueue ARGS -c CONFIG_FILE`` in a child process; its output (it must succeed)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailqueue", *args, "-c", str(config_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()

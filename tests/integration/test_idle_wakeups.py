@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,15 @@ from mailqueue.mailbox.base import DeliveryOutcome
 from mailqueue.mailbox.maildir import MaildirStore
 from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import Changes, Claim, NewMessage, Settlement, new_queue_id
-from tests.helpers import all_files, make_config, opened_store, running, wait_for
+from tests.helpers import (
+    all_files,
+    cli_config,
+    make_config,
+    opened_store,
+    run_cli,
+    running,
+    wait_for,
+)
 from tests.integration.test_pipeline import send
 
 
@@ -115,20 +122,10 @@ async def test_mail_accepted_while_every_lane_sleeps_is_delivered_at_once(
 
 async def test_a_window_ended_by_the_cli_is_followed_within_a_second(tmp_path: Path) -> None:
     config = make_config(tmp_path, delivery={"poll_interval": 30})
-    config_file = tmp_path / "mq.toml"
-    config_file.write_text(
-        f'[queue]\nurl = "{config.queue.url}"\n'
-        f'[[stores]]\nname = "basic"\npath = "{tmp_path / "mail" / "basic"}"\n'
-        'domains = ["basic.example"]\n'
-        f'[[stores]]\nname = "hosted-exchange"\npath = "{tmp_path / "mail" / "hosted-exchange"}"\n'
-        'domains = ["exchange.example"]\n')
+    config_file = cli_config(tmp_path, config)
 
-    async def cli(*args: str) -> None:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailqueue", *args, "-c", str(config_file),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
+    async def cli(*args: str) -> str:
+        return await run_cli(config_file, *args)
 
     async with running(config) as app:
         assert app.port

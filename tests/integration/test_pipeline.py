@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,9 +19,11 @@ from mailqueue.queue.sqlstore import SqlQueueStore
 from mailqueue.queue.values import Claim, NewMessage
 from tests.helpers import (
     all_files,
+    cli_config,
     make_config,
     message,
     read_messages,
+    run_cli,
     running,
     wait_for,
 )
@@ -254,22 +255,11 @@ async def test_storage_error_answers_451_and_server_carries_on(tmp_path: Path) -
 
 async def test_window_changed_by_cli_process_is_followed(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    config_file = tmp_path / "mq.toml"
-    config_file.write_text(
-        f'[queue]\nurl = "{config.queue.url}"\n'
-        f'[[stores]]\nname = "basic"\npath = "{tmp_path / "mail" / "basic"}"\n'
-        'domains = ["basic.example"]\n'
-        f'[[stores]]\nname = "hosted-exchange"\npath = "{tmp_path / "mail" / "hosted-exchange"}"\n'
-        'domains = ["exchange.example"]\n')
+    config_file = cli_config(tmp_path, config)
     mail = tmp_path / "mail" / "basic"
 
     async def cli(*args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailqueue", *args, "-c", str(config_file),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        return out.decode()
+        return await run_cli(config_file, *args)
 
     async with running(config) as app:  # the system clock: the CLI uses it too
         assert app.port
