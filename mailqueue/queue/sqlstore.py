@@ -379,15 +379,18 @@ class SqlQueueStore(SqlAdminMixin):
                        messages.c.received_at, messages.c.helo, messages.c.peer,
                        messages.c.body, messages.c.auth_user, messages.c.tls)
                 .join(messages, messages.c.queue_id == recipients.c.queue_id)
-                .where(recipients.c.id.in_(claimed))
-                .order_by(recipients.c.queue_id))
+                .where(recipients.c.id.in_(claimed)))
             self._wrote(len(claimed) * _CLAIM_WAL_BYTES)
             # The row's columns in Claim's order, unpacked: a batch is hundreds of rows,
             # and reading each column by name costs several times as much.
-            return [Claim(rid, queue_id, address, store, attempts, mail_from, received_at,
-                          helo, peer, body or b"", auth_user, tls)
-                    for (rid, queue_id, address, store, attempts, mail_from, received_at,
-                         helo, peer, body, auth_user, tls) in rows]
+            found = [Claim(rid, queue_id, address, store, attempts, mail_from, received_at,
+                           helo, peer, body or b"", auth_user, tls)
+                     for (rid, queue_id, address, store, attempts, mail_from, received_at,
+                          helo, peer, body, auth_user, tls) in rows]
+        # In queue id order, sorted here: an ORDER BY has SQLite sort the bodies with the
+        # rows, through a temporary file once a batch's bodies pass a few MiB.
+        found.sort(key=_by_queue_id)
+        return found
 
     @staticmethod
     async def _within_bytes(conn: AsyncConnection, claimed: list[int],
@@ -694,6 +697,10 @@ class SqlQueueStore(SqlAdminMixin):
     async def _notify_control(self, conn: AsyncConnection) -> None:
         if not self._sqlite:
             await postgres.notify(conn, postgres.CONTROL_CHANNEL)
+
+
+def _by_queue_id(claim: Claim) -> str:
+    return claim.queue_id
 
 
 def _picked(ids: Sequence[int], addresses: Sequence[str],
