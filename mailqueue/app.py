@@ -122,6 +122,10 @@ class MailqueueApp:
         self.authenticator: Authenticator | None = None
         self.control.listen(self.worker.wake)
         self.control.listen_commits(self.worker.wake)
+        # PostgreSQL: notifications poke the plane and wake the worker on every change.
+        self.listener = self._listener() if postgres.is_postgres(config.queue.url) else None
+        if self.listener is not None:
+            self.control.notified_by(self.listener.connected.is_set)
         self.clock.subscribe(self.worker.wake)
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -240,8 +244,8 @@ class MailqueueApp:
             if self.run_smtp:
                 # A count over the pending messages: a fraction of a second at a million queued.
                 background.append(group.create_task(self._capacity_loop(), name="capacity"))
-            if postgres.is_postgres(self.config.queue.url):
-                background.append(group.create_task(self._listener().run(), name="listen"))
+            if self.listener is not None:
+                background.append(group.create_task(self.listener.run(), name="listen"))
             worker = group.create_task(self.worker.run(), name="worker") \
                 if self.run_worker else None
             if self.run_worker:

@@ -5,14 +5,17 @@ The :class:`ControlPlane` of a running server follows the windows and the mailbo
 within ``interval`` real seconds of a change (so a change made by the CLI or a test is
 followed within a second), and within ``held_interval`` seconds while a window holds a
 store or a node is not up: the end of a window or an outage, made by another process,
-starts the drain within that much (on PostgreSQL a notification does it at once). Where
-the store can watch itself cheaply (an SQLite file: see
-:meth:`~mailqueue.queue.store.ControlState.watch`) it looks that often on a thread of its
-own, and the plane rereads only when a look finds the windows or nodes changed; elsewhere
-the plane rereads that often. It also rereads when time alone starts or ends a window (it
-wakes at that moment) and after a :meth:`ControlPlane.poke`. It applies the transitions
-that time alone makes (``scheduled → active → ended``) and persists them, and calls its
-listeners when the set of stores held by a window changes.
+starts the drain within that much. Where the store can watch itself cheaply (an SQLite
+file: see :meth:`~mailqueue.queue.store.ControlState.watch`) it looks that often on a
+thread of its own, and the plane rereads only when a look finds the windows or nodes
+changed; elsewhere the plane rereads that often. On PostgreSQL a notification pokes the
+plane as the change commits: while the notifications are heard (see
+:meth:`ControlPlane.notified_by`) the plane rereads every ``interval`` even while a
+store is held, as a safety net, and every ``held_interval`` again while they are not.
+It also rereads when time alone starts or ends a window (it wakes at that moment) and
+after a :meth:`ControlPlane.poke`. It applies the transitions that time alone makes
+(``scheduled → active → ended``) and persists them, and calls its listeners when the set
+of stores held by a window changes.
 
 Where the store watches itself, the plane also watches the mail for the worker: it calls
 its commit listeners when a look finds anything committed to the queue since the last one
@@ -122,6 +125,7 @@ class ControlPlane:
         # Serialised, so that a refresh that started before a change cannot finish after
         # a refresh that saw it and put the stale view back.
         self._lock = asyncio.Lock()
+        self._notified: Callable[[], bool] = _never  # every change pokes the plane now
         self._seen: dict[str, WindowState] | None = None
         self._ends: dict[str, float] = {}
         self._nodes: dict[str, NodeState] | None = None  # None: not read yet
@@ -135,6 +139,12 @@ class ControlPlane:
         """Call ``callback`` when a look finds anything committed to the queue since the
         last one (only where the store can tell: see :meth:`due`)."""
         self._commit_listeners.append(callback)
+
+    def notified_by(self, listening: Callable[[], bool]) -> None:
+        """Lean on notifications: while ``listening()`` (a PostgreSQL LISTEN connection
+        that is up), every change to the windows and nodes, by any process, pokes this
+        plane as it commits, so a held store needs no rereads every ``held_interval``."""
+        self._notified = listening
 
     def due(self) -> float | None:
         """When (clock time) the earliest queued recipient of a store no window holds
@@ -172,10 +182,11 @@ class ControlPlane:
     def next_read(self) -> float:
         """Seconds until the next reread: ``held_interval`` while mail waits on a window or
         a node (its end is worth seeing soon; the worker is idle for those stores
-        meanwhile), else ``interval``."""
+        meanwhile), else ``interval``; ``interval`` too while notifications poke the plane
+        at every change (:meth:`notified_by`)."""
         held = self._blocked or any(node.mode is not NodeMode.UP
                                     for node in self.nodes().values())
-        return self._held_interval if held else self._interval
+        return self._held_interval if held and not self._notified() else self._interval
 
     def next_wait(self) -> float | None:
         """Seconds until the plane next looks by itself (None: not until told): where the
@@ -353,3 +364,7 @@ class ControlPlane:
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _never() -> bool:
+    return False

@@ -30,6 +30,8 @@ RECLAIM_LOCK = 0x6D71_5243  # "mqRC"
 DELAY_WARNING_LOCK = 0x6D71_4457  # "mqDW"
 DURABLE_SETTINGS = {"synchronous_commit": "on"}
 LISTENER_NAME = "mailqueue-listen"  # application_name of the LISTEN connection
+PING_INTERVAL = 5.0  # the LISTEN connection is checked this often (seconds) ...
+PING_TIMEOUT = 5.0  # ... and given up when a check takes longer
 
 
 def is_postgres(url: str) -> bool:
@@ -65,8 +67,13 @@ async def delay_warning_lock(conn: AsyncConnection) -> None:
 class Listener:
     """A dedicated connection that LISTENs and calls back on notifications.
 
-    Notifications only make a process react sooner: every caller keeps polling, so a lost
-    connection costs latency, not correctness. The listener reconnects with a backoff.
+    :attr:`connected` is set while the connection listens: every change committed
+    meanwhile, by any process, calls back. Each callback is also called once when the
+    listener starts listening and once when it stops (anything sent while it did not
+    listen is missed), so a caller may poll slowly while :attr:`connected` is set and must
+    poll at its own pace while it is not: a lost connection costs latency, not
+    correctness. The listener reconnects with a backoff; a connection that stops
+    answering is given up within :data:`PING_INTERVAL` plus :data:`PING_TIMEOUT` seconds.
     """
 
     def __init__(self, url: str, callbacks: Mapping[str, Callable[[], None]],
@@ -103,18 +110,35 @@ class Listener:
                     await raw.add_listener(channel, self._dispatch)
                 self.connected.set()
                 # Wake everyone once: anything sent while we were not listening is seen.
-                for callback in self._callbacks.values():
-                    callback()
-                while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 5.0)
-                    if not lost.is_set():
-                        await raw.execute("SELECT 1")  # notice a dead peer
-                raise ConnectionError("listen connection closed")
+                self._wake_all()
+                try:
+                    await _until_lost(raw, lost)
+                except Exception:
+                    # Notifications may be missed from here on: everyone looks again now,
+                    # and polls at its own pace until the listener is back.
+                    self.connected.clear()
+                    self._wake_all()
+                    raise
+                finally:
+                    self.connected.clear()
         finally:
             await engine.dispose()
+
+    def _wake_all(self) -> None:
+        for callback in self._callbacks.values():
+            callback()
 
     def _dispatch(self, _conn: Any, _pid: int, channel: str, _payload: str) -> None:
         callback = self._callbacks.get(channel)
         if callback is not None:
             callback()
+
+
+async def _until_lost(raw: Any, lost: asyncio.Event) -> None:
+    """Wait until the connection ``raw`` is lost or stops answering; raise saying which."""
+    while not lost.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lost.wait(), PING_INTERVAL)
+        if not lost.is_set():
+            await raw.execute("SELECT 1", timeout=PING_TIMEOUT)  # notice a dead peer
+    raise ConnectionError("listen connection closed")

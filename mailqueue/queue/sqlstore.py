@@ -607,7 +607,8 @@ class SqlQueueStore(SqlAdminMixin):
     def watch(self, stores: Sequence[str], interval: Callable[[], float],
               report: Callable[[Changes | QueueError], None]) -> bool:
         # An SQLite file: its data version, and the rows only when that moved (_watch.py).
-        # PostgreSQL has no such cheap look; its notifications make rereads prompt instead.
+        # PostgreSQL has no such cheap look; its notifications make rereads prompt instead
+        # (and, while heard, spare the control plane its frequent ones: app.py).
         if self._watch is None:
             return False
         self._watch.start(stores, interval, report)

@@ -142,10 +142,17 @@ async def test_group_commit_shares_transactions(store: SqlQueueStore) -> None:
 async def test_listener_reconnects_after_losing_its_connection(store: SqlQueueStore,
                                                                 pg_url: str) -> None:
     mail = asyncio.Event()
-    listener = postgres.Listener(pg_url, {postgres.QUEUE_CHANNEL: mail.set}, retry=0.1)
+    heard: list[bool] = []  # whether it was listening at each call
+
+    def woken() -> None:
+        heard.append(listener.connected.is_set())
+        mail.set()
+
+    listener = postgres.Listener(pg_url, {postgres.QUEUE_CHANNEL: woken}, retry=0.1)
     task = asyncio.create_task(listener.run())
     try:
         await asyncio.wait_for(listener.connected.wait(), 5)
+        assert heard == [True]  # once on listening: whatever was sent before is looked for
         admin = await asyncpg.connect(dsn(pg_url))
         try:
             killed = await admin.fetchval(
@@ -156,6 +163,7 @@ async def test_listener_reconnects_after_losing_its_connection(store: SqlQueueSt
             await admin.close()
         assert killed == 1
         await wait_until(lambda: not listener.connected.is_set())
+        assert heard == [True, False]  # once on losing it: what is sent now is missed
         await asyncio.wait_for(listener.connected.wait(), 5)
         mail.clear()
         await store.enqueue([new_message("a@b.example")])

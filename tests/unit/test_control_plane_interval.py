@@ -79,6 +79,24 @@ async def test_rereads_often_while_a_node_is_not_up() -> None:
     assert control.next_read() == 0.5
 
 
+async def test_rereads_slowly_while_notifications_poke_it_and_often_when_they_stop() -> None:
+    from mailqueue.clock import ScaledClock
+
+    shared, clock = Shared(), ScaledClock(1000.0, 1.0)
+    await shared.save_window(Window(name="upgrade", stores=("basic",), start=900.0,
+                                    end=1000.3, state=WindowState.ACTIVE, started_at=900.0))
+    control = ControlPlane(shared, clock, ["basic", "exchange"], interval=0.5,
+                           held_interval=0.1)
+    listening = {"up": True}  # a PostgreSQL LISTEN connection, up
+    control.notified_by(lambda: listening["up"])
+    await control.refresh()
+    assert control.blocked() == {"basic"}
+    assert control.next_read() == 0.5
+    assert 0.2 < control.next_wait() <= 0.3  # still woken for the window's scheduled end
+    listening["up"] = False  # reconnecting
+    assert control.next_read() == 0.1
+
+
 def test_the_held_interval_is_never_longer_than_the_interval() -> None:
     control = ControlPlane(Shared(), ManualClock(0.0), ["basic"], interval=0.05)
     assert control.next_read() == 0.05
