@@ -13,7 +13,7 @@ Neither holds the files in memory: a snapshot is written as the files are read, 
 lines (:data:`LINES_FORMAT`: a header, one line per file, a last line with the count), and
 the check streams the snapshot and the current files into a scratch SQLite file in the
 temporary directory (:class:`Comparison`), removed however it ends. A snapshot written as
-one JSON document (:data:`FORMAT`) is still read. :func:`take_snapshot`,
+one JSON document (:data:`FORMAT`) is read too, whole. :func:`take_snapshot`,
 :class:`Manifest` and :func:`compare_snapshot` do the same with every record in memory, for
 a few files.
 """
@@ -33,6 +33,7 @@ from mailqueue.errors import MailqueueError
 from mailqueue.mailbox.maildir import unique_part
 from mailqueue.queue._auditscratch import CHUNK, blob
 from mailqueue.queue._snapshotscratch import SnapshotScratch
+from mailqueue.verify._jsonobject import ObjectError, ObjectReader
 from mailqueue.verify.scan import distinct_roots, read_maildirs, store_roots
 
 LINES_FORMAT = "mailqueue-snapshot/2"  # written: JSON lines
@@ -340,7 +341,12 @@ def _file_record(data: Any) -> FileRecord:
 
 
 def _read_document(source: Path) -> tuple[str, Iterator[tuple[str, FileRecord]]]:
-    """A snapshot of :data:`FORMAT`: one JSON document, read whole."""
+    """A snapshot of :data:`FORMAT`: one JSON document. Read a member at a time where its
+    format and time come before its files (as every snapshot of that format was written),
+    else whole."""
+    head = _document_head(source)
+    if head is not None:
+        return head, _stream_document(source)
     try:
         data: Any = json.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -352,12 +358,59 @@ def _read_document(source: Path) -> tuple[str, Iterator[tuple[str, FileRecord]]]
     files = data.get("files")
     if not isinstance(files, dict):
         raise _damaged(source, "'files' is not an object")
-    return str(data.get("created_at", "")), _document_records(source, files)
+    return str(data.get("created_at", "")), _document_records(source, files.items())
 
 
-def _document_records(source: Path, files: dict[str, Any]
+def _document_head(source: Path) -> str | None:
+    """The time of a snapshot of :data:`FORMAT` whose format and time come before its
+    files; None for any other file (and any that cannot be read so far)."""
+    head: dict[str, Any] = {}
+    try:
+        with open(source, encoding="utf-8") as stream:
+            reader = ObjectReader(stream)
+            for name in reader.members():
+                if name == "files":
+                    break
+                head[name] = reader.value()
+            else:
+                return None
+    except (OSError, ValueError):  # UnicodeDecodeError and ObjectError are ValueErrors
+        return None
+    if head.get("format") != FORMAT or "created_at" not in head:
+        return None
+    return str(head["created_at"])
+
+
+def _stream_document(source: Path) -> Iterator[tuple[str, FileRecord]]:
+    """The records of a snapshot :func:`_document_head` took, a member at a time; the
+    rest of the document is read to its end (a document cut short is damaged)."""
+    try:
+        with open(source, encoding="utf-8") as stream:
+            reader = ObjectReader(stream)
+            members = reader.members()
+            for name in members:
+                if name == "files":
+                    break
+                reader.value()
+            yield from _document_records(source, _members(reader))
+            for name in members:
+                if name in ("format", "created_at", "files"):
+                    raise _damaged(source, f"{name!r} is given twice")
+                reader.value()
+            reader.end()
+    except (OSError, UnicodeDecodeError, ObjectError) as exc:
+        raise SnapshotError(f"{source}: cannot read snapshot: {exc}") from None
+
+
+def _members(reader: ObjectReader) -> Iterator[tuple[str, Any]]:
+    """(name, value) of each member of the object ``reader`` is at."""
+    for name in reader.members():
+        yield name, reader.value()
+
+
+def _document_records(source: Path, files: Iterable[tuple[str, Any]]
                       ) -> Iterator[tuple[str, FileRecord]]:
-    for key, value in files.items():
+    for key, value in files:
         try:
             record = _file_record(value)
         except ValueError as exc:

@@ -23,7 +23,7 @@ import pytest
 from mailqueue.config import load_config
 from mailqueue.mailbox.maildir import mailbox_path
 from mailqueue.queue import _auditscratch
-from mailqueue.verify import snapshot
+from mailqueue.verify import _jsonobject, snapshot
 from mailqueue.verify.snapshot import (
     LINES_FORMAT,
     Comparison,
@@ -46,9 +46,11 @@ def mq(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> M
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Records go to the scratch file and come back from it in chunks far smaller than the
-    mail: every boundary is crossed many times."""
+    mail, and a snapshot written as one document is read 7 characters at a time: every
+    boundary is crossed many times."""
     monkeypatch.setattr(_auditscratch, "CHUNK", 7)
     monkeypatch.setattr(snapshot, "CHUNK", 7)
+    monkeypatch.setattr(_jsonobject, "READ", 7)
 
 
 @pytest.fixture
@@ -191,6 +193,13 @@ def test_two_files_with_one_unique_part_are_both_kept(tmp_path: Path, mq: Mq) ->
     same = mq("verify", "-c", config, "--against", lines)
     assert same.code == 0, same.out
     assert same.out.split(": ", 1)[1] == "2 files checked, 0 missing, 0 changed, 0 new since\n"
+    # A snapshot written as one document read its keys as alike: what it gave, it gives.
+    document = tmp_path / "before-document.json"
+    reference.take_snapshot(stores(config)).dump(document)
+    diff = reference.compare_snapshot(reference.Manifest.load(document),
+                                      reference.take_snapshot(stores(config)))
+    since = json.loads(document.read_text())["created_at"]
+    assert mq("verify", "-c", config, "--against", document).out == diff.report(since) + "\n"
 
 
 def test_the_snapshot_file_is_json_lines_with_a_count(tmp_path: Path, mq: Mq) -> None:
@@ -234,6 +243,21 @@ def test_the_snapshot_file_is_json_lines_with_a_count(tmp_path: Path, mq: Mq) ->
      "damaged snapshot (k: a file record has the fields path, sha256, size)"),
     ('{"format": "mailqueue-snapshot/1", "files": []}',
      "damaged snapshot ('files' is not an object)"),
+    # Read a member at a time: its format and time come first.
+    ('{"format": "mailqueue-snapshot/1", "created_at": "then", "files": {"k": {"path": "p"}}}',
+     "damaged snapshot (k: a file record has the fields path, sha256, size)"),
+    ('{"format": "mailqueue-snapshot/1", "created_at": "then", "files": {"k": {"path": "p"',
+     "before.json: cannot read snapshot: Expecting ',' delimiter: character 84"),
+    ('{"format": "mailqueue-snapshot/1", "created_at": "then", "files": {"k": DOCRECORD',
+     "before.json: cannot read snapshot: Expecting ',' or '}': character 174"),
+    ('{"format": "mailqueue-snapshot/1", "created_at": "then", "files": {}} and more',
+     "before.json: cannot read snapshot: Extra data: character 70"),
+    ('{\n"format": "mailqueue-snapshot/1", "created_at": "then", "files": {}, "format": 2}',
+     "damaged snapshot ('format' is given twice)"),
+    ('{"format": "mailqueue-snapshot/1", "created_at": "then", "files": [1]}',
+     "before.json: cannot read snapshot: Expecting '{': character 66"),
+    ('{"format": "mailqueue-snapshot/1", "created_at": "then", "files": {"k": DOCRECORD}}\n',
+     "QUIETLY"),
 ])
 def test_a_snapshot_that_cannot_be_read_is_one_line(
         tmp_path: Path, mq: Mq, scratch_dir: Path, content: str | None, fragment: str) -> None:
@@ -242,12 +266,19 @@ def test_a_snapshot_that_cannot_be_read_is_one_line(
     if content is not None:
         content = content.replace("HEADER", json.dumps({"format": LINES_FORMAT,
                                                         "created_at": "then"}))
+        content = content.replace("DOCRECORD", json.dumps({"path": "p", "sha256": "0" * 64,
+                                                           "size": 1}))
         content = content.replace("RECORD", json.dumps({"key": "k", "path": "p",
                                                         "sha256": "0" * 64, "size": 1}))
         source.write_bytes(content.encode("utf-8", "surrogateescape")
                            if "\xff" not in content else content.encode("latin-1"))
     result = mq("verify", "-c", config, "--against", source)
-    one_line_error(result, fragment)
+    if fragment == "QUIETLY":  # the control: read, one file missing
+        assert result.code == 1 and result.err == "", result.err
+        assert result.out == "snapshot of then: 1 files checked, 1 missing, 0 changed, 0 new " \
+                             "since\nMISSING (1):\n  p\n"
+    else:
+        one_line_error(result, fragment)
     assert os.listdir(scratch_dir) == []
 
 
