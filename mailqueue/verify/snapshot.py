@@ -13,7 +13,7 @@ Neither holds the files in memory: a snapshot is written as the files are read, 
 lines (:data:`LINES_FORMAT`: a header, one line per file, a last line with the count), and
 the check streams the snapshot and the current files into a scratch SQLite file in the
 temporary directory (:class:`Comparison`), removed however it ends. A snapshot written as
-one JSON document (:data:`FORMAT`) is read too, whole. :func:`take_snapshot`,
+one JSON document (:data:`FORMAT`) is read too, a member at a time. :func:`take_snapshot`,
 :class:`Manifest` and :func:`compare_snapshot` do the same with every record in memory, for
 a few files.
 """
@@ -244,7 +244,7 @@ def read_snapshot(source: Path) -> tuple[str, Iterator[tuple[str, FileRecord]]]:
     """(When the snapshot in ``source`` was taken, its records by key). The file is known
     to be a snapshot on return; a damaged record raises :class:`SnapshotError` when the
     records are read to it. A snapshot of :data:`LINES_FORMAT` is read a line at a time,
-    one of :data:`FORMAT` all at once."""
+    one of :data:`FORMAT` a member at a time."""
     try:
         with open(source, "rb") as stream:
             first = stream.readline(_HEADER_MAX)
