@@ -37,7 +37,7 @@ from mailqueue.verify._jsonobject import ObjectError, ObjectReader
 from mailqueue.verify.scan import distinct_roots, read_maildirs, store_roots
 
 LINES_FORMAT = "mailqueue-snapshot/2"  # written: JSON lines
-FORMAT = "mailqueue-snapshot/1"  # one JSON document, keys as an earlier version made them
+FORMAT = "mailqueue-snapshot/1"  # one JSON document: read, not written
 _FIELDS = {"path": str, "sha256": str, "size": int}
 _HEADER_MAX = 64 * 1024
 
