@@ -11,7 +11,7 @@ import click
 from mailqueue.cli._common import config_option, in_service
 from mailqueue.config import load_config
 from mailqueue.service.verify import run_audit, verdict, verify_json
-from mailqueue.verify.snapshot import Manifest, compare_snapshot, take_snapshot
+from mailqueue.verify.snapshot import check_snapshot, write_snapshot
 
 
 def _echo_json(data: object) -> None:
@@ -42,18 +42,16 @@ def verify(config_path: str | None, as_json: bool, snapshot: Path | None,
     config = load_config(config_path)
     stores = {s.name: root for s in config.stores if (root := s.mailbox_root) is not None}
     if snapshot is not None:
-        manifest = take_snapshot(stores)
-        manifest.dump(snapshot)
+        files = write_snapshot(stores, snapshot)
         if as_json:
-            _echo_json({"snapshot": str(snapshot), "files": len(manifest.files)})
+            _echo_json({"snapshot": str(snapshot), "files": files})
         else:
-            click.echo(f"snapshot: {len(manifest.files)} mailbox files in {len(stores)} "
-                       f"stores written to {snapshot}")
+            click.echo(f"snapshot: {files} mailbox files in {len(stores)} stores written to "
+                       f"{snapshot}")
         return
     if against is not None:
-        before = Manifest.load(against)
-        diff = compare_snapshot(before, take_snapshot(stores))
-        _echo_json(diff.as_dict()) if as_json else click.echo(diff.report(before.created_at))
+        created_at, diff = check_snapshot(against, stores)
+        _echo_json(diff.as_dict()) if as_json else click.echo(diff.report(created_at))
         _exit(diff.ok)
         return
     result = in_service(config, run_audit, seed=False)

@@ -4,7 +4,9 @@ A million recipients and a million copies do not fit in a small process, so the 
 spills both into a throwaway SQLite file in a temporary directory and lets SQLite match
 them (its sorter and page cache are bounded; the rest stays on disk). The file is not the
 queue: it is written without a journal or syncs, indexed once loaded, and removed on
-:meth:`Scratch.close` (also when the audit fails or is interrupted).
+:meth:`Scratch.close` (also when the audit fails or is interrupted). :class:`ScratchFile`
+is that much, for any comparison too large to hold (the snapshot's,
+:mod:`mailqueue.queue._snapshotscratch`).
 
 Text goes in as UTF-8 blobs with surrogates passed through: a name read from a file may
 hold undecodable bytes (``surrogateescape``), and blobs compare in code point order, the
@@ -20,14 +22,13 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from mailqueue.errors import MailqueueError
 
 # Rows are written this many at a time; SQLite's page cache is held to this many KiB.
 CHUNK = 5000
 _CACHE_KIB = 4 * 1024
-_FILE = "audit.db"
 
 _SCHEMA = """
 CREATE TABLE rcpt (seq INTEGER PRIMARY KEY, queue_id BLOB, rkey BLOB, address TEXT,
@@ -98,16 +99,27 @@ def text(data: bytes) -> str:
     return data.decode("utf-8", "surrogatepass")
 
 
-class Scratch:
-    """A throwaway SQLite file holding recipients and copies, and the queries over it.
+class ScratchFile:
+    """A throwaway SQLite file in a temporary directory: the tables of ``SCHEMA``, filled,
+    then the ``INDEXES`` script run once before the first query.
 
     One thread at a time may use it; :meth:`close` may be called from another thread while
-    it is in use (it stops the work in hand, then removes the file)."""
+    it is in use (it stops the work in hand, then removes the file). Its errors say what it
+    is for (``owner``, as in "the audit's scratch file") and are ``error`` (``interrupted``
+    once closed)."""
 
-    def __init__(self, directory: str | None = None) -> None:
-        # Made when first used (in the thread that uses it), so that an audit cancelled
-        # before then leaves nothing behind, and one cancelled after finds it to remove.
+    SCHEMA: ClassVar[str] = ""
+    INDEXES: ClassVar[str] = ""
+    FILE: ClassVar[str] = "scratch.db"
+
+    def __init__(self, directory: str | None, owner: str, error: type[MailqueueError],
+                 interrupted: type[MailqueueError] | None = None) -> None:
+        # Made when first used (in the thread that uses it), so that work cancelled before
+        # then leaves nothing behind, and work cancelled after finds it to remove.
         self._where = directory
+        self._owner = owner
+        self._error_type = error
+        self._interrupted_type = interrupted or error
         self._dir: str | None = None
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -119,21 +131,84 @@ class Scratch:
             self._dir = tempfile.mkdtemp(prefix="mailqueue-verify-", dir=self._where)
         except OSError as exc:
             where = self._where or os.environ.get("TMPDIR") or "the temporary directory"
-            raise AuditError(f"cannot make the audit's scratch directory in {where}: "
-                             f"{exc.strerror or exc} (set TMPDIR to a writable directory "
-                             "with room)") from None
-        db = sqlite3.connect(os.path.join(self._dir, _FILE), check_same_thread=False,
+            raise self._error_type(
+                f"cannot make the {self._owner}'s scratch directory in {where}: "
+                f"{exc.strerror or exc} (set TMPDIR to a writable directory with room)"
+            ) from None
+        db = sqlite3.connect(os.path.join(self._dir, self.FILE), check_same_thread=False,
                              isolation_level=None)
         self._db = db
         db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; "
                          f"PRAGMA cache_size = -{_CACHE_KIB}; PRAGMA temp_store = FILE;"
-                         + _SCHEMA)
+                         + self.SCHEMA)
         db.execute("BEGIN")
         return db
 
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    def close(self) -> None:
+        """Stop what the file is being used for, close it and remove its directory (from
+        any thread; again is a no-op)."""
+        self._closed.set()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.interrupt()
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+            if self._dir is not None:
+                _remove(self._dir, self.FILE)
+
+    def _insert(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
+        with self._using() as db:
+            db.executemany(sql, rows)
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> Iterator[Any]:
+        with self._using() as db:
+            if not self._indexed:
+                db.execute("COMMIT")  # executescript() would commit it anyway
+                db.executescript(self.INDEXES + "ANALYZE;")
+                self._indexed = True
+            cursor = db.execute(sql, args)
+        while True:
+            with self._using():
+                rows = cursor.fetchmany(CHUNK)
+            if not rows:
+                return
+            yield from rows
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed.is_set():
+                raise self._stopped()
+            try:
+                yield self._db if self._db is not None else self._open()
+            except sqlite3.Error as exc:
+                if self._closed.is_set():
+                    raise self._stopped() from None
+                raise self._error(exc) from None
+
+    def _error(self, exc: sqlite3.Error) -> MailqueueError:
+        return self._error_type(f"cannot write the {self._owner}'s scratch file in "
+                                f"{self._dir}: {exc} (set TMPDIR to a directory with room)")
+
+    def _stopped(self) -> MailqueueError:
+        return self._interrupted_type(f"the {self._owner} was stopped")
+
+
+class Scratch(ScratchFile):
+    """The audit's recipients and copies, and the queries over them."""
+
+    SCHEMA = _SCHEMA
+    INDEXES = _INDEXES
+    FILE = "audit.db"
+
+    def __init__(self, directory: str | None = None) -> None:
+        super().__init__(directory, "audit", AuditError, Interrupted)
 
     def add_recipients(self, rows: Iterable[tuple[int, bytes, bytes, str, str, str,
                                                   str | None, str]]) -> None:
@@ -196,60 +271,12 @@ class Scratch:
         if current is not None:
             yield current
 
-    def close(self) -> None:
-        """Stop what the file is being used for, close it and remove its directory (from
-        any thread; again is a no-op)."""
-        self._closed.set()
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.interrupt()
-        with self._lock:
-            if self._db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.close()
-            if self._dir is not None:
-                _remove(self._dir)
 
-    def _insert(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
-        with self._using() as db:
-            db.executemany(sql, rows)
-
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> Iterator[Any]:
-        with self._using() as db:
-            if not self._indexed:
-                db.execute("COMMIT")  # executescript() would commit it anyway
-                db.executescript(_INDEXES + "ANALYZE;")
-                self._indexed = True
-            cursor = db.execute(sql, args)
-        while True:
-            with self._using():
-                rows = cursor.fetchmany(CHUNK)
-            if not rows:
-                return
-            yield from rows
-
-    @contextlib.contextmanager
-    def _using(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._closed.is_set():
-                raise Interrupted("the audit was stopped")
-            try:
-                yield self._db if self._db is not None else self._open()
-            except sqlite3.Error as exc:
-                if self._closed.is_set():
-                    raise Interrupted("the audit was stopped") from None
-                raise self._error(exc) from None
-
-    def _error(self, exc: sqlite3.Error) -> AuditError:
-        return AuditError(f"cannot write the audit's scratch file in {self._dir}: {exc} "
-                          "(set TMPDIR to a directory with room)")
-
-
-def _remove(directory: str) -> None:
+def _remove(directory: str, name: str) -> None:
     """Remove the scratch directory: its one file, then itself (anything else found there
     too, should a file have been left beside it)."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(directory, _FILE))
+        os.unlink(os.path.join(directory, name))
     try:
         os.rmdir(directory)
     except OSError:

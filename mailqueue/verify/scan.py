@@ -164,8 +164,15 @@ def read_files(root: Path, read: Callable[[Path], T],
     for again under its unique part in a second listing of its Maildir, so it is neither
     skipped nor read twice. An unreadable file raises :class:`ScanError`. One Maildir at a
     time: a million files are never all in memory at once here."""
+    for _, done in read_maildirs(root, read, skip):
+        yield from done
+
+
+def read_maildirs(root: Path, read: Callable[[Path], T], skip: Collection[Path] = ()
+                  ) -> Iterator[tuple[Path, list[tuple[Path, T]]]]:
+    """:func:`read_files`, a Maildir at a time: (Maildir, its files read)."""
     for maildir in maildirs(root, skip):
-        yield from _read_maildir(maildir, read)
+        yield maildir, _read_maildir(maildir, read)
 
 
 def _read_maildir(maildir: Path, read: Callable[[Path], T]) -> list[tuple[Path, T]]:
