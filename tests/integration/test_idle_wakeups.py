@@ -102,9 +102,10 @@ async def test_a_retry_is_claimed_when_it_comes_due(tmp_path: Path) -> None:
                            "elsewhere", now)
     store = CountingStore(config.queue.url)
     async with running(config, queue=store):
+        ready = time.time()  # a loaded machine may take longer to start than the retry waits
         await wait_for(lambda: len(basic_files(tmp_path)) == 1, timeout=6, interval=0.02)
         delivered = time.time()
-    assert due <= delivered < due + 1.0
+    assert due <= delivered < max(due, ready) + 1.0
     assert store.claims <= 6, store.claims  # not one every 0.1 s while it waited
 
 
