@@ -8,14 +8,21 @@ relying on ``ON DELETE CASCADE`` being switched on.
 
 from __future__ import annotations
 
+import functools
+import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
+    Integer,
+    String,
     and_,
+    any_,
     bindparam,
     case,
     exists,
@@ -107,6 +114,40 @@ def _delay_warned() -> ColumnElement[bool]:
 def chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
     """``values`` in slices short enough for one statement's IN (...) list."""
     return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+def ids_in(conn: AsyncConnection, column: ColumnElement[int],
+           ids: Sequence[int]) -> ColumnElement[bool]:
+    """``column IN ids``, the ids passed as one parameter, in any number.
+
+    The statement's text does not depend on how many ids there are, so it is compiled once
+    and kept (an ``IN (...)`` list of a thousand is rendered and bound one parameter at a
+    time on every run, which costs the event loop more than the database's own work):
+    ``IN (SELECT value FROM json_each(?))`` on SQLite, ``= ANY(?)`` with an array on
+    PostgreSQL. Both are primary key or index lookups, one per id. An SQLite library built
+    without its JSON functions gets the ``IN (...)`` list.
+    """
+    if conn.dialect.name == "sqlite":
+        if not _sqlite_json():
+            return column.in_(ids)
+        values = func.json_each(bindparam(None, json.dumps(list(ids)), type_=String)
+                                ).table_valued("value")
+        return column.in_(select(values.c.value).scalar_subquery())
+    return column == any_(bindparam(None, list(ids), type_=ARRAY(Integer)))
+
+
+@functools.cache
+def _sqlite_json() -> bool:
+    """Whether this process's SQLite library has ``json_each`` (every build since 3.38
+    does unless built without it; before, most builds do)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("SELECT value FROM json_each('[1]')").fetchall()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return True
 
 
 class SqlAdminMixin:
@@ -391,13 +432,13 @@ class SqlAdminMixin:
     async def record_settlement(self, conn: AsyncConnection, settlement: Settlement,
                                 now: float) -> None:
         """History rows for one settled batch, and the notices it carries."""
-        for chunk in chunks(settlement.delivered):
+        if settlement.delivered:
             # The hot path: one INSERT ... SELECT, no round trip for the queue ids.
             await conn.execute(insert(recipient_events).from_select(
                 ["queue_id", "recipient_id", "at", "kind"],
                 select(recipients.c.queue_id, recipients.c.id, literal(now),
                        literal(EventKind.DELIVERED.value))
-                .where(recipients.c.id.in_(chunk))))
+                .where(ids_in(conn, recipients.c.id, settlement.delivered))))
         rows: list[tuple[int, str | None, EventKind]] = []
         rows += [(i, err, EventKind.DEFERRED) for i, _, err in settlement.deferred]
         rows += [(i, err, EventKind.BOUNCED) for i, err in settlement.bounced]

@@ -46,6 +46,7 @@ from mailqueue.queue._sqladmin import (
     SqlAdminMixin,
     add_events,
     chunks,
+    ids_in,
     insert_messages,
     message_rows,
     recipient_rows,
@@ -379,7 +380,7 @@ class SqlQueueStore(SqlAdminMixin):
                        messages.c.received_at, messages.c.helo, messages.c.peer,
                        messages.c.body, messages.c.auth_user, messages.c.tls)
                 .join(messages, messages.c.queue_id == recipients.c.queue_id)
-                .where(recipients.c.id.in_(claimed)))
+                .where(ids_in(conn, recipients.c.id, claimed)))
             self._wrote(len(claimed) * _CLAIM_WAL_BYTES)
             # The row's columns in Claim's order, unpacked: a batch is hundreds of rows,
             # and reading each column by name costs several times as much.
@@ -400,7 +401,7 @@ class SqlQueueStore(SqlAdminMixin):
         sizes = await conn.execute(
             select(recipients.c.id, messages.c.size)
             .join(messages, messages.c.queue_id == recipients.c.queue_id)
-            .where(recipients.c.id.in_(claimed))
+            .where(ids_in(conn, recipients.c.id, claimed))
             .order_by(recipients.c.next_attempt_at, recipients.c.id))
         kept: list[int] = []
         returned: list[int] = []
@@ -413,7 +414,7 @@ class SqlQueueStore(SqlAdminMixin):
                 total += size
         if returned:
             await conn.execute(
-                update(recipients).where(recipients.c.id.in_(returned))
+                update(recipients).where(ids_in(conn, recipients.c.id, returned))
                 .values(state=RecipientState.QUEUED.value, lease_owner=None,
                         lease_until=None, attempts=recipients.c.attempts - 1))
         return kept
@@ -449,7 +450,7 @@ class SqlQueueStore(SqlAdminMixin):
                 # the ledger says where the mail is.
                 await conn.execute(
                     update(recipients).where(
-                        recipients.c.id.in_(settlement.delivered),
+                        ids_in(conn, recipients.c.id, settlement.delivered),
                         recipients.c.state.not_in(_OUTCOMES))
                     .values(state=RecipientState.DELIVERED.value, settled_at=now,
                             last_error=None, **released))
@@ -476,18 +477,18 @@ class SqlQueueStore(SqlAdminMixin):
 
     async def _finish_messages(self, conn: AsyncConnection, recipient_ids: list[int],
                                now: float) -> None:
-        """Mark messages whose recipients are all final as done and drop their bodies.
-        The ids go in slices: an operator action may touch more recipients than a
-        statement may have parameters."""
+        """Mark messages whose recipients are all final as done and drop their bodies."""
+        if not recipient_ids:
+            return
         open_rcpt = exists().where(recipients.c.queue_id == messages.c.queue_id,
                                    recipients.c.state.not_in([s.value for s in FINAL_STATES]))
-        for chunk in chunks(recipient_ids):
-            touched = select(recipients.c.queue_id).where(recipients.c.id.in_(chunk))
-            await conn.execute(
-                update(messages)
-                .where(messages.c.queue_id.in_(touched.scalar_subquery()),
-                       messages.c.done_at.is_(None), ~open_rcpt)
-                .values(done_at=now, body=None))
+        touched = select(recipients.c.queue_id).where(
+            ids_in(conn, recipients.c.id, recipient_ids))
+        await conn.execute(
+            update(messages)
+            .where(messages.c.queue_id.in_(touched.scalar_subquery()),
+                   messages.c.done_at.is_(None), ~open_rcpt)
+            .values(done_at=now, body=None))
 
     async def reclaim_expired(self, now: float) -> int:
         async with self._tx(write=True) as conn:
