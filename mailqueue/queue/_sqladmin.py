@@ -116,24 +116,42 @@ def chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
     return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
 
 
-def ids_in(conn: AsyncConnection, column: ColumnElement[int],
-           ids: Sequence[int]) -> ColumnElement[bool]:
-    """``column IN ids``, the ids passed as one parameter, in any number.
+def ids_in(conn: AsyncConnection, column: ColumnElement[int]) -> ColumnElement[bool]:
+    """``column IN :ids``, the ids passed as one parameter named ``ids``, in any number:
+    execute the statement with ``{"ids": ids_param(conn, ids)}``.
 
     The statement's text does not depend on how many ids there are, so it is compiled once
     and kept (an ``IN (...)`` list of a thousand is rendered and bound one parameter at a
     time on every run, which costs the event loop more than the database's own work):
     ``IN (SELECT value FROM json_each(?))`` on SQLite, ``= ANY(?)`` with an array on
     PostgreSQL. Both are primary key or index lookups, one per id. An SQLite library built
-    without its JSON functions gets the ``IN (...)`` list.
+    without its JSON functions gets the ``IN (...)`` list. The expression is built once per
+    database kind and column.
     """
-    if conn.dialect.name == "sqlite":
+    key = (conn.dialect.name, column)
+    found = _IDS_IN.get(key)
+    if found is None:
+        found = _IDS_IN[key] = _ids_in(conn.dialect.name, column)
+    return found
+
+
+def ids_param(conn: AsyncConnection, ids: Sequence[int]) -> Any:
+    """The value of :func:`ids_in`'s ``ids`` parameter."""
+    if conn.dialect.name == "sqlite" and _sqlite_json():
+        return json.dumps(list(ids))
+    return list(ids)
+
+
+_IDS_IN: dict[tuple[str, ColumnElement[int]], ColumnElement[bool]] = {}
+
+
+def _ids_in(dialect: str, column: ColumnElement[int]) -> ColumnElement[bool]:
+    if dialect == "sqlite":
         if not _sqlite_json():
-            return column.in_(ids)
-        values = func.json_each(bindparam(None, json.dumps(list(ids)), type_=String)
-                                ).table_valued("value")
+            return column.in_(bindparam("ids", expanding=True))
+        values = func.json_each(bindparam("ids", type_=String)).table_valued("value")
         return column.in_(select(values.c.value).scalar_subquery())
-    return column == any_(bindparam(None, list(ids), type_=ARRAY(Integer)))
+    return column == any_(bindparam("ids", type_=ARRAY(Integer)))
 
 
 @functools.cache
@@ -438,7 +456,8 @@ class SqlAdminMixin:
                 ["queue_id", "recipient_id", "at", "kind"],
                 select(recipients.c.queue_id, recipients.c.id, literal(now),
                        literal(EventKind.DELIVERED.value))
-                .where(ids_in(conn, recipients.c.id, settlement.delivered))))
+                .where(ids_in(conn, recipients.c.id))),
+                {"ids": ids_param(conn, settlement.delivered)})
         rows: list[tuple[int, str | None, EventKind]] = []
         rows += [(i, err, EventKind.DEFERRED) for i, _, err in settlement.deferred]
         rows += [(i, err, EventKind.BOUNCED) for i, err in settlement.bounced]

@@ -47,6 +47,7 @@ from mailqueue.queue._sqladmin import (
     add_events,
     chunks,
     ids_in,
+    ids_param,
     insert_messages,
     message_rows,
     recipient_rows,
@@ -380,7 +381,7 @@ class SqlQueueStore(SqlAdminMixin):
                        messages.c.received_at, messages.c.helo, messages.c.peer,
                        messages.c.body, messages.c.auth_user, messages.c.tls)
                 .join(messages, messages.c.queue_id == recipients.c.queue_id)
-                .where(ids_in(conn, recipients.c.id, claimed)))
+                .where(ids_in(conn, recipients.c.id)), {"ids": ids_param(conn, claimed)})
             self._wrote(len(claimed) * _CLAIM_WAL_BYTES)
             # The row's columns in Claim's order, unpacked: a batch is hundreds of rows,
             # and reading each column by name costs several times as much.
@@ -401,8 +402,9 @@ class SqlQueueStore(SqlAdminMixin):
         sizes = await conn.execute(
             select(recipients.c.id, messages.c.size)
             .join(messages, messages.c.queue_id == recipients.c.queue_id)
-            .where(ids_in(conn, recipients.c.id, claimed))
-            .order_by(recipients.c.next_attempt_at, recipients.c.id))
+            .where(ids_in(conn, recipients.c.id))
+            .order_by(recipients.c.next_attempt_at, recipients.c.id),
+            {"ids": ids_param(conn, claimed)})
         kept: list[int] = []
         returned: list[int] = []
         total = 0
@@ -414,9 +416,10 @@ class SqlQueueStore(SqlAdminMixin):
                 total += size
         if returned:
             await conn.execute(
-                update(recipients).where(ids_in(conn, recipients.c.id, returned))
+                update(recipients).where(ids_in(conn, recipients.c.id))
                 .values(state=RecipientState.QUEUED.value, lease_owner=None,
-                        lease_until=None, attempts=recipients.c.attempts - 1))
+                        lease_until=None, attempts=recipients.c.attempts - 1),
+                {"ids": ids_param(conn, returned)})
         return kept
 
     def _claimable(self, due: Select[tuple[int]]) -> ColumnElement[bool]:
@@ -450,10 +453,11 @@ class SqlQueueStore(SqlAdminMixin):
                 # the ledger says where the mail is.
                 await conn.execute(
                     update(recipients).where(
-                        ids_in(conn, recipients.c.id, settlement.delivered),
+                        ids_in(conn, recipients.c.id),
                         recipients.c.state.not_in(_OUTCOMES))
                     .values(state=RecipientState.DELIVERED.value, settled_at=now,
-                            last_error=None, **released))
+                            last_error=None, **released),
+                    {"ids": ids_param(conn, settlement.delivered)})
             if settlement.deferred:
                 await conn.execute(
                     update(recipients).where(mine).values(
@@ -482,13 +486,12 @@ class SqlQueueStore(SqlAdminMixin):
             return
         open_rcpt = exists().where(recipients.c.queue_id == messages.c.queue_id,
                                    recipients.c.state.not_in([s.value for s in FINAL_STATES]))
-        touched = select(recipients.c.queue_id).where(
-            ids_in(conn, recipients.c.id, recipient_ids))
+        touched = select(recipients.c.queue_id).where(ids_in(conn, recipients.c.id))
         await conn.execute(
             update(messages)
             .where(messages.c.queue_id.in_(touched.scalar_subquery()),
                    messages.c.done_at.is_(None), ~open_rcpt)
-            .values(done_at=now, body=None))
+            .values(done_at=now, body=None), {"ids": ids_param(conn, recipient_ids)})
 
     async def reclaim_expired(self, now: float) -> int:
         async with self._tx(write=True) as conn:
