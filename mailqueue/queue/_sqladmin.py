@@ -142,6 +142,15 @@ def ids_param(conn: AsyncConnection, ids: Sequence[int]) -> Any:
     return list(ids)
 
 
+def ids_chunks(conn: AsyncConnection, ids: Sequence[int]) -> list[Sequence[int]]:
+    """``ids`` in as many parts as :func:`ids_in` needs: one, or slices for an ``IN (...)``
+    list where it falls back to one (an operator action may touch more recipients than a
+    statement may have parameters)."""
+    if conn.dialect.name == "sqlite" and not _sqlite_json():
+        return chunks(ids)
+    return [ids] if ids else []
+
+
 _IDS_IN: dict[tuple[str, ColumnElement[int]], ColumnElement[bool]] = {}
 
 
@@ -450,14 +459,13 @@ class SqlAdminMixin:
     async def record_settlement(self, conn: AsyncConnection, settlement: Settlement,
                                 now: float) -> None:
         """History rows for one settled batch, and the notices it carries."""
-        if settlement.delivered:
+        for part in ids_chunks(conn, settlement.delivered):
             # The hot path: one INSERT ... SELECT, no round trip for the queue ids.
             await conn.execute(insert(recipient_events).from_select(
                 ["queue_id", "recipient_id", "at", "kind"],
                 select(recipients.c.queue_id, recipients.c.id, literal(now),
                        literal(EventKind.DELIVERED.value))
-                .where(ids_in(conn, recipients.c.id))),
-                {"ids": ids_param(conn, settlement.delivered)})
+                .where(ids_in(conn, recipients.c.id))), {"ids": ids_param(conn, part)})
         rows: list[tuple[int, str | None, EventKind]] = []
         rows += [(i, err, EventKind.DEFERRED) for i, _, err in settlement.deferred]
         rows += [(i, err, EventKind.BOUNCED) for i, err in settlement.bounced]

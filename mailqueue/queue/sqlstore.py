@@ -46,6 +46,7 @@ from mailqueue.queue._sqladmin import (
     SqlAdminMixin,
     add_events,
     chunks,
+    ids_chunks,
     ids_in,
     ids_param,
     insert_messages,
@@ -482,16 +483,15 @@ class SqlQueueStore(SqlAdminMixin):
     async def _finish_messages(self, conn: AsyncConnection, recipient_ids: list[int],
                                now: float) -> None:
         """Mark messages whose recipients are all final as done and drop their bodies."""
-        if not recipient_ids:
-            return
         open_rcpt = exists().where(recipients.c.queue_id == messages.c.queue_id,
                                    recipients.c.state.not_in([s.value for s in FINAL_STATES]))
         touched = select(recipients.c.queue_id).where(ids_in(conn, recipients.c.id))
-        await conn.execute(
-            update(messages)
-            .where(messages.c.queue_id.in_(touched.scalar_subquery()),
-                   messages.c.done_at.is_(None), ~open_rcpt)
-            .values(done_at=now, body=None), {"ids": ids_param(conn, recipient_ids)})
+        for part in ids_chunks(conn, recipient_ids):
+            await conn.execute(
+                update(messages)
+                .where(messages.c.queue_id.in_(touched.scalar_subquery()),
+                       messages.c.done_at.is_(None), ~open_rcpt)
+                .values(done_at=now, body=None), {"ids": ids_param(conn, part)})
 
     async def reclaim_expired(self, now: float) -> int:
         async with self._tx(write=True) as conn:
