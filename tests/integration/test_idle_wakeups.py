@@ -106,7 +106,7 @@ async def test_a_retry_is_claimed_when_it_comes_due(tmp_path: Path) -> None:
         await wait_for(lambda: len(basic_files(tmp_path)) == 1, timeout=6, interval=0.02)
         delivered = time.time()
     assert due <= delivered < max(due, ready) + 1.0
-    assert store.claims <= 6, store.claims  # not one every 0.1 s while it waited
+    assert store.claims <= 10, store.claims  # not one every 0.1 s (20) while it waited
 
 
 async def test_mail_accepted_while_every_lane_sleeps_is_delivered_at_once(
