@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +71,12 @@ def dovecot(dovecot_installed: None) -> Iterator[Dovecot]:
     """A private Dovecot taking any ``user@domain`` over LMTP, stopped after the test."""
     with Dovecot() as server:
         yield server
+
+
+@pytest.fixture
+def scratch_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary directory (TMPDIR) a verify's scratch file goes in, for this test."""
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

@@ -13,7 +13,6 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,15 +52,6 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_jsonobject, "READ", 7)
 
 
-@pytest.fixture
-def scratch_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The temporary directory the check puts its scratch file in."""
-    folder = tmp_path / "scratch"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
 def stores(config: Path) -> dict[str, Path]:
     """The stores' roots, as the command finds them."""
     return {s.name: root for s in load_config(str(config)).stores
@@ -73,6 +63,21 @@ def box(config: Path, store: str, address: str) -> Path:
     for sub in ("new", "cur", "tmp"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     return home
+
+
+def snapshotted(tmp_path: Path, count: int) -> tuple[Path, Path, Path]:
+    """A config whose store holds ``count`` mails over ``count // 100`` mailboxes, a
+    snapshot of them taken by the command, and an empty directory for TMPDIR."""
+    config = write_config(tmp_path)
+    for n in range(count):
+        put(box(config, "basic", f"user{n % (count // 100)}@basic.example") / "cur" /
+            f"1500{n:06}.M1.x:2,S", f"mail {n}")
+    lines = tmp_path / "before.json"
+    subprocess.run([sys.executable, "-m", "mailqueue", "verify", "-c", str(config),
+                    "--snapshot", str(lines)], check=True, capture_output=True, timeout=60)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return config, lines, scratch
 
 
 def put(path: Path, content: str) -> Path:
@@ -315,15 +320,7 @@ def test_no_room_for_the_scratch_file_is_one_line(tmp_path: Path) -> None:
 def test_a_full_temporary_directory_is_one_line(tmp_path: Path) -> None:
     # The scratch file may not grow past 64 KiB (as on a full disk): one line, naming
     # TMPDIR, and nothing left behind.
-    config = write_config(tmp_path)
-    for n in range(2000):
-        put(box(config, "basic", f"user{n % 20}@basic.example") / "cur" / f"1500{n:06}.M1.x:2,S",
-            f"mail {n}")
-    lines = tmp_path / "before.json"
-    subprocess.run([sys.executable, "-m", "mailqueue", "verify", "-c", str(config),
-                    "--snapshot", str(lines)], check=True, capture_output=True, timeout=60)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    config, lines, scratch = snapshotted(tmp_path, 2000)
 
     def small_files() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails
@@ -387,15 +384,7 @@ def test_an_interrupted_check_removes_the_scratch_file(
 
 
 def test_ctrl_c_during_against_removes_the_scratch_file(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
-    for n in range(3000):
-        put(box(config, "basic", f"user{n % 30}@basic.example") / "cur" / f"1500{n:06}.M1.x:2,S",
-            f"mail {n}")
-    lines = tmp_path / "before.json"
-    subprocess.run([sys.executable, "-m", "mailqueue", "verify", "-c", str(config),
-                    "--snapshot", str(lines)], check=True, capture_output=True, timeout=60)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    config, lines, scratch = snapshotted(tmp_path, 3000)
     proc = subprocess.Popen([sys.executable, "-m", "mailqueue", "verify", "-c", str(config),
                              "--against", str(lines)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,

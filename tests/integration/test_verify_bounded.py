@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -62,15 +61,6 @@ def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlstore, "_READ_SLICE", 3)
     monkeypatch.setattr(importlib.import_module("mailqueue.verify.audit"), "CHUNK", 7)
     monkeypatch.setattr(_scratch, "CHUNK", 7)
-
-
-@pytest.fixture
-def scratch_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The temporary directory the audit puts its scratch file in."""
-    folder = tmp_path / "scratch"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def left(folder: Path) -> list[str]:
