@@ -125,7 +125,7 @@ class ControlPlane:
         # Serialised, so that a refresh that started before a change cannot finish after
         # a refresh that saw it and put the stale view back.
         self._lock = asyncio.Lock()
-        self._notified: Callable[[], bool] = _never  # every change pokes the plane now
+        self._notified: Callable[[], bool] = _never  # whether every change pokes the plane at once
         self._seen: dict[str, WindowState] | None = None
         self._ends: dict[str, float] = {}
         self._nodes: dict[str, NodeState] | None = None  # None: not read yet
