@@ -1,7 +1,9 @@
 """The oracle for :mod:`mailqueue.verify.snapshot`: the same snapshot and comparison with
 every record in memory, in two dicts, a snapshot written as one JSON document
-(``mailqueue-snapshot/1``). The streamed snapshot and its comparison in a scratch file must
-give exactly what this gives (tests/integration/test_snapshot_streamed.py).
+(``mailqueue-snapshot/1``). Its records and findings are the module's own classes
+(:class:`FileRecord`, :class:`SnapshotDiff`), so both print alike. The streamed snapshot
+and its comparison in a scratch file must give exactly what this gives
+(tests/integration/test_snapshot_streamed.py).
 """
 
 from __future__ import annotations
@@ -15,22 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mailqueue.errors import MailqueueError
 from mailqueue.mailbox.maildir import unique_part
 from mailqueue.verify.scan import distinct_roots, read_files, store_roots
+from mailqueue.verify.snapshot import FileRecord, SnapshotDiff, SnapshotError
 
 FORMAT = "mailqueue-snapshot/1"
-
-
-class SnapshotError(MailqueueError):
-    """A snapshot file cannot be read or is not a mailqueue snapshot."""
-
-
-@dataclasses.dataclass(frozen=True)
-class FileRecord:
-    path: str
-    sha256: str
-    size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,47 +60,6 @@ class Manifest:
         except (KeyError, TypeError, AttributeError) as exc:
             raise SnapshotError(f"{source}: damaged snapshot ({exc})") from None
         return cls(str(data.get("created_at", "")), files)
-
-
-@dataclasses.dataclass(frozen=True)
-class SnapshotDiff:
-    """What changed since a snapshot: ``missing`` and ``changed`` fail; ``moved`` (the same
-    content under another name in the same mailbox) and ``added`` do not."""
-
-    missing: tuple[FileRecord, ...]
-    changed: tuple[tuple[FileRecord, FileRecord], ...]  # (before, now)
-    added: int
-    checked: int
-    moved: tuple[tuple[FileRecord, FileRecord], ...] = ()  # (before, now)
-
-    @property
-    def ok(self) -> bool:
-        return not self.missing and not self.changed
-
-    def report(self, since: str) -> str:
-        moved = f", {len(self.moved)} moved by a reader" if self.moved else ""
-        lines = [f"snapshot of {since}: {self.checked} files checked, {len(self.missing)} "
-                 f"missing, {len(self.changed)} changed, {self.added} new since{moved}"]
-        if self.missing:
-            lines.append(f"MISSING ({len(self.missing)}):")
-            lines += [f"  {r.path}" for r in self.missing]
-        if self.changed:
-            lines.append(f"CHANGED ({len(self.changed)}):")
-            lines += [f"  {before.path} (sha256 {before.sha256[:12]} -> {now.sha256[:12]}, "
-                      f"{before.size} -> {now.size} bytes)" for before, now in self.changed]
-        if self.moved:
-            lines.append(f"MOVED ({len(self.moved)}, renamed or filed by a reader, content "
-                         "unchanged):")
-            lines += [f"  {before.path} -> {now.path}" for before, now in self.moved]
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "added": self.added,
-                "missing": [dataclasses.asdict(r) for r in self.missing],
-                "changed": [{"before": dataclasses.asdict(b), "now": dataclasses.asdict(n)}
-                            for b, n in self.changed],
-                "moved": [{"before": dataclasses.asdict(b), "now": dataclasses.asdict(n)}
-                          for b, n in self.moved]}
 
 
 def _key(store: str, root: Path, path: Path) -> str:
